@@ -1,0 +1,15 @@
+"""Draft trees: build, merge, pack (X, M, P) and verify. The lossless core of specmux;
+depends on torch and numpy only (networkx for export)."""
+from .build import build_chain, build_tree
+from .merge import cut_to_budget, merge_trees
+from .pack import PackedTree, kept_cache_positions, pack_tree
+from .sampling import process_logits, sample
+from .spec import SamplingSpec, TreeSpec
+from .tree import DraftTree, Proposals
+from .verify import VerifyResult, verify
+
+__all__ = [
+    "DraftTree", "Proposals", "SamplingSpec", "TreeSpec", "PackedTree", "VerifyResult",
+    "build_tree", "build_chain", "merge_trees", "cut_to_budget", "pack_tree",
+    "kept_cache_positions", "process_logits", "sample", "verify",
+]

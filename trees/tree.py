@@ -1,0 +1,161 @@
+"""The draft tree type: one flat, topologically ordered node table.
+
+Node 0 is the root (the last accepted token); every other node's parent has a smaller index,
+so a single forward pass over the node order visits parents before children. Per node we keep
+the token, parent, depth, cumulative draft log-probability (score) and a bitmask of the
+drafters that proposed it. Sampled trees also carry a `Proposals` table: the ordered draws made
+at each node, each with the exact distribution q it was drawn from, which recursive rejection
+sampling needs (duplicates included, see DESIGN.md "Verify").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Proposals:
+    """Ordered sampled draws. Row j: a draw made at node `parent[j]` that maps to tree node
+    `child[j]` (several rows may map to one child: duplicate draws), drawn from `q[j]`
+    (a probability vector over the vocabulary, already renormalised for draws without
+    replacement). Rows of one parent are verified in row order."""
+
+    parent: torch.Tensor  # int64 [K]
+    child: torch.Tensor  # int64 [K]
+    q: torch.Tensor  # float [K, V]
+
+    def __len__(self) -> int:
+        return int(self.parent.numel())
+
+
+@dataclass
+class DraftTree:
+    tokens: torch.Tensor  # int64 [N]
+    parents: torch.Tensor  # int64 [N]; parents[0] == -1
+    scores: torch.Tensor  # float32 [N]; cumulative draft log-prob, scores[0] == 0
+    proposers: torch.Tensor  # int64 [N]; bit i set <=> drafter_names[i] proposed the node
+    drafter_names: tuple[str, ...] = ("draft",)
+    proposals: Proposals | None = None  # present <=> children are verified by rejection sampling
+    depths: torch.Tensor = field(default=None)  # int64 [N]; derived from parents when omitted
+
+    def __post_init__(self) -> None:
+        if self.depths is None:
+            self.depths = depths_from_parents(self.parents)
+
+    # --- construction helpers -------------------------------------------------------------
+    @classmethod
+    def root_only(cls, token: int, drafter_names: tuple[str, ...] = ("draft",)) -> "DraftTree":
+        return cls(
+            tokens=torch.tensor([token], dtype=torch.long),
+            parents=torch.tensor([-1], dtype=torch.long),
+            scores=torch.zeros(1),
+            proposers=torch.tensor([(1 << len(drafter_names)) - 1], dtype=torch.long),
+            drafter_names=drafter_names,
+        )
+
+    @classmethod
+    def from_lists(
+        cls,
+        tokens: list[int],
+        parents: list[int],
+        scores: list[float] | None = None,
+        drafter_names: tuple[str, ...] = ("draft",),
+        proposers: list[int] | None = None,
+    ) -> "DraftTree":
+        n = len(tokens)
+        return cls(
+            tokens=torch.tensor(tokens, dtype=torch.long),
+            parents=torch.tensor(parents, dtype=torch.long),
+            scores=torch.tensor(scores if scores is not None else [0.0] * n, dtype=torch.float32),
+            proposers=torch.tensor(
+                proposers if proposers is not None else [1] * n, dtype=torch.long
+            ),
+            drafter_names=drafter_names,
+        )
+
+    # --- queries ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.tokens.numel())
+
+    @property
+    def root_token(self) -> int:
+        return int(self.tokens[0])
+
+    def proposers_of(self, node: int) -> set[str]:
+        bits = int(self.proposers[node])
+        return {name for i, name in enumerate(self.drafter_names) if bits >> i & 1}
+
+    def children(self, node: int) -> list[int]:
+        return (self.parents == node).nonzero().flatten().tolist()
+
+    def path_to(self, node: int) -> list[int]:
+        """Node indices from the root down to `node` (inclusive)."""
+        path = [node]
+        while path[-1] != 0:
+            path.append(int(self.parents[path[-1]]))
+        return path[::-1]
+
+    def validate(self, vocab_size: int | None = None) -> "DraftTree":
+        """Raise ValueError naming the first structural problem; return self when valid."""
+        n = len(self)
+        if n == 0:
+            raise ValueError("draft tree is empty: it needs at least the root node")
+        for name in ("parents", "scores", "proposers", "depths"):
+            t = getattr(self, name)
+            if t.shape != (n,):
+                raise ValueError(f"draft tree field {name!r} has shape {tuple(t.shape)}, expected ({n},)")
+        if int(self.parents[0]) != -1:
+            raise ValueError("draft tree node 0 must be the root (parent -1)")
+        if n > 1:
+            rest = self.parents[1:]
+            if (rest == -1).any():
+                raise ValueError("draft tree has several roots (more than one node with parent -1)")
+            idx = torch.arange(1, n)
+            if ((rest < 0) | (rest >= idx)).any():
+                bad = int(idx[(rest < 0) | (rest >= idx)][0])
+                raise ValueError(
+                    f"draft tree node {bad} has parent {int(self.parents[bad])}: parents must precede "
+                    "children (a forward parent or a cycle)"
+                )
+            if not torch.equal(self.depths, depths_from_parents(self.parents)):
+                raise ValueError("draft tree depths do not equal parent depth + 1")
+        if (self.tokens < 0).any() or (vocab_size is not None and (self.tokens >= vocab_size).any()):
+            raise ValueError(f"draft tree has token ids outside the vocabulary [0, {vocab_size})")
+        if not torch.isfinite(self.scores).all():
+            raise ValueError("draft tree has non-finite scores")
+        if self.proposals is not None:
+            p = self.proposals
+            k = len(p)
+            if p.child.shape != (k,) or p.q.dim() != 2 or p.q.shape[0] != k:
+                raise ValueError("proposal table fields have inconsistent shapes")
+            if k and (not torch.equal(self.parents[p.child], p.parent) or (p.child <= 0).any()):
+                raise ValueError("proposal table rows must point at a child of their parent node")
+        return self
+
+    def to_networkx(self):
+        """A networkx DiGraph (parent -> child) with token, depth, score and proposers per node."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for i in range(len(self)):
+            g.add_node(
+                i,
+                token=int(self.tokens[i]),
+                depth=int(self.depths[i]),
+                score=float(self.scores[i]),
+                proposers=sorted(self.proposers_of(i)),
+            )
+            if i:
+                g.add_edge(int(self.parents[i]), i)
+        return g
+
+
+def depths_from_parents(parents: torch.Tensor) -> torch.Tensor:
+    """Depth per node; assumes parents precede children (validated separately)."""
+    par = parents.tolist()
+    depths = [0] * len(par)
+    for i in range(1, len(par)):  # O(N) list walk; N is a tree budget (<= a few hundred)
+        p = par[i]
+        depths[i] = depths[p] + 1 if 0 <= p < i else -1
+    return torch.tensor(depths, dtype=torch.long)
