@@ -1,0 +1,65 @@
+"""The decode loop (DESIGN.md "Data flow of one decode step"):
+prefill -> [draft -> pack -> one target forward -> verify -> compact cache -> advance] ..."""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import torch
+
+from trees import SamplingSpec, TreeSpec, pack_tree, process_logits, sample, verify
+
+from .strategies import Strategy
+from .target import TargetModel
+from .types import GenerationStats, StepRecord
+
+
+def decode(
+    target: TargetModel,
+    strategy: Strategy,
+    prompt_ids: torch.Tensor,
+    tree: TreeSpec,
+    sampling: SamplingSpec,
+    stats: GenerationStats,
+    generator: torch.Generator | None = None,
+) -> Iterator[list[int]]:
+    """Yield the tokens emitted by each target forward (the first after prefill, then
+    accepted drafts + bonus per step). Runs until the consumer stops iterating."""
+    layers = strategy.target_layers
+    want_hidden = bool(layers)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        out = target.prefill(prompt_ids, want_hidden)
+        root = int(sample(process_logits(out.logits[-1], sampling), generator))
+        strategy.start(prompt_ids, out.hidden_states)
+        stats.prefill_time = time.perf_counter() - t0
+        yield [root]
+
+        while True:
+            t0 = time.perf_counter()
+            proposal = strategy.propose(root, tree, sampling, generator)
+            t1 = time.perf_counter()
+            prefix_len = target.cached
+            packed = pack_tree(proposal.tree, prefix_len, target.dtype)
+            t2 = time.perf_counter()
+            out = target.forward_tree(packed, want_hidden)
+            t3 = time.perf_counter()
+            result = verify(proposal.tree, out.logits, sampling, generator)
+            target.keep_path(prefix_len, result.path)
+            strategy.advance(result.tokens, out.hidden_states, result.path)
+            t4 = time.perf_counter()
+
+            path = result.path.tolist()
+            stats.steps.append(
+                StepRecord(
+                    accepted=result.accepted,
+                    tree_size=len(proposal.tree),
+                    drafter=proposal.drafter,
+                    accepted_by=[sorted(proposal.tree.proposers_of(n)) for n in path[1:]],
+                    t_draft=t1 - t0,
+                    t_verify=(t2 - t1) + (t4 - t3),
+                    t_forward=t3 - t2,
+                )
+            )
+            root = result.bonus
+            yield result.tokens[1:].tolist() + [root]

@@ -1,0 +1,37 @@
+"""User-facing options, validated by pydantic (a ValidationError is a ValueError naming the field)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trees import SamplingSpec, TreeSpec
+
+
+class TreeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    depth: int = Field(5, ge=1, description="draft levels below the root")
+    top_k: int = Field(8, ge=1, description="children per expanded node and frontier width")
+    budget: int = Field(32, ge=1, description="draft nodes per drafter tree (root excluded)")
+    sampled: bool = Field(False, description="draw children from the drafter (rejection-verified) instead of top-k")
+    merge_budget: Literal["sum", "equal"] = Field("sum", description="merged_tree: keep every drafter's budget, or cut the union to one budget")
+
+    def spec(self) -> TreeSpec:
+        return TreeSpec(depth=self.depth, top_k=self.top_k, budget=self.budget, sampled=self.sampled)
+
+
+class GenerateOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+    top_k: int = Field(0, ge=0, description="0 = off")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list, description="stop strings (not included in the output)")
+    chat: bool = Field(False, description="wrap a text prompt as one user message and apply the chat template")
+    tree: TreeOptions = Field(default_factory=TreeOptions)
+
+    def sampling(self) -> SamplingSpec:
+        return SamplingSpec(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)

@@ -1,0 +1,103 @@
+"""Composition strategies: how the drafters' proposals become the one tree the target verifies.
+
+A strategy sees the target only through hidden states the engine hands it, and the drafters
+only through the Drafter protocol. Each `propose` returns the tree plus the routing choice."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from drafters.base import Drafter
+from trees import DraftTree, SamplingSpec, TreeSpec
+
+from .target import select_features
+
+
+@dataclass
+class Proposal:
+    tree: DraftTree
+    drafter: str | None = None  # routing choice recorded in the step stats
+
+
+class Strategy(ABC):
+    name: str = ""
+    min_drafters: int = 0
+
+    def __init__(self, drafters: Mapping[str, Drafter]):
+        if len(drafters) < self.min_drafters:
+            raise ValueError(
+                f"strategy {self.name!r} needs at least {self.min_drafters} drafter(s), got {len(drafters)}"
+            )
+        self.drafters = dict(drafters)
+
+    # layers of target hidden states any active drafter reads (union, order kept)
+    @property
+    def target_layers(self) -> list[int]:
+        layers: list[int] = []
+        for d in self.active_drafters():
+            for i in d.target_layers or ():
+                if i not in layers:
+                    layers.append(i)
+        return layers
+
+    def active_drafters(self) -> list[Drafter]:
+        return list(self.drafters.values())
+
+    def start(self, prompt_ids: torch.Tensor, hidden_states) -> None:
+        for d in self.active_drafters():
+            d.start(prompt_ids, _features(d, hidden_states, slice(None)))
+
+    def advance(self, tokens: torch.Tensor, hidden_states, rows: torch.Tensor) -> None:
+        for d in self.active_drafters():
+            d.advance(tokens, _features(d, hidden_states, rows))
+
+    @abstractmethod
+    def propose(
+        self, root: int, tree: TreeSpec, sampling: SamplingSpec, generator: torch.Generator | None
+    ) -> Proposal: ...
+
+
+def _features(drafter: Drafter, hidden_states, rows) -> torch.Tensor | None:
+    if not drafter.target_layers:
+        return None
+    return select_features(hidden_states, drafter.target_layers, rows)
+
+
+class Autoregressive(Strategy):
+    """No drafting: the root alone, one token per target forward. The baseline."""
+
+    name = "autoregressive"
+
+    def active_drafters(self) -> list[Drafter]:
+        return []
+
+    def propose(self, root, tree, sampling, generator) -> Proposal:
+        return Proposal(DraftTree.root_only(root))
+
+
+class Single(Strategy):
+    """One named drafter's tree."""
+
+    name = "single"
+    min_drafters = 1
+
+    def __init__(self, drafters: Mapping[str, Drafter], drafter: str | None = None):
+        super().__init__(drafters)
+        if drafter is None:
+            if len(self.drafters) != 1:
+                raise ValueError(
+                    f"strategy 'single' needs `drafter=` naming one of {sorted(self.drafters)}"
+                )
+            drafter = next(iter(self.drafters))
+        if drafter not in self.drafters:
+            raise ValueError(f"unknown drafter {drafter!r}; known drafters: {sorted(self.drafters)}")
+        self.chosen = drafter
+
+    def active_drafters(self) -> list[Drafter]:
+        return [self.drafters[self.chosen]]
+
+    def propose(self, root, tree, sampling, generator) -> Proposal:
+        return Proposal(self.drafters[self.chosen].propose(root, tree, sampling, generator), self.chosen)
