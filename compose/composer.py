@@ -44,6 +44,7 @@ class Composer:
         self.target = TargetModel(model, tokenizer)
         self.tokenizer = tokenizer
         self.drafters: dict[str, Drafter] = {}
+        self._strategy_cache: dict = {}
         for name, d in (drafters or {}).items():
             self.add_drafter(name, d)
         self.strategy = strategy
@@ -55,6 +56,7 @@ class Composer:
             drafter = make_drafter(drafter, self.target, name)
         _check_compatible(name, drafter, self.target)
         self.drafters[name] = drafter
+        self._strategy_cache.clear()
         return drafter
 
     # --- generation ---------------------------------------------------------------------------
@@ -77,7 +79,7 @@ class Composer:
         routing_keys = {"drafter", "weights"}
         strategy_args = {k: v for k, v in options.items() if k in routing_keys}
         opts = GenerateOptions(**{**self.defaults, **{k: v for k, v in options.items() if k not in routing_keys}})
-        plan = make_strategy(strategy_name, self.drafters, opts.tree, **strategy_args)
+        plan = make_strategy(strategy_name, self.drafters, opts.tree, self._strategy_cache, **strategy_args)
         prompt_ids = self._encode(prompt, opts.chat)
         self._check_length(prompt_ids, opts)
         generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None

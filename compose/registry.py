@@ -5,20 +5,29 @@ from typing import Any, Callable, Mapping
 
 from drafters.base import Drafter
 
+from .composing import Averaged, Confidence, Entropy, MergedTree
 from .options import TreeOptions
 from .strategies import Autoregressive, Single, Strategy
 from .target import TargetModel
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
-    "autoregressive": lambda drafters, tree, **kw: Autoregressive(drafters, **kw),
-    "single": lambda drafters, tree, **kw: Single(drafters, **kw),
+    "autoregressive": lambda drafters, tree, cache, **kw: Autoregressive(drafters, **kw),
+    "single": lambda drafters, tree, cache, **kw: Single(drafters, **kw),
+    "averaged": lambda drafters, tree, cache, **kw: Averaged(drafters, cache=cache, **kw),
+    "confidence": lambda drafters, tree, cache, **kw: Confidence(drafters, **kw),
+    "entropy": lambda drafters, tree, cache, **kw: Entropy(drafters, **kw),
+    "merged_tree": lambda drafters, tree, cache, **kw: MergedTree(drafters, merge_budget=tree.merge_budget, **kw),
 }
 
 
-def make_strategy(name: str, drafters: Mapping[str, Drafter], tree: TreeOptions, **kwargs: Any) -> Strategy:
+def make_strategy(
+    name: str, drafters: Mapping[str, Drafter], tree: TreeOptions, cache: dict | None = None, **kwargs: Any
+) -> Strategy:
+    """`cache`: a dict owned by the caller (one per Composer) where strategies keep costly
+    derived drafters, e.g. averaged weights, across generations."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
-    return STRATEGIES[name](drafters, tree, **kwargs)
+    return STRATEGIES[name](drafters, tree, {} if cache is None else cache, **kwargs)
 
 
 def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from trees import DraftTree, SamplingSpec, TreeSpec
 
@@ -50,3 +51,10 @@ class Drafter(ABC):
     def architecture_key(self) -> tuple:
         """Drafters with equal keys can be weight-averaged and batch-drafted together."""
         return (type(self).__name__,)
+
+    def weight_module(self) -> nn.Module:
+        """The module whose weights define this drafter (what `averaged` averages)."""
+        module = getattr(self, "model", None)
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"drafter {self.name!r} ({type(self).__name__}) has no weights to average")
+        return module

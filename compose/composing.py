@@ -1,0 +1,146 @@
+"""Strategies that combine several drafters (DESIGN.md "Composition strategies"):
+averaged, confidence (per step), entropy (per prompt turn) and merged_tree."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Mapping, Sequence
+
+import torch
+
+from drafters.base import Drafter
+from routing import ConfidenceRouter, EntropyRouter
+from trees import DraftTree, merge_trees
+
+from .strategies import Proposal, Single, Strategy
+
+
+class _Composing(Strategy):
+    """Several named drafters. One drafter object registered under several names drafts once
+    and is advanced once (its tree is shared by its names)."""
+
+    min_drafters = 2
+
+    def __init__(self, drafters: Mapping[str, Drafter]):
+        super().__init__(drafters)
+        self.routing_log: list[str] = []
+
+    def active_drafters(self) -> list[Drafter]:
+        unique: dict[int, Drafter] = {}
+        for d in self.drafters.values():
+            unique.setdefault(id(d), d)
+        return list(unique.values())
+
+    def draft_all(self, names: Sequence[str], root, tree, sampling, generator) -> dict[str, DraftTree]:
+        by_object: dict[int, DraftTree] = {}
+        trees = {}
+        for name in names:
+            d = self.drafters[name]
+            if id(d) not in by_object:
+                by_object[id(d)] = d.propose(root, tree, sampling, generator)
+            trees[name] = dataclasses.replace(by_object[id(d)], drafter_names=(name,))
+        return trees
+
+
+class Confidence(_Composing):
+    """Every drafter drafts each step; the most confident tree is verified; all advance."""
+
+    name = "confidence"
+
+    def __init__(self, drafters):
+        super().__init__(drafters)
+        self.router = ConfidenceRouter()
+
+    def propose(self, root, tree, sampling, generator) -> Proposal:
+        trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
+        choice = self.router.choose(trees)
+        self.routing_log.append(choice)
+        return Proposal(trees[choice], choice)
+
+
+class Entropy(_Composing):
+    """Per prompt turn: every drafter is probed (prefill + first tree); the one with the lowest
+    mean draft entropy drafts the rest of the turn, alone."""
+
+    name = "entropy"
+
+    def __init__(self, drafters):
+        super().__init__(drafters)
+        self.router = EntropyRouter()
+        self.chosen: str | None = None
+
+    def active_drafters(self) -> list[Drafter]:
+        return super().active_drafters() if self.chosen is None else [self.drafters[self.chosen]]
+
+    def propose(self, root, tree, sampling, generator) -> Proposal:
+        if self.chosen is None:
+            trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
+            self.chosen = self.router.choose(trees)
+            self.routing_log.append(self.chosen)
+            return Proposal(trees[self.chosen], self.chosen)
+        draft = self.drafters[self.chosen].propose(root, tree, sampling, generator)
+        return Proposal(dataclasses.replace(draft, drafter_names=(self.chosen,)), self.chosen)
+
+
+class MergedTree(_Composing):
+    """Every drafter drafts; the trees are merged as a trie and verified in one forward.
+    `sum`: every drafter keeps its budget; `equal`: the union is cut to one drafter's budget."""
+
+    name = "merged_tree"
+
+    def __init__(self, drafters, merge_budget: str = "sum"):
+        super().__init__(drafters)
+        if merge_budget not in ("sum", "equal"):
+            raise ValueError(f"merge_budget must be 'sum' or 'equal', got {merge_budget!r}")
+        self.merge_budget = merge_budget
+
+    def propose(self, root, tree, sampling, generator) -> Proposal:
+        trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
+        budget = tree.budget if self.merge_budget == "equal" else None
+        return Proposal(merge_trees(list(trees.values()), mode=self.merge_budget, budget=budget))
+
+
+def average_drafters(drafters: Mapping[str, Drafter], weights: Sequence[float] | None = None) -> Drafter:
+    """Weight-space average of drafters of one architecture (uniform or given weights)."""
+    names = list(drafters)
+    models = [drafters[n] for n in names]
+    keys = {n: d.architecture_key() for n, d in zip(names, models)}
+    if len(set(keys.values())) != 1:
+        raise ValueError(f"averaged needs drafters of one architecture; got {keys}")
+    w = torch.tensor(weights if weights is not None else [1.0] * len(models), dtype=torch.float64)
+    if w.numel() != len(models) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"averaging weights must be {len(models)} non-negative numbers with a positive sum, got {weights}")
+    w = w / w.sum()
+    states = [d.weight_module().state_dict() for d in models]
+    for n, s in zip(names[1:], states[1:]):
+        if s.keys() != states[0].keys() or any(s[k].shape != states[0][k].shape for k in s):
+            raise ValueError(f"averaged: drafter {n!r} has different weight names or shapes from {names[0]!r}")
+    merged = {}
+    for k, first in states[0].items():
+        if first.is_floating_point():
+            merged[k] = sum(float(wi) * s[k].double() for wi, s in zip(w, states)).to(first.dtype)
+        elif all(torch.equal(first, s[k]) for s in states[1:]):
+            merged[k] = first
+        else:
+            raise ValueError(f"averaged: non-float tensor {k!r} differs between drafters (e.g. another draft vocabulary)")
+    averaged = copy.deepcopy(models[0])
+    averaged.weight_module().load_state_dict(merged)
+    averaged.name = "averaged"
+    return averaged
+
+
+class Averaged(Single):
+    """One drafter whose weights are the (weighted) average of the given drafters'."""
+
+    name = "averaged"
+    min_drafters = 1
+
+    def __init__(self, drafters: Mapping[str, Drafter], weights: Sequence[float] | None = None, cache: dict | None = None):
+        key = (tuple((n, id(d)) for n, d in drafters.items()), tuple(weights) if weights is not None else None)
+        if cache is not None and key in cache:
+            averaged = cache[key]
+        else:
+            averaged = average_drafters(drafters, weights)
+            if cache is not None:
+                cache[key] = averaged
+        super().__init__({"averaged": averaged}, "averaged")
