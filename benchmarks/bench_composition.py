@@ -60,7 +60,7 @@ def main():
                 c = Composer(composer.target.model, drafters=sub, tokenizer=tok)
             r = c.generate(ids, strategy=label.split("/")[0], max_new_tokens=args.new_tokens, **{"tree": tree, **kw})
             s = r.stats
-            acc = rows.setdefault((label, n), [0, 0.0, 0.0, 0.0, 0, 0.0])
+            acc = rows.setdefault((label, n), [0, 0.0, 0.0, 0.0, 0, 0.0, 0])
             acc[0] += s.n_steps
             t = s.phase_times()
             acc[1] += t["draft"]
@@ -68,6 +68,7 @@ def main():
             acc[3] += t["forward"]
             acc[4] += s.new_tokens
             acc[5] += s.total_time
+            acc[6] += sum(st.accepted + 1 for st in s.steps)
             kw["_sub"] = sub
         print(f"  prompt {pname} done", file=sys.stderr, flush=True)
 
@@ -77,11 +78,11 @@ def main():
     print(f"\n### per-step times on the default target (ms), {len(PROMPTS)} prompts × {args.new_tokens} tokens, tree {tree}\n")
     print("| strategy | N | steps | draft | pack+verify | target fwd | draft / single's | overhead share | τ | speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for (label, n), (steps, d, v, f, toks, tot) in rows.items():
+    for (label, n), (steps, d, v, f, toks, tot, emitted) in rows.items():
         step = (d + v + f) / steps
         print(f"| {label} | {n} | {steps} | {1e3 * d / steps:.1f} | {1e3 * v / steps:.1f} | {1e3 * f / steps:.1f} | "
               f"{(d / steps) / single_draft if single_draft else float('nan'):.2f}x | {v / steps / step:.1%} | "
-              f"{toks / steps:.2f} | {toks / tot / base_tps:.2f}x |")
+              f"{emitted / steps:.2f} | {toks / tot / base_tps:.2f}x |")
 
 
 if __name__ == "__main__":
