@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .composer import Composer
+from .defaults import default_drafters
 from .options import GenerateOptions, TreeOptions
 from .registry import STRATEGIES
 from .types import GenerationResult, GenerationStats, StepRecord
@@ -11,13 +12,23 @@ from .types import GenerationResult, GenerationStats, StepRecord
 _composers: dict[tuple, Composer] = {}
 
 
-def generate(prompt, strategy: str = "single", target: Any = "smollm2-135m-instruct", drafters=None, **options: Any) -> GenerationResult:
-    """One-call generation; the loaded target (and drafters) are reused across calls with the
-    same target and drafter specs."""
-    key = (id(target) if not isinstance(target, str) else target, tuple(sorted((drafters or {}).items(), key=str)) if all(isinstance(v, str) for v in (drafters or {}).values()) else id(drafters))
+def generate(
+    prompt, strategy: str = "merged_tree", target: str = "smollm2-135m-instruct",
+    drafters: dict[str, str] | None = None, **options: Any,
+) -> GenerationResult:
+    """One-call generation. `target` is a built-in name or a folder; `drafters` maps names to
+    drafter specs (default: the target's default drafters). The loaded Composer is reused by
+    later calls with the same target and drafters."""
+    if not isinstance(target, str):
+        raise ValueError("compose.generate takes a target name or folder; use Composer(model, ...) for loaded models")
+    drafters = dict(drafters) if drafters is not None else default_drafters(target)
+    key = (target, tuple(sorted(drafters.items(), key=lambda kv: (kv[0], str(kv[1])))))
     if key not in _composers:
         _composers[key] = Composer(target, drafters=drafters)
     return _composers[key].generate(prompt, strategy=strategy, **options)
 
 
-__all__ = ["Composer", "generate", "GenerateOptions", "TreeOptions", "GenerationResult", "GenerationStats", "StepRecord", "STRATEGIES"]
+__all__ = [
+    "Composer", "generate", "default_drafters", "GenerateOptions", "TreeOptions",
+    "GenerationResult", "GenerationStats", "StepRecord", "STRATEGIES",
+]
