@@ -1,0 +1,105 @@
+"""Drafter heads: hidden state -> next-token logits.
+
+- TargetHead: the target's LM head, frozen (a non-persistent buffer: never saved, taken from
+  the target when the drafter is built or loaded).
+- TruncatedHead: logits over a draft vocabulary of the most frequent target tokens. `d2t` holds
+  offsets (target_id = i + d2t[i]) and `t2d` a bool over the target vocabulary, exactly as vLLM
+  and SGLang read them.
+- LowRankHead (SlimSpec): logits = Up(Down(h)) over the full vocabulary, rank ~ hidden / 4.
+Every head maps its own logits to the TARGET vocabulary with `to_target_vocab` (-inf outside).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TargetHead(nn.Module):
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight.detach(), persistent=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.weight.shape[0])
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.weight)
+
+    def to_target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+
+class TruncatedHead(nn.Module):
+    def __init__(self, hidden_size: int, draft_ids: torch.Tensor, target_vocab_size: int,
+                 init_weight: torch.Tensor | None = None):
+        super().__init__()
+        draft_ids = torch.as_tensor(draft_ids, dtype=torch.long)
+        d2t, t2d = vocab_maps(draft_ids, target_vocab_size)
+        self.proj = nn.Linear(hidden_size, int(draft_ids.numel()), bias=False)
+        if init_weight is not None:
+            with torch.no_grad():
+                self.proj.weight.copy_(init_weight[draft_ids])
+        self.register_buffer("d2t", d2t)
+        self.register_buffer("t2d", t2d)
+
+    @property
+    def draft_ids(self) -> torch.Tensor:
+        """Target id of each draft-vocabulary entry (ascending)."""
+        return torch.arange(self.d2t.numel(), device=self.d2t.device) + self.d2t
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.proj(h)
+
+    def to_target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        full = logits.new_full((*logits.shape[:-1], self.t2d.numel()), float("-inf"))
+        return full.index_copy_(-1, self.draft_ids, logits)
+
+
+class LowRankHead(nn.Module):
+    def __init__(self, hidden_size: int, rank: int, vocab_size: int, init_weight: torch.Tensor | None = None):
+        super().__init__()
+        self.down = nn.Linear(hidden_size, rank, bias=False)
+        self.up = nn.Linear(rank, vocab_size, bias=False)
+        if init_weight is not None:
+            self.init_from(init_weight)
+
+    @torch.no_grad()
+    def init_from(self, weight: torch.Tensor) -> None:
+        """Best rank-r approximation of a full head (truncated SVD): W ~ (U S) Vh."""
+        rank = self.down.out_features
+        u, s, vh = torch.linalg.svd(weight.float(), full_matrices=False)
+        root = s[:rank].sqrt()
+        self.up.weight.copy_(u[:, :rank] * root)
+        self.down.weight.copy_(root[:, None] * vh[:rank])
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(h))
+
+    def to_target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+
+def vocab_maps(draft_ids: torch.Tensor, target_vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d2t, t2d) for a draft vocabulary given as target ids."""
+    if draft_ids.numel() == 0:
+        raise ValueError("the draft vocabulary is empty")
+    if not bool((draft_ids[1:] > draft_ids[:-1]).all()):
+        raise ValueError("draft vocabulary ids must be strictly increasing (sorted, no duplicates)")
+    if int(draft_ids[0]) < 0 or int(draft_ids[-1]) >= target_vocab_size:
+        raise ValueError(f"draft vocabulary ids must lie in [0, {target_vocab_size})")
+    d2t = draft_ids - torch.arange(draft_ids.numel())
+    t2d = torch.zeros(target_vocab_size, dtype=torch.bool)
+    t2d[draft_ids] = True
+    return d2t, t2d
+
+
+def most_frequent_tokens(token_ids: torch.Tensor, target_vocab_size: int, draft_vocab_size: int,
+                         weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The `draft_vocab_size` most frequent target ids (ties: lower id first), sorted ascending."""
+    if draft_vocab_size > target_vocab_size:
+        raise ValueError("draft vocabulary larger than the target vocabulary")
+    counts = torch.bincount(token_ids.flatten(), weights=weights, minlength=target_vocab_size)
+    order = torch.argsort(-counts.double(), stable=True)
+    return order[:draft_vocab_size].sort().values

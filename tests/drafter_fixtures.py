@@ -1,0 +1,30 @@
+"""Tiny targets and drafters for the drafters/ tests (random weights, fp32, fast)."""
+from __future__ import annotations
+
+import torch
+
+from drafters.config import DrafterConfig
+from drafters.model import build_drafter_model
+from tiny_models import tiny_model
+
+
+def tiny_target(vocab: int = 96, layers: int = 4, hidden: int = 64, seed: int = 0):
+    return tiny_model("llama", vocab=vocab, layers=layers, hidden=hidden, seed=seed, attn="sdpa")
+
+
+def tiny_drafter_model(target, style: str = "eagle1", head: str = "target", seed: int = 1, **overrides):
+    torch.manual_seed(seed)
+    if head == "truncated":
+        overrides.setdefault("draft_vocab_size", target.config.vocab_size // 2)
+    cfg = DrafterConfig.from_target(target.config, "tiny", style=style, head=head, **overrides)
+    draft_ids = None
+    if head == "truncated":
+        draft_ids = torch.randperm(cfg.vocab_size)[: cfg.draft_vocab_size].sort().values
+    return build_drafter_model(cfg, target, draft_ids)
+
+
+def target_features(target, ids: torch.Tensor, layers) -> torch.Tensor:
+    """[T, F]: the target's hidden states at `layers` for one sequence of ids [T]."""
+    with torch.no_grad():
+        out = target(ids[None], output_hidden_states=True)
+    return torch.cat([out.hidden_states[i][0] for i in layers], dim=-1)
