@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Style = Literal["eagle1", "eagle3"]
 HeadKind = Literal["target", "truncated", "lowrank"]
-RepSpecMode = Literal["off", "repspec", "hybrid"]
+RepSpecMode = Literal["off", "repspec", "hybrid", "hybrid_merged"]  # hybrid_merged: deployment form
 
 SUPPORTED_TARGET_TYPES = ("llama", "qwen2", "mistral")
 

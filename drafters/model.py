@@ -180,7 +180,8 @@ class FeatureDrafterModel(nn.Module):
     def merge_repspec(self) -> "FeatureDrafterModel":
         """Fold RepSpec branches for deployment (same function, plain linears)."""
         merge_repspec(self.layers)
-        self.config = self.config.model_copy(update={"repspec": "off"}) if self.config.repspec == "repspec" else self.config
+        merged_mode = {"off": "off", "repspec": "off", "hybrid": "hybrid_merged", "hybrid_merged": "hybrid_merged"}
+        self.config = self.config.model_copy(update={"repspec": merged_mode[self.config.repspec]})
         return self
 
 

@@ -99,13 +99,15 @@ class HybridRepSpecLinear(nn.Module):
 
 def apply_repspec(model: nn.Module, mode: str = "repspec", branches: int = 2, hybrid_rank: int = 16) -> nn.Module:
     """Wrap every attention / MLP linear of `model` in place (mode "repspec" or "hybrid")."""
-    if mode not in ("repspec", "hybrid"):
-        raise ValueError(f"RepSpec mode must be 'repspec' or 'hybrid', got {mode!r}")
+    makers = {
+        "repspec": lambda lin: RepSpecLinear(lin, branches),
+        "hybrid": lambda lin: HybridRepSpecLinear(lin, branches, hybrid_rank),
+        "hybrid_merged": lambda lin: LowRankResidualLinear(lin, hybrid_rank),  # a merged hybrid, to load one
+    }
+    if mode not in makers:
+        raise ValueError(f"RepSpec mode must be one of {sorted(makers)}, got {mode!r}")
     for parent, name, linear in _named_linears(model):
-        wrapped = (
-            RepSpecLinear(linear, branches) if mode == "repspec" else HybridRepSpecLinear(linear, branches, hybrid_rank)
-        )
-        setattr(parent, name, wrapped)
+        setattr(parent, name, makers[mode](linear))
     return model
 
 

@@ -1,0 +1,146 @@
+"""Drafter checkpoints: a folder with config.json and model.safetensors, loaded with validation.
+
+The target's embedding (and, for the frozen target head, its LM head) is never stored: it is
+taken from the target at load time, which is why loading needs the target, and why the
+checkpoint records a fingerprint of the target it was trained for.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
+
+from .config import DrafterConfig
+from .feature import FeatureDrafter
+from .model import FeatureDrafterModel, build_drafter_model
+
+FORMAT = "specmux-feature-drafter"
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+def target_fingerprint(target) -> str:
+    """sha256 of a few rows of the target's input embedding (identifies the weights, cheaply)."""
+    emb = target.get_input_embeddings().weight.detach()
+    rows = torch.cat([emb[:4], emb[-4:]]).float().contiguous().cpu()
+    return hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".safetensors")
+    os.close(fd)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def save_drafter(model: FeatureDrafterModel, path: str | Path, target=None, dtype: torch.dtype | None = None,
+                 extra: dict | None = None) -> Path:
+    """Write config.json + model.safetensors (weights first, config last, each atomically)."""
+    path = Path(path)
+    state = model.state_dict()
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    atomic_save_tensors(state, path / WEIGHTS_FILE)
+    meta = {
+        "format": FORMAT,
+        "version": 1,
+        "target_fingerprint": target_fingerprint(target) if target is not None else None,
+        "drafter": model.config.model_dump(),
+        **(extra or {}),
+    }
+    atomic_write_bytes(path / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    return path
+
+
+def read_config(path: str | Path) -> tuple[DrafterConfig, dict]:
+    path = Path(path)
+    cfg_path = path / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ValueError(f"{path} is not a drafter checkpoint: {CONFIG_FILE} is missing")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    try:
+        return DrafterConfig(**meta["drafter"]), meta
+    except (ValidationError, KeyError, TypeError) as e:
+        raise ValueError(f"{cfg_path}: invalid drafter config: {e}") from None
+
+
+def check_target(cfg: DrafterConfig, meta: dict, target, target_name: str | None = None) -> None:
+    """Clear errors when the checkpoint was trained for another target."""
+    tc = target.config
+    if target_name is not None and target_name != cfg.target_name:
+        raise ValueError(f"drafter was trained for target {cfg.target_name!r}, not {target_name!r}")
+    if int(tc.hidden_size) != cfg.target_hidden_size:
+        raise ValueError(
+            f"hidden size mismatch: the drafter reads target states of size {cfg.target_hidden_size}, "
+            f"the target's hidden size is {tc.hidden_size} (drafter trained for {cfg.target_name!r})"
+        )
+    if int(tc.vocab_size) != cfg.vocab_size:
+        raise ValueError(
+            f"vocabulary mismatch: the drafter proposes into {cfg.vocab_size} tokens, the target has "
+            f"{tc.vocab_size} (drafter trained for {cfg.target_name!r})"
+        )
+    if int(tc.num_hidden_layers) != cfg.target_num_layers:
+        raise ValueError(f"the drafter was trained on a {cfg.target_num_layers}-layer target, this one has {tc.num_hidden_layers}")
+    want = meta.get("target_fingerprint")
+    if want is not None and want != target_fingerprint(target):
+        raise ValueError(
+            f"different target: the drafter was trained for {cfg.target_name!r} whose embedding fingerprint "
+            f"is {want}, this target's is {target_fingerprint(target)}"
+        )
+
+
+def load_drafter_model(path: str | Path, target, target_name: str | None = None,
+                       dtype: torch.dtype | None = None) -> FeatureDrafterModel:
+    path = Path(path)
+    cfg, meta = read_config(path)
+    check_target(cfg, meta, target, target_name)
+    model = build_drafter_model(cfg, target)
+    state = read_weights(path / WEIGHTS_FILE)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise ValueError(f"{path / WEIGHTS_FILE}: missing tensors {missing}")
+    if unexpected:
+        raise ValueError(f"{path / WEIGHTS_FILE}: unexpected tensors {unexpected}")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise ValueError(f"{path / WEIGHTS_FILE}: tensor {k!r} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"{path / WEIGHTS_FILE}: tensor {k!r} has non-finite values (corrupt checkpoint)")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    return model.to(dtype) if dtype is not None else model
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise ValueError(f"{file} is missing")
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors raises its own error type (varies by version)
+        raise ValueError(f"{file} is corrupt or not a safetensors file: {e}") from None
+
+
+def load_drafter(path: str | Path, target, name: str = "eagle", target_name: str | None = None,
+                 dtype: torch.dtype | None = None) -> FeatureDrafter:
+    """A ready FeatureDrafter from a checkpoint folder, for a loaded transformers target."""
+    return FeatureDrafter(load_drafter_model(path, target, target_name, dtype), name=name)
