@@ -4,17 +4,50 @@
 indices of the F frontier nodes to expand (all already in `tree`), return the drafter's next-token
 logits (raw, float) at each of them. The drafter owns its model state (e.g. a KV cache of the
 nodes it has been fed); every frontier node is fed exactly once, parents before children.
+Node indices are append-only during a build; only the final EAGLE-2 rerank renumbers.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
+from .sampling import process_logits
 from .spec import SamplingSpec, TreeSpec
-from .tree import DraftTree
+from .tree import DraftTree, Proposals, top_scoring_closed
 
 StepFn = Callable[[DraftTree, torch.Tensor], torch.Tensor]
+
+
+class GrowingTree:
+    """Append-only node table; `snapshot()` is the partial tree handed to step_fn."""
+
+    def __init__(self, root_token: int, drafter_name: str):
+        self.tokens = torch.tensor([root_token], dtype=torch.long)
+        self.parents = torch.tensor([-1], dtype=torch.long)
+        self.scores = torch.zeros(1)
+        self.depths = torch.zeros(1, dtype=torch.long)
+        self.drafter_name = drafter_name
+
+    def __len__(self) -> int:
+        return self.tokens.numel()
+
+    def add(self, parents: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Append children; return their node indices."""
+        start = len(self)
+        self.tokens = torch.cat([self.tokens, tokens.long()])
+        self.parents = torch.cat([self.parents, parents.long()])
+        self.scores = torch.cat([self.scores, scores.float()])
+        self.depths = torch.cat([self.depths, self.depths[parents] + 1])
+        return torch.arange(start, len(self))
+
+    def snapshot(self, proposals: Proposals | None = None) -> DraftTree:
+        return DraftTree(
+            tokens=self.tokens, parents=self.parents, scores=self.scores,
+            proposers=torch.ones(len(self), dtype=torch.long), drafter_names=(self.drafter_name,),
+            proposals=proposals, depths=self.depths,
+        )
 
 
 def build_tree(
@@ -26,10 +59,109 @@ def build_tree(
     drafter_name: str = "draft",
 ) -> DraftTree:
     """EAGLE-2 dynamic tree (spec.sampled False) or sampled tree (spec.sampled True, children
-    drawn without replacement from process_logits(logits, sampling), proposals recorded)."""
-    raise NotImplementedError
+    drawn without replacement from process_logits(logits, sampling), proposals recorded).
+    A sampled spec with greedy (or no) sampling falls back to the dynamic tree."""
+    if spec.sampled and sampling is not None and not sampling.greedy:
+        return build_sampled(root_token, step_fn, spec, sampling, generator, drafter_name)
+    return build_dynamic(root_token, step_fn, spec, drafter_name)
 
 
 def build_chain(root_token: int, step_fn: StepFn, depth: int, drafter_name: str = "draft") -> DraftTree:
     """Top-1 chain of `depth` draft nodes."""
-    raise NotImplementedError
+    return build_dynamic(root_token, step_fn, TreeSpec(depth=depth, top_k=1, budget=depth), drafter_name)
+
+
+def call_step(step_fn: StepFn, tree: DraftTree, frontier: torch.Tensor) -> torch.Tensor:
+    logits = step_fn(tree, frontier)
+    if logits.dim() != 2 or logits.shape[0] != frontier.numel():
+        raise ValueError(
+            f"step_fn returned logits of shape {tuple(logits.shape)}, expected [{frontier.numel()}, V]"
+        )
+    return logits.float()
+
+
+def build_dynamic(root_token: int, step_fn: StepFn, spec: TreeSpec, drafter_name: str = "draft") -> DraftTree:
+    """EAGLE-2: expand the frontier's top-k children, keep the best k of the k^2 candidates by
+    cumulative log q (temperature 1) as the next frontier; after `depth` levels keep the best
+    `budget` nodes overall (ancestor-closed, checked)."""
+    grow = GrowingTree(root_token, drafter_name)
+    frontier = torch.zeros(1, dtype=torch.long)
+    for _ in range(spec.depth):
+        logq = torch.log_softmax(call_step(step_fn, grow.snapshot(), frontier), dim=-1)
+        top_logq, top_tokens = logq.topk(min(spec.top_k, logq.shape[-1]), dim=-1)
+        cand_scores = (grow.scores[frontier][:, None] + top_logq).flatten()
+        finite = torch.isfinite(cand_scores)  # a truncated draft head gives -inf outside its vocabulary
+        cand_parents = frontier.repeat_interleave(top_tokens.shape[1])[finite]
+        new = grow.add(cand_parents, top_tokens.flatten()[finite], cand_scores[finite])
+        if new.numel() == 0:
+            break
+        best = torch.sort(grow.scores[new], descending=True, stable=True).indices[: spec.top_k]
+        frontier = new[best.sort().values]
+    tree = grow.snapshot()
+    return tree.select(top_scoring_closed(tree, spec.budget))
+
+
+def split_quota(quota: int, frontier_size: int, cap: int) -> torch.Tensor:
+    """Children per frontier node (best first): `quota` spread evenly, the extra to the best."""
+    counts = torch.full((frontier_size,), quota // frontier_size, dtype=torch.long)
+    counts[: quota % frontier_size] += 1
+    return counts.clamp_(max=cap)
+
+
+def draw_without_replacement(q: torch.Tensor, count: int, generator: torch.Generator | None) -> torch.Tensor:
+    """`count` ordered draws per row of q [F, V] without replacement (Gumbel-top-k: the order of
+    the largest perturbed log-probabilities has the law of sequential draws)."""
+    u = torch.rand(q.shape, generator=generator, device=q.device).clamp_(min=1e-20)
+    keys = torch.log(q) - torch.log(-torch.log(u))
+    return keys.topk(count, dim=-1).indices
+
+
+def renormalised_rows(q: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """q_j for each draw j [F, C, V]: q with the earlier draws of its row removed, renormalised
+    (the distribution the j-th draw without replacement actually came from)."""
+    rows = [q]
+    for j in range(1, draws.shape[1]):
+        rows.append(rows[-1].scatter(1, draws[:, j - 1 : j], 0.0))
+    out = torch.stack(rows, dim=1)
+    return out / out.sum(-1, keepdim=True)
+
+
+def build_sampled(
+    root_token: int,
+    step_fn: StepFn,
+    spec: TreeSpec,
+    sampling: SamplingSpec,
+    generator: torch.Generator | None = None,
+    drafter_name: str = "draft",
+) -> DraftTree:
+    """Sampled tree verified by recursive rejection sampling. The number of children of a node
+    is fixed before its draws are made (a level's quota = remaining budget / remaining levels,
+    spread over the best-scoring frontier nodes), so no cut ever looks at drawn values."""
+    grow = GrowingTree(root_token, drafter_name)
+    rows_parent, rows_child, rows_q = [], [], []
+    frontier, remaining = torch.zeros(1, dtype=torch.long), spec.budget
+    for level in range(spec.depth):
+        if remaining <= 0 or frontier.numel() == 0:
+            break
+        quota = math.ceil(remaining / (spec.depth - level))
+        counts = split_quota(quota, frontier.numel(), spec.top_k)
+        frontier, counts = frontier[counts > 0], counts[counts > 0]
+        q = process_logits(call_step(step_fn, grow.snapshot(), frontier), sampling)
+        counts = torch.minimum(counts, (q > 0).sum(-1))  # cannot draw more distinct tokens than q's support
+        draws = draw_without_replacement(q, int(counts.max()), generator)
+        q_rows = renormalised_rows(q, draws)
+        taken = torch.arange(draws.shape[1])[None, :] < counts[:, None]  # [F, C], row-major = draw order
+        parents = frontier[:, None].expand_as(draws)[taken]
+        tokens = draws[taken]
+        scores = grow.scores[parents] + torch.log(q.gather(1, draws))[taken]
+        new = grow.add(parents, tokens, scores)
+        rows_parent.append(parents), rows_child.append(new), rows_q.append(q_rows[taken])
+        remaining -= new.numel()
+        best = torch.sort(grow.scores[new], descending=True, stable=True).indices[: spec.top_k]
+        frontier = new[best]  # best first: split_quota gives the extra children to the best
+    proposals = Proposals(
+        parent=torch.cat(rows_parent) if rows_parent else torch.zeros(0, dtype=torch.long),
+        child=torch.cat(rows_child) if rows_child else torch.zeros(0, dtype=torch.long),
+        q=torch.cat(rows_q) if rows_q else torch.zeros(0, 0),
+    )
+    return grow.snapshot(proposals)

@@ -1,3 +1,9 @@
+"""Packing a tree for one target forward: X (tokens), P (positions), M (additive mask).
+
+The engine feeds X with position_ids P and the 4D mask M[None, None] against a KV cache that
+holds the prefix (the root is NOT in the cache: it is X[0]). transformers uses a 4D mask as
+given, so M encodes the prefix columns and the tree itself, in the model dtype.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,10 +22,35 @@ class PackedTree:
     prefix_len: int
 
 
+def ancestor_matrix(parents: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+    """bool [N, N]: row i marks i and its ancestors. Built one depth level at a time: a node's
+    row is its parent's row plus itself (EAGLE style), so the loop runs max-depth times."""
+    n = parents.numel()
+    anc = torch.eye(n, dtype=torch.bool, device=parents.device)
+    for d in range(1, int(depths.max()) + 1 if n else 0):
+        level = (depths == d).nonzero().flatten()
+        anc[level] |= anc[parents[level]]
+    return anc
+
+
 def pack_tree(tree: DraftTree, prefix_len: int, dtype: torch.dtype = torch.float32) -> PackedTree:
-    raise NotImplementedError
+    if prefix_len < 0:
+        raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
+    n = len(tree)
+    anc = ancestor_matrix(tree.parents, tree.depths)
+    mask = torch.full((n, prefix_len + n), torch.finfo(dtype).min, dtype=dtype, device=tree.tokens.device)
+    mask[:, :prefix_len] = 0
+    mask[:, prefix_len:].masked_fill_(anc, 0)
+    return PackedTree(
+        input_ids=tree.tokens.clone(),
+        position_ids=tree.depths + prefix_len,
+        attention_mask=mask,
+        ancestors=anc,
+        prefix_len=prefix_len,
+    )
 
 
 def kept_cache_positions(prefix_len: int, path: torch.Tensor) -> torch.Tensor:
     """Cache positions to keep after verification: arange(prefix_len) + prefix_len + path."""
-    raise NotImplementedError
+    path = path.to(torch.long)
+    return torch.cat([torch.arange(prefix_len, dtype=torch.long, device=path.device), prefix_len + path])

@@ -124,14 +124,51 @@ class DraftTree:
             raise ValueError(f"draft tree has token ids outside the vocabulary [0, {vocab_size})")
         if not torch.isfinite(self.scores).all():
             raise ValueError("draft tree has non-finite scores")
+        if len(set(self.drafter_names)) != len(self.drafter_names):
+            raise ValueError(f"draft tree drafter_names must be distinct, got {self.drafter_names}")
+        if ((self.proposers < 0) | (self.proposers >= 1 << len(self.drafter_names))).any():
+            raise ValueError("draft tree proposers has bits beyond its drafter_names")
         if self.proposals is not None:
-            p = self.proposals
-            k = len(p)
-            if p.child.shape != (k,) or p.q.dim() != 2 or p.q.shape[0] != k:
-                raise ValueError("proposal table fields have inconsistent shapes")
-            if k and (not torch.equal(self.parents[p.child], p.parent) or (p.child <= 0).any()):
-                raise ValueError("proposal table rows must point at a child of their parent node")
+            self._validate_proposals(vocab_size)
         return self
+
+    def _validate_proposals(self, vocab_size: int | None) -> None:
+        p = self.proposals
+        k = len(p)
+        if p.child.shape != (k,) or p.q.dim() != 2 or p.q.shape[0] != k:
+            raise ValueError("proposal table fields have inconsistent shapes")
+        if not k:
+            return
+        if vocab_size is not None and p.q.shape[1] != vocab_size:
+            raise ValueError(f"proposal q has {p.q.shape[1]} columns, expected vocabulary size {vocab_size}")
+        if (p.child <= 0).any() or (p.child >= len(self)).any() or not torch.equal(self.parents[p.child], p.parent):
+            raise ValueError("proposal table rows must point at a child of their parent node")
+        if (self.tokens[p.child] >= p.q.shape[1]).any():
+            raise ValueError("proposal table rows draw token ids outside the vocabulary of q")
+        if not torch.isfinite(p.q).all() or (p.q < 0).any():
+            raise ValueError("proposal q must be finite and non-negative")
+        if not torch.allclose(p.q.sum(-1), torch.ones(k, dtype=p.q.dtype), atol=1e-4):
+            raise ValueError("proposal q rows must sum to 1 (renormalised after earlier draws)")
+        drawn_q = p.q.gather(1, self.tokens[p.child][:, None]).squeeze(1)
+        if (drawn_q <= 0).any():
+            row = int((drawn_q <= 0).nonzero()[0])
+            raise ValueError(f"proposal row {row} drew a token its q gives probability 0")
+
+    def select(self, keep: torch.Tensor) -> "DraftTree":
+        """The sub-tree on the node set `keep` (bool [N] or indices; must hold the root and be
+        ancestor-closed), renumbered in the original order. The proposal table is dropped: a
+        cut that looked at the drawn values must be verified by the match rule (DESIGN.md)."""
+        mask = torch.zeros(len(self), dtype=torch.bool)
+        mask[keep] = True
+        check_ancestor_closed(self.parents, mask)
+        idx = mask.nonzero().flatten()
+        new_index = torch.cumsum(mask, 0) - 1
+        parents = self.parents[idx]
+        parents = torch.where(parents >= 0, new_index[parents.clamp(min=0)], parents)
+        return DraftTree(
+            tokens=self.tokens[idx], parents=parents, scores=self.scores[idx],
+            proposers=self.proposers[idx], drafter_names=self.drafter_names, depths=self.depths[idx],
+        )
 
     def to_networkx(self):
         """A networkx DiGraph (parent -> child) with token, depth, score and proposers per node."""
@@ -159,3 +196,40 @@ def depths_from_parents(parents: torch.Tensor) -> torch.Tensor:
         p = par[i]
         depths[i] = depths[p] + 1 if 0 <= p < i else -1
     return torch.tensor(depths, dtype=torch.long)
+
+
+def check_ancestor_closed(parents: torch.Tensor, keep: torch.Tensor) -> None:
+    """Raise ValueError unless the node set `keep` (bool [N]) holds the root and, with every
+    node, its parent."""
+    if not bool(keep[0]):
+        raise ValueError("node set is not ancestor-closed: the root (node 0) is missing")
+    open_nodes = keep[1:] & ~keep[parents[1:]]
+    if open_nodes.any():
+        node = int(open_nodes.nonzero()[0]) + 1
+        raise ValueError(
+            f"node set is not ancestor-closed: node {node} is kept without its parent {int(parents[node])}"
+        )
+
+
+def path_min_scores(tree: DraftTree) -> torch.Tensor:
+    """Each node's score capped by its ancestors' (min along the root path): non-increasing down
+    every path, so ranking by it keeps a parent ahead of its children even for arbitrary scores."""
+    eff = tree.scores.clone()
+    for d in range(1, int(tree.depths.max()) + 1):
+        level = (tree.depths == d).nonzero().flatten()
+        eff[level] = torch.minimum(eff[level], eff[tree.parents[level]])
+    return eff
+
+
+def top_scoring_closed(tree: DraftTree, budget: int) -> torch.Tensor:
+    """bool [N]: the root and the best `budget` draft nodes by score. Ties go to the smaller
+    index (a parent precedes its children), so the set is ancestor-closed; checked anyway."""
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    eff = path_min_scores(tree)[1:]
+    order = torch.sort(eff, descending=True, stable=True).indices[:budget] + 1
+    keep = torch.zeros(len(tree), dtype=torch.bool)
+    keep[0] = True
+    keep[order] = True
+    check_ancestor_closed(tree.parents, keep)
+    return keep
