@@ -1,0 +1,110 @@
+"""`specmux eval` / `python -m eval`: which composition serves my domains best on my target?
+
+With no arguments it runs the main job (see EvalConfig's defaults). Settings come from a JSON or
+TOML config file (`--config`, EvalConfig fields) and/or flags; flags win. Exit status: 0 when
+every greedy run matched the baseline token for token, 1 when one did not, 2 on bad input."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from .config import EvalConfig, load_config_file
+from .datasets import BENCHMARKS, MissingBenchmarkPackage
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return [kind(x.strip()) for x in text.split(",") if x.strip()]
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list: {e}") from e
+    return parse
+
+
+def _drafter(text: str) -> tuple[str, str]:
+    name, sep, spec = text.partition("=")
+    if not sep or not name or not spec:
+        raise argparse.ArgumentTypeError(f"expected NAME=SPEC (e.g. ee8=early-exit:8), got {text!r}")
+    return name, spec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="specmux eval",
+        description="Compare composition strategies per benchmark and temperature against the autoregressive "
+                    "baseline measured in the same run. No arguments: the main job (every benchmark, a small "
+                    "seeded sample, T = 0 and 1, every registered strategy over the default drafters).",
+        epilog="benchmarks: " + "; ".join(f"{b.name} ({b.description})" for b in BENCHMARKS.values()),
+    )
+    p.add_argument("--config", help="JSON or TOML file of EvalConfig fields (flags override it)")
+    p.add_argument("--target", help="built-in model name or a local transformers folder")
+    p.add_argument("--drafter", dest="drafters", action="append", type=_drafter, metavar="NAME=SPEC",
+                   help="a drafter, e.g. ee8=early-exit:8 (repeatable; default: the target's default drafters)")
+    p.add_argument("--strategies", type=_csv(str), metavar="S1,S2",
+                   help="strategy labels, e.g. single:ee8,merged_tree (default: every registered strategy)")
+    p.add_argument("--benchmarks", type=_csv(str), metavar="B1,B2", help=f"subset of {','.join(BENCHMARKS)}")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--limit", type=int, help="items per benchmark, a fixed seeded subset (default 2)")
+    limit.add_argument("--all", action="store_true", help="every item of every selected benchmark")
+    p.add_argument("--sample-seed", type=int, help="seed of the --limit subset")
+    p.add_argument("--temperatures", type=_csv(float), metavar="T1,T2", help="default 0,1")
+    p.add_argument("--seeds", type=_csv(int), metavar="S1,S2", help="sampling seeds (default 0)")
+    p.add_argument("--max-new-tokens", type=int, help="per turn (default 64)")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--depth", type=int, help="tree depth (levels below the root)")
+    p.add_argument("--budget", type=int, help="draft nodes per drafter tree")
+    p.add_argument("--tree-top-k", type=int, help="children per expanded node")
+    p.add_argument("--merge-budget", choices=["sum", "equal"])
+    p.add_argument("--sampled-tree", action="store_true", default=None, help="draw tree children from the drafters")
+    p.add_argument("--no-chat", dest="chat", action="store_false", default=None, help="plain-text prompts")
+    p.add_argument("--analysis", action="store_true", default=None, help="routing accuracy against the oracle (slow)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default min(2, CPUs))")
+    p.add_argument("--out", help="output folder (default runs/eval-<timestamp>); an existing one resumes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    data = load_config_file(args.config) if args.config else {}
+    flags = {
+        "target": args.target, "strategies": args.strategies, "benchmarks": args.benchmarks,
+        "sample_seed": args.sample_seed, "temperatures": args.temperatures, "seeds": args.seeds,
+        "max_new_tokens": args.max_new_tokens, "top_p": args.top_p, "top_k": args.top_k, "chat": args.chat,
+        "analysis": args.analysis, "threads": args.threads, "out": args.out,
+        "drafters": dict(args.drafters) if args.drafters else None,
+        "limit": args.limit,
+    }
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if args.all:
+        data["limit"] = None
+    tree = {"depth": args.depth, "budget": args.budget, "top_k": args.tree_top_k,
+            "merge_budget": args.merge_budget, "sampled": args.sampled_tree}
+    tree = {k: v for k, v in tree.items() if v is not None}
+    if tree:
+        data["tree"] = {**data.get("tree", {}), **tree}
+    return EvalConfig.model_validate(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+        from .runner import run_eval  # imports torch and the engine: after the arguments are checked
+
+        outcome = run_eval(config, progress=not args.no_progress)
+    except ValidationError as e:
+        print(f"specmux eval: error: invalid settings:\n{e}", file=sys.stderr)
+        return 2
+    except (MissingBenchmarkPackage, ValueError) as e:
+        print(f"specmux eval: error: {e}", file=sys.stderr)
+        return 2
+    if outcome.failures:
+        print(f"specmux eval: FAILED: {len(outcome.failures)} greedy run(s) differ from the baseline "
+              f"(see {outcome.out_dir / 'summary.json'})", file=sys.stderr)
+    return outcome.exit_code

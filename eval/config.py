@@ -1,0 +1,100 @@
+"""The evaluation config (a pydantic model; a JSON or TOML file and/or command-line flags) and the
+default drafter set."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from compose.models import DEFAULT_TARGET
+from compose.options import TreeOptions
+
+from .datasets import BENCHMARKS
+
+log = logging.getLogger(__name__)
+
+
+class EvalConfig(BaseModel):
+    """Defaults are the main job: every benchmark, a 2-item seeded sample each, T = 0 and 1,
+    64 new tokens, every registered strategy over the default drafters; it finishes in well
+    under 15 minutes on 2 CPU cores, first-use model conversion included."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(DEFAULT_TARGET, description="built-in model name or a local transformers folder")
+    drafters: dict[str, str] | None = Field(
+        None, description="name -> drafter spec (early-exit:K, lm:<model>, ...); None: default_drafters(target)")
+    strategies: list[str] | None = Field(
+        None, description="strategy labels: a registered name, or name:drafter for strategies that take one "
+                          "(single:math); None: every registered strategy, expanded per drafter where needed")
+    benchmarks: list[str] = Field(default_factory=lambda: list(BENCHMARKS), description="benchmarks to run")
+    limit: int | None = Field(2, ge=1, description="items per benchmark (a fixed seeded subset); None: all")
+    sample_seed: int = Field(0, description="seed of the --limit subset")
+    temperatures: list[float] = Field(default_factory=lambda: [0.0, 1.0], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                             description="sampling seeds (each sampled item runs once per seed; greedy runs use the first)")
+    max_new_tokens: int = Field(64, ge=1, description="per turn")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="sampled runs")
+    top_k: int = Field(0, ge=0, description="sampled runs; 0 = off")
+    tree: TreeOptions = Field(default_factory=TreeOptions, description="depth, top_k, budget, sampled, merge_budget")
+    chat: bool | None = Field(None, description="apply the chat template; None: when the tokenizer has one")
+    analysis: bool = Field(False, description="routing accuracy against the oracle choice (replays every "
+                                              "greedy routed step once per drafter: slow)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: min(2, CPU count)")
+    out: Path | None = Field(None, description="output folder; None: runs/eval-<timestamp>; an existing one resumes")
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in BENCHMARKS]
+        if unknown:
+            raise ValueError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+        if not names:
+            raise ValueError("no benchmarks selected")
+        return list(dict.fromkeys(names))
+
+    @field_validator("temperatures")
+    @classmethod
+    def _non_negative(cls, values: list[float]) -> list[float]:
+        if any(t < 0 for t in values):
+            raise ValueError(f"temperatures must be >= 0, got {values}")
+        return sorted(set(float(t) for t in values))
+
+    def result_settings(self) -> dict:
+        """The settings every stored record depends on: a resumed run must match them."""
+        return self.model_dump(mode="json", include={"target", "drafters", "max_new_tokens", "top_p", "top_k", "tree", "chat"})
+
+    def thread_count(self) -> int:
+        return self.threads or max(1, min(2, os.cpu_count() or 1))
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A JSON (.json) or TOML (.toml) file of EvalConfig fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"config file {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a table/object of settings")
+    return data
+
+
+def default_drafters(target: str) -> dict[str, str]:
+    """The drafter set a target gets when none is named: the trained specialists shipped for it
+    when they exist, else self-speculative early-exit drafters. One source of truth with
+    `specmux generate` (compose.defaults); this wrapper says which set was used."""
+    from compose.defaults import default_drafters as compose_default_drafters
+
+    specs = dict(compose_default_drafters(target))
+    kind = "early-exit (no trained drafters found for this target)" if all(
+        s.startswith("early-exit:") for s in specs.values()) else "trained"
+    log.info("default drafters for %s: %s drafters %s", target, kind, specs)
+    return specs

@@ -1,0 +1,110 @@
+"""Which strategies run, and how one benchmark item becomes a conversation with the target.
+
+Strategies come from the compose registry at run time, so a newly registered strategy is
+evaluated without changes here. A strategy that needs one named drafter (`drafter=`, like
+`single`) is expanded into one label per drafter ("single:math"); one that cannot run with the
+given drafters (e.g. `averaged` over drafters of different architectures) is skipped with the
+reason, which the report shows."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from compose import STRATEGIES, Composer
+from compose.types import GenerationResult
+
+from .config import EvalConfig
+from .datasets import BenchmarkItem
+from .records import BASELINE, TurnLog
+
+log = logging.getLogger(__name__)
+
+PROBE_PROMPT = "Count from one to five."
+
+
+@dataclass(frozen=True)
+class StrategyRun:
+    label: str  # what the results call it: "merged_tree", "single:math"
+    name: str  # the registered strategy name
+    options: dict[str, Any] = field(default_factory=dict)  # extra generate() arguments, e.g. drafter=
+
+
+def generation_options(config: EvalConfig, temperature: float, seed: int) -> dict[str, Any]:
+    return dict(max_new_tokens=config.max_new_tokens, temperature=temperature, top_p=config.top_p,
+                top_k=config.top_k, seed=seed, tree=config.tree.model_dump())
+
+
+def _probe(composer: Composer, run: StrategyRun, config: EvalConfig, chat: bool) -> None:
+    """A short real generation: checks the strategy runs with these drafters and warms it up."""
+    prompt = [{"role": "user", "content": PROBE_PROMPT}] if chat else PROBE_PROMPT
+    options = generation_options(config, 0.0, 0) | {"max_new_tokens": min(8, config.max_new_tokens)}
+    composer.generate(prompt, strategy=run.name, **options, **run.options)
+
+
+def resolve_strategies(composer: Composer, config: EvalConfig, chat: bool) -> tuple[list[StrategyRun], dict[str, str]]:
+    """(the strategy runs, skipped name -> reason). The baseline is not among the runs: it always
+    runs. Every run (baseline included) is probed with a short untimed generation, which also
+    warms it up before anything is measured."""
+    drafter_names = list(composer.drafters)
+    _probe(composer, StrategyRun(BASELINE, BASELINE), config, chat)
+    if config.strategies is not None:
+        runs = []
+        for label in dict.fromkeys(config.strategies):
+            name, _, drafter = label.partition(":")
+            if name not in STRATEGIES:
+                raise ValueError(f"unknown strategy {name!r} in {label!r}; registered: {sorted(STRATEGIES)}")
+            if name == BASELINE:
+                continue
+            run = StrategyRun(label, name, {"drafter": drafter} if drafter else {})
+            try:
+                _probe(composer, run, config, chat)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"strategy {label!r} cannot run with drafters {drafter_names}: {e}") from e
+            runs.append(run)
+        return runs, {}
+
+    runs, skipped = [], {}
+    for name in STRATEGIES:
+        if name == BASELINE:
+            continue
+        per_drafter = [StrategyRun(f"{name}:{d}", name, {"drafter": d}) for d in drafter_names]
+        try:
+            if not per_drafter:
+                raise TypeError("no drafters")
+            _probe(composer, per_drafter[0], config, chat)
+        except (TypeError, ValueError):  # the strategy takes no drafter= argument: run it as is
+            run = StrategyRun(name, name)
+            try:
+                _probe(composer, run, config, chat)
+            except (TypeError, ValueError) as e:
+                skipped[name] = str(e)
+                log.warning("skipping strategy %r: %s", name, e)
+                continue
+            runs.append(run)
+            continue
+        for run in per_drafter[1:]:
+            _probe(composer, run, config, chat)
+        runs.extend(per_drafter)
+    return runs, skipped
+
+
+def run_conversation(
+    composer: Composer, item: BenchmarkItem, run: StrategyRun, config: EvalConfig, temperature: float, seed: int,
+    chat: bool, oracle=None,
+) -> list[TurnLog]:
+    """Every turn of `item`; turn t + 1 is asked after this run's own answer to turn t (turn t
+    samples with seed + t). `oracle(result) -> list[dict]` fills TurnLog.oracle when given."""
+    messages: list[dict[str, str]] = []
+    turns = []
+    for t, user_text in enumerate(item.turns):
+        messages.append({"role": "user", "content": user_text})
+        prompt = list(messages) if chat else "\n\n".join(m["content"] for m in messages)
+        result: GenerationResult = composer.generate(
+            prompt, strategy=run.name, **generation_options(config, temperature, seed + t), **run.options)
+        turn = TurnLog.from_result(result)
+        if oracle is not None:
+            turn.oracle = oracle(result)
+        turns.append(turn)
+        messages.append({"role": "assistant", "content": result.text})
+    return turns

@@ -1,0 +1,150 @@
+"""The benchmark runner: baseline and strategies interleaved item by item, resumable.
+
+For every (temperature, seed, benchmark item) unit, the autoregressive baseline and every
+strategy run back to back, in an order rotated from one unit to the next, so machine drift
+(other processes, thermal state) hits them all alike. Records are appended to results.jsonl
+as they finish; summary.json, report.md and the plots are rebuilt from all stored records."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from compose import Composer
+
+from .config import EvalConfig, default_drafters
+from .datasets import BENCHMARKS, BenchmarkItem, load_benchmark, sample_items
+from .metrics import greedy_mismatches
+from .oracle import oracle_for
+from .plan import StrategyRun, resolve_strategies, run_conversation
+from .plots import write_plots
+from .records import BASELINE, RecordKey, ResultStore, RunRecord, atomic_write_json, atomic_write_text
+from .report import build_summary, console_table, markdown_report
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE, REPORT_FILE = "config.json", "results.jsonl", "summary.json", "report.md"
+
+
+@dataclass
+class EvalOutcome:
+    out_dir: Path
+    summary: dict
+    generated: int  # records produced by this process (the rest were resumed)
+
+    @property
+    def failures(self) -> list[dict]:
+        return self.summary["failures"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+
+def default_out_dir() -> Path:
+    return Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _check_or_write_config(out_dir: Path, config: EvalConfig) -> None:
+    """A resumed folder must hold results of the same result-affecting settings."""
+    path = out_dir / CONFIG_FILE
+    if path.exists():
+        stored = EvalConfig.model_validate_json(path.read_text(encoding="utf-8"))
+        mine, theirs = config.result_settings(), stored.result_settings()
+        if mine != theirs:
+            diff = {k: {"stored": theirs[k], "now": mine[k]} for k in mine if mine[k] != theirs.get(k)}
+            raise ValueError(f"{out_dir} holds results made with other settings {diff}; resume with the same "
+                             "settings or choose another --out")
+        # benchmarks, strategies, temperatures, seeds and limits may grow: keep the union on record
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, config.model_dump(mode="json"))
+
+
+def _units(config: EvalConfig, items: dict[str, list[BenchmarkItem]]):
+    """(temperature, seed, item) in run order; greedy runs use only the first seed (repeats would
+    generate the same tokens)."""
+    for temperature in config.temperatures:
+        for seed in config.seeds[:1] if temperature == 0 else config.seeds:
+            for bench in config.benchmarks:
+                for item in items[bench]:
+                    yield temperature, seed, item
+
+
+def _key(item: BenchmarkItem, label: str, temperature: float, seed: int) -> RecordKey:
+    return RecordKey(item.benchmark, item.id, label, temperature, seed)
+
+
+def run_eval(config: EvalConfig, progress: bool = True, echo: Callable[[str], None] = print) -> EvalOutcome:
+    started = time.perf_counter()
+    torch.set_num_threads(config.thread_count())
+    out_dir = Path(config.out) if config.out is not None else default_out_dir()
+
+    # datasets first: a missing package fails before minutes of model loading
+    full = {b: load_benchmark(b) for b in config.benchmarks}
+    items = {b: sample_items(full[b], config.limit, config.sample_seed) for b in config.benchmarks}
+    source = "as configured" if config.drafters is not None else "the default set for this target"
+    drafters = config.drafters if config.drafters is not None else default_drafters(config.target)
+    config = config.model_copy(update={"drafters": drafters, "out": out_dir})
+    _check_or_write_config(out_dir, config)
+
+    echo(f"specmux eval -> {out_dir}")
+    echo(f"target {config.target}; drafters {drafters} ({source})")
+    composer = Composer(config.target, drafters=drafters)
+    chat = config.chat if config.chat is not None else bool(getattr(composer.tokenizer, "chat_template", None))
+    runs, skipped = resolve_strategies(composer, config, chat)
+    echo("strategies: " + ", ".join([BASELINE] + [r.label for r in runs])
+         + "".join(f"\n  skipped {name}: {why}" for name, why in skipped.items()))
+
+    store = ResultStore(out_dir / RESULTS_FILE)
+    all_runs = [StrategyRun(BASELINE, BASELINE), *runs]
+    units = list(_units(config, items))
+    todo = sum(_key(item, r.label, t, s) not in store for t, s, item in units for r in all_runs)
+    if todo < len(units) * len(all_runs):
+        echo(f"resuming: {len(units) * len(all_runs) - todo} of {len(units) * len(all_runs)} runs already in {RESULTS_FILE}")
+
+    generated = 0
+    bar = tqdm(total=todo, unit="run", desc="eval", disable=not progress or todo == 0, file=sys.stderr, dynamic_ncols=True)
+    for index, (temperature, seed, item) in enumerate(units):
+        shift = index % len(all_runs)
+        for position, run in enumerate(all_runs[shift:] + all_runs[:shift]):
+            key = _key(item, run.label, temperature, seed)
+            if key in store:
+                continue
+            bar.set_postfix_str(f"{item.benchmark}/{item.id} T={temperature:g} {run.label}", refresh=False)
+            t0 = time.perf_counter()
+            turns = run_conversation(composer, item, run, config, temperature, seed, chat,
+                                     oracle=oracle_for(composer, run, config, temperature))
+            store.append(RunRecord(
+                benchmark=item.benchmark, prompt_id=item.id, strategy=run.label, temperature=temperature, seed=seed,
+                turns=turns, wall_seconds=time.perf_counter() - t0, order=position,
+                finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            ))
+            generated += 1
+            bar.update(1)
+        if temperature == 0:
+            unit = [store.get(_key(item, r.label, temperature, seed)) for r in all_runs]
+            for failure in greedy_mismatches([r for r in unit if r is not None])[1]:
+                bar.write(f"GREEDY MISMATCH {failure['benchmark']}/{failure['prompt_id']} {failure['strategy']}: {failure['problem']}")
+    bar.close()
+
+    # the summary covers exactly this config's selection (a resumed folder may hold more)
+    wanted = {_key(item, r.label, t, s) for t, s, item in units for r in all_runs}
+    records = [r for r in store.all() if r.key in wanted]
+    benchmarks = {b: {"selected": len(items[b]), "total": len(full[b]), "ids": [it.id for it in items[b]],
+                      "description": BENCHMARKS[b].description} for b in config.benchmarks}
+    summary = build_summary(config, records, [r.label for r in runs], skipped, benchmarks, time.perf_counter() - started)
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    write_plots(summary, out_dir)
+    atomic_write_text(out_dir / REPORT_FILE, markdown_report(summary))
+    echo("")
+    echo(console_table(summary))
+    echo(f"\n{len(records)} records ({generated} new) in {out_dir}: {RESULTS_FILE}, {SUMMARY_FILE}, {REPORT_FILE}, "
+         f"plots; wall {summary['wall_seconds']:.0f} s")
+    return EvalOutcome(out_dir, summary, generated)
