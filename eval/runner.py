@@ -82,8 +82,16 @@ def _key(item: BenchmarkItem, label: str, temperature: float, seed: int) -> Reco
 
 
 def run_eval(config: EvalConfig, progress: bool = True, echo: Callable[[str], None] = print) -> EvalOutcome:
-    started = time.perf_counter()
+    threads = torch.get_num_threads()
     torch.set_num_threads(config.thread_count())
+    try:
+        return _run_eval(config, progress, echo)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_eval(config: EvalConfig, progress: bool, echo: Callable[[str], None]) -> EvalOutcome:
+    started = time.perf_counter()
     out_dir = Path(config.out) if config.out is not None else default_out_dir()
 
     # datasets first: a missing package fails before minutes of model loading
@@ -131,7 +139,8 @@ def run_eval(config: EvalConfig, progress: bool = True, echo: Callable[[str], No
         if temperature == 0:
             unit = [store.get(_key(item, r.label, temperature, seed)) for r in all_runs]
             for failure in greedy_mismatches([r for r in unit if r is not None])[1]:
-                bar.write(f"GREEDY MISMATCH {failure['benchmark']}/{failure['prompt_id']} {failure['strategy']}: {failure['problem']}")
+                tqdm.write(f"GREEDY MISMATCH {failure['benchmark']}/{failure['prompt_id']} {failure['strategy']}: "
+                           f"{failure['problem']}", file=sys.stderr)
     bar.close()
 
     # the summary covers exactly this config's selection (a resumed folder may hold more)

@@ -1,0 +1,181 @@
+"""`specmux eval` end to end on a tiny random target: every output file with its documented
+schema, resume, a forced greedy mismatch failing the command, strategy discovery."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import eval.runner
+from compose import Composer
+from compose.registry import STRATEGIES
+from compose.strategies import Autoregressive
+from eval.cli import build_parser, config_from_args, main
+from eval.config import EvalConfig
+from eval.plan import resolve_strategies
+from eval.records import RunRecord
+from eval_helpers import tiny_target_folder
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight the other test workers)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory) -> Path:
+    return tiny_target_folder(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def args_for(target: Path, out: Path, *extra: str) -> list[str]:
+    return ["--target", str(target), "--drafter", "d1=early-exit:1", "--drafter", "d2=early-exit:2",
+            "--strategies", "single:d1,merged_tree", "--benchmarks", "gsm8k", "--max-new-tokens", "8",
+            "--depth", "3", "--budget", "6", "--tree-top-k", "3", "--threads", "1", "--no-progress", "--out", str(out),
+            *extra]
+
+
+def strict_json(path: Path):
+    def reject(constant):
+        raise ValueError(f"{path.name} is not strict JSON: {constant}")
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def result_lines(out: Path) -> list[str]:
+    return (out / "results.jsonl").read_text().splitlines()
+
+
+def test_end_to_end_writes_every_output_and_resumes(target, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = args_for(target, out, "--limit", "2", "--temperatures", "0,1")
+    assert main(argv) == 0
+
+    for name in ("config.json", "results.jsonl", "summary.json", "report.md"):
+        assert (out / name).is_file(), name
+    for name in ("tau.png", "acceptance.png", "routing.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+
+    # results.jsonl: one record per item x strategy x temperature (2 x 3 x 2)
+    records = [RunRecord.model_validate_json(line) for line in result_lines(out)]
+    assert len(records) == 12
+    assert {r.strategy for r in records} == {"autoregressive", "single:d1", "merged_tree"}
+    assert {r.temperature for r in records} == {0.0, 1.0}
+    assert len({r.prompt_id for r in records}) == 2
+    raw = json.loads(result_lines(out)[0])
+    assert raw["schema"] == "specmux-eval-record/1"
+    turn = raw["turns"][0]
+    assert set(turn) >= {"prompt_tokens", "token_ids", "text", "finish_reason", "new_tokens", "accepted", "tree_sizes",
+                         "step_drafters", "accepted_by", "routing", "times"}
+    assert set(turn["times"]) == {"prefill", "draft", "verify", "forward", "total"}
+    for r in records:
+        for t in r.turns:
+            assert 1 <= t.new_tokens <= 8 and len(t.accepted) == len(t.tree_sizes) == len(t.step_drafters)
+    greedy = {r.strategy: r.turns[0].token_ids for r in records if r.temperature == 0 and r.prompt_id == records[0].prompt_id}
+    assert greedy["single:d1"] == greedy["merged_tree"] == greedy["autoregressive"]
+
+    # summary.json: strict JSON, one row per benchmark x temperature x strategy
+    summary = strict_json(out / "summary.json")
+    assert summary["schema"] == "specmux-eval-summary/1"
+    assert summary["strategies"] == ["autoregressive", "single:d1", "merged_tree"]
+    assert summary["greedy_check"] == {"records_checked": 4, "mismatches": 0} and summary["failures"] == []
+    assert summary["benchmarks"]["gsm8k"]["selected"] == 2 and summary["benchmarks"]["gsm8k"]["total"] == 100
+    rows = {(r["benchmark"], r["temperature"], r["strategy"]): r for r in summary["rows"]}
+    assert set(rows) == {("gsm8k", t, s) for t in (0.0, 1.0) for s in summary["strategies"]}
+    row = rows[("gsm8k", 0.0, "merged_tree")]
+    assert set(row) >= {"prompts", "tau", "tokens_per_s", "speedup", "acceptance", "drafter_shares", "routing_shares",
+                        "routing_accuracy", "phase_seconds", "ms_per_token", "mean_tree_size"}
+    assert row["prompts"] == 2 and row["tau"] >= 1.0 and row["speedup"] > 0
+    assert len(row["acceptance"]["unconditional"]) == len(row["acceptance"]["conditional"]) == 3
+    assert rows[("gsm8k", 0.0, "autoregressive")]["tau"] == 1.0
+    assert set(rows[("gsm8k", 0.0, "single:d1")]["routing_shares"]) <= {"d1"}
+
+    report = (out / "report.md").read_text()
+    assert "### τ and speed" in report and "| gsm8k | merged_tree |" in report and "![tau](tau.png)" in report
+    console = capsys.readouterr().out
+    assert "T = 0 (greedy): τ / speed-up" in console and "greedy token equality with the baseline: OK" in console
+
+    # a re-run with the same folder generates nothing
+    assert main(argv) == 0
+    assert len(result_lines(out)) == 12
+    assert "(0 new)" in capsys.readouterr().out
+
+    # an interrupted run: two records missing and a half-written last line; only those two are redone
+    lines = result_lines(out)
+    (out / "results.jsonl").write_text("\n".join(lines[:-2]) + "\n" + lines[-2][:40])
+    assert main(argv) == 0
+    assert len(result_lines(out)) == 12
+    assert "(2 new)" in capsys.readouterr().out
+    assert {json.loads(line)["strategy"] for line in result_lines(out)[-2:]} <= {"autoregressive", "single:d1", "merged_tree"}
+
+
+def test_forced_greedy_mismatch_fails_the_command(target, tmp_path, monkeypatch, capsys):
+    real = eval.runner.run_conversation
+
+    def corrupting(composer, item, run, config, temperature, seed, chat, oracle=None):
+        turns = real(composer, item, run, config, temperature, seed, chat, oracle)
+        if run.label == "single:d1":
+            turns[0].token_ids[1] = (turns[0].token_ids[1] + 1) % 128
+        return turns
+
+    monkeypatch.setattr(eval.runner, "run_conversation", corrupting)
+    out = tmp_path / "run"
+    assert main(args_for(target, out, "--limit", "1", "--temperatures", "0")) == 1
+    summary = strict_json(out / "summary.json")
+    assert summary["greedy_check"]["mismatches"] == 1
+    failure = summary["failures"][0]
+    assert (failure["strategy"], failure["turn"], failure["position"]) == ("single:d1", 0, 1)
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.err and "GREEDY MISMATCH" in captured.err
+    assert "mismatch" in (out / "report.md").read_text()
+
+
+def test_resuming_with_other_settings_is_refused(target, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out).mkdir()
+    stored = EvalConfig(target=str(target), drafters={"d1": "early-exit:1"}, max_new_tokens=99)
+    (out / "config.json").write_text(stored.model_dump_json())
+    assert main(args_for(target, out, "--limit", "1", "--temperatures", "0")) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_bad_input_exits_2_with_a_clear_error(target, tmp_path, capsys):
+    assert main(args_for(target, tmp_path / "a", "--strategies", "telepathy")) == 2
+    assert "unknown strategy 'telepathy'" in capsys.readouterr().err
+    assert main(["--benchmarks", "mmlu", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_config_file_and_flags(tmp_path):
+    path = tmp_path / "eval.toml"
+    path.write_text('benchmarks = ["math"]\nlimit = 5\ntemperatures = [0.0]\n[tree]\ndepth = 2\nbudget = 4\n')
+    config = config_from_args(build_parser().parse_args(["--config", str(path), "--budget", "9", "--seeds", "1,2"]))
+    assert config.benchmarks == ["math"] and config.limit == 5 and config.temperatures == [0.0]
+    assert (config.tree.depth, config.tree.budget) == (2, 9) and config.seeds == [1, 2]
+    assert config_from_args(build_parser().parse_args(["--config", str(path), "--all"])).limit is None
+    defaults = config_from_args(build_parser().parse_args([]))
+    assert defaults.limit == 2 and defaults.temperatures == [0.0, 1.0] and defaults.drafters is None
+    assert defaults.benchmarks == ["mtbench", "gsm8k", "humaneval", "math"]
+
+
+def test_registered_strategies_are_discovered_and_expanded(target, monkeypatch):
+    """Every registered strategy runs without changes to eval: per drafter where it takes
+    `drafter=`, as is otherwise, skipped with the reason where it cannot run."""
+    monkeypatch.setitem(STRATEGIES, "brand_new", lambda drafters, tree, *args, **kw: Autoregressive(drafters, **kw))
+    composer = Composer(str(target), drafters={"d1": "early-exit:1", "d2": "early-exit:2"})
+    config = EvalConfig(target=str(target), max_new_tokens=4, tree=dict(depth=2, budget=4, top_k=2))
+    runs, skipped = resolve_strategies(composer, config, chat=True)
+    labels = [r.label for r in runs]
+    assert "autoregressive" not in labels  # the baseline always runs, separately
+    assert {"single:d1", "single:d2", "brand_new"} <= set(labels)
+    assert not any(label.startswith("single") and ":" not in label for label in labels)
+    for name in set(STRATEGIES) - {"autoregressive", "single", "brand_new"}:
+        assert name in labels or name in skipped  # nothing silently dropped
+    if "averaged" in STRATEGIES:  # early-exit drafters of different depths cannot be averaged
+        assert "averaged" in skipped and "architecture" in skipped["averaged"]
