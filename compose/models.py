@@ -10,8 +10,8 @@ Cache layout, under specmux_home() ($SPECMUX_HOME, default ~/.cache/specmux):
 
     models/<name>/                 finished conversion: config.json, model.safetensors,
                                    generation_config.json, tokenizer files and
-                                   specmux-cache.json (written last; sizes and sha256 of
-                                   every file, the source sha256, the conversion check)
+                                   specmux-cache.json (written last: size, mtime and sha256
+                                   of every file, the source sha256, the conversion check)
     models/.<name>.lock            held (flock) while a process converts <name>
     models/.tmp-<name>-<id>/       work in progress; renamed into place only when complete
 
@@ -164,13 +164,14 @@ def specmux_home() -> Path:
     return Path(home).expanduser() if home else Path.home() / ".cache" / "specmux"
 
 
-def resolve_model_dir(name_or_path: str | Path) -> Path:
+def resolve_model_dir(name_or_path: str | Path, verify: bool = False) -> Path:
     """A folder transformers can load: a local folder as given (it must hold config.json),
-    or a built-in's converted cache folder, converting on first use.
+    or a built-in's converted cache folder, converting on first use and rebuilding a damaged
+    one. verify=True re-hashes every cached file instead of trusting unchanged ones.
 
     A str that names a built-in means the built-in; a Path is always a folder."""
     if isinstance(name_or_path, str) and name_or_path in BUILTIN_MODELS:
-        return _ensure_converted(BUILTIN_MODELS[name_or_path])
+        return _ensure_converted(BUILTIN_MODELS[name_or_path], verify)
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file():
@@ -204,16 +205,16 @@ def load_target(
 # ----------------------------------------------------------------------------- cache
 
 
-def _ensure_converted(model: BuiltinModel) -> Path:
+def _ensure_converted(model: BuiltinModel, verify: bool) -> Path:
     models_dir = specmux_home() / "models"
     final = models_dir / model.name
-    problem = _cache_problem(model, final)
+    problem = _cache_problem(model, final, verify)
     if problem is None:
         return final
     models_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(models_dir / f".{model.name}.lock"):
         # Another process may have finished the conversion while we waited for the lock.
-        problem = _cache_problem(model, final)
+        problem = _cache_problem(model, final, verify)
         if problem is None:
             return final
         if final.exists():
@@ -230,7 +231,6 @@ def _ensure_converted(model: BuiltinModel) -> Path:
             os.rename(converted, final)  # atomic: the folder appears complete or not at all
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        _verified_folders.add(final)  # its files were hashed into the marker just now
         problem = _cache_problem(model, final)
         if problem is not None:
             raise ModelAssetError(f"the freshly converted cache of {model.name} is unusable: {problem}")
@@ -247,12 +247,12 @@ def _exclusive_lock(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-# Folders whose files were hashed in this process; sizes are still checked on every call.
-_verified_folders: set[Path] = set()
+def _cache_problem(model: BuiltinModel, folder: Path, verify: bool = False) -> str | None:
+    """Why the cache folder cannot be used, or None if it can.
 
-
-def _cache_problem(model: BuiltinModel, folder: Path) -> str | None:
-    """Why the cache folder cannot be used, or None if it can."""
+    Every call checks the marker and each file's size. A file whose modification time differs
+    from the marker's (or every file, with verify=True) is also hashed: hashing all 7 GB of the
+    1.5B model on every load would cost more than loading it."""
     marker_path = folder / MARKER_FILE
     if not marker_path.is_file():
         return "no completion marker (missing or half-written)" if folder.exists() else "not converted yet"
@@ -267,11 +267,9 @@ def _cache_problem(model: BuiltinModel, folder: Path) -> str | None:
         path = folder / file_name
         if not path.is_file() or path.stat().st_size != expected["size"]:
             return f"{file_name} is missing or has the wrong size"
-    if folder not in _verified_folders:
-        for file_name, expected in files.items():
-            if _sha256_of(folder / file_name) != expected["sha256"]:
+        if verify or path.stat().st_mtime_ns != expected.get("mtime_ns"):
+            if _sha256_of(path) != expected["sha256"]:
                 return f"{file_name} does not match its sha256"
-        _verified_folders.add(folder)
     return None
 
 
@@ -380,7 +378,7 @@ def _convert_gguf(model: BuiltinModel, work: Path) -> tuple[Path, dict]:
 def _write_marker(model: BuiltinModel, folder: Path, check: dict) -> None:
     """Record every file's size and sha256; written last, so its presence means complete."""
     files = {
-        path.name: {"size": path.stat().st_size, "sha256": _sha256_of(path)}
+        path.name: {"size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns, "sha256": _sha256_of(path)}
         for path in sorted(folder.iterdir())
         if path.name != MARKER_FILE
     }
@@ -452,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown built-in model(s) {', '.join(unknown)}; known: {', '.join(BUILTIN_MODELS)}")
     for name in names:
         try:
-            print(f"{name}\t{resolve_model_dir(name)}", flush=True)
+            print(f"{name}\t{resolve_model_dir(name, verify=True)}", flush=True)
         except ModelAssetError as error:
             parser.exit(1, f"error: {error}\n")
     return 0

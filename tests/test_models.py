@@ -8,6 +8,7 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -53,7 +54,6 @@ def save_tiny_model(folder: Path) -> Path:
 def home(tmp_path, monkeypatch):
     home = tmp_path / "specmux-home"
     monkeypatch.setenv("SPECMUX_HOME", str(home))
-    monkeypatch.setattr(models, "_verified_folders", set())  # each test is a fresh process
     return home
 
 
@@ -279,7 +279,6 @@ def test_damaged_cache_is_rebuilt(home, fake_builtin, monkeypatch, damage):
         data = bytearray(weights.read_bytes())
         data[-1] ^= 0xFF
         weights.write_bytes(bytes(data))
-        monkeypatch.setattr(models, "_verified_folders", set())  # as a new process would see it
     elif damage == "other source":
         marker = json.loads(marker_path.read_text())
         marker["source_sha256"] = "f" * 64
@@ -290,6 +289,30 @@ def test_damaged_cache_is_rebuilt(home, fake_builtin, monkeypatch, damage):
     assert resolve_model_dir("tiny-test") == folder
     assert len(fake_builtin) == 2
     assert models._cache_problem(BUILTIN_MODELS["tiny-test"], folder) is None
+
+
+def test_touched_but_unchanged_files_are_hashed_and_accepted(home, fake_builtin):
+    folder = resolve_model_dir("tiny-test")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # new modification time, same bytes (like a copy)
+    assert resolve_model_dir("tiny-test") == folder
+    assert len(fake_builtin) == 1
+
+
+def test_verify_hashes_files_whose_time_looks_unchanged(home, fake_builtin):
+    folder = resolve_model_dir("tiny-test")
+    weights = folder / "model.safetensors"
+    times = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(times.st_atime_ns, times.st_mtime_ns))  # bit rot: same size, same time
+    model = BUILTIN_MODELS["tiny-test"]
+    assert models._cache_problem(model, folder) is None  # the cheap check trusts unchanged files
+    assert "sha256" in models._cache_problem(model, folder, verify=True)
+    assert resolve_model_dir("tiny-test", verify=True) == folder
+    assert len(fake_builtin) == 2
+    assert models._cache_problem(model, folder, verify=True) is None
 
 
 def test_concurrent_first_uses_convert_once(home, fake_builtin):
