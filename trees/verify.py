@@ -1,6 +1,6 @@
-"""Verifying a draft tree against the target's logits at every node (DESIGN.md "Verify").
+"""Verifying draft trees against the target's logits at every node (DESIGN.md "Verify").
 
-Greedy is one vectorised pass. Sampling walks the accepted path (at most depth + 1 nodes) and
+Greedy is one vectorised pass. Sampling walks the accepted paths (at most depth + 1 steps) and
 processes only the target rows it visits: processing all N rows of a 49k vocabulary up front
 costs more than the walk. At every visited node the walk emits one token with the law of the
 target's processed distribution p:
@@ -9,16 +9,20 @@ target's processed distribution p:
   - no row accepted (or no rows: the match rule): draw y ~ p.
 If the emitted token has a child node (the accepted row's child, else the first child with that
 token) the walk descends into it; otherwise the token is the bonus and the walk stops.
+
+Everything runs on a `TreeBatch` (several independent trees in one node table, each walked
+independently, in lockstep); `verify` is the batch of one.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
 from .sampling import process_logits, sample
 from .spec import SamplingSpec
-from .tree import DraftTree
+from .tree import DraftTree, Proposals
 
 
 @dataclass
@@ -33,6 +37,60 @@ class VerifyResult:
         return int(self.path.numel()) - 1
 
 
+@dataclass
+class TreeBatch:
+    """Independent trees in one flat node table: tree b owns nodes starts[b]:starts[b+1];
+    parents and proposal rows use global node indices; roots have parent -1."""
+
+    tokens: torch.Tensor  # int64 [T]
+    parents: torch.Tensor  # int64 [T]
+    depths: torch.Tensor  # int64 [T]
+    starts: torch.Tensor  # int64 [B + 1]
+    proposals: Proposals | None = None
+
+    @classmethod
+    def from_trees(cls, trees: Sequence[DraftTree]) -> "TreeBatch":
+        sizes = torch.tensor([len(t) for t in trees])
+        starts = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(sizes, 0)])
+        offsets = starts[:-1].repeat_interleave(sizes)
+        parents = torch.cat([t.parents for t in trees])
+        tables = [(t.proposals, int(o)) for t, o in zip(trees, starts) if t.proposals is not None and len(t.proposals)]
+        proposals = None
+        if tables:
+            proposals = Proposals(
+                parent=torch.cat([p.parent + o for p, o in tables]),
+                child=torch.cat([p.child + o for p, o in tables]),
+                q=torch.cat([p.q for p, _ in tables]),
+            )
+        return cls(
+            tokens=torch.cat([t.tokens for t in trees]),
+            parents=torch.where(parents >= 0, parents + offsets, -1),
+            depths=torch.cat([t.depths for t in trees]),
+            starts=starts,
+            proposals=proposals,
+        )
+
+    @property
+    def size(self) -> int:
+        return self.starts.numel() - 1
+
+    @property
+    def tree_of(self) -> torch.Tensor:
+        return torch.arange(self.size).repeat_interleave(self.starts.diff())
+
+
+@dataclass
+class BatchVerifyResult:
+    paths: torch.Tensor  # int64 [B, L]: local node indices of each accepted path, -1 padded
+    tokens: torch.Tensor  # int64 [B, L]: their tokens, -1 padded
+    lengths: torch.Tensor  # int64 [B]: nodes on each path (root included)
+    bonus: torch.Tensor  # int64 [B]
+
+    def __getitem__(self, b: int) -> VerifyResult:
+        n = int(self.lengths[b])
+        return VerifyResult(path=self.paths[b, :n].clone(), tokens=self.tokens[b, :n].clone(), bonus=int(self.bonus[b]))
+
+
 def verify(
     tree: DraftTree,
     target_logits: torch.Tensor,
@@ -42,86 +100,164 @@ def verify(
     """target_logits [N, V]: the target's raw logits at every node (row i = next-token logits
     after the path to node i). Greedy, match rule (no proposal table) or recursive rejection
     sampling (proposal table present) per DESIGN.md."""
-    if target_logits.dim() != 2 or target_logits.shape[0] != len(tree):
-        raise ValueError(
-            f"target_logits must have shape [{len(tree)}, V] for a tree of {len(tree)} nodes, "
-            f"got {tuple(target_logits.shape)}"
-        )
+    return verify_batch(TreeBatch.from_trees([tree]), target_logits, sampling, generator)[0]
+
+
+def verify_batch(
+    batch: TreeBatch,
+    target_logits: torch.Tensor,
+    sampling: SamplingSpec,
+    generator: torch.Generator | None = None,
+) -> BatchVerifyResult:
+    """`verify` for every tree of the batch at once; target_logits [T, V] row per node."""
+    check_inputs(batch, target_logits)
     if sampling.greedy:
-        return follow_draws(tree, target_logits.argmax(-1))
-    return walk_sampled(tree, target_logits, sampling, generator)
+        draws = target_logits.argmax(-1)
+        end = follow_draws(batch, draws)
+        return paths_to(batch, end, draws[end])
+    end, bonus = walk_sampled(batch, target_logits, sampling, generator)
+    return paths_to(batch, end, bonus)
 
 
-def first_sibling_mask(tree: DraftTree) -> torch.Tensor:
-    """bool [N]: node is the lowest-index child of its parent with its token (duplicate siblings
-    are legal; the first one stands for the token in the match rule)."""
-    base = int(tree.tokens.max()) + 1
-    keys = tree.parents.clamp(min=0) * base + tree.tokens
+def check_inputs(batch: TreeBatch, target_logits: torch.Tensor) -> None:
+    t = batch.tokens.numel()
+    if target_logits.dim() != 2 or target_logits.shape[0] != t:
+        raise ValueError(
+            f"target_logits must have shape [{t}, V] (one row per tree node), got {tuple(target_logits.shape)}"
+        )
+    vocab = target_logits.shape[1]
+    if t and int(batch.tokens.max()) >= vocab:
+        raise ValueError(f"tree has token ids outside the target vocabulary [0, {vocab})")
+    if batch.proposals is not None and len(batch.proposals) and batch.proposals.q.shape[1] != vocab:
+        raise ValueError(
+            f"proposal q has {batch.proposals.q.shape[1]} columns but the target vocabulary has {vocab}"
+        )
+
+
+def first_sibling_mask(batch: TreeBatch) -> torch.Tensor:
+    """bool [T]: the node is the lowest-index child of its parent with its token (duplicate
+    siblings are legal; the first one stands for the token). Roots are True."""
+    base = int(batch.tokens.max()) + 1
+    keys = batch.parents * base + batch.tokens
+    keys = torch.where(batch.parents >= 0, keys, -1 - torch.arange(keys.numel()))  # roots: unique keys
     _, inverse = torch.unique(keys, return_inverse=True)
-    arange = torch.arange(len(tree))
-    first = torch.full_like(arange, len(tree)).scatter_reduce(0, inverse, arange, reduce="amin")
+    arange = torch.arange(keys.numel())
+    first = torch.full_like(arange, keys.numel()).scatter_reduce(0, inverse, arange, reduce="amin")
     return first[inverse] == arange
 
 
-def follow_draws(tree: DraftTree, draws: torch.Tensor) -> VerifyResult:
-    """Accepted path when node i emits draws[i]: a node is accepted iff every node on its root
-    path is the (first) child carrying its parent's draw. Pointer jumping: log2(depth) steps."""
-    parents = tree.parents.clamp(min=0)  # the root points at itself and always matches
-    accepted = (tree.tokens == draws[parents]) & first_sibling_mask(tree)
-    accepted[0] = True
+def follow_draws(batch: TreeBatch, draws: torch.Tensor) -> torch.Tensor:
+    """Last accepted node of every tree when node i emits draws[i]: a node is accepted iff every
+    node on its root path is the (first) child carrying its parent's draw. Pointer jumping:
+    log2(depth) vectorised steps."""
+    arange = torch.arange(batch.tokens.numel())
+    parents = torch.where(batch.parents >= 0, batch.parents, arange)  # roots point at themselves
+    accepted = ((batch.tokens == draws[parents]) & first_sibling_mask(batch)) | (batch.parents < 0)
     jump = parents
-    for _ in range(int(tree.depths.max()).bit_length()):
+    for _ in range(int(batch.depths.max()).bit_length()):
         accepted = accepted & accepted[jump]
         jump = jump[jump]
-    path = accepted.nonzero().flatten()  # one node per depth, in depth order
-    return VerifyResult(path=path, tokens=tree.tokens[path], bonus=int(draws[path[-1]]))
+    # a path's deepest node has its largest index (parents precede children)
+    nodes = accepted.nonzero().flatten()
+    return torch.full((batch.size,), -1).scatter_reduce(0, batch.tree_of[nodes], nodes, reduce="amax")
 
 
-def rows_by_parent(tree: DraftTree) -> tuple[list[list[int]], list[int]]:
-    """Proposal row indices per node (in row order) and the child token of every row."""
-    rows: list[list[int]] = [[] for _ in range(len(tree))]
-    if tree.proposals is None:
-        return rows, []
-    for j, parent in enumerate(tree.proposals.parent.tolist()):
-        rows[parent].append(j)
-    return rows, tree.tokens[tree.proposals.child].tolist()
+def paths_to(batch: TreeBatch, end: torch.Tensor, bonus: torch.Tensor) -> BatchVerifyResult:
+    """Root-to-`end` paths of every tree, padded, in local node indices."""
+    lengths = batch.depths[end] + 1
+    width = int(lengths.max())
+    paths = torch.full((batch.size, width), -1)
+    node = end.clone()
+    for d in range(width - 1, -1, -1):  # climb all trees one level per step
+        at = lengths > d
+        paths[at, d] = node[at]
+        node = torch.where(at & (batch.parents[node] >= 0), batch.parents[node], node)
+    valid = paths >= 0
+    tokens = torch.where(valid, batch.tokens[paths.clamp(min=0)], -1)
+    local = torch.where(valid, paths - batch.starts[:-1, None], -1)
+    return BatchVerifyResult(paths=local, tokens=tokens, lengths=lengths, bonus=bonus.long())
 
 
-def child_with_token(tree: DraftTree, node: int, token: int) -> int | None:
-    hit = ((tree.parents == node) & (tree.tokens == token)).nonzero()
-    return int(hit[0]) if hit.numel() else None
+class ChildIndex:
+    """Child lookup by (node, token) through one sorted key array; duplicate siblings resolve
+    to the lowest index (stable sort)."""
+
+    def __init__(self, batch: TreeBatch, vocab: int):
+        has_parent = batch.parents >= 0
+        keys = batch.parents[has_parent] * vocab + batch.tokens[has_parent]
+        self.keys, order = torch.sort(keys, stable=True)
+        self.nodes = has_parent.nonzero().flatten()[order]
+        self.vocab = vocab
+
+    def __call__(self, nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Child of nodes[i] with tokens[i], or -1."""
+        if self.keys.numel() == 0:
+            return torch.full_like(nodes, -1)
+        keys = nodes * self.vocab + tokens
+        pos = torch.searchsorted(self.keys, keys).clamp_(max=self.keys.numel() - 1)
+        return torch.where(self.keys[pos] == keys, self.nodes[pos], -1)
+
+
+class RowIndex:
+    """Proposal rows grouped by parent node (row order kept), one uniform per row."""
+
+    def __init__(self, batch: TreeBatch, generator: torch.Generator | None):
+        t = batch.tokens.numel()
+        props = batch.proposals
+        if props is None or len(props) == 0:
+            self.count = torch.zeros(t, dtype=torch.long)
+            return
+        self.props = props
+        self.order = torch.sort(props.parent, stable=True).indices
+        self.count = torch.bincount(props.parent, minlength=t)
+        self.start = torch.cumsum(self.count, 0) - self.count
+        self.token = batch.tokens[props.child]
+        self.uniform = torch.rand(len(props), dtype=torch.float64, generator=generator)
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """normalise(max(0, p - q)): the target law left after rejecting a draw from q. If nothing
-    is left (p == q up to rounding: the rejection had probability 0) p is kept."""
+    """normalise(max(0, p - q)) per row: the target law left after rejecting a draw from q. A
+    row with nothing left (p == q up to rounding: the rejection had probability 0) keeps p."""
     r = (p - q).clamp_(min=0)
-    total = r.sum()
-    return r / total if total > 0 else p
+    total = r.sum(-1, keepdim=True)
+    return torch.where(total > 0, r / total.clamp(min=torch.finfo(r.dtype).tiny), p)
+
+
+def emit_at(
+    p: torch.Tensor, nodes: torch.Tensor, rows: RowIndex, children: ChildIndex, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One emitted token per node (law p[i]) and the child it leads to (-1: it is the bonus)."""
+    token, child = torch.full_like(nodes, -1), torch.full_like(nodes, -1)
+    open_ = torch.ones_like(nodes, dtype=torch.bool)
+    count = rows.count[nodes]
+    for j in range(int(count.max()) if nodes.numel() else 0):  # j-th proposal row of every node
+        at = (open_ & (count > j)).nonzero().flatten()
+        r = rows.order[rows.start[nodes[at]] + j]
+        x = rows.token[r]
+        q = rows.props.q[r].float()
+        ok = rows.uniform[r] * q.gather(1, x[:, None]).squeeze(1) < p[at, x]  # prob. min(1, p(x)/q(x))
+        token[at[ok]], child[at[ok]], open_[at[ok]] = x[ok], rows.props.child[r[ok]], False
+        p[at[~ok]] = residual(p[at[~ok]], q[~ok])
+    rest = open_.nonzero().flatten()
+    if rest.numel():
+        token[rest] = sample(p[rest], generator)
+        child[rest] = children(nodes[rest], token[rest])
+    return token, child
 
 
 def walk_sampled(
-    tree: DraftTree, target_logits: torch.Tensor, sampling: SamplingSpec, generator: torch.Generator | None
-) -> VerifyResult:
-    rows, row_tokens = rows_by_parent(tree)
-    props = tree.proposals
-    uniforms = torch.rand(len(row_tokens), dtype=torch.float64, generator=generator).tolist()
-    path, node = [0], 0
-    while True:
-        p = process_logits(target_logits[node], sampling)
-        token, child = None, None
-        for j in rows[node]:
-            x = row_tokens[j]
-            q = props.q[j]
-            if uniforms[j] * float(q[x]) < float(p[x]):  # accept with probability min(1, p(x)/q(x))
-                token, child = x, int(props.child[j])
-                break
-            p = residual(p, q)
-        if token is None:
-            token = int(sample(p, generator))
-            child = child_with_token(tree, node, token)
-        if child is None:
-            idx = torch.tensor(path, dtype=torch.long)
-            return VerifyResult(path=idx, tokens=tree.tokens[idx], bonus=token)
-        path.append(child)
-        node = child
+    batch: TreeBatch, target_logits: torch.Tensor, sampling: SamplingSpec, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last accepted node and bonus token of every tree."""
+    rows, children = RowIndex(batch, generator), ChildIndex(batch, target_logits.shape[1])
+    node = batch.starts[:-1].clone()
+    bonus = torch.full_like(node, -1)
+    active = torch.arange(batch.size)
+    while active.numel():
+        cur = node[active]
+        token, child = emit_at(process_logits(target_logits[cur], sampling), cur, rows, children, generator)
+        stop = child < 0
+        bonus[active[stop]] = token[stop]
+        active = active[~stop]
+        node[active] = child[~stop]
+    return node, bonus
