@@ -376,12 +376,11 @@ def _convert_gguf(model: BuiltinModel, work: Path) -> tuple[Path, dict]:
 
 
 def _write_marker(model: BuiltinModel, folder: Path, check: dict) -> None:
-    """Record every file's size and sha256; written last, so its presence means complete."""
-    files = {
-        path.name: {"size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns, "sha256": _sha256_of(path)}
-        for path in sorted(folder.iterdir())
-        if path.name != MARKER_FILE
-    }
+    """Record every file's size, mtime and sha256; written last, so its presence means complete."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        stat = path.stat()
+        files[path.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256_of(path)}
     marker = {
         "format": CACHE_FORMAT,
         "name": model.name,
