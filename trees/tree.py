@@ -93,6 +93,8 @@ class DraftTree:
         """Node indices from the root down to `node` (inclusive)."""
         path = [node]
         while path[-1] != 0:
+            if len(path) > len(self):
+                raise ValueError(f"draft tree has a parent cycle above node {node}")
             path.append(int(self.parents[path[-1]]))
         return path[::-1]
 

@@ -1,0 +1,181 @@
+"""Building trees: EAGLE-2 dynamic trees, chains and sampled trees, and the step_fn contract."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import chi2
+
+from trees import DraftTree, SamplingSpec, TreeSpec, build_chain, build_tree, process_logits
+from trees.build import draw_without_replacement
+
+FAST = settings(max_examples=40, derandomize=True, deadline=None, database=None)
+
+
+class RecordingDrafter:
+    """A drafter whose logits are a random function of the token path; checks the step_fn
+    contract on every call: frontier nodes are in the partial tree, parents fed before children,
+    each node fed once, and node indices stable (each partial tree extends the previous one)."""
+
+    def __init__(self, vocab: int, seed: int, scale: float = 2.0, blocked: tuple[int, ...] = ()):
+        self.vocab, self.seed, self.scale, self.blocked = vocab, seed, scale, blocked
+        self.fed: list[int] = []
+        self.last: DraftTree | None = None
+        self.frontier_sizes: list[int] = []
+
+    def logits_for(self, path: tuple[int, ...]) -> torch.Tensor:
+        g = torch.Generator().manual_seed(hash((self.seed, path)) % 2**31)
+        out = torch.randn(self.vocab, generator=g) * self.scale
+        out[list(self.blocked)] = float("-inf")  # a truncated draft vocabulary
+        return out
+
+    def path_of(self, tree: DraftTree, node: int) -> tuple[int, ...]:
+        return tuple(tree.tokens[tree.path_to(node)].tolist())
+
+    def __call__(self, tree: DraftTree, frontier: torch.Tensor) -> torch.Tensor:
+        tree.validate(self.vocab)
+        if self.last is not None:  # append-only: the previous partial tree is a prefix
+            n = len(self.last)
+            assert torch.equal(tree.tokens[:n], self.last.tokens) and torch.equal(tree.parents[:n], self.last.parents)
+        for node in frontier.tolist():
+            assert 0 <= node < len(tree), "frontier node not in the partial tree"
+            assert node not in self.fed, "node fed twice"
+            assert node == 0 or int(tree.parents[node]) in self.fed, "child fed before its parent"
+            self.fed.append(node)
+        self.last = DraftTree(tree.tokens.clone(), tree.parents.clone(), tree.scores.clone(), tree.proposers.clone())
+        self.frontier_sizes.append(frontier.numel())
+        return torch.stack([self.logits_for(self.path_of(tree, i)) for i in frontier.tolist()])
+
+
+def eagle2_reference(drafter: RecordingDrafter, root: int, spec: TreeSpec) -> dict[tuple[int, ...], float]:
+    """Plain-Python EAGLE-2: token paths kept and their scores."""
+    scores: dict[tuple[int, ...], float] = {}
+    created: list[tuple[int, ...]] = []
+    frontier = [(root,)]
+    for _ in range(spec.depth):
+        level = []
+        for path in frontier:
+            logq = torch.log_softmax(drafter.logits_for(path), -1)
+            values, tokens = logq.topk(min(spec.top_k, drafter.vocab))
+            for v, t in zip(values.tolist(), tokens.tolist()):
+                if math.isfinite(v):
+                    child = path + (t,)
+                    scores[child] = scores.get(path, 0.0) + v
+                    created.append(child), level.append(child)
+        frontier = sorted(level, key=lambda p: -scores[p])[: spec.top_k]
+    kept = sorted(created, key=lambda p: -scores[p])[: spec.budget]
+    return {p: scores[p] for p in kept}
+
+
+@FAST
+@given(st.integers(2, 12), st.integers(1, 5), st.integers(1, 4), st.integers(1, 30), st.integers(0, 10**6))
+def test_dynamic_tree_is_eagle2(vocab, depth, top_k, budget, seed):
+    spec = TreeSpec(depth=depth, top_k=top_k, budget=budget)
+    drafter = RecordingDrafter(vocab, seed)
+    tree = build_tree(3 % vocab, drafter, spec, drafter_name="math").validate(vocab)
+    assert tree.drafter_names == ("math",) and tree.proposals is None
+    assert len(drafter.frontier_sizes) <= depth and max(drafter.frontier_sizes) <= top_k
+    expected = eagle2_reference(RecordingDrafter(vocab, seed), 3 % vocab, spec)
+    got = {tuple(tree.tokens[tree.path_to(i)].tolist()): float(tree.scores[i]) for i in range(1, len(tree))}
+    assert set(got) == set(expected)
+    for path, score in got.items():
+        assert score == pytest.approx(expected[path], abs=1e-5)
+    # ancestor-closed (node set) and siblings distinct
+    assert all(int(tree.parents[i]) < i for i in range(1, len(tree)))
+    keys = {(int(tree.parents[i]), int(tree.tokens[i])) for i in range(1, len(tree))}
+    assert len(keys) == len(tree) - 1
+
+
+def test_ties_keep_the_tree_ancestor_closed():
+    """All logits equal: every score ties, the rerank must still keep parents."""
+    def flat(tree, frontier):
+        return torch.zeros(frontier.numel(), 6)
+    for budget in range(1, 20):
+        tree = build_tree(0, flat, TreeSpec(depth=4, top_k=3, budget=budget)).validate(6)
+        assert len(tree) == budget + 1
+
+
+def test_truncated_draft_vocabulary_never_proposes_blocked_tokens():
+    drafter = RecordingDrafter(8, seed=1, blocked=(0, 1, 2, 3, 4, 5))  # only 6 and 7 are possible
+    tree = build_tree(0, drafter, TreeSpec(depth=3, top_k=4, budget=20)).validate(8)
+    assert set(tree.tokens[1:].tolist()) <= {6, 7} and torch.isfinite(tree.scores).all()
+
+
+def test_chain_is_the_top1_path():
+    drafter = RecordingDrafter(10, seed=5)
+    chain = build_chain(2, drafter, depth=5, drafter_name="chat").validate(10)
+    assert chain.parents.tolist() == [-1, 0, 1, 2, 3, 4]
+    path = (2,)
+    for node in range(1, 6):
+        token = int(drafter.logits_for(path).argmax())
+        assert int(chain.tokens[node]) == token
+        path += (token,)
+
+
+def test_step_fn_with_a_wrong_shape_is_rejected():
+    with pytest.raises(ValueError, match="step_fn returned logits of shape"):
+        build_tree(0, lambda tree, frontier: torch.zeros(5), TreeSpec(depth=2, top_k=2, budget=3))
+
+
+# --- sampled trees ----------------------------------------------------------------------------------
+@FAST
+@given(st.integers(3, 12), st.integers(1, 5), st.integers(1, 4), st.integers(1, 30), st.integers(0, 10**6),
+       st.sampled_from([SamplingSpec(1.0), SamplingSpec(0.7, top_p=0.9), SamplingSpec(1.3, top_k=3)]))
+def test_sampled_tree_records_what_each_child_was_drawn_from(vocab, depth, top_k, budget, seed, sampling):
+    drafter = RecordingDrafter(vocab, seed)
+    spec = TreeSpec(depth=depth, top_k=top_k, budget=budget, sampled=True)
+    tree = build_tree(0, drafter, spec, sampling, torch.Generator().manual_seed(seed)).validate(vocab)
+    rows = tree.proposals
+    assert len(tree) - 1 <= budget and len(rows) == len(tree) - 1  # one row per draw, no duplicates
+    assert rows.child.tolist() == list(range(1, len(tree)))
+    for node in range(len(tree)):
+        children = [c for c in tree.children(node)]
+        if not children:
+            continue
+        path = tuple(tree.tokens[tree.path_to(node)].tolist())
+        q = process_logits(drafter.logits_for(path), sampling)
+        for child in children:  # the j-th draw came from q without the earlier draws, renormalised
+            expected = q.clone()
+            expected[tree.tokens[[c for c in children if c < child]]] = 0
+            torch.testing.assert_close(rows.q[child - 1], expected / expected.sum())
+            assert float(tree.scores[child]) == pytest.approx(float(tree.scores[node] + q[tree.tokens[child]].log()), abs=1e-5)
+
+
+def test_sampled_children_counts_do_not_depend_on_the_draws():
+    """With full-support q the tree shape per level (children per node, in frontier order) is
+    the same for every seed: counts are fixed before drawing, nothing is cut after."""
+    shapes = set()
+    for seed in range(12):
+        drafter = RecordingDrafter(50, seed=seed % 3)
+        tree = build_tree(0, drafter, TreeSpec(depth=5, top_k=4, budget=23, sampled=True), SamplingSpec(1.0),
+                          torch.Generator().manual_seed(seed))
+        per_level = tuple(tuple(sorted(len(tree.children(n)) for n in range(len(tree)) if int(tree.depths[n]) == d))
+                          for d in range(5))
+        shapes.add((per_level, tuple(drafter.frontier_sizes)))
+        assert len(tree) - 1 == 23
+    assert len(shapes) == 1
+
+
+def test_greedy_sampling_falls_back_to_the_dynamic_tree():
+    spec = TreeSpec(depth=3, top_k=2, budget=5, sampled=True)
+    a = build_tree(1, RecordingDrafter(9, 4), spec, SamplingSpec(0.0))
+    b = build_tree(1, RecordingDrafter(9, 4), TreeSpec(depth=3, top_k=2, budget=5))
+    assert a.proposals is None and torch.equal(a.tokens, b.tokens) and torch.equal(a.parents, b.parents)
+
+
+def test_draws_without_replacement_have_the_sequential_law():
+    """Gumbel-top-k gives ordered pairs with P(a, b) = q(a) q(b) / (1 - q(a))."""
+    q = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    n = 60_000
+    draws = draw_without_replacement(q.expand(n, 4), 2, torch.Generator().manual_seed(0)).numpy()
+    assert (draws[:, 0] != draws[:, 1]).all()
+    counts = np.bincount(draws[:, 0] * 4 + draws[:, 1], minlength=16)
+    qn = q.double().numpy()
+    law = np.array([qn[a] * qn[b] / (1 - qn[a]) if a != b else 0.0 for a in range(4) for b in range(4)])
+    possible = law > 0
+    stat = (((counts[possible] - n * law[possible]) ** 2) / (n * law[possible])).sum()
+    assert chi2.sf(stat, possible.sum() - 1) > 1e-3 and counts[~possible].sum() == 0
