@@ -113,3 +113,22 @@ def test_wrong_feature_width_is_a_clear_error(target):
     drafter = FeatureDrafter(tiny_drafter_model(target))
     with pytest.raises(ValueError, match="target features of shape"):
         drafter.start(torch.tensor([1, 2, 3]), torch.zeros(3, 10))
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_propose_builds_a_valid_tree_and_leaves_only_committed_kv(target, sampled):
+    from trees import SamplingSpec, TreeSpec
+
+    model = tiny_drafter_model(target, head="truncated")
+    seq = torch.randint(0, 96, (14,), generator=torch.Generator().manual_seed(8))
+    drafter = FeatureDrafter(model)
+    drafter.start(seq[:13], target_features(target, seq[:13], [-1]))
+    spec = TreeSpec(depth=4, top_k=3, budget=10, sampled=sampled)
+    sampling = SamplingSpec(temperature=1.0 if sampled else 0.0)
+    trees = [drafter.propose(int(seq[13]), spec, sampling, torch.Generator().manual_seed(1)) for _ in range(2)]
+    for tree in trees:
+        tree.validate(vocab_size=96)
+        assert len(tree) == 11 and int(tree.depths.max()) <= 4
+        assert model.head.t2d[tree.tokens[1:]].all()  # drafts only inside the draft vocabulary
+    assert drafter.cache.length == 12
+    assert torch.equal(trees[0].tokens, trees[1].tokens)  # same state, same seed: same tree
