@@ -47,17 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strategy labels, e.g. single:ee8,merged_tree (default: every registered strategy)")
     p.add_argument("--benchmarks", type=_csv(str), metavar="B1,B2", help=f"subset of {','.join(BENCHMARKS)}")
     limit = p.add_mutually_exclusive_group()
-    limit.add_argument("--limit", type=int, help="items per benchmark, a fixed seeded subset (default 2)")
+    limit.add_argument("--limit", type=int, help="items per benchmark, a fixed seeded subset (default 1)")
     limit.add_argument("--all", action="store_true", help="every item of every selected benchmark")
     p.add_argument("--sample-seed", type=int, help="seed of the --limit subset")
     p.add_argument("--temperatures", type=_csv(float), metavar="T1,T2", help="default 0,1")
     p.add_argument("--seeds", type=_csv(int), metavar="S1,S2", help="sampling seeds (default 0)")
-    p.add_argument("--max-new-tokens", type=int, help="per turn (default 64)")
+    p.add_argument("--max-new-tokens", type=int, help="per turn (default 32)")
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
-    p.add_argument("--depth", type=int, help="tree depth (levels below the root)")
-    p.add_argument("--budget", type=int, help="draft nodes per drafter tree")
-    p.add_argument("--tree-top-k", type=int, help="children per expanded node")
+    p.add_argument("--depth", type=int, help="tree depth, levels below the root (default 3)")
+    p.add_argument("--budget", type=int, help="draft nodes per drafter tree (default 8)")
+    p.add_argument("--tree-top-k", type=int, help="children per expanded node (default 3)")
     p.add_argument("--merge-budget", choices=["sum", "equal"])
     p.add_argument("--sampled-tree", action="store_true", default=None, help="draw tree children from the drafters")
     p.add_argument("--no-chat", dest="chat", action="store_false", default=None, help="plain-text prompts")
@@ -93,15 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from compose.models import ModelAssetError
+
     try:
         config = config_from_args(args)
-        from .runner import run_eval  # imports torch and the engine: after the arguments are checked
+        from .runner import run_eval  # imports the engine: after the arguments are checked
 
         outcome = run_eval(config, progress=not args.no_progress)
     except ValidationError as e:
         print(f"specmux eval: error: invalid settings:\n{e}", file=sys.stderr)
         return 2
-    except (MissingBenchmarkPackage, ValueError) as e:
+    except (MissingBenchmarkPackage, ModelAssetError, ValueError) as e:
         print(f"specmux eval: error: {e}", file=sys.stderr)
         return 2
     if outcome.failures:

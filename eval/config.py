@@ -19,9 +19,12 @@ log = logging.getLogger(__name__)
 
 
 class EvalConfig(BaseModel):
-    """Defaults are the main job: every benchmark, a 2-item seeded sample each, T = 0 and 1,
-    64 new tokens, every registered strategy over the default drafters; it finishes in well
-    under 15 minutes on 2 CPU cores, first-use model conversion included."""
+    """Defaults are the main job, `specmux eval` with no arguments: every benchmark (a 1-item
+    seeded sample each; MT-Bench's item has two turns), T = 0 and 1, 32 new tokens per turn, every
+    registered strategy over the default drafters, a small tree (depth 3, top-k 3, budget 8).
+    Sized to finish in under 15 minutes on 2 CPU cores, first-use model conversion included,
+    with the untrained early-exit drafters (each strategy costs 2-4x the baseline's time there);
+    raise --limit / --max-new-tokens / the tree for real comparisons."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -32,15 +35,17 @@ class EvalConfig(BaseModel):
         None, description="strategy labels: a registered name, or name:drafter for strategies that take one "
                           "(single:math); None: every registered strategy, expanded per drafter where needed")
     benchmarks: list[str] = Field(default_factory=lambda: list(BENCHMARKS), description="benchmarks to run")
-    limit: int | None = Field(2, ge=1, description="items per benchmark (a fixed seeded subset); None: all")
+    limit: int | None = Field(1, ge=1, description="items per benchmark (a fixed seeded subset); None: all")
     sample_seed: int = Field(0, description="seed of the --limit subset")
     temperatures: list[float] = Field(default_factory=lambda: [0.0, 1.0], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
                              description="sampling seeds (each sampled item runs once per seed; greedy runs use the first)")
-    max_new_tokens: int = Field(64, ge=1, description="per turn")
+    max_new_tokens: int = Field(32, ge=1, description="per turn")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="sampled runs")
     top_k: int = Field(0, ge=0, description="sampled runs; 0 = off")
-    tree: TreeOptions = Field(default_factory=TreeOptions, description="depth, top_k, budget, sampled, merge_budget")
+    tree: TreeOptions = Field(default_factory=lambda: TreeOptions(depth=3, top_k=3, budget=8),
+                              description="depth, top_k, budget, sampled, merge_budget (smaller than compose's "
+                                          "default tree, for the main job's time budget)")
     chat: bool | None = Field(None, description="apply the chat template; None: when the tokenizer has one")
     analysis: bool = Field(False, description="routing accuracy against the oracle choice (replays every "
                                               "greedy routed step once per drafter: slow)")

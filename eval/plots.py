@@ -74,13 +74,19 @@ def plot_routing(rows: list[dict], path: Path) -> None:
     for col, t in enumerate(temps):
         pooled = [r for r in _pooled(rows, t) if r["strategy"] != BASELINE]
         for row, (field, title) in enumerate((("routing_shares", "routing choices (share of forwards)"),
-                                              ("drafter_shares", "accepted-token share per drafter"))):
+                                              ("drafter_shares", "share of accepted draft tokens proposed by"))):
             ax = axes[row][col]
             shown = [r for r in pooled if r[field]]
             names = sorted({n for r in shown for n in r[field]})
+            height = 0.8 / max(1, len(names))
             for i, name in enumerate(names):
-                left = [sum(r[field].get(n, 0) for n in names[:i]) for r in shown]
-                ax.barh(range(len(shown)), [r[field].get(name, 0) for r in shown], left=left, label=name)
+                values = [r[field].get(name, 0) for r in shown]
+                if field == "routing_shares":  # choices partition the forwards: stack them
+                    left = [sum(r[field].get(n, 0) for n in names[:i]) for r in shown]
+                    ax.barh(range(len(shown)), values, left=left, label=name)
+                else:  # a token proposed by several drafters counts for each: side by side
+                    ax.barh([y + (i - (len(names) - 1) / 2) * height for y in range(len(shown))], values, height,
+                            label=name)
             ax.set_yticks(range(len(shown)), [r["strategy"] for r in shown])
             ax.set_title(f"{_temperature_label(t)}: {title}")
             if not shown:

@@ -35,7 +35,7 @@ def _clean(value):
 
 
 def build_summary(config, records: list[RunRecord], strategies: list[str], skipped: dict[str, str],
-                  benchmarks: dict[str, dict], wall_seconds: float) -> dict:
+                  benchmarks: dict[str, dict], wall_seconds: float, cpu_seconds: float) -> dict:
     checked, failures = greedy_mismatches(records)
     return _clean({
         "schema": SUMMARY_SCHEMA,
@@ -51,6 +51,7 @@ def build_summary(config, records: list[RunRecord], strategies: list[str], skipp
         "failures": failures,
         "environment": environment(),
         "wall_seconds": wall_seconds,
+        "cpu_seconds": cpu_seconds,  # this process, all threads: with --threads 1, the compute a quiet core needs
         "plots": PLOTS,
     })
 
@@ -91,7 +92,7 @@ def markdown_report(summary: dict) -> str:
         f"Max new tokens {cfg['max_new_tokens']} per turn; seeds {cfg['seeds']}; "
         f"{summary['environment']['torch_threads']} torch threads.",
         "Benchmarks: " + "; ".join(f"{k} {v['selected']}/{v['total']} items" for k, v in summary["benchmarks"].items()) + ".",
-        f"Wall time {summary['wall_seconds']:.0f} s. The baseline (`{BASELINE}`) ran in the same process, "
+        f"Wall time {summary['wall_seconds']:.0f} s (CPU {summary['cpu_seconds']:.0f} s). The baseline (`{BASELINE}`) ran in the same process, "
         "interleaved with the strategies item by item; speed-up = tokens/s over the baseline's on the same items.",
         "",
     ]

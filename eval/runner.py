@@ -7,6 +7,7 @@ as they finish; summary.json, report.md and the plots are rebuilt from all store
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -67,6 +68,15 @@ def _check_or_write_config(out_dir: Path, config: EvalConfig) -> None:
     atomic_write_json(path, config.model_dump(mode="json"))
 
 
+def _warn_if_busy(threads: int, echo: Callable[[str], None]) -> None:
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > cores and threads > 1:
+        echo(f"note: this machine is busy (load {load:.1f} on {cores} cores): {threads} torch threads per process "
+             "contend with the other work and can run many times slower; --threads 1 avoids that. Speed-ups stay "
+             "comparable (the baseline is interleaved) but wall times will be long.")
+
+
 def _units(config: EvalConfig, items: dict[str, list[BenchmarkItem]]):
     """(temperature, seed, item) in run order; greedy runs use only the first seed (repeats would
     generate the same tokens)."""
@@ -81,42 +91,10 @@ def _key(item: BenchmarkItem, label: str, temperature: float, seed: int) -> Reco
     return RecordKey(item.benchmark, item.id, label, temperature, seed)
 
 
-def run_eval(config: EvalConfig, progress: bool = True, echo: Callable[[str], None] = print) -> EvalOutcome:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.thread_count())
-    try:
-        return _run_eval(config, progress, echo)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run_eval(config: EvalConfig, progress: bool, echo: Callable[[str], None]) -> EvalOutcome:
-    started = time.perf_counter()
-    out_dir = Path(config.out) if config.out is not None else default_out_dir()
-
-    # datasets first: a missing package fails before minutes of model loading
-    full = {b: load_benchmark(b) for b in config.benchmarks}
-    items = {b: sample_items(full[b], config.limit, config.sample_seed) for b in config.benchmarks}
-    source = "as configured" if config.drafters is not None else "the default set for this target"
-    drafters = config.drafters if config.drafters is not None else default_drafters(config.target)
-    config = config.model_copy(update={"drafters": drafters, "out": out_dir})
-    _check_or_write_config(out_dir, config)
-
-    echo(f"specmux eval -> {out_dir}")
-    echo(f"target {config.target}; drafters {drafters} ({source})")
-    composer = Composer(config.target, drafters=drafters)
-    chat = config.chat if config.chat is not None else bool(getattr(composer.tokenizer, "chat_template", None))
-    runs, skipped = resolve_strategies(composer, config, chat)
-    echo("strategies: " + ", ".join([BASELINE] + [r.label for r in runs])
-         + "".join(f"\n  skipped {name}: {why}" for name, why in skipped.items()))
-
-    store = ResultStore(out_dir / RESULTS_FILE)
-    all_runs = [StrategyRun(BASELINE, BASELINE), *runs]
-    units = list(_units(config, items))
-    todo = sum(_key(item, r.label, t, s) not in store for t, s, item in units for r in all_runs)
-    if todo < len(units) * len(all_runs):
-        echo(f"resuming: {len(units) * len(all_runs) - todo} of {len(units) * len(all_runs)} runs already in {RESULTS_FILE}")
-
+def _run_units(composer: Composer, config: EvalConfig, all_runs: list[StrategyRun], units: list, store: ResultStore,
+               chat: bool, todo: int, progress: bool) -> int:
+    """Every (unit, run) not in the store, the runs of a unit back to back in an order rotated per
+    unit; returns how many records were generated."""
     generated = 0
     bar = tqdm(total=todo, unit="run", desc="eval", disable=not progress or todo == 0, file=sys.stderr, dynamic_ncols=True)
     for index, (temperature, seed, item) in enumerate(units):
@@ -142,18 +120,64 @@ def _run_eval(config: EvalConfig, progress: bool, echo: Callable[[str], None]) -
                 tqdm.write(f"GREEDY MISMATCH {failure['benchmark']}/{failure['prompt_id']} {failure['strategy']}: "
                            f"{failure['problem']}", file=sys.stderr)
     bar.close()
+    return generated
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+def run_eval(config: EvalConfig, progress: bool = True, echo: Callable[[str], None] = _print) -> EvalOutcome:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.thread_count())
+    try:
+        return _run_eval(config, progress, echo)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_eval(config: EvalConfig, progress: bool, echo: Callable[[str], None]) -> EvalOutcome:
+    started, started_cpu = time.perf_counter(), time.process_time()
+    _warn_if_busy(config.thread_count(), echo)
+    out_dir = Path(config.out) if config.out is not None else default_out_dir()
+
+    # datasets first: a missing package fails before minutes of model loading
+    full = {b: load_benchmark(b) for b in config.benchmarks}
+    items = {b: sample_items(full[b], config.limit, config.sample_seed) for b in config.benchmarks}
+    source = "as configured" if config.drafters is not None else "the default set for this target"
+    drafters = config.drafters if config.drafters is not None else default_drafters(config.target)
+    config = config.model_copy(update={"drafters": drafters, "out": out_dir})
+    _check_or_write_config(out_dir, config)
+
+    echo(f"specmux eval -> {out_dir}")
+    echo(f"target {config.target}; drafters {drafters} ({source})")
+    composer = Composer(config.target, drafters=drafters)
+    chat = config.chat if config.chat is not None else bool(getattr(composer.tokenizer, "chat_template", None))
+    runs, skipped = resolve_strategies(composer, config, chat)
+    echo("strategies: " + ", ".join([BASELINE] + [r.label for r in runs])
+         + "".join(f"\n  skipped {name}: {why}" for name, why in skipped.items()))
+
+    store = ResultStore(out_dir / RESULTS_FILE)
+    all_runs = [StrategyRun(BASELINE, BASELINE), *runs]
+    units = list(_units(config, items))
+    todo = sum(_key(item, r.label, t, s) not in store for t, s, item in units for r in all_runs)
+    if todo < len(units) * len(all_runs):
+        echo(f"resuming: {len(units) * len(all_runs) - todo} of {len(units) * len(all_runs)} runs already in {RESULTS_FILE}")
+
+    generated = _run_units(composer, config, all_runs, units, store, chat, todo, progress)
 
     # the summary covers exactly this config's selection (a resumed folder may hold more)
     wanted = {_key(item, r.label, t, s) for t, s, item in units for r in all_runs}
     records = [r for r in store.all() if r.key in wanted]
     benchmarks = {b: {"selected": len(items[b]), "total": len(full[b]), "ids": [it.id for it in items[b]],
                       "description": BENCHMARKS[b].description} for b in config.benchmarks}
-    summary = build_summary(config, records, [r.label for r in runs], skipped, benchmarks, time.perf_counter() - started)
+    summary = build_summary(config, records, [r.label for r in runs], skipped, benchmarks, time.perf_counter() - started,
+                            time.process_time() - started_cpu)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     write_plots(summary, out_dir)
     atomic_write_text(out_dir / REPORT_FILE, markdown_report(summary))
     echo("")
     echo(console_table(summary))
     echo(f"\n{len(records)} records ({generated} new) in {out_dir}: {RESULTS_FILE}, {SUMMARY_FILE}, {REPORT_FILE}, "
-         f"plots; wall {summary['wall_seconds']:.0f} s")
+         f"plots; wall {summary['wall_seconds']:.0f} s, CPU {summary['cpu_seconds']:.0f} s")
     return EvalOutcome(out_dir, summary, generated)

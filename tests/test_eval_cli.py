@@ -160,7 +160,8 @@ def test_config_file_and_flags(tmp_path):
     assert (config.tree.depth, config.tree.budget) == (2, 9) and config.seeds == [1, 2]
     assert config_from_args(build_parser().parse_args(["--config", str(path), "--all"])).limit is None
     defaults = config_from_args(build_parser().parse_args([]))
-    assert defaults.limit == 2 and defaults.temperatures == [0.0, 1.0] and defaults.drafters is None
+    assert defaults.limit == 1 and defaults.max_new_tokens == 32 and defaults.temperatures == [0.0, 1.0]
+    assert defaults.drafters is None and defaults.strategies is None and defaults.tree.depth == 3
     assert defaults.benchmarks == ["mtbench", "gsm8k", "humaneval", "math"]
 
 
@@ -179,3 +180,21 @@ def test_registered_strategies_are_discovered_and_expanded(target, monkeypatch):
         assert name in labels or name in skipped  # nothing silently dropped
     if "averaged" in STRATEGIES:  # early-exit drafters of different depths cannot be averaged
         assert "averaged" in skipped and "architecture" in skipped["averaged"]
+
+
+def test_analysis_mode_scores_routing_against_the_oracle(target, tmp_path):
+    out = tmp_path / "run"
+    assert main(args_for(target, out, "--strategies", "confidence,single:d1", "--limit", "1", "--temperatures", "0",
+                         "--analysis")) == 0
+    records = {r.strategy: r for r in map(RunRecord.model_validate_json, result_lines(out))}
+    routed = records["confidence"].turns[0]
+    assert routed.oracle is not None and len(routed.oracle) == len(routed.accepted)
+    for chosen, accepted, options in zip(routed.step_drafters, routed.accepted, routed.oracle):
+        assert set(options) == {"d1", "d2"}
+        assert options[chosen] == accepted  # replaying the chosen drafter alone accepts what the run accepted
+    assert records["single:d1"].turns[0].oracle is None  # pinned to one drafter: nothing to route
+    row = next(r for r in strict_json(out / "summary.json")["rows"] if r["strategy"] == "confidence")
+    accuracy = row["routing_accuracy"]
+    assert accuracy["steps"] == len(routed.accepted) and 0.0 <= accuracy["accuracy"] <= 1.0
+    assert accuracy["oracle_tau"] >= accuracy["routed_tau"] == pytest.approx(row["tau"])
+    assert "Routing against the oracle" in (out / "report.md").read_text()
