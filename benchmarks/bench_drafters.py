@@ -3,7 +3,7 @@ the current frontier, head included) against one target forward over the same nu
 both on top of the same context length, interleaved in one run. Compares the full (frozen
 target), truncated and low-rank heads.
 
-    python benchmarks/bench_drafters.py [--context 256] [--frontier 1 8 16] [--reps 30]
+    python benchmarks/bench_drafters.py [--context 256] [--frontier 1 8 16] [--reps 30] [--threads 2]
 """
 from __future__ import annotations
 
@@ -56,8 +56,9 @@ def main() -> None:
     p.add_argument("--frontier", type=int, nargs="+", default=[1, 8, 16])
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--draft-vocab", type=int, default=16384)
+    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     target, _ = load_target("smollm2-135m-instruct")
     drafters = make_drafters(target, args.draft_vocab)
     g = torch.Generator().manual_seed(0)
