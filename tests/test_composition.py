@@ -13,7 +13,7 @@ from compose.composing import average_drafters
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from routing import ConfidenceRouter, EntropyRouter
 from trees import DraftTree, SamplingSpec
-from law import chi_square_power, chi_square_pvalue, exact_law
+from test_engine_law import FAST_N, FAST_TV, SLOW_N, SLOW_TV, run_law_check
 from tiny_models import tiny_model
 
 TARGET = tiny_model("llama", layers=3, seed=3)
@@ -144,29 +144,21 @@ def test_entropy_router_picks_the_lowest_mean_entropy():
 SMALL = tiny_model("llama", vocab=4, layers=2, seed=11, init_std=0.1)
 
 
-@pytest.mark.parametrize("sampled", [False, True])
-def test_merged_tree_sampling_law_matches_the_target(sampled):
+@pytest.mark.parametrize("n, tv, sampled", [
+    (FAST_N, FAST_TV, False), (FAST_N, FAST_TV, True),
+    pytest.param(SLOW_N, SLOW_TV, False, marks=pytest.mark.slow),
+    pytest.param(SLOW_N, SLOW_TV, True, marks=pytest.mark.slow),
+])
+def test_merged_tree_sampling_law_matches_the_target(n, tv, sampled):
     """First 3 tokens of merged_tree (3 drafters with overlapping proposals on a 4-token
     vocabulary) against the exact target law."""
-    sampling = SamplingSpec(temperature=0.9, top_k=0, top_p=0.95)
-    prompt = [1, 2, 0]
-    law = exact_law(SMALL, prompt, 3, sampling)
     drafters = {
         "ee": EarlyExitDrafter(SMALL, 1, name="ee"),
         "self": CausalLMDrafter(copy.deepcopy(SMALL), 4, name="self"),
         "lm": CausalLMDrafter(tiny_model("llama", vocab=4, layers=1, seed=12, init_std=0.1), 4, name="lm"),
     }
-    composer = Composer(SMALL, drafters=drafters)
-    n = 3000
-    samples = [
-        tuple(composer.generate(prompt, strategy="merged_tree", max_new_tokens=3, temperature=0.9, top_p=0.95,
-                                seed=i, tree=dict(depth=2, top_k=2, budget=4, sampled=sampled)).token_ids)
-        for i in range(n)
-    ]
-    pvalue, cells = chi_square_pvalue(samples, law)
-    # stated power: >= 0.99 against any alternative at total variation 0.08 with these cells
-    assert chi_square_power(n, cells, tv=0.08, alpha=1e-3) >= 0.99
-    assert pvalue > 1e-3, f"merged_tree sampling law differs from the target's (p={pvalue:.2e})"
+    run_law_check(Composer(SMALL, drafters=drafters), "merged_tree", n, tv,
+                  SamplingSpec(temperature=0.9, top_k=0, top_p=0.95), dict(depth=2, top_k=2, budget=4, sampled=sampled))
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -183,3 +175,19 @@ def test_composition_errors():
     other = tiny_model("llama", vocab=50)
     with pytest.raises(ValueError, match="another target"):
         two.add_drafter("foreign", CausalLMDrafter(other, 50))
+
+
+def test_built_trees_record_the_drafter_entropy_of_expanded_nodes():
+    from routing import tree_entropy
+    from trees import TreeSpec, build_tree
+
+    torch.manual_seed(0)
+    peaked = torch.tensor([[8.0, 0.0, 0.0, 0.0]])
+    flat = torch.zeros(1, 4)
+    for logits, expected in ((peaked, None), (flat, float(torch.log(torch.tensor(4.0))))):
+        tree = build_tree(0, lambda t, f, lg=logits: lg.expand(f.numel(), 4), TreeSpec(depth=2, top_k=2, budget=4))
+        ent = tree.entropies
+        assert ent.shape == (len(tree),) and torch.isnan(ent[tree.depths == 2]).all()
+        if expected is not None:
+            assert tree_entropy(tree) == pytest.approx(expected, rel=1e-5)
+    assert tree_entropy(build_tree(0, lambda t, f: peaked.expand(f.numel(), 4), TreeSpec(depth=2, top_k=2, budget=4))) < 0.1

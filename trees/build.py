@@ -28,6 +28,7 @@ class GrowingTree:
         self.parents = torch.tensor([-1], dtype=torch.long)
         self.scores = torch.zeros(1)
         self.depths = torch.zeros(1, dtype=torch.long)
+        self.entropies = torch.full((1,), float("nan"))
         self.drafter_name = drafter_name
 
     def __len__(self) -> int:
@@ -40,13 +41,18 @@ class GrowingTree:
         self.parents = torch.cat([self.parents, parents.long()])
         self.scores = torch.cat([self.scores, scores.float()])
         self.depths = torch.cat([self.depths, self.depths[parents] + 1])
+        self.entropies = torch.cat([self.entropies, torch.full((tokens.numel(),), float("nan"))])
         return torch.arange(start, len(self))
+
+    def record_entropy(self, nodes: torch.Tensor, logp: torch.Tensor) -> None:
+        """Entropy of the drafter's distribution (log-probs `logp`) at the expanded `nodes`."""
+        self.entropies[nodes] = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
 
     def snapshot(self, proposals: Proposals | None = None) -> DraftTree:
         return DraftTree(
             tokens=self.tokens, parents=self.parents, scores=self.scores,
             proposers=torch.ones(len(self), dtype=torch.long), drafter_names=(self.drafter_name,),
-            proposals=proposals, depths=self.depths,
+            proposals=proposals, depths=self.depths, entropies=self.entropies,
         )
 
 
@@ -88,6 +94,7 @@ def build_dynamic(root_token: int, step_fn: StepFn, spec: TreeSpec, drafter_name
     frontier = torch.zeros(1, dtype=torch.long)
     for _ in range(spec.depth):
         logq = torch.log_softmax(call_step(step_fn, grow.snapshot(), frontier), dim=-1)
+        grow.record_entropy(frontier, logq)
         top_logq, top_tokens = logq.topk(min(spec.top_k, logq.shape[-1]), dim=-1)
         cand_scores = (grow.scores[frontier][:, None] + top_logq).flatten()
         finite = torch.isfinite(cand_scores)  # a truncated draft head gives -inf outside its vocabulary
@@ -146,7 +153,9 @@ def build_sampled(
         quota = math.ceil(remaining / (spec.depth - level))
         counts = split_quota(quota, frontier.numel(), spec.top_k)
         frontier, counts = frontier[counts > 0], counts[counts > 0]
-        q = process_logits(call_step(step_fn, grow.snapshot(), frontier), sampling)
+        logits = call_step(step_fn, grow.snapshot(), frontier)
+        grow.record_entropy(frontier, torch.log_softmax(logits, dim=-1))
+        q = process_logits(logits, sampling)
         counts = torch.minimum(counts, (q > 0).sum(-1))  # cannot draw more distinct tokens than q's support
         draws = draw_without_replacement(q, int(counts.max()), generator)
         q_rows = renormalised_rows(q, draws)

@@ -38,6 +38,9 @@ class DraftTree:
     drafter_names: tuple[str, ...] = ("draft",)
     proposals: Proposals | None = None  # present <=> children are verified by rejection sampling
     depths: torch.Tensor = field(default=None)  # int64 [N]; derived from parents when omitted
+    # float [N]: entropy (nats) of the drafter's next-token distribution at each node it
+    # expanded, nan elsewhere; read by entropy routing. None when not recorded (e.g. merged).
+    entropies: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.depths is None:
@@ -98,8 +101,9 @@ class DraftTree:
             path.append(int(self.parents[path[-1]]))
         return path[::-1]
 
-    def validate(self, vocab_size: int | None = None) -> "DraftTree":
-        """Raise ValueError naming the first structural problem; return self when valid."""
+    def validate(self, vocab_size: int | None = None, proposal_values: bool = True) -> "DraftTree":
+        """Raise ValueError naming the first structural problem; return self when valid.
+        proposal_values=False skips the O(rows x V) checks of the proposal distributions."""
         n = len(self)
         if n == 0:
             raise ValueError("draft tree is empty: it needs at least the root node")
@@ -131,10 +135,10 @@ class DraftTree:
         if ((self.proposers < 0) | (self.proposers >= 1 << len(self.drafter_names))).any():
             raise ValueError("draft tree proposers has bits beyond its drafter_names")
         if self.proposals is not None:
-            self._validate_proposals(vocab_size)
+            self._validate_proposals(vocab_size, proposal_values)
         return self
 
-    def _validate_proposals(self, vocab_size: int | None) -> None:
+    def _validate_proposals(self, vocab_size: int | None, values: bool) -> None:
         p = self.proposals
         k = len(p)
         if p.child.shape != (k,) or p.q.dim() != 2 or p.q.shape[0] != k:
@@ -147,6 +151,8 @@ class DraftTree:
             raise ValueError("proposal table rows must point at a child of their parent node")
         if (self.tokens[p.child] >= p.q.shape[1]).any():
             raise ValueError("proposal table rows draw token ids outside the vocabulary of q")
+        if not values:
+            return
         if not torch.isfinite(p.q).all() or (p.q < 0).any():
             raise ValueError("proposal q must be finite and non-negative")
         if not torch.allclose(p.q.sum(-1), torch.ones(k, dtype=p.q.dtype), atol=1e-4):
@@ -170,6 +176,7 @@ class DraftTree:
         return DraftTree(
             tokens=self.tokens[idx], parents=parents, scores=self.scores[idx],
             proposers=self.proposers[idx], drafter_names=self.drafter_names, depths=self.depths[idx],
+            entropies=self.entropies[idx] if self.entropies is not None else None,
         )
 
     def to_networkx(self):
