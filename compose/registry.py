@@ -32,7 +32,8 @@ def make_strategy(
 
 def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:
     """Spec strings: "early-exit:K" (target's first K layers), "lm:<built-in name or folder>"
-    (an independent LM with the target's tokenizer)."""
+    (an independent LM with the target's tokenizer), "eagle:<folder>" (a trained feature-level
+    drafter checkpoint, validated against this target)."""
     kind, _, arg = spec.partition(":")
     if kind == "early-exit":
         if not arg.isdigit():
@@ -52,4 +53,8 @@ def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:
                 "an independent LM drafter must share the target's tokenizer"
             )
         return CausalLMDrafter(model, target.vocab_size, name=name)
-    raise ValueError(f"unknown drafter spec {spec!r}; expected 'early-exit:K' or 'lm:<model>'")
+    if kind == "eagle":
+        from drafters import load_drafter
+
+        return load_drafter(arg, target.model, name=name)
+    raise ValueError(f"unknown drafter spec {spec!r}; expected 'early-exit:K', 'lm:<model>' or 'eagle:<checkpoint folder>'")
