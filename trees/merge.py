@@ -31,7 +31,7 @@ def check_mergeable(trees: Sequence[DraftTree]) -> None:
     if len(trees) == 0:
         raise ValueError("merge_trees needs at least one tree")
     for t in trees:
-        t.validate()
+        t.validate(proposal_values=False)  # structure only: q rows are checked where they are made
     roots = {t.root_token for t in trees}
     if len(roots) != 1:
         raise ValueError(f"trees to merge must share the root token, got roots {sorted(roots)}")

@@ -46,10 +46,9 @@ def keep_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     if m < probs.shape[-1] and not bool((sorted_probs.sum(-1) >= top_p).all()):
         sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-    keep_sorted = (mass_before < top_p).to(probs.dtype)
-    keep = torch.zeros_like(probs).scatter_(-1, order, keep_sorted)
-    kept = probs * keep
-    return kept / kept.sum(-1, keepdim=True)
+    kept_sorted = sorted_probs * (mass_before < top_p)
+    kept_sorted /= kept_sorted.sum(-1, keepdim=True)
+    return torch.zeros_like(probs).scatter_(-1, order, kept_sorted)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

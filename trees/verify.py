@@ -220,7 +220,11 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     row with nothing left (p == q up to rounding: the rejection had probability 0) keeps p."""
     r = (p - q).clamp_(min=0)
     total = r.sum(-1, keepdim=True)
-    return torch.where(total > 0, r / total.clamp(min=torch.finfo(r.dtype).tiny), p)
+    r /= total
+    empty = (total <= 0).squeeze(-1)
+    if empty.any():
+        r[empty] = p[empty]
+    return r
 
 
 def emit_at(
