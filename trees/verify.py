@@ -112,7 +112,7 @@ def verify_batch(
     """`verify` for every tree of the batch at once; target_logits [T, V] row per node."""
     check_inputs(batch, target_logits)
     if sampling.greedy:
-        draws = target_logits.argmax(-1)
+        draws = target_logits.argmax(-1).to(batch.tokens.device)  # the tree's device may differ
         end = follow_draws(batch, draws)
         return paths_to(batch, end, draws[end])
     end, bonus = walk_sampled(batch, target_logits, sampling, generator)
@@ -236,6 +236,8 @@ def emit_at(
     count = rows.count[nodes]
     for j in range(int(count.max()) if nodes.numel() else 0):  # j-th proposal row of every node
         at = (open_ & (count > j)).nonzero().flatten()
+        if at.numel() == 0:
+            break
         r = rows.order[rows.start[nodes[at]] + j]
         x = rows.token[r]
         q = rows.props.q[r].float()
@@ -259,7 +261,8 @@ def walk_sampled(
     active = torch.arange(batch.size)
     while active.numel():
         cur = node[active]
-        token, child = emit_at(process_logits(target_logits[cur], sampling), cur, rows, children, generator)
+        p = process_logits(target_logits[cur.to(target_logits.device)], sampling).to(cur.device)
+        token, child = emit_at(p, cur, rows, children, generator)
         stop = child < 0
         bonus[active[stop]] = token[stop]
         active = active[~stop]
