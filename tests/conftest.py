@@ -4,4 +4,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/tiny_models.py and friends
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread per test process: the suite runs as 2 xdist workers on 2 cores, and the
+# tiny models' ops are so small that cross-thread synchronisation dominates (18x slower per
+# generation with 2 threads on a busy 2-core machine).
+torch.set_num_threads(1)
