@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -29,7 +30,7 @@ def _pooled(rows: list[dict], temperature: float) -> list[dict]:
 
 def plot_tau(rows: list[dict], path: Path) -> None:
     temps = sorted({r["temperature"] for r in rows})
-    fig, axes = plt.subplots(1, len(temps), figsize=(6.5 * len(temps), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(temps), figsize=(6.5 * len(temps), 4.2), squeeze=False, layout="constrained")
     for ax, t in zip(axes[0], temps):
         at_t = [r for r in rows if r["temperature"] == t and r["strategy"] != BASELINE]
         benches = list(dict.fromkeys(r["benchmark"] for r in at_t))
@@ -50,7 +51,7 @@ def plot_tau(rows: list[dict], path: Path) -> None:
 
 def plot_acceptance(rows: list[dict], path: Path) -> None:
     temps = sorted({r["temperature"] for r in rows})
-    fig, axes = plt.subplots(2, len(temps), figsize=(6 * len(temps), 7), squeeze=False)
+    fig, axes = plt.subplots(2, len(temps), figsize=(6 * len(temps), 7), squeeze=False, layout="constrained")
     for col, t in enumerate(temps):
         for row, kind in enumerate(("unconditional", "conditional")):
             ax = axes[row][col]
@@ -60,6 +61,7 @@ def plot_acceptance(rows: list[dict], path: Path) -> None:
                 values = [v if v is not None else float("nan") for v in r["acceptance"][kind]]
                 ax.plot(range(1, len(values) + 1), values, marker="o", label=r["strategy"])
             ax.set_ylim(0, 1.05)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.set_xlabel("draft depth")
             ax.set_ylabel(f"acceptance ({kind})")
             ax.set_title(f"{_temperature_label(t)}, {kind}")
@@ -70,7 +72,7 @@ def plot_acceptance(rows: list[dict], path: Path) -> None:
 
 def plot_routing(rows: list[dict], path: Path) -> None:
     temps = sorted({r["temperature"] for r in rows})
-    fig, axes = plt.subplots(2, len(temps), figsize=(6.5 * len(temps), 7), squeeze=False)
+    fig, axes = plt.subplots(2, len(temps), figsize=(6.5 * len(temps), 7), squeeze=False, layout="constrained")
     for col, t in enumerate(temps):
         pooled = [r for r in _pooled(rows, t) if r["strategy"] != BASELINE]
         for row, (field, title) in enumerate((("routing_shares", "routing choices (share of forwards)"),

@@ -90,7 +90,7 @@ def markdown_report(summary: dict) -> str:
         f"Tree: depth {tree['depth']}, top-k {tree['top_k']}, budget {tree['budget']}"
         f"{', sampled' if tree['sampled'] else ''}, merge budget `{tree['merge_budget']}`. "
         f"Max new tokens {cfg['max_new_tokens']} per turn; seeds {cfg['seeds']}; "
-        f"{summary['environment']['torch_threads']} torch threads.",
+        f"torch threads: {summary['environment']['torch_threads']}.",
         "Benchmarks: " + "; ".join(f"{k} {v['selected']}/{v['total']} items" for k, v in summary["benchmarks"].items()) + ".",
         f"Wall time {summary['wall_seconds']:.0f} s (CPU {summary['cpu_seconds']:.0f} s). The baseline (`{BASELINE}`) ran in the same process, "
         "interleaved with the strategies item by item; speed-up = tokens/s over the baseline's on the same items.",
