@@ -40,7 +40,7 @@ POWER = 0.99  # probability of rejecting any alternative at total variation >= T
 TV = 0.02
 MIN_EXPECTED = 5.0
 MAX_PATHS = 1400  # complete-trie size bound for the vectorised drafting simulation
-LAW_SETTINGS = settings(max_examples=8, derandomize=True, deadline=None, database=None)
+LAW_SETTINGS = settings(max_examples=6, derandomize=True, deadline=None, database=None)
 
 Verifier = Callable[[TreeBatch, torch.Tensor, SamplingSpec, torch.Generator], BatchVerifyResult]
 
