@@ -1,0 +1,51 @@
+"""Greedy token equality with transformers' own generate on the real default target
+(SmolLM2-135M-Instruct, converted once into the model cache). A light pass runs by default;
+the full pass over every strategy and more prompts is marked slow."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compose import Composer
+
+PROMPTS = [
+    "What is 17 * 23? Answer briefly.",
+    "Write a haiku about the sea.",
+    "def fibonacci(n):",
+    "List three uses of copper.",
+]
+
+
+@pytest.fixture(scope="module")
+def composer():
+    return Composer("smollm2-135m-instruct", drafters={"ee6": "early-exit:6", "ee12": "early-exit:12"})
+
+
+def reference(composer: Composer, ids: torch.Tensor, n: int) -> list[int]:
+    out = composer.target.model.generate(ids[None], max_new_tokens=n, do_sample=False)
+    return out[0, ids.numel():].tolist()
+
+
+def check(composer, prompt, strategy, n, **kw):
+    ids = composer._encode([{"role": "user", "content": prompt}], chat=False)
+    result = composer.generate(ids, strategy=strategy, max_new_tokens=n, **kw)
+    assert result.token_ids == reference(composer, ids, n)[: len(result.token_ids)]
+    assert len(result.token_ids) == n or result.finish_reason == "eos"
+    return result
+
+
+@pytest.mark.parametrize("strategy, extra", [("single", {"drafter": "ee12"}), ("merged_tree", {})])
+def test_default_model_greedy_equality(composer, strategy, extra):
+    check(composer, PROMPTS[0], strategy, 24, tree=dict(depth=4, top_k=3, budget=10), **extra)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize("strategy, extra", [
+    ("autoregressive", {}), ("single", {"drafter": "ee6"}), ("single", {"drafter": "ee12"}),
+    ("confidence", {}), ("entropy", {}), ("merged_tree", {}),
+    ("merged_tree", {"tree": dict(depth=5, top_k=4, budget=16, merge_budget="equal")}),
+])
+def test_default_model_greedy_equality_every_strategy(composer, prompt, strategy, extra):
+    extra = {"tree": dict(depth=5, top_k=4, budget=16), **extra}
+    check(composer, prompt, strategy, 64, **extra)
