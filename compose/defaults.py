@@ -1,16 +1,18 @@
 """The drafters a target gets when the user names none."""
 from __future__ import annotations
 
+EARLY_EXIT_DEFAULTS = {"ee6": "early-exit:6", "ee12": "early-exit:12"}
+
 
 def default_drafters(target: str) -> dict[str, str]:
-    """Trained specialist drafters shipped for a built-in target when present, else two
-    self-speculative early-exit drafters (no training needed)."""
-    try:
-        from drafters import pretrained_drafters  # trained checkpoints shipped in the repo
-    except ImportError:
-        pretrained_drafters = None
-    if pretrained_drafters is not None:
-        found = pretrained_drafters(target)
-        if found:
-            return found
-    return {"ee6": "early-exit:6", "ee12": "early-exit:12"}
+    """The trained specialist drafters shipped for a built-in target (drafters/pretrained),
+    topped up with self-speculative early-exit drafters (no training needed) so that the
+    composing strategies always have at least two drafters."""
+    from drafters import pretrained_drafters
+
+    found = dict(pretrained_drafters(str(target)))
+    for name, spec in EARLY_EXIT_DEFAULTS.items():
+        if len(found) >= 2:
+            break
+        found[name] = spec
+    return found
