@@ -27,8 +27,10 @@ def main():
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--budget", type=int, default=12)
     p.add_argument("--top-k", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (1 on a busy machine)")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    print(f"torch threads: {args.threads}")
     specs = args.drafters.split(",")
     try:  # trained specialists when present
         from compose.defaults import default_drafters

@@ -76,8 +76,10 @@ def main():
     p.add_argument("--depth", type=int, default=5)
     p.add_argument("--budget", type=int, default=16)
     p.add_argument("--top-k", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (1 on a busy machine)")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    print(f"torch threads: {args.threads}")
     tree = dict(depth=args.depth, budget=args.budget, top_k=args.top_k)
     if args.pair in ("default", "both"):
         run_pair("SmolLM2-135M-Instruct + early exit", "smollm2-135m-instruct",
