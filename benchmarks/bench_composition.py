@@ -47,7 +47,7 @@ def main():
 
     rows: dict[tuple, list] = {}
     for pname, text in PROMPTS.items():
-        ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+        ids = composer.encode([{"role": "user", "content": text}])
         runs = [("autoregressive", 1, {})]
         runs += [("single", 1, dict(drafter="d0"))]
         for n in (2, 3, 4):

@@ -41,7 +41,7 @@ def run_pair(title: str, target_name: str, drafters: dict, hf_assistant, n: int,
     totals = {m: [0, 0.0, []] for m in methods}  # tokens, seconds, taus
     mismatches = []
     for pname, text in PROMPTS.items():
-        ids = torch.tensor([tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)])
+        ids = composer.encode([{"role": "user", "content": text}])[None]
         ref, dt, tau = ours(composer, ids, n, strategy="autoregressive")
         runs = {"ours: autoregressive": (ref, dt, tau)}
         runs["transformers generate"] = (*hf_generate(model, ids, n), 1.0)

@@ -80,7 +80,7 @@ class Composer:
         strategy_args = {k: v for k, v in options.items() if k in routing_keys}
         opts = GenerateOptions(**{**self.defaults, **{k: v for k, v in options.items() if k not in routing_keys}})
         plan = make_strategy(strategy_name, self.drafters, opts.tree, self._strategy_cache, **strategy_args)
-        prompt_ids = self._encode(prompt, opts.chat)
+        prompt_ids = self.encode(prompt, opts.chat)
         self._check_length(prompt_ids, opts)
         generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
 
@@ -118,7 +118,8 @@ class Composer:
         )
 
     # --- prompts --------------------------------------------------------------------------------
-    def _encode(self, prompt: Prompt, chat: bool) -> torch.Tensor:
+    def encode(self, prompt: Prompt, chat: bool = False) -> torch.Tensor:
+        """Prompt (text, chat messages or ids) -> int64 token ids, validated."""
         if isinstance(prompt, torch.Tensor):
             if prompt.dim() == 2 and prompt.shape[0] != 1:
                 raise ValueError(f"batch generation is not supported: pass one prompt (got a batch of {prompt.shape[0]})")

@@ -27,7 +27,7 @@ def reference(composer: Composer, ids: torch.Tensor, n: int) -> list[int]:
 
 
 def check(composer, prompt, strategy, n, **kw):
-    ids = composer._encode([{"role": "user", "content": prompt}], chat=False)
+    ids = composer.encode([{"role": "user", "content": prompt}])
     result = composer.generate(ids, strategy=strategy, max_new_tokens=n, **kw)
     assert result.token_ids == reference(composer, ids, n)[: len(result.token_ids)]
     assert len(result.token_ids) == n or result.finish_reason == "eos"
