@@ -17,6 +17,10 @@ from prompts import PROMPTS  # noqa: E402
 
 from compose import Composer  # noqa: E402
 
+
+class ARGS:  # run-wide settings read by the per-pair loops
+    prompts = len(PROMPTS)
+
 DEFAULT_SPECS = ["early-exit:6", "early-exit:8", "early-exit:10", "early-exit:12"]
 
 
@@ -28,7 +32,9 @@ def main():
     p.add_argument("--budget", type=int, default=12)
     p.add_argument("--top-k", type=int, default=4)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (1 on a busy machine)")
+    p.add_argument("--prompts", type=int, default=len(PROMPTS), help="use the first N benchmark prompts")
     args = p.parse_args()
+    ARGS.prompts = args.prompts
     torch.set_num_threads(args.threads)
     print(f"torch threads: {args.threads}")
     specs = args.drafters.split(",")
@@ -46,7 +52,7 @@ def main():
     all_names = list(composer.drafters)
 
     rows: dict[tuple, list] = {}
-    for pname, text in PROMPTS.items():
+    for pname, text in list(PROMPTS.items())[: ARGS.prompts]:
         ids = composer.encode([{"role": "user", "content": text}])
         runs = [("autoregressive", 1, {})]
         runs += [("single", 1, dict(drafter="d0"))]
@@ -77,7 +83,7 @@ def main():
     base = rows[("autoregressive", 1)]
     base_tps = base[4] / base[5]
     single_draft = rows[("single", 1)][1] / rows[("single", 1)][0]
-    print(f"\n### per-step times on the default target (ms), {len(PROMPTS)} prompts × {args.new_tokens} tokens, tree {tree}\n")
+    print(f"\n### per-step times on the default target (ms), {ARGS.prompts} prompts × {args.new_tokens} tokens, tree {tree}\n")
     print("| strategy | N | steps | draft | pack+verify | target fwd | draft / single's | overhead share | τ | speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (label, n), (steps, d, v, f, toks, tot, emitted) in rows.items():

@@ -17,6 +17,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from prompts import PROMPTS  # noqa: E402
 
 from compose import Composer  # noqa: E402
+
+
+class ARGS:  # run-wide settings read by the per-pair loops
+    prompts = len(PROMPTS)
 from compose.models import load_target  # noqa: E402
 
 
@@ -40,7 +44,7 @@ def run_pair(title: str, target_name: str, drafters: dict, hf_assistant, n: int,
     methods += [f"ours: single {name}" for name in drafters]
     totals = {m: [0, 0.0, []] for m in methods}  # tokens, seconds, taus
     mismatches = []
-    for pname, text in PROMPTS.items():
+    for pname, text in list(PROMPTS.items())[: ARGS.prompts]:
         ids = composer.encode([{"role": "user", "content": text}])[None]
         ref, dt, tau = ours(composer, ids, n, strategy="autoregressive")
         runs = {"ours: autoregressive": (ref, dt, tau)}
@@ -58,7 +62,7 @@ def run_pair(title: str, target_name: str, drafters: dict, hf_assistant, n: int,
                 mismatches.append((m, pname))
         print(f"  [{title}] prompt {pname} done", file=sys.stderr, flush=True)
     base = totals["ours: autoregressive"][0] / totals["ours: autoregressive"][1]
-    print(f"\n### {title} — greedy, {n} new tokens, {len(PROMPTS)} prompts, tree {tree}\n")
+    print(f"\n### {title} — greedy, {n} new tokens, {ARGS.prompts} prompts, tree {tree}\n")
     print("| method | tokens/s | ratio to ours AR | mean τ |")
     print("|---|---:|---:|---:|")
     for m, (toks, secs, taus) in totals.items():
@@ -77,7 +81,9 @@ def main():
     p.add_argument("--budget", type=int, default=16)
     p.add_argument("--top-k", type=int, default=4)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (1 on a busy machine)")
+    p.add_argument("--prompts", type=int, default=len(PROMPTS), help="use the first N benchmark prompts")
     args = p.parse_args()
+    ARGS.prompts = args.prompts
     torch.set_num_threads(args.threads)
     print(f"torch threads: {args.threads}")
     tree = dict(depth=args.depth, budget=args.budget, top_k=args.top_k)
