@@ -29,7 +29,7 @@ def loaded():
 @pytest.mark.parametrize("bench,count", [("mtbench", 80), ("gsm8k", 100), ("humaneval", 164), ("math", 100)])
 def test_counts_and_fields(loaded, bench, count):
     if bench not in loaded:
-        pytest.skip(f"{BENCHMARKS[bench].requirement} is not installed")
+        pytest.fail(f"{BENCHMARKS[bench].requirement} is not installed (`make test` installs every asset)")
     items = loaded[bench]
     assert len(items) == count == BENCHMARKS[bench].size
     assert len({it.id for it in items}) == count
@@ -53,7 +53,7 @@ def test_counts_and_fields(loaded, bench, count):
 
 def test_heldout_math_is_fixed_by_its_seed(loaded):
     if "math" not in loaded:
-        pytest.skip("reasoning-gym is not installed")
+        pytest.fail("reasoning-gym is not installed (`make test` installs every asset)")
     again = load_heldout_math()
     assert [it.turns for it in again] == [it.turns for it in loaded["math"]]
 

