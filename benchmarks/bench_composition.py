@@ -13,13 +13,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from prompts import PROMPTS  # noqa: E402
+from prompts import add_common_args, apply_common_args  # noqa: E402
 
 from compose import Composer  # noqa: E402
-
-
-class ARGS:  # run-wide settings read by the per-pair loops
-    prompts = len(PROMPTS)
 
 DEFAULT_SPECS = ["early-exit:6", "early-exit:8", "early-exit:10", "early-exit:12"]
 
@@ -28,15 +24,9 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--drafters", default=",".join(DEFAULT_SPECS), help="comma-separated drafter specs (4)")
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--budget", type=int, default=12)
-    p.add_argument("--top-k", type=int, default=4)
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (1 on a busy machine)")
-    p.add_argument("--prompts", type=int, default=len(PROMPTS), help="use the first N benchmark prompts")
+    add_common_args(p, depth=4, budget=12)
     args = p.parse_args()
-    ARGS.prompts = args.prompts
-    torch.set_num_threads(args.threads)
-    print(f"torch threads: {args.threads}")
+    tree, prompts = apply_common_args(args)
     specs = args.drafters.split(",")
     try:  # trained specialists when present
         from compose.defaults import default_drafters
@@ -47,12 +37,11 @@ def main():
     except Exception as e:  # noqa: BLE001 - report and use the early-exit set
         print(f"(trained drafters unavailable: {e})", file=sys.stderr)
     composer = Composer("smollm2-135m-instruct", drafters={f"d{i}": s for i, s in enumerate(specs)})
-    tree = dict(depth=args.depth, budget=args.budget, top_k=args.top_k)
     tok = composer.tokenizer
     all_names = list(composer.drafters)
 
     rows: dict[tuple, list] = {}
-    for pname, text in list(PROMPTS.items())[: ARGS.prompts]:
+    for pname, text in prompts.items():
         ids = composer.encode([{"role": "user", "content": text}])
         runs = [("autoregressive", 1, {})]
         runs += [("single", 1, dict(drafter="d0"))]
@@ -83,7 +72,7 @@ def main():
     base = rows[("autoregressive", 1)]
     base_tps = base[4] / base[5]
     single_draft = rows[("single", 1)][1] / rows[("single", 1)][0]
-    print(f"\n### per-step times on the default target (ms), {ARGS.prompts} prompts × {args.new_tokens} tokens, tree {tree}\n")
+    print(f"\n### per-step times on the default target (ms), {len(prompts)} prompts × {args.new_tokens} tokens, tree {tree}\n")
     print("| strategy | N | steps | draft | pack+verify | target fwd | draft / single's | overhead share | τ | speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (label, n), (steps, d, v, f, toks, tot, emitted) in rows.items():

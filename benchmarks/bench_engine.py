@@ -14,13 +14,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from prompts import PROMPTS  # noqa: E402
+from prompts import add_common_args, apply_common_args  # noqa: E402
 
 from compose import Composer  # noqa: E402
-
-
-class ARGS:  # run-wide settings read by the per-pair loops
-    prompts = len(PROMPTS)
 from compose.models import load_target  # noqa: E402
 
 
@@ -35,7 +31,7 @@ def ours(composer, ids, n, **kw):
     return r.token_ids, r.stats.total_time, r.stats.tau
 
 
-def run_pair(title: str, target_name: str, drafters: dict, hf_assistant, n: int, tree: dict):
+def run_pair(title: str, target_name: str, drafters: dict, hf_assistant, n: int, tree: dict, prompts: dict):
     composer = Composer(target_name, drafters=drafters)
     model, tok = composer.target.model, composer.tokenizer
     methods = ["ours: autoregressive", "transformers generate", "transformers prompt lookup"]
@@ -44,7 +40,7 @@ def run_pair(title: str, target_name: str, drafters: dict, hf_assistant, n: int,
     methods += [f"ours: single {name}" for name in drafters]
     totals = {m: [0, 0.0, []] for m in methods}  # tokens, seconds, taus
     mismatches = []
-    for pname, text in list(PROMPTS.items())[: ARGS.prompts]:
+    for pname, text in prompts.items():
         ids = composer.encode([{"role": "user", "content": text}])[None]
         ref, dt, tau = ours(composer, ids, n, strategy="autoregressive")
         runs = {"ours: autoregressive": (ref, dt, tau)}
@@ -62,7 +58,7 @@ def run_pair(title: str, target_name: str, drafters: dict, hf_assistant, n: int,
                 mismatches.append((m, pname))
         print(f"  [{title}] prompt {pname} done", file=sys.stderr, flush=True)
     base = totals["ours: autoregressive"][0] / totals["ours: autoregressive"][1]
-    print(f"\n### {title} — greedy, {n} new tokens, {ARGS.prompts} prompts, tree {tree}\n")
+    print(f"\n### {title} — greedy, {n} new tokens, {len(prompts)} prompts, tree {tree}\n")
     print("| method | tokens/s | ratio to ours AR | mean τ |")
     print("|---|---:|---:|---:|")
     for m, (toks, secs, taus) in totals.items():
@@ -77,25 +73,18 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--pair", choices=["default", "qwen", "both"], default="both")
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--depth", type=int, default=5)
-    p.add_argument("--budget", type=int, default=16)
-    p.add_argument("--top-k", type=int, default=4)
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (1 on a busy machine)")
-    p.add_argument("--prompts", type=int, default=len(PROMPTS), help="use the first N benchmark prompts")
+    add_common_args(p, depth=5, budget=16)
     args = p.parse_args()
-    ARGS.prompts = args.prompts
-    torch.set_num_threads(args.threads)
-    print(f"torch threads: {args.threads}")
-    tree = dict(depth=args.depth, budget=args.budget, top_k=args.top_k)
+    tree, prompts = apply_common_args(args)
     if args.pair in ("default", "both"):
         run_pair("SmolLM2-135M-Instruct + early exit", "smollm2-135m-instruct",
-                 {"ee6": "early-exit:6", "ee12": "early-exit:12"}, None, args.new_tokens, tree)
+                 {"ee6": "early-exit:6", "ee12": "early-exit:12"}, None, args.new_tokens, tree, prompts)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"\npeak resident memory of this process so far (default model runs): {peak_mb:.0f} MB")
     if args.pair in ("qwen", "both"):
         draft_model, _ = load_target("qwen2.5-coder-0.5b-instruct")
         run_pair("Qwen2.5-Coder-1.5B + 0.5B drafter", "qwen2.5-coder-1.5b-instruct",
-                 {"lm0.5b": "lm:qwen2.5-coder-0.5b-instruct"}, draft_model, args.new_tokens, tree)
+                 {"lm0.5b": "lm:qwen2.5-coder-0.5b-instruct"}, draft_model, args.new_tokens, tree, prompts)
 
 
 if __name__ == "__main__":

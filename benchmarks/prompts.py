@@ -1,4 +1,9 @@
-"""Fixed benchmark prompts from different domains (chat messages; the chat template is applied)."""
+"""Fixed benchmark prompts from different domains (chat messages; the chat template is applied),
+and the flags every benchmark script shares."""
+import argparse
+
+import torch
+
 PROMPTS = {
     "math": "A train travels 120 km in 1.5 hours, then 80 km in 1 hour. What is its average speed? Show the steps.",
     "code": "Write a Python function that returns the n-th Fibonacci number iteratively, with a docstring.",
@@ -7,3 +12,19 @@ PROMPTS = {
                "It generates most of the cell's supply of adenosine triphosphate, used as a source of chemical energy.",
     "facts": "List the planets of the solar system in order from the Sun, with one fact about each.",
 }
+
+
+def add_common_args(p: argparse.ArgumentParser, depth: int, budget: int, top_k: int = 4) -> None:
+    p.add_argument("--depth", type=int, default=depth)
+    p.add_argument("--budget", type=int, default=budget)
+    p.add_argument("--top-k", type=int, default=top_k)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (1 on a busy machine)")
+    p.add_argument("--prompts", type=int, default=len(PROMPTS), help="use the first N benchmark prompts")
+
+
+def apply_common_args(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Set torch threads; return (tree options, the prompts to run)."""
+    torch.set_num_threads(args.threads)
+    print(f"torch threads: {args.threads}")
+    tree = dict(depth=args.depth, budget=args.budget, top_k=args.top_k)
+    return tree, dict(list(PROMPTS.items())[: args.prompts])
