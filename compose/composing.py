@@ -1,4 +1,4 @@
-"""Strategies that combine several drafters (DESIGN.md "Composition strategies"):
+"""Strategies that combine several drafters (docs/design.md "Composition strategies"):
 averaged, confidence (per step), entropy (per prompt turn) and merged_tree."""
 from __future__ import annotations
 

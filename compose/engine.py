@@ -1,4 +1,4 @@
-"""The decode loop (DESIGN.md "Data flow of one decode step"):
+"""The decode loop (docs/design.md "Data flow of one decode step"):
 prefill -> [draft -> pack -> one target forward -> verify -> compact cache -> advance] ..."""
 from __future__ import annotations
 

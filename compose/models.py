@@ -2,7 +2,7 @@
 
 A model is either a local transformers causal-LM folder (anything with a config.json) or
 one of the named built-ins below. Built-ins ship as GGUF files inside pinned PyPI packages
-(see DESIGN.md, "Models and data available without a model hub"). On first use a built-in
+(see docs/design.md, "Models and data without a model hub"). On first use a built-in
 is checked (size and sha256 of every part), dequantised to float32 by transformers and saved
 as safetensors in the cache, so later loads take seconds instead of half a minute.
 

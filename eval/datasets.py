@@ -1,4 +1,4 @@
-"""Evaluation benchmarks, read from pinned PyPI packages (DESIGN.md "Models and data").
+"""Evaluation benchmarks, read from pinned PyPI packages (docs/design.md "Models and data without a model hub").
 
 Every benchmark is a list of `BenchmarkItem`s: one or more user turns; a later turn is asked
 after the model's OWN answer to the earlier ones (MT-Bench turn 2). Package files are located

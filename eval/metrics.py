@@ -1,4 +1,4 @@
-"""Metrics aggregated across prompts (DESIGN.md "Measuring").
+"""Metrics aggregated across prompts (docs/design.md "Measuring").
 
 Everything pools the step logs of all turns in a group; nothing averages per-prompt ratios:
 - τ = tokens emitted by verifier forwards (accepted drafts + the bonus token) / verifier forwards;

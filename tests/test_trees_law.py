@@ -447,7 +447,7 @@ def unnormalised_residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("p, q, draws, bias", [
-    ([0.4, 0.6, 0.0], [0.2, 0.0, 0.8], 3, 0.2),  # DESIGN.md pitfall: TV ~0.2 on 3 tokens
+    ([0.4, 0.6, 0.0], [0.2, 0.0, 0.8], 3, 0.2),  # docs/design.md "Verification rules": TV ~0.2 on 3 tokens
     ([0.15, 0.55, 0.30], [0.45, 0.30, 0.25], 2, 0.0225),  # just above the 0.02 the check is sized for
 ])
 def test_with_replacement_duplicates_keep_their_residual_update(p, q, draws, bias):

@@ -5,7 +5,7 @@ so a single forward pass over the node order visits parents before children. Per
 the token, parent, depth, cumulative draft log-probability (score) and a bitmask of the
 drafters that proposed it. Sampled trees also carry a `Proposals` table: the ordered draws made
 at each node, each with the exact distribution q it was drawn from, which recursive rejection
-sampling needs (duplicates included, see DESIGN.md "Verify").
+sampling needs (duplicates included, see docs/design.md "Verification rules").
 """
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ class DraftTree:
     def select(self, keep: torch.Tensor) -> "DraftTree":
         """The sub-tree on the node set `keep` (bool [N] or indices; must hold the root and be
         ancestor-closed), renumbered in the original order. The proposal table is dropped: a
-        cut that looked at the drawn values must be verified by the match rule (DESIGN.md)."""
+        cut that looked at the drawn values must be verified by the match rule (docs/design.md "Verification rules")."""
         mask = torch.zeros(len(self), dtype=torch.bool)
         mask[keep] = True
         check_ancestor_closed(self.parents, mask)

@@ -1,4 +1,4 @@
-"""Verifying draft trees against the target's logits at every node (DESIGN.md "Verify").
+"""Verifying draft trees against the target's logits at every node (docs/design.md "Verification rules").
 
 Greedy is one vectorised pass. Sampling walks the accepted paths (at most depth + 1 steps) and
 processes only the target rows it visits: processing all N rows of a 49k vocabulary up front
@@ -99,7 +99,7 @@ def verify(
 ) -> VerifyResult:
     """target_logits [N, V]: the target's raw logits at every node (row i = next-token logits
     after the path to node i). Greedy, match rule (no proposal table) or recursive rejection
-    sampling (proposal table present) per DESIGN.md."""
+    sampling (proposal table present) per docs/design.md "Verification rules"."""
     return verify_batch(TreeBatch.from_trees([tree]), target_logits, sampling, generator)[0]
 
 
