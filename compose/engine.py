@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from trees import SamplingSpec, TreeSpec, pack_tree, process_logits, sample, verify
+from trees import SamplingSpec, TreeSpec, pack_tree, process_logits, require_finite_logits, sample, verify
 
 from .strategies import Strategy
 from .target import TargetModel
@@ -30,6 +30,7 @@ def decode(
     with torch.inference_mode():
         t0 = time.perf_counter()
         out = target.prefill(prompt_ids, want_hidden)
+        require_finite_logits(out.logits[-1:], "the target's prefill forward")
         root = int(sample(process_logits(out.logits[-1], sampling), generator))
         strategy.start(prompt_ids, out.hidden_states)
         stats.prefill_time = time.perf_counter() - t0

@@ -12,6 +12,7 @@ from scipy.stats import chi2
 
 from trees import DraftTree, SamplingSpec, TreeSpec, build_chain, build_tree, process_logits
 from trees.build import draw_without_replacement
+from trees.checks import NonFiniteLogitsError
 
 FAST = settings(max_examples=40, derandomize=True, deadline=None, database=None)
 
@@ -119,6 +120,25 @@ def test_chain_is_the_top1_path():
 def test_step_fn_with_a_wrong_shape_is_rejected():
     with pytest.raises(ValueError, match="step_fn returned logits of shape"):
         build_tree(0, lambda tree, frontier: torch.zeros(5), TreeSpec(depth=2, top_k=2, budget=3))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "all -inf"])
+@pytest.mark.parametrize("spec, sampling", [
+    (TreeSpec(depth=3, top_k=2, budget=4), None),
+    (TreeSpec(depth=3, top_k=2, budget=4, sampled=True), SamplingSpec(1.0)),
+])
+def test_non_finite_drafter_logits_name_the_drafter(bad, spec, sampling):
+    def step(tree, frontier):
+        logits = torch.zeros(frontier.numel(), 6)
+        if len(tree) > 1:  # the second level goes wrong
+            if bad == "all -inf":
+                logits[-1] = float("-inf")
+            else:
+                logits[-1, 2] = bad
+        return logits
+
+    with pytest.raises(NonFiniteLogitsError, match="drafter 'math' produced non-finite logits"):
+        build_tree(0, step, spec, sampling, torch.Generator().manual_seed(0), drafter_name="math")
 
 
 # --- sampled trees ----------------------------------------------------------------------------------

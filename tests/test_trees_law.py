@@ -16,7 +16,6 @@ against deliberately wrong verifiers whose bias (computed exactly) is >= 0.02 an
 """
 from __future__ import annotations
 
-import importlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -31,9 +30,9 @@ from scipy.optimize import brentq
 from scipy.stats import chi2, ncx2
 
 from trees import DraftTree, Proposals, SamplingSpec, TreeSpec, build_tree, merge_trees, process_logits
-from trees.verify import BatchVerifyResult, TreeBatch, verify_batch
+import trees.verifying as verify_module
+from trees.verifying import BatchVerifyResult, TreeBatch, verify_batch
 
-verify_module = importlib.import_module("trees.verify")  # `trees.verify` is also the function
 
 ALPHA = 1e-3  # false-alarm rate of one law check
 POWER = 0.99  # probability of rejecting any alternative at total variation >= TV

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chi2
 
+import trees
 from trees import DraftTree, Proposals, SamplingSpec, process_logits, sample, verify
-from trees.verify import TreeBatch, verify_batch
+from trees.verifying import TreeBatch, verify_batch
 
 FAST = settings(max_examples=60, derandomize=True, deadline=None, database=None)
 
@@ -207,3 +208,77 @@ def test_sampling_spec_rejects_bad_values():
         SamplingSpec(top_k=-2)
     with pytest.raises(ValueError, match="top_p"):
         SamplingSpec(top_p=0.0)
+
+
+# --- malformed trees, proposal rows and non-finite logits are refused, not verified ------------------
+def sampled_tree(parent, child, q) -> DraftTree:
+    tree = DraftTree.from_lists([0, 1, 2, 3], [-1, 0, 1, 0])
+    tree.proposals = Proposals(parent=torch.tensor(parent), child=torch.tensor(child), q=torch.tensor(q))
+    return tree
+
+
+@pytest.mark.parametrize("tree, message", [
+    # q gives the drawn token probability 0: without the check it is accepted with probability 1
+    (sampled_tree([0], [1], [[0.5, 0.0, 0.25, 0.25]]), "probability 0"),
+    # a row at the root pointing at a grandchild: token 2 would be emitted unverified at depth 1
+    (sampled_tree([0], [2], [[0.25] * 4]), "not a child of it"),
+    (sampled_tree([0], [0], [[0.25] * 4]), "child of their parent"),
+    (sampled_tree([0], [9], [[0.25] * 4]), "child of their parent"),
+    (sampled_tree([0], [1], [[0.25, float("nan"), 0.25, 0.25]]), "probability nan"),
+])
+def test_verify_rejects_malformed_proposal_rows(tree, message):
+    logits = torch.zeros(4, 4)
+    with pytest.raises(ValueError, match=message):
+        verify(tree, logits, SamplingSpec(1.0), torch.Generator().manual_seed(0))
+
+
+def test_verify_checks_proposal_values_in_debug_mode():
+    tree = sampled_tree([0], [1], [[0.5, 0.5, 0.5, 0.0]])  # does not sum to 1
+    previous = trees.debug_checks()
+    try:
+        trees.debug_checks(False)
+        verify(tree, torch.zeros(4, 4), SamplingSpec(1.0), torch.Generator().manual_seed(0))  # cheap checks only
+        trees.debug_checks(True)
+        with pytest.raises(ValueError, match="sum to 1"):
+            verify(tree, torch.zeros(4, 4), SamplingSpec(1.0), torch.Generator().manual_seed(0))
+    finally:
+        trees.debug_checks(previous)
+
+
+def test_the_suite_runs_in_debug_mode():
+    assert trees.debug_checks()
+
+
+@pytest.mark.parametrize("tokens, parents, depths, message", [
+    ([0, 1, 2], [-1, 2, 0], None, "parent must precede"),
+    ([0, 1, 2], [-1, 0, -1], None, "only root"),
+    ([0, 1, 2], [-1, 0, 1], [0, 1, 1], "depths"),
+    ([0, 1, -2], [-1, 0, 1], None, "outside the target vocabulary"),
+])
+def test_verify_rejects_malformed_trees(tokens, parents, depths, message):
+    tree = DraftTree(torch.tensor(tokens), torch.tensor(parents), torch.zeros(3), torch.ones(3, dtype=torch.long),
+                     depths=torch.tensor(depths) if depths else None)
+    for spec in (SamplingSpec(), SamplingSpec(1.0)):
+        with pytest.raises(ValueError, match=message):
+            verify(tree, torch.zeros(3, 4), spec, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("spec", [SamplingSpec(), SamplingSpec(1.0), SamplingSpec(0.7, top_p=0.9)])
+def test_verify_refuses_non_finite_target_logits(bad, spec):
+    tree = DraftTree.from_lists([0, 1, 2], [-1, 0, 1])
+    logits = torch.zeros(3, 5)
+    logits[1, 3] = bad
+    with pytest.raises(trees.NonFiniteLogitsError, match="target's verify forward.*row 1"):
+        verify(tree, logits, spec, torch.Generator().manual_seed(0))
+    logits[1] = float("-inf")  # nothing finite in the row
+    with pytest.raises(trees.NonFiniteLogitsError, match="target's verify forward"):
+        verify(tree, logits, spec, torch.Generator().manual_seed(0))
+
+
+def test_trees_verify_is_the_function_and_the_module_is_verifying():
+    import importlib
+    from pathlib import Path
+
+    assert callable(trees.verify) and trees.verify is importlib.import_module("trees.verifying").verify
+    assert not (Path(trees.__file__).parent / "verify.py").exists()  # no module shadowed by the function

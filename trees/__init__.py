@@ -1,16 +1,18 @@
 """Draft trees: build, merge, pack (X, M, P) and verify. The lossless core of specmux;
 depends on torch and numpy only (networkx for export)."""
 from .build import build_chain, build_tree
+from .checks import NonFiniteLogitsError, debug_checks, require_finite_logits
 from .merge import cut_to_budget, merge_trees
 from .pack import PackedTree, kept_cache_positions, pack_tree
 from .sampling import process_logits, sample
 from .spec import SamplingSpec, TreeSpec
 from .tree import DraftTree, Proposals, check_ancestor_closed
-from .verify import BatchVerifyResult, TreeBatch, VerifyResult, verify, verify_batch
+from .verifying import BatchVerifyResult, TreeBatch, VerifyResult, verify, verify_batch
 
 __all__ = [
     "DraftTree", "Proposals", "SamplingSpec", "TreeSpec", "PackedTree", "VerifyResult",
     "build_tree", "build_chain", "merge_trees", "cut_to_budget", "pack_tree",
     "kept_cache_positions", "process_logits", "sample", "verify",
     "TreeBatch", "BatchVerifyResult", "verify_batch", "check_ancestor_closed",
+    "NonFiniteLogitsError", "debug_checks", "require_finite_logits",
 ]

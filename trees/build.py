@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from .checks import require_finite_rows
 from .sampling import process_logits
 from .spec import SamplingSpec, TreeSpec
 from .tree import DraftTree, Proposals, top_scoring_closed
@@ -45,8 +46,12 @@ class GrowingTree:
         return torch.arange(start, len(self))
 
     def record_entropy(self, nodes: torch.Tensor, logp: torch.Tensor) -> None:
-        """Entropy of the drafter's distribution (log-probs `logp`) at the expanded `nodes`."""
-        self.entropies[nodes] = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+        """Entropy of the drafter's distribution (log-probs `logp`) at the expanded `nodes`.
+        It is NaN exactly when the drafter's logits row held NaN or inf or nothing finite, so it
+        doubles as the drafter's non-finite check at no extra cost."""
+        entropy = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+        require_finite_rows(entropy, f"drafter {self.drafter_name!r}")
+        self.entropies[nodes] = entropy
 
     def snapshot(self, proposals: Proposals | None = None) -> DraftTree:
         return DraftTree(

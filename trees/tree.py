@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .checks import check_proposal_rows
+
 
 @dataclass
 class Proposals:
@@ -135,32 +137,8 @@ class DraftTree:
         if ((self.proposers < 0) | (self.proposers >= 1 << len(self.drafter_names))).any():
             raise ValueError("draft tree proposers has bits beyond its drafter_names")
         if self.proposals is not None:
-            self._validate_proposals(vocab_size, proposal_values)
+            check_proposal_rows(self.parents, self.tokens, self.proposals, vocab_size, proposal_values)
         return self
-
-    def _validate_proposals(self, vocab_size: int | None, values: bool) -> None:
-        p = self.proposals
-        k = len(p)
-        if p.child.shape != (k,) or p.q.dim() != 2 or p.q.shape[0] != k:
-            raise ValueError("proposal table fields have inconsistent shapes")
-        if not k:
-            return
-        if vocab_size is not None and p.q.shape[1] != vocab_size:
-            raise ValueError(f"proposal q has {p.q.shape[1]} columns, expected vocabulary size {vocab_size}")
-        if (p.child <= 0).any() or (p.child >= len(self)).any() or not torch.equal(self.parents[p.child], p.parent):
-            raise ValueError("proposal table rows must point at a child of their parent node")
-        if (self.tokens[p.child] >= p.q.shape[1]).any():
-            raise ValueError("proposal table rows draw token ids outside the vocabulary of q")
-        if not values:
-            return
-        if not torch.isfinite(p.q).all() or (p.q < 0).any():
-            raise ValueError("proposal q must be finite and non-negative")
-        if not torch.allclose(p.q.sum(-1), torch.ones(k, dtype=p.q.dtype), atol=1e-4):
-            raise ValueError("proposal q rows must sum to 1 (renormalised after earlier draws)")
-        drawn_q = p.q.gather(1, self.tokens[p.child][:, None]).squeeze(1)
-        if (drawn_q <= 0).any():
-            row = int((drawn_q <= 0).nonzero()[0])
-            raise ValueError(f"proposal row {row} drew a token its q gives probability 0")
 
     def select(self, keep: torch.Tensor) -> "DraftTree":
         """The sub-tree on the node set `keep` (bool [N] or indices; must hold the root and be

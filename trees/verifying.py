@@ -20,9 +20,13 @@ from typing import Sequence
 
 import torch
 
+from .checks import check_proposal_rows, debug_checks, require_finite_logits, require_finite_rows
 from .sampling import process_logits, sample
 from .spec import SamplingSpec
 from .tree import DraftTree, Proposals
+
+
+TARGET_FORWARD = "the target's verify forward (its logits at the draft tree's nodes)"
 
 
 @dataclass
@@ -112,26 +116,58 @@ def verify_batch(
     """`verify` for every tree of the batch at once; target_logits [T, V] row per node."""
     check_inputs(batch, target_logits)
     if sampling.greedy:
-        draws = target_logits.argmax(-1).to(batch.tokens.device)  # the tree's device may differ
+        draws = target_logits.argmax(-1)
+        # a NaN row's argmax points at the NaN, so the row max costs one gather, not a pass
+        require_finite_rows(target_logits.gather(1, draws[:, None]).squeeze(1), TARGET_FORWARD)
+        draws = draws.to(batch.tokens.device)  # the tree's device may differ
         end = follow_draws(batch, draws)
         return paths_to(batch, end, draws[end])
+    require_finite_logits(target_logits, TARGET_FORWARD)
     end, bonus = walk_sampled(batch, target_logits, sampling, generator)
     return paths_to(batch, end, bonus)
 
 
 def check_inputs(batch: TreeBatch, target_logits: torch.Tensor) -> None:
+    """Shapes, the node table's structure and the proposal rows' pointers, in O(T + K); the
+    O(K x V) proposal value checks only in debug mode (trees.debug_checks). A malformed input
+    would make verification silently lossy rather than crash."""
     t = batch.tokens.numel()
     if target_logits.dim() != 2 or target_logits.shape[0] != t:
         raise ValueError(
             f"target_logits must have shape [{t}, V] (one row per tree node), got {tuple(target_logits.shape)}"
         )
     vocab = target_logits.shape[1]
-    if t and int(batch.tokens.max()) >= vocab:
+    if t and (int(batch.tokens.min()) < 0 or int(batch.tokens.max()) >= vocab):
         raise ValueError(f"tree has token ids outside the target vocabulary [0, {vocab})")
-    if batch.proposals is not None and len(batch.proposals) and batch.proposals.q.shape[1] != vocab:
+    check_structure(batch)
+    if batch.proposals is not None and len(batch.proposals):
+        check_proposal_rows(batch.parents, batch.tokens, batch.proposals, vocab, values=debug_checks())
+
+
+def check_structure(batch: TreeBatch) -> None:
+    """Each tree's first node is its root (parent -1); every other node's parent lies in the same
+    tree before it; depth = parent depth + 1."""
+    t = batch.tokens.numel()
+    if batch.parents.shape != (t,) or batch.depths.shape != (t,):
+        raise ValueError(f"tree parents / depths must have shape ({t},) like its tokens")
+    starts = batch.starts
+    if starts.numel() < 2 or int(starts[0]) != 0 or int(starts[-1]) != t or (starts.diff() < 1).any():
+        raise ValueError("tree batch starts must rise from 0 to the node count, one non-empty tree each")
+    index = torch.arange(t)
+    is_root = torch.zeros(t, dtype=torch.bool)
+    is_root[starts[:-1]] = True
+    own_start = starts[:-1][batch.tree_of]
+    bad = torch.where(is_root, batch.parents != -1, (batch.parents < own_start) | (batch.parents >= index))
+    if bad.any():
+        node = int(bad.nonzero()[0])
         raise ValueError(
-            f"proposal q has {batch.proposals.q.shape[1]} columns but the target vocabulary has {vocab}"
+            f"malformed draft tree: node {node - int(own_start[node])} has parent "
+            f"{int(batch.parents[node]) - int(own_start[node]) if not is_root[node] else int(batch.parents[node])} "
+            "(node 0 must be the only root, and every parent must precede its child)"
         )
+    parent_depth = batch.depths[batch.parents.clamp(min=0)]
+    if (batch.depths != torch.where(is_root, 0, parent_depth + 1)).any():
+        raise ValueError("malformed draft tree: depths do not equal parent depth + 1")
 
 
 def first_sibling_mask(batch: TreeBatch) -> torch.Tensor:
