@@ -21,6 +21,8 @@ from .feature import FeatureDrafter
 from .model import FeatureDrafterModel, build_drafter_model
 
 FORMAT = "specmux-feature-drafter"
+# 2: eagle1 drafters record their layout (version 1 had only the "prenorm" one)
+VERSION = 2
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
@@ -57,7 +59,7 @@ def save_drafter(model: FeatureDrafterModel, path: str | Path, target=None, dtyp
     atomic_save_tensors(state, path / WEIGHTS_FILE)
     meta = {
         "format": FORMAT,
-        "version": 1,
+        "version": VERSION,
         "target_fingerprint": target_fingerprint(target) if target is not None else None,
         "drafter": model.config.model_dump(),
         **(extra or {}),
@@ -78,7 +80,10 @@ def read_config(path: str | Path) -> tuple[DrafterConfig, dict]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{cfg_path}: format {meta.get('format')!r} is not {FORMAT!r}")
     try:
-        return DrafterConfig(**meta["drafter"]), meta
+        fields = dict(meta["drafter"])
+        if meta.get("version", 1) < 2 and fields.get("style", "eagle1") == "eagle1":
+            fields.setdefault("eagle1_layout", "prenorm")
+        return DrafterConfig(**fields), meta
     except (ValidationError, KeyError, TypeError) as e:
         raise ValueError(f"{cfg_path}: invalid drafter config: {e}") from None
 

@@ -3,6 +3,9 @@
 Two styles share one model file:
 - "eagle1" (EAGLE-1/2, HASS): fc([emb(x); f]) -> one decoder layer shaped like the target's.
   Reads one target layer (default -1, the final normed state); feeds back its own output.
+  Layout "eagle" is EAGLE-1 as vLLM serves it (fc without bias, the layer reads fc's output
+  un-normed, the head reads the layer's output un-normed); "prenorm" (checkpoints of format
+  version 1) adds an fc bias and norms there, which vLLM's EAGLE model cannot express.
 - "eagle3": fc(concat of a low, a middle and a high target layer) -> hidden; the decoder layer
   attends over [norm(emb(x)); norm(hidden)] (2 x hidden wide), as vLLM / SGLang serve it.
 """
@@ -44,6 +47,7 @@ class DrafterConfig(BaseModel):
     qkv_bias: bool = False  # llama: attention_bias; qwen2: True
     o_bias: bool = False
     norm_before_residual: bool = False  # eagle3: residual taken after hidden_norm
+    eagle1_layout: Literal["eagle", "prenorm"] = "eagle"  # eagle1 only (see the module docstring)
     # --- head ---
     head: HeadKind = "target"
     draft_vocab_size: int | None = None  # truncated head only
@@ -59,11 +63,11 @@ class DrafterConfig(BaseModel):
             raise ValueError("an eagle1 drafter reads exactly one target layer (it feeds back its own output)")
         if self.style == "eagle1" and self.target_hidden_size != self.hidden_size:
             raise ValueError("an eagle1 drafter's hidden size must equal the target's")
-        if self.style == "eagle3" and len(self.target_layers) < 2:
-            raise ValueError("an eagle3 drafter fuses several target layers (a low, a middle and a high one)")
         for i in self.target_layers:
             if not -1 <= i <= self.target_num_layers:
                 raise ValueError(f"target layer {i} outside [-1, {self.target_num_layers}]")
+        if self.style == "eagle3":
+            self._check_eagle3_layers()
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         if self.head == "truncated" and not (self.draft_vocab_size and 0 < self.draft_vocab_size <= self.vocab_size):
@@ -71,6 +75,22 @@ class DrafterConfig(BaseModel):
         if self.head == "lowrank" and not (self.head_rank and self.head_rank > 0):
             raise ValueError("a low-rank head needs head_rank > 0")
         return self
+
+    def _check_eagle3_layers(self) -> None:
+        """Auxiliary layers as vLLM reads them: it sorts and de-duplicates the ids, and id L is the
+        pre-norm final state there but the normed one in transformers' hidden_states; so ids are
+        strictly increasing and below L, and mean the same thing in both (docs/design.md
+        "Checkpoints and serving formats")."""
+        layers, n = self.target_layers, self.target_num_layers
+        if len(layers) < 2:
+            raise ValueError("an eagle3 drafter fuses several target layers (a low, a middle and a high one)")
+        if any(b <= a for a, b in zip(layers, layers[1:])):
+            raise ValueError(f"eagle3 target layers must be strictly increasing (vLLM sorts them), got {layers}")
+        if layers[0] < 0 or layers[-1] >= n:
+            raise ValueError(
+                f"eagle3 target layers must lie in [0, {n - 1}] for a {n}-layer target, got {layers} "
+                f"(-1 and {n} are the final state, which vLLM and transformers read differently)"
+            )
 
     @property
     def feature_size(self) -> int:
@@ -87,7 +107,7 @@ class DrafterConfig(BaseModel):
             "FeatureDrafter", self.style, self.target_name, self.vocab_size, self.target_hidden_size,
             tuple(self.target_layers), self.hidden_size, self.num_attention_heads, self.num_key_value_heads,
             self.head_dim, self.intermediate_size, self.head, self.draft_vocab_size, self.head_rank,
-            self.repspec, self.repspec_branches, self.hybrid_rank,
+            self.repspec, self.repspec_branches, self.hybrid_rank, self.eagle1_layout,
         )
 
     @classmethod
@@ -142,5 +162,7 @@ class DrafterConfig(BaseModel):
 
 
 def default_eagle3_layers(num_layers: int) -> list[int]:
-    """vLLM's default auxiliary layers (2, L/2, L-3), as indices into hidden_states."""
-    return [min(2, num_layers), num_layers // 2, max(num_layers - 3, 1)]
+    """vLLM's default auxiliary layers (2, L/2, L-3) as indices into hidden_states, kept below L,
+    sorted and distinct; shallow targets fall back to their first layers."""
+    layers = sorted({i for i in (2, num_layers // 2, num_layers - 3) if 0 <= i < num_layers})
+    return layers if len(layers) >= 2 else list(range(min(3, num_layers)))

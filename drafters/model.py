@@ -108,7 +108,9 @@ class DecoderLayer(nn.Module):
         self.eagle3 = cfg.style == "eagle3"
         self.norm_before_residual = cfg.norm_before_residual
         d = cfg.hidden_size
-        self.input_layernorm = RMSNorm(d, cfg.rms_norm_eps)
+        # eagle3: norms the embedding; eagle1 "prenorm": norms fc's output; eagle1 "eagle": none
+        # (EAGLE-1 and vLLM skip the first layer's input norm)
+        self.input_layernorm = RMSNorm(d, cfg.rms_norm_eps) if self.eagle3 or is_prenorm(cfg) else nn.Identity()
         if self.eagle3:
             self.hidden_norm = RMSNorm(d, cfg.rms_norm_eps)
         self.self_attn = Attention(cfg, 2 * d if self.eagle3 else d)
@@ -142,9 +144,10 @@ class FeatureDrafterModel(nn.Module):
         self.config = cfg
         self.register_buffer("embed_weight", embed_weight.detach(), persistent=False)
         fc_in = 2 * cfg.hidden_size if cfg.style == "eagle1" else cfg.feature_size
-        self.fc = nn.Linear(fc_in, cfg.hidden_size, bias=cfg.style == "eagle1")
+        self.fc = nn.Linear(fc_in, cfg.hidden_size, bias=is_prenorm(cfg))
         self.layers = nn.ModuleList([DecoderLayer(cfg)])
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        # EAGLE-1 feeds the layer's output to the head as is; eagle3 and "prenorm" norm it first
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if cfg.style == "eagle3" or is_prenorm(cfg) else nn.Identity()
         self.rotary = Rotary(cfg)
         self.head = make_head(cfg, head_weight, draft_ids)
         if cfg.repspec != "off":
@@ -183,6 +186,10 @@ class FeatureDrafterModel(nn.Module):
         merged_mode = {"off": "off", "repspec": "off", "hybrid": "hybrid_merged", "hybrid_merged": "hybrid_merged"}
         self.config = self.config.model_copy(update={"repspec": merged_mode[self.config.repspec]})
         return self
+
+
+def is_prenorm(cfg: DrafterConfig) -> bool:
+    return cfg.style == "eagle1" and cfg.eagle1_layout == "prenorm"
 
 
 def make_head(cfg: DrafterConfig, head_weight: torch.Tensor | None, draft_ids: torch.Tensor | None) -> nn.Module:

@@ -38,6 +38,34 @@ def test_save_load_round_trip(tmp_path, target, head):
     assert load_drafter(tmp_path / "ck", target, name="math").name == "math"
 
 
+@pytest.mark.parametrize("layout", ["eagle", "prenorm"])
+def test_eagle1_layouts_round_trip_and_version_1_checkpoints_load_as_prenorm(tmp_path, target, layout):
+    model = tiny_drafter_model(target, eagle1_layout=layout)
+    names = set(model.state_dict())
+    # "eagle" is EAGLE-1 as vLLM serves it: no fc bias, no norm on the layer input or before the head
+    assert ({"fc.bias", "layers.0.input_layernorm.weight", "norm.weight"} <= names) == (layout == "prenorm")
+    assert not ({"fc.bias", "layers.0.input_layernorm.weight", "norm.weight"} & names) or layout == "prenorm"
+    ck = save_drafter(model, tmp_path / "ck", target=target)
+    if layout == "prenorm":  # a checkpoint written before the layout field existed
+        meta = json.loads((ck / "config.json").read_text())
+        meta["version"] = 1
+        del meta["drafter"]["eagle1_layout"]
+        (ck / "config.json").write_text(json.dumps(meta))
+    loaded = load_drafter_model(ck, target)
+    assert loaded.config.eagle1_layout == layout
+    assert torch.equal(_draft_logits(loaded, target), _draft_logits(model, target))
+
+
+def test_shipped_drafters_load_with_their_layout():
+    from drafters.checkpoint import read_config
+    from drafters.pretrained import PRETRAINED_DIR
+
+    for folder in PRETRAINED_DIR.glob("*/*/"):
+        if (folder / "config.json").is_file():
+            cfg, meta = read_config(folder)
+            assert meta["version"] >= 2 or cfg.eagle1_layout == "prenorm"
+
+
 def test_load_rejects_another_target(tmp_path, target):
     save_drafter(tiny_drafter_model(target), tmp_path / "ck", target=target)
     with pytest.raises(ValueError, match="hidden size mismatch"):

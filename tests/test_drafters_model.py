@@ -132,3 +132,20 @@ def test_propose_builds_a_valid_tree_and_leaves_only_committed_kv(target, sample
         assert model.head.t2d[tree.tokens[1:]].all()  # drafts only inside the draft vocabulary
     assert drafter.cache.length == 12
     assert torch.equal(trees[0].tokens, trees[1].tokens)  # same state, same seed: same tree
+
+
+def test_eagle3_layers_mean_the_same_in_vllm_and_transformers(target):
+    from drafters.config import default_eagle3_layers
+
+    for n in range(2, 41):
+        layers = default_eagle3_layers(n)
+        assert len(layers) >= 2 and layers == sorted(set(layers)) and 0 <= layers[0] and layers[-1] < n
+    assert default_eagle3_layers(30) == [2, 15, 27]  # vLLM's default
+    with pytest.raises(ValueError, match="strictly increasing"):
+        DrafterConfig.from_target(target.config, "tiny", style="eagle3", target_layers=[3, 1, 2])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        DrafterConfig.from_target(target.config, "tiny", style="eagle3", target_layers=[1, 1, 2])
+    n = target.config.num_hidden_layers
+    for final in (n, -1):  # the final state: pre-norm in vLLM, normed in transformers' hidden_states
+        with pytest.raises(ValueError, match="final state"):
+            DrafterConfig.from_target(target.config, "tiny", style="eagle3", target_layers=sorted([1, final]))
