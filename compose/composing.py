@@ -12,7 +12,7 @@ from drafters.base import Drafter
 from routing import ConfidenceRouter, EntropyRouter
 from trees import DraftTree, merge_trees
 
-from .strategies import Proposal, Single, Strategy
+from .strategies import Proposal, Single, Strategy, match_rule
 
 
 class _Composing(Strategy):
@@ -43,7 +43,8 @@ class _Composing(Strategy):
 
 
 class Confidence(_Composing):
-    """Every drafter drafts each step; the most confident tree is verified; all advance."""
+    """Every drafter drafts each step; the most confident tree is verified; all advance.
+    The choice looks at the drawn values, so a sampled tree is verified by the match rule."""
 
     name = "confidence"
 
@@ -55,12 +56,14 @@ class Confidence(_Composing):
         trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
         choice = self.router.choose(trees)
         self.routing_log.append(choice)
-        return Proposal(trees[choice], choice)
+        return Proposal(match_rule(trees[choice]), choice)
 
 
 class Entropy(_Composing):
     """Per prompt turn: every drafter is probed (prefill + first tree); the one with the lowest
-    mean draft entropy drafts the rest of the turn, alone."""
+    mean draft entropy drafts the rest of the turn, alone. The probe's choice looks at the drawn
+    values, so the probe step's tree is verified by the match rule; later trees are fresh draws
+    made after the choice and keep their rejection-sampling rows."""
 
     name = "entropy"
 
@@ -77,7 +80,7 @@ class Entropy(_Composing):
             trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
             self.chosen = self.router.choose(trees)
             self.routing_log.append(self.chosen)
-            return Proposal(trees[self.chosen], self.chosen)
+            return Proposal(match_rule(trees[self.chosen]), self.chosen)
         draft = self.drafters[self.chosen].propose(root, tree, sampling, generator)
         return Proposal(dataclasses.replace(draft, drafter_names=(self.chosen,)), self.chosen)
 

@@ -4,6 +4,7 @@ A strategy sees the target only through hidden states the engine hands it, and t
 only through the Drafter protocol. Each `propose` returns the tree plus the routing choice."""
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Mapping
@@ -20,6 +21,14 @@ from .target import select_features
 class Proposal:
     tree: DraftTree
     drafter: str | None = None  # routing choice recorded in the step stats
+
+
+def match_rule(tree: DraftTree) -> DraftTree:
+    """`tree` to be verified by the match rule (its proposal rows dropped). A choice or cut that
+    looked at drawn values (scores, entropies or tokens of sampled children) leaves rows that are
+    no longer draws from their q, and rejection sampling over them is lossy; the match rule is
+    lossless however the children were chosen (docs/design.md "Verify")."""
+    return tree if tree.proposals is None else dataclasses.replace(tree, proposals=None)
 
 
 class Strategy(ABC):

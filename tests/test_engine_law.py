@@ -1,8 +1,9 @@
-"""Sampling through the engine has the target's law (single strategy here; merged_tree in
-test_composition.py). The tree-level law tests (test_trees_*) carry the full TV-0.02 power on
-verify itself; these end-to-end tests check the engine around it (drafting, packing, cache
-compaction, bonus tokens) with the power their sample size buys, stated and asserted. The
-`slow` variants draw 8x more samples."""
+"""Sampling through the engine has the target's law, for every strategy (merged_tree in
+test_composition.py). The tree-level law tests (test_trees_law.py on verify, and
+test_strategies_law.py on every strategy's choice of the verified tree with sampled drafter
+trees) carry the full power (>= 0.99 at TV 0.02); these end-to-end tests check the engine around
+them (drafting, packing, cache compaction, bonus tokens, per-turn routing state) with the power
+their sample size buys, stated and asserted. The `slow` variants draw 8x more samples."""
 from __future__ import annotations
 
 import copy
@@ -57,3 +58,25 @@ def test_single_sampling_law_matches_plain_sampling(n, tv, case):
     composer = Composer(SMALL, drafters={"d": make(kind)})
     run_law_check(composer, "single", n, tv, SamplingSpec(temperature, top_k, top_p),
                   dict(depth=3, top_k=2, budget=5, sampled=sampled))
+
+
+def routed_drafters(strategy: str) -> dict:
+    """Two drafters of different quality (one architecture for `averaged`)."""
+    lm = lambda seed: CausalLMDrafter(tiny_model("qwen2", vocab=4, layers=1, seed=seed, init_std=0.1), 4)
+    if strategy == "averaged":
+        return {"a": lm(6), "b": lm(7)}
+    return {"ee": EarlyExitDrafter(SMALL, 1), "lm": lm(6)}
+
+
+ROUTED = ["confidence", "entropy", "averaged"]
+
+
+@pytest.mark.parametrize(
+    "n, tv, strategy",
+    [(FAST_N, FAST_TV, s) for s in ROUTED[:2]] + [pytest.param(FAST_N, FAST_TV, ROUTED[2], marks=pytest.mark.slow)]
+    + [pytest.param(SLOW_N, SLOW_TV, s, marks=pytest.mark.slow) for s in ROUTED],
+)
+def test_routed_sampling_law_with_sampled_trees(n, tv, strategy):
+    """Routing strategies over sampled drafter trees (their choices look at drawn values)."""
+    composer = Composer(SMALL, drafters=routed_drafters(strategy))
+    run_law_check(composer, strategy, n, tv, SamplingSpec(1.0, 0, 0.95), dict(depth=3, top_k=2, budget=5, sampled=True))
