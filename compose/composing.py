@@ -56,7 +56,7 @@ class Confidence(_Composing):
         trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
         choice = self.router.choose(trees)
         self.routing_log.append(choice)
-        return Proposal(match_rule(trees[choice]), choice)
+        return Proposal(match_rule(trees[choice]), choice, trees)
 
 
 class Entropy(_Composing):
@@ -80,9 +80,10 @@ class Entropy(_Composing):
             trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
             self.chosen = self.router.choose(trees)
             self.routing_log.append(self.chosen)
-            return Proposal(match_rule(trees[self.chosen]), self.chosen)
-        draft = self.drafters[self.chosen].propose(root, tree, sampling, generator)
-        return Proposal(dataclasses.replace(draft, drafter_names=(self.chosen,)), self.chosen)
+            return Proposal(match_rule(trees[self.chosen]), self.chosen, trees)
+        draft = dataclasses.replace(self.drafters[self.chosen].propose(root, tree, sampling, generator),
+                                    drafter_names=(self.chosen,))
+        return Proposal(draft, self.chosen, {self.chosen: draft})
 
 
 class MergedTree(_Composing):
@@ -100,7 +101,7 @@ class MergedTree(_Composing):
     def propose(self, root, tree, sampling, generator) -> Proposal:
         trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
         budget = tree.budget if self.merge_budget == "equal" else None
-        return Proposal(merge_trees(list(trees.values()), mode=self.merge_budget, budget=budget))
+        return Proposal(merge_trees(list(trees.values()), mode=self.merge_budget, budget=budget), proposed=trees)
 
 
 def average_drafters(drafters: Mapping[str, Drafter], weights: Sequence[float] | None = None) -> Drafter:

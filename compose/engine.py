@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from trees import SamplingSpec, TreeSpec, pack_tree, process_logits, require_finite_logits, sample, verify
+from trees import SamplingSpec, StepFeedback, TreeSpec, pack_tree, process_logits, require_finite_logits, sample, verify
 
 from .strategies import Strategy
 from .target import TargetModel
@@ -48,6 +48,9 @@ def decode(
             result = verify(proposal.tree, out.logits, sampling, generator)
             target.keep_path(prefix_len, result.path)
             strategy.advance(result.tokens, out.hidden_states, result.path)
+            strategy.observe(StepFeedback(
+                tree=proposal.tree, path=result.path, tokens=result.tokens, bonus=result.bonus, logits=out.logits,
+                sampling=sampling, proposed=proposal.proposed, hidden_states=out.hidden_states, prefix_length=prefix_len))
             t4 = time.perf_counter()
 
             path = result.path.tolist()

@@ -12,15 +12,16 @@ from typing import Mapping
 import torch
 
 from drafters.base import Drafter
-from trees import DraftTree, SamplingSpec, TreeSpec
+from trees import DraftTree, SamplingSpec, StepFeedback, TreeSpec
 
 from .target import select_features
 
 
 @dataclass
 class Proposal:
-    tree: DraftTree
+    tree: DraftTree  # what the target verifies
     drafter: str | None = None  # routing choice recorded in the step stats
+    proposed: dict[str, DraftTree] = dataclasses.field(default_factory=dict)  # each drafter's own tree
 
 
 def match_rule(tree: DraftTree) -> DraftTree:
@@ -68,6 +69,16 @@ class Strategy(ABC):
         self, root: int, tree: TreeSpec, sampling: SamplingSpec, generator: torch.Generator | None
     ) -> Proposal: ...
 
+    def observe(self, feedback: StepFeedback) -> None:
+        """Called by the engine after every verification (after `advance`) with what it
+        computed (trees.StepFeedback). The default forwards it to every active drafter that
+        has an `observe(feedback)` method (drafters without one are skipped): the hook for
+        drafters that learn online. Strategies that learn from outcomes extend this."""
+        for d in self.active_drafters():
+            hook = getattr(d, "observe", None)
+            if hook is not None:
+                hook(feedback)
+
 
 def _features(drafter: Drafter, hidden_states, rows) -> torch.Tensor | None:
     if not drafter.target_layers:
@@ -109,4 +120,5 @@ class Single(Strategy):
         return [self.drafters[self.chosen]]
 
     def propose(self, root, tree, sampling, generator) -> Proposal:
-        return Proposal(self.drafters[self.chosen].propose(root, tree, sampling, generator), self.chosen)
+        draft = self.drafters[self.chosen].propose(root, tree, sampling, generator)
+        return Proposal(draft, self.chosen, {self.chosen: draft})

@@ -19,7 +19,7 @@ from torch import nn
 
 from drafters.base import Drafter
 from trees import DraftTree, Proposals, SamplingSpec, TreeSpec, process_logits
-from trees.verify import TreeBatch
+from trees.verifying import TreeBatch
 
 from test_trees_law import LawCase, SimDrafter, n_paths, random_logits, simulate_sampled
 

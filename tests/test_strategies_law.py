@@ -21,7 +21,7 @@ from trees import SamplingSpec, TreeSpec
 
 from strategy_law import DrafterShape, TableDrafter, root_target, strategy_case, table_drafters
 from test_trees_law import assert_lossless, check_law, random_logits, targets, total_variation
-from trees.verify import verify_batch
+from trees import verify_batch
 
 import numpy as np
 import torch

@@ -2,6 +2,7 @@
 depends on torch and numpy only (networkx for export)."""
 from .build import build_chain, build_tree
 from .checks import NonFiniteLogitsError, debug_checks, require_finite_logits
+from .feedback import StepFeedback
 from .merge import cut_to_budget, merge_trees
 from .pack import PackedTree, kept_cache_positions, pack_tree
 from .sampling import process_logits, sample
@@ -14,5 +15,5 @@ __all__ = [
     "build_tree", "build_chain", "merge_trees", "cut_to_budget", "pack_tree",
     "kept_cache_positions", "process_logits", "sample", "verify",
     "TreeBatch", "BatchVerifyResult", "verify_batch", "check_ancestor_closed",
-    "NonFiniteLogitsError", "debug_checks", "require_finite_logits",
+    "NonFiniteLogitsError", "debug_checks", "require_finite_logits", "StepFeedback",
 ]
