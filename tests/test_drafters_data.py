@@ -98,7 +98,7 @@ def test_specmux_train_end_to_end(tmp_path, target, tok):
     work = tmp_path / "run"
     args = ["--work-dir", str(work), "--target", "tiny", "--domain", "mixed", "--n-prompts", "4",
             "--max-new-tokens", "8", "--regen-batch-size", "2", "--epochs", "2", "--batch-size", "2",
-            "--head", "truncated", "--draft-vocab-size", "40", "--drafter", "eagle3", "--target-layers", "[0, 1, 2]",
+            "--head", "truncated", "--draft-vocab-size", "40", "--drafter", "eagle3", "--target-layers", "[0, 1]",
             "--unroll-steps", "2", "--loss", "lk_lambda", "--repspec", "repspec"]
     assert main(args, load_target=lambda name: (target, tok)) == 0
     drafter = load_drafter(work / "drafter", target, target_name="tiny")
