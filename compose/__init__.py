@@ -13,11 +13,12 @@ _composers: dict[tuple, Composer] = {}
 
 
 def generate(
-    prompt, strategy: str = "merged_tree", target: str = "smollm2-135m-instruct",
+    prompt, strategy: str | None = None, target: str = "smollm2-135m-instruct",
     drafters: dict[str, str] | None = None, **options: Any,
 ) -> GenerationResult:
     """One-call generation. `target` is a built-in name or a folder; `drafters` maps names to
-    drafter specs (default: the target's default drafters). The loaded Composer is reused by
+    drafter specs (default: the target's default drafters); `strategy` defaults to
+    compose.registry.default_strategy of the drafters (merged_tree for several). The loaded Composer is reused by
     later calls with the same target and drafters."""
     if not isinstance(target, str):
         raise ValueError("compose.generate takes a target name or folder; use Composer(model, ...) for loaded models")

@@ -12,7 +12,8 @@ def _generate(argv: list[str]) -> int:
     p.add_argument("--target", default="smollm2-135m-instruct")
     p.add_argument("--drafter", action="append", default=[], metavar="NAME=SPEC",
                    help="a drafter, e.g. ee=early-exit:8 (repeatable)")
-    p.add_argument("--strategy", default="single")
+    p.add_argument("--strategy", default=None,
+                   help="composition strategy (default: merged_tree with several drafters, single with one)")
     p.add_argument("--use", dest="use_drafter", default=None, help="drafter name for --strategy single")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)

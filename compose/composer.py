@@ -12,7 +12,7 @@ from drafters.base import Drafter
 
 from .engine import decode
 from .options import GenerateOptions
-from .registry import make_drafter, make_strategy
+from .registry import default_strategy, make_drafter, make_strategy, strategy_options
 from .target import TargetModel
 from .types import GenerationResult, GenerationStats
 
@@ -24,13 +24,14 @@ class Composer:
 
     target: a built-in name (see compose.models.BUILTIN_MODELS), a local transformers folder, or
     a loaded PreTrainedModel (pass `tokenizer=` to use text prompts). drafters: name -> Drafter
-    or a spec string ("early-exit:8", "lm:qwen2.5-coder-0.5b-instruct", "eagle:/path/to/ckpt")."""
+    or a spec string ("early-exit:8", "lm:qwen2.5-coder-0.5b-instruct", "eagle:/path/to/ckpt").
+    strategy: the default for generate() (None: compose.registry.default_strategy of the drafters)."""
 
     def __init__(
         self,
         target: str | Path | PreTrainedModel = "smollm2-135m-instruct",
         drafters: Mapping[str, Drafter | str] | None = None,
-        strategy: str = "single",
+        strategy: str | None = None,
         tokenizer=None,
         **defaults: Any,
     ):
@@ -75,10 +76,9 @@ class Composer:
         return getattr(self, "_last_result", None)
 
     def _run(self, prompt: Prompt, strategy: str | None, options: Mapping[str, Any]) -> Iterator[str]:
-        strategy_name = strategy or self.strategy
-        routing_keys = {"drafter", "weights"}
-        strategy_args = {k: v for k, v in options.items() if k in routing_keys}
-        opts = GenerateOptions(**{**self.defaults, **{k: v for k, v in options.items() if k not in routing_keys}})
+        strategy_name = strategy or self.strategy or default_strategy(self.drafters)
+        strategy_args, generate_args = strategy_options(strategy_name, options)
+        opts = GenerateOptions(**{**self.defaults, **generate_args})
         plan = make_strategy(strategy_name, self.drafters, opts.tree, self._strategy_cache, **strategy_args)
         prompt_ids = self.encode(prompt, opts.chat)
         self._check_length(prompt_ids, opts)

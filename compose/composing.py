@@ -92,6 +92,10 @@ class MergedTree(_Composing):
 
     name = "merged_tree"
 
+    @classmethod
+    def create(cls, drafters, tree, cache, **options):
+        return cls(drafters, merge_budget=tree.merge_budget, **options)
+
     def __init__(self, drafters, merge_budget: str = "sum"):
         super().__init__(drafters)
         if merge_budget not in ("sum", "equal"):
@@ -138,8 +142,29 @@ class Averaged(Single):
 
     name = "averaged"
     min_drafters = 1
+    takes_drafter = False
+    options = ("weights",)
+
+    @classmethod
+    def unavailable(cls, drafters):
+        keys = {}
+        for n, d in drafters.items():
+            try:
+                keys[n] = d.architecture_key()
+            except (AttributeError, ValueError) as e:
+                return f"averaged cannot average drafter {n!r}: {e}"
+        if len(set(keys.values())) > 1:
+            return f"averaged needs drafters of one architecture; got {keys}"
+        return super().unavailable(drafters)
+
+    @classmethod
+    def create(cls, drafters, tree, cache, **options):
+        return cls(drafters, cache=cache, **options)
 
     def __init__(self, drafters: Mapping[str, Drafter], weights: Sequence[float] | None = None, cache: dict | None = None):
+        reason = self.unavailable(drafters)
+        if reason is not None:
+            raise ValueError(reason)
         key = (tuple((n, id(d)) for n, d in drafters.items()), tuple(weights) if weights is not None else None)
         if cache is not None and key in cache:
             averaged = cache[key]
@@ -147,4 +172,4 @@ class Averaged(Single):
             averaged = average_drafters(drafters, weights)
             if cache is not None:
                 cache[key] = averaged
-        super().__init__({"averaged": averaged}, "averaged")
+        Single.__init__(self, {"averaged": averaged}, "averaged")

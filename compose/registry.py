@@ -1,7 +1,7 @@
 """Names -> strategies and drafter specs."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from drafters.base import Drafter
 
@@ -10,24 +10,43 @@ from .options import TreeOptions
 from .strategies import Autoregressive, Single, Strategy
 from .target import TargetModel
 
-STRATEGIES: dict[str, Callable[..., Strategy]] = {
-    "autoregressive": lambda drafters, tree, cache, **kw: Autoregressive(drafters, **kw),
-    "single": lambda drafters, tree, cache, **kw: Single(drafters, **kw),
-    "averaged": lambda drafters, tree, cache, **kw: Averaged(drafters, cache=cache, **kw),
-    "confidence": lambda drafters, tree, cache, **kw: Confidence(drafters, **kw),
-    "entropy": lambda drafters, tree, cache, **kw: Entropy(drafters, **kw),
-    "merged_tree": lambda drafters, tree, cache, **kw: MergedTree(drafters, merge_budget=tree.merge_budget, **kw),
+DEFAULT_COMPOSING = "merged_tree"
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (Autoregressive, Single, Averaged, Confidence, Entropy, MergedTree)
 }
+
+
+def default_strategy(drafters: Mapping[str, Drafter]) -> str:
+    """The strategy used when none is named: plain decoding without drafters, the drafter
+    itself when there is one, the composing default (DEFAULT_COMPOSING) otherwise."""
+    return "autoregressive" if not drafters else "single" if len(drafters) == 1 else DEFAULT_COMPOSING
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+def strategy_options(name: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split generate() keywords into (the strategy's own options, the rest). A keyword another
+    strategy takes but this one does not (e.g. `drafter=` with merged_tree) is an error."""
+    cls = strategy_class(name)
+    everyone = {k for c in STRATEGIES.values() for k in c.options}
+    wrong = sorted(k for k in options if k in everyone and k not in cls.options)
+    if wrong:
+        raise ValueError(f"strategy {name!r} takes no {', '.join(k + '=' for k in wrong)} option")
+    return ({k: v for k, v in options.items() if k in cls.options},
+            {k: v for k, v in options.items() if k not in everyone})
 
 
 def make_strategy(
     name: str, drafters: Mapping[str, Drafter], tree: TreeOptions, cache: dict | None = None, **kwargs: Any
 ) -> Strategy:
     """`cache`: a dict owned by the caller (one per Composer) where strategies keep costly
-    derived drafters, e.g. averaged weights, across generations."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
-    return STRATEGIES[name](drafters, tree, {} if cache is None else cache, **kwargs)
+    derived drafters (e.g. averaged weights) and routing statistics across generations."""
+    return strategy_class(name).create(drafters, tree, {} if cache is None else cache, **kwargs)
 
 
 def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:

@@ -33,15 +33,35 @@ def match_rule(tree: DraftTree) -> DraftTree:
 
 
 class Strategy(ABC):
+    """A composition strategy. The class declares what it takes, so callers (the Composer, eval's
+    plan) can tell without trying: `min_drafters`; `takes_drafter` (a `drafter=` option naming
+    one drafter: eval runs it once per drafter); `options` (the generate() keywords passed to the
+    constructor); `unavailable(drafters)` (why it cannot run with these drafters, or None)."""
+
     name: str = ""
     min_drafters: int = 0
+    takes_drafter: bool = False
+    options: tuple[str, ...] = ()
 
     def __init__(self, drafters: Mapping[str, Drafter]):
-        if len(drafters) < self.min_drafters:
-            raise ValueError(
-                f"strategy {self.name!r} needs at least {self.min_drafters} drafter(s), got {len(drafters)}"
-            )
+        reason = self.unavailable(drafters)
+        if reason is not None:
+            raise ValueError(reason)
         self.drafters = dict(drafters)
+
+    @classmethod
+    def unavailable(cls, drafters: Mapping[str, Drafter]) -> str | None:
+        """Why this strategy cannot run with `drafters` (None: it can)."""
+        if len(drafters) < cls.min_drafters:
+            return f"strategy {cls.name!r} needs at least {cls.min_drafters} drafter(s), got {len(drafters)}"
+        return None
+
+    @classmethod
+    def create(cls, drafters: Mapping[str, Drafter], tree, cache: dict, **options) -> "Strategy":
+        """Build for one generation. `tree`: the validated TreeOptions; `cache`: a dict owned by
+        the Composer where strategies keep state across generations (derived drafters, routing
+        statistics); `options`: the generate() keywords named in `options`."""
+        return cls(drafters, **options)
 
     # layers of target hidden states any active drafter reads (union, order kept)
     @property
@@ -99,10 +119,12 @@ class Autoregressive(Strategy):
 
 
 class Single(Strategy):
-    """One named drafter's tree."""
+    """One named drafter's tree (`drafter=` may be left out when there is only one)."""
 
     name = "single"
     min_drafters = 1
+    takes_drafter = True
+    options = ("drafter",)
 
     def __init__(self, drafters: Mapping[str, Drafter], drafter: str | None = None):
         super().__init__(drafters)

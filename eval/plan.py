@@ -1,10 +1,10 @@
 """Which strategies run, and how one benchmark item becomes a conversation with the target.
 
 Strategies come from the compose registry at run time, so a newly registered strategy is
-evaluated without changes here. A strategy that needs one named drafter (`drafter=`, like
-`single`) is expanded into one label per drafter ("single:math"); one that cannot run with the
-given drafters (e.g. `averaged` over drafters of different architectures) is skipped with the
-reason, which the report shows."""
+evaluated without changes here. Each strategy class declares what it takes: one that takes a
+named drafter (`drafter=`, like `single`) is expanded into one label per drafter
+("single:math"); one that cannot run with the given drafters (`unavailable`, e.g. `averaged`
+over drafters of different architectures) is skipped with the reason, which the report shows."""
 from __future__ import annotations
 
 import logging
@@ -42,50 +42,48 @@ def _probe(composer: Composer, run: StrategyRun, config: EvalConfig, chat: bool)
     composer.generate(prompt, strategy=run.name, **options, **run.options)
 
 
+def expand(name: str, drafter: str, drafter_names: list[str]) -> list[StrategyRun]:
+    """The runs of one strategy label: a strategy that takes `drafter=` runs once per drafter
+    unless the label names one ("single:math"); any other runs as is."""
+    cls = STRATEGIES[name]
+    if drafter:
+        if not cls.takes_drafter:
+            raise ValueError(f"strategy {name!r} takes no drafter (got {name}:{drafter})")
+        if drafter not in drafter_names:
+            raise ValueError(f"unknown drafter {drafter!r} in {name}:{drafter}; drafters: {drafter_names}")
+        return [StrategyRun(f"{name}:{drafter}", name, {"drafter": drafter})]
+    if cls.takes_drafter:
+        return [StrategyRun(f"{name}:{d}", name, {"drafter": d}) for d in drafter_names]
+    return [StrategyRun(name, name)]
+
+
 def resolve_strategies(composer: Composer, config: EvalConfig, chat: bool) -> tuple[list[StrategyRun], dict[str, str]]:
     """(the strategy runs, skipped name -> reason). The baseline is not among the runs: it always
-    runs. Every run (baseline included) is probed with a short untimed generation, which also
-    warms it up before anything is measured."""
+    runs. A strategy named explicitly that cannot run with the drafters is an error; among the
+    default (every registered strategy) it is skipped with the reason, which the report shows.
+    Every run (baseline included) is probed with a short untimed generation, which also warms it
+    up before anything is measured."""
     drafter_names = list(composer.drafters)
     _probe(composer, StrategyRun(BASELINE, BASELINE), config, chat)
-    if config.strategies is not None:
-        runs = []
-        for label in dict.fromkeys(config.strategies):
-            name, _, drafter = label.partition(":")
-            if name not in STRATEGIES:
-                raise ValueError(f"unknown strategy {name!r} in {label!r}; registered: {sorted(STRATEGIES)}")
-            if name == BASELINE:
-                continue
-            run = StrategyRun(label, name, {"drafter": drafter} if drafter else {})
-            try:
-                _probe(composer, run, config, chat)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"strategy {label!r} cannot run with drafters {drafter_names}: {e}") from e
-            runs.append(run)
-        return runs, {}
-
+    explicit = config.strategies is not None
+    labels = list(dict.fromkeys(config.strategies)) if explicit else list(STRATEGIES)
     runs, skipped = [], {}
-    for name in STRATEGIES:
+    for label in labels:
+        name, _, drafter = label.partition(":")
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {name!r} in {label!r}; registered: {sorted(STRATEGIES)}")
         if name == BASELINE:
             continue
-        per_drafter = [StrategyRun(f"{name}:{d}", name, {"drafter": d}) for d in drafter_names]
-        try:
-            if not per_drafter:
-                raise TypeError("no drafters")
-            _probe(composer, per_drafter[0], config, chat)
-        except (TypeError, ValueError):  # the strategy takes no drafter= argument: run it as is
-            run = StrategyRun(name, name)
-            try:
-                _probe(composer, run, config, chat)
-            except (TypeError, ValueError) as e:
-                skipped[name] = str(e)
-                log.warning("skipping strategy %r: %s", name, e)
-                continue
-            runs.append(run)
+        reason = STRATEGIES[name].unavailable(composer.drafters)
+        if reason is not None:
+            if explicit:
+                raise ValueError(f"strategy {label!r} cannot run with drafters {drafter_names}: {reason}")
+            skipped[name] = reason
+            log.warning("skipping strategy %r: %s", name, reason)
             continue
-        for run in per_drafter[1:]:
+        for run in expand(name, drafter, drafter_names):
             _probe(composer, run, config, chat)
-        runs.extend(per_drafter)
+            runs.append(run)
     return runs, skipped
 
 

@@ -168,7 +168,8 @@ def test_config_file_and_flags(tmp_path):
 def test_registered_strategies_are_discovered_and_expanded(target, monkeypatch):
     """Every registered strategy runs without changes to eval: per drafter where it takes
     `drafter=`, as is otherwise, skipped with the reason where it cannot run."""
-    monkeypatch.setitem(STRATEGIES, "brand_new", lambda drafters, tree, *args, **kw: Autoregressive(drafters, **kw))
+    brand_new = type("BrandNew", (Autoregressive,), {"name": "brand_new"})
+    monkeypatch.setitem(STRATEGIES, "brand_new", brand_new)
     composer = Composer(str(target), drafters={"d1": "early-exit:1", "d2": "early-exit:2"})
     config = EvalConfig(target=str(target), max_new_tokens=4, tree=dict(depth=2, budget=4, top_k=2))
     runs, skipped = resolve_strategies(composer, config, chat=True)
