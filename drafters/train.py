@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -24,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import commit_folder, recover_folder, staging_folder, staging_path, write_json, write_text
 from .losses import LOSSES, acceptance_rate, distillation_loss, unroll_weights
 from .model import FeatureDrafterModel
 
@@ -191,10 +190,16 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
     inner = acc.unwrap_model(unroll).model
     head_weight = head_weight.to(acc.device)
     state_dir, done = work_dir / "train_state", 0
+    if acc.is_main_process:
+        recover_folder(state_dir)  # a checkpoint swap a crash interrupted
+    acc.wait_for_everyone()
     if (state_dir / "progress.json").exists():
         acc.load_state(str(state_dir))
         done = json.loads((state_dir / "progress.json").read_text())["global_step"]
-    log = open(work_dir / log_name, "a") if acc.is_main_process else None
+    log = None
+    if acc.is_main_process:
+        keep_logged_steps(work_dir / log_name, done)  # steps after the checkpoint are redone
+        log = open(work_dir / log_name, "a")
     bar = tqdm(total=total, initial=done, desc="train drafter", unit="step", disable=not (progress and acc.is_main_process))
     step = 0
     for epoch in range(cfg.epochs):
@@ -237,22 +242,33 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def save_train_state(acc, state_dir: Path, step: int) -> None:
-    """Accelerate's full state (model, optimiser, scheduler, RNG) written to a temp folder and
-    swapped in, so an interrupted save never leaves a half-written state."""
+    """Accelerate's full state (model, optimiser, scheduler, RNG) staged beside state_dir and
+    swapped in as a unit: a crash at any moment leaves the previous or the new state."""
     acc.wait_for_everyone()
-    tmp = state_dir.with_name(state_dir.name + ".tmp")
-    if acc.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    acc.save_state(str(tmp))
+    staged = staging_folder(state_dir) if acc.is_main_process else None
+    acc.wait_for_everyone()
+    staged = staged or staging_path(state_dir)
+    acc.save_state(str(staged))
+    acc.wait_for_everyone()
     if acc.is_main_process:
-        (tmp / "progress.json").write_text(json.dumps({"global_step": step}))
-        old = state_dir.with_name(state_dir.name + ".old")
-        if state_dir.exists():
-            os.replace(state_dir, old)
-        os.replace(tmp, state_dir)
-        if old.exists():
-            shutil.rmtree(old)
+        write_json(staged / "progress.json", {"global_step": step})
+        commit_folder(state_dir, keep_others=False)
     acc.wait_for_everyone()
+
+
+def keep_logged_steps(log_path: Path, done: int) -> None:
+    """Drop log lines of steps after `done` (logged before a crash, about to be redone), so a
+    resumed run logs every step once; a torn last line goes too."""
+    if not log_path.exists():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= done:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    write_text(log_path, "".join(kept))
 
 
 @torch.no_grad()

@@ -1,7 +1,6 @@
 """PNG plots from summary rows (matplotlib, Agg backend; each file written atomically)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -10,16 +9,17 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from drafters.atomic import written  # noqa: E402
+
 from .metrics import ALL_BENCHMARKS  # noqa: E402
 from .records import BASELINE  # noqa: E402
 from .report import PLOTS, _temperature_label  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with written(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _pooled(rows: list[dict], temperature: float) -> list[dict]:

@@ -6,7 +6,6 @@ interrupted run loses at most the line being written; a re-run with the same out
 every key already present (a truncated last line is ignored with a warning)."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Iterable, NamedTuple
 from pydantic import BaseModel, Field
 
 from compose.types import GenerationResult
+from drafters import atomic
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +114,7 @@ class ResultStore:
             self.records[record.key] = record
 
     def _drop_last_line(self, keep: list[str]) -> None:
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, "".join(line + "\n" for line in keep))
 
     def __contains__(self, key: RecordKey) -> bool:
         return key in self.records
@@ -136,15 +134,8 @@ class ResultStore:
         return list(self.records.values())
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+def write_json(path: Path, data) -> None:
+    atomic.write_json(path, data, default=_jsonable)
 
 
 def _jsonable(value):

@@ -26,7 +26,9 @@ from .metrics import greedy_mismatches
 from .oracle import oracle_for
 from .plan import StrategyRun, resolve_strategies, run_conversation
 from .plots import write_plots
-from .records import BASELINE, RecordKey, ResultStore, RunRecord, atomic_write_json, atomic_write_text
+from drafters.atomic import write_text
+
+from .records import BASELINE, RecordKey, ResultStore, RunRecord, write_json
 from .report import build_summary, console_table, markdown_report
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ def _check_or_write_config(out_dir: Path, config: EvalConfig) -> None:
                              "settings or choose another --out")
         # benchmarks, strategies, temperatures, seeds and limits may grow: keep the union on record
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, config.model_dump(mode="json"))
+    write_json(path, config.model_dump(mode="json"))
 
 
 def _warn_if_busy(threads: int, echo: Callable[[str], None]) -> None:
@@ -173,9 +175,9 @@ def _run_eval(config: EvalConfig, progress: bool, echo: Callable[[str], None]) -
                       "description": BENCHMARKS[b].description} for b in config.benchmarks}
     summary = build_summary(config, records, [r.label for r in runs], skipped, benchmarks, time.perf_counter() - started,
                             time.process_time() - started_cpu)
-    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    write_json(out_dir / SUMMARY_FILE, summary)
     write_plots(summary, out_dir)
-    atomic_write_text(out_dir / REPORT_FILE, markdown_report(summary))
+    write_text(out_dir / REPORT_FILE, markdown_report(summary))
     echo("")
     echo(console_table(summary))
     echo(f"\n{len(records)} records ({generated} new) in {out_dir}: {RESULTS_FILE}, {SUMMARY_FILE}, {REPORT_FILE}, "

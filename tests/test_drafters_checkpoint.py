@@ -1,4 +1,4 @@
-"""Checkpoints load with validation; speculators eagle3 export -> import gives identical outputs."""
+"""Checkpoints load with validation and save as a unit (serving formats: test_drafters_export.py)."""
 import json
 
 import pytest
@@ -7,7 +7,6 @@ import torch
 from drafter_fixtures import target_features, tiny_drafter_model, tiny_target
 from drafters.checkpoint import load_drafter, load_drafter_model, save_drafter
 from drafters.feature import FeatureDrafter
-from drafters.speculators import export_speculators, import_speculators
 from trees import DraftTree
 
 
@@ -101,48 +100,3 @@ def test_bf16_checkpoint_loads(tmp_path, target):
     save_drafter(model, tmp_path / "ck", target=target, dtype=torch.bfloat16)
     loaded = load_drafter_model(tmp_path / "ck", target)
     torch.testing.assert_close(loaded.fc.weight, model.fc.weight.bfloat16().float())
-
-
-@pytest.mark.parametrize("head", ["target", "truncated", "lowrank"])
-def test_speculators_round_trip_gives_identical_outputs(tmp_path, target, head):
-    model = tiny_drafter_model(target, style="eagle3", head=head, target_layers=[1, 2, 3])
-    export_speculators(model, tmp_path / "spec", verifier="tiny-llama")
-    back = import_speculators(tmp_path / "spec", target, target_name="tiny")
-    want, got = _draft_logits(model, target), _draft_logits(back, target)
-    if head == "lowrank":  # materialised Up @ Down: same function, another summation order
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    else:
-        assert torch.equal(got, want)
-
-
-def test_speculators_config_fields_match_the_format(tmp_path, target):
-    from safetensors.torch import load_file
-
-    model = tiny_drafter_model(target, style="eagle3", head="truncated", target_layers=[1, 2, 3])
-    export_speculators(model, tmp_path / "spec", verifier="tiny-llama", speculative_tokens=5)
-    cfg = json.loads((tmp_path / "spec" / "config.json").read_text())
-    assert cfg["speculators_model_type"] == "eagle3"
-    assert cfg["architectures"] == ["Eagle3Speculator"]
-    assert cfg["draft_vocab_size"] == 48 and cfg["target_hidden_size"] == 64
-    assert cfg["eagle_aux_hidden_state_layer_ids"] == [1, 2, 3]
-    layer = cfg["transformer_layer_config"]
-    assert layer["num_hidden_layers"] == 1 and layer["vocab_size"] == 96 and layer["hidden_size"] == 64
-    assert layer["num_key_value_heads"] == 2 and layer["model_type"] == "llama"
-    assert cfg["speculators_config"]["verifier"]["name_or_path"] == "tiny-llama"
-    assert cfg["speculators_config"]["proposal_methods"][0]["speculative_tokens"] == 5
-    w = load_file(str(tmp_path / "spec" / "model.safetensors"))
-    assert w["fc.weight"].shape == (64, 3 * 64)
-    assert w["layers.0.self_attn.q_proj.weight"].shape == (64, 128)  # attends over [emb; hidden]
-    assert {"layers.0.hidden_norm.weight", "layers.0.input_layernorm.weight", "norm.weight"} <= set(w)
-    assert w["lm_head.weight"].shape == (48, 64)
-    assert w["d2t"].dtype == torch.int64 and w["t2d"].dtype == torch.bool and int(w["t2d"].sum()) == 48
-    assert torch.equal(torch.arange(48) + w["d2t"], w["t2d"].nonzero().flatten())
-
-
-def test_eagle1_and_unmerged_repspec_do_not_export(tmp_path, target):
-    with pytest.raises(ValueError, match="eagle3-style"):
-        export_speculators(tiny_drafter_model(target), tmp_path / "a", verifier="x")
-    rep = tiny_drafter_model(target, style="eagle3", target_layers=[1, 2, 3], repspec="repspec")
-    with pytest.raises(ValueError, match="merge RepSpec first"):
-        export_speculators(rep, tmp_path / "b", verifier="x")
-    export_speculators(rep.merge_repspec(), tmp_path / "b", verifier="x")

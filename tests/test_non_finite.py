@@ -3,7 +3,6 @@ that produced them (before the fix greedy emitted token 0 and sampling the last 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from compose import Composer
 from drafters.lm import CausalLMDrafter
