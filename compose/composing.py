@@ -9,8 +9,8 @@ from typing import Mapping, Sequence
 import torch
 
 from drafters.base import Drafter
-from routing import ConfidenceRouter, EntropyRouter
-from trees import DraftTree, merge_trees
+from routing import ConfidenceRouter, EntropyRouter, OnlineRouter, tree_gain
+from trees import DraftTree, StepFeedback, merge_trees
 
 from .strategies import Proposal, Single, Strategy, match_rule
 
@@ -106,6 +106,45 @@ class MergedTree(_Composing):
         trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
         budget = tree.budget if self.merge_budget == "equal" else None
         return Proposal(merge_trees(list(trees.values()), mode=self.merge_budget, budget=budget), proposed=trees)
+
+
+class Online(_Composing):
+    """Full-information online routing (routing.OnlineRouter): the leader drafts alone and its
+    tree is verified; on probe rounds every drafter drafts, and after verification each is scored
+    by what its own tree would have had accepted along the verified continuation. Lossless as it
+    stands: the verified tree is chosen before anything is drawn (the leader's, or on probe rounds
+    with probe_tree="merged" the `sum` merge of all, which keeps every proposal row).
+    Every drafter advances every step (cheap: drafters queue accepted tokens until they draft)."""
+
+    name = "online"
+    options = ("eta", "probe_every", "probe_tree", "prior")
+
+    def __init__(self, drafters, eta: float = 0.5, probe_every: int = 4, probe_tree: str = "leader",
+                 prior: Mapping[str, float] | None = None):
+        super().__init__(drafters)
+        if probe_tree not in ("leader", "merged"):
+            raise ValueError(f"probe_tree must be 'leader' or 'merged', got {probe_tree!r}")
+        self.probe_tree = probe_tree
+        self.router = OnlineRouter(list(self.drafters), eta=eta, probe_every=probe_every, prior=prior)
+
+    def propose(self, root, tree, sampling, generator) -> Proposal:
+        leader = self.router.leader()
+        self.routing_log.append(leader)
+        if not self.router.probing():
+            draft = self.draft_all([leader], root, tree, sampling, generator)
+            return Proposal(draft[leader], leader, draft)
+        trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
+        if self.probe_tree == "merged":
+            return Proposal(merge_trees(list(trees.values()), mode="sum"), None, trees)
+        return Proposal(trees[leader], leader, trees)
+
+    def observe(self, feedback: StepFeedback) -> None:
+        super().observe(feedback)
+        gains = {}
+        if set(feedback.proposed) >= set(self.drafters):
+            probs, continuation = feedback.probs(), feedback.continuation
+            gains = {n: tree_gain(t, continuation, probs) for n, t in feedback.proposed.items()}
+        self.router.record(gains)
 
 
 def average_drafters(drafters: Mapping[str, Drafter], weights: Sequence[float] | None = None) -> Drafter:

@@ -1,5 +1,7 @@
-"""Routing signals (confidence, entropy) and policies over draft trees."""
+"""Routing signals (confidence, entropy, gains against a verified continuation) and policies
+over draft trees."""
+from .online import OnlineRouter
 from .policies import ConfidenceRouter, EntropyRouter
-from .signals import tree_confidence, tree_entropy
+from .signals import tree_confidence, tree_entropy, tree_gain
 
-__all__ = ["ConfidenceRouter", "EntropyRouter", "tree_confidence", "tree_entropy"]
+__all__ = ["ConfidenceRouter", "EntropyRouter", "OnlineRouter", "tree_confidence", "tree_entropy", "tree_gain"]

@@ -26,3 +26,26 @@ def tree_entropy(tree: DraftTree) -> float:
         return math.inf
     known = ent[torch.isfinite(ent)]
     return float(known.mean()) if known.numel() else math.inf
+
+
+def tree_gain(tree: DraftTree, continuation: torch.Tensor, probs: torch.Tensor) -> float:
+    """What `tree` would have had accepted along a verified continuation: the expected number of
+    accepted draft tokens when the target's law at the j-th verified node is probs[j] (one row
+    per verified node: the root, then each accepted node; `continuation[j]` is the token the
+    target emitted there, the last one being the bonus). At the tree's node on the verified path,
+    a step is accepted with the target's mass on its children's tokens (the match rule); the walk
+    follows the verified token and stops where the tree leaves the verified path (the target's
+    law beyond it is unknown). Greedy (one-hot rows): the number of verified tokens the tree
+    holds as a path from its root."""
+    node, reach, gain = 0, 1.0, 0.0
+    for j in range(int(continuation.numel())):
+        kids = (tree.parents == node).nonzero().flatten()
+        if kids.numel() == 0:
+            break
+        reach *= float(probs[j, tree.tokens[kids].unique()].sum())
+        gain += reach
+        follow = kids[tree.tokens[kids] == continuation[j]]
+        if follow.numel() == 0:
+            break
+        node = int(follow[0])
+    return gain

@@ -68,12 +68,12 @@ def routed_drafters(strategy: str) -> dict:
     return {"ee": EarlyExitDrafter(SMALL, 1), "lm": lm(6)}
 
 
-ROUTED = ["confidence", "entropy", "averaged"]
+ROUTED = ["confidence", "entropy", "online", "averaged"]
 
 
 @pytest.mark.parametrize(
     "n, tv, strategy",
-    [(FAST_N, FAST_TV, s) for s in ROUTED[:2]] + [pytest.param(FAST_N, FAST_TV, ROUTED[2], marks=pytest.mark.slow)]
+    [(FAST_N, FAST_TV, s) for s in ROUTED[:3]] + [pytest.param(FAST_N, FAST_TV, ROUTED[3], marks=pytest.mark.slow)]
     + [pytest.param(SLOW_N, SLOW_TV, s, marks=pytest.mark.slow) for s in ROUTED],
 )
 def test_routed_sampling_law_with_sampled_trees(n, tv, strategy):

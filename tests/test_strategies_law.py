@@ -11,20 +11,17 @@ tests (test_engine_law.py) run the same strategies end to end on tiny transforme
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import compose.composing as composing
 from compose.options import TreeOptions
 from compose.registry import make_strategy
-from trees import SamplingSpec, TreeSpec
+from trees import SamplingSpec, StepFeedback, verify, verify_batch
 
 from strategy_law import DrafterShape, TableDrafter, root_target, strategy_case, table_drafters
-from test_trees_law import assert_lossless, check_law, random_logits, targets, total_variation
-from trees import verify_batch
-
-import numpy as np
-import torch
+from test_trees_law import assert_lossless, check_law, path_ids, random_logits, targets
 
 # (strategy name, registry keyword arguments, tree options, turn-start): turn-start builds a
 # fresh strategy per decode step, so every step is the first of a turn (the entropy probe)
@@ -36,21 +33,41 @@ STRATEGY_CASES = [
     ("entropy", {}, {}, False),
     ("merged_tree", {}, dict(merge_budget="sum"), False),
     ("merged_tree", {}, dict(merge_budget="equal", budget=2), False),
+    ("online", dict(probe_every=2), {}, False),
+    ("online", dict(probe_every=2, probe_tree="merged"), {}, False),
 ]
 
 
-def steps_of(name: str, drafters: dict, tree: TreeOptions, sampling: SamplingSpec, kwargs: dict, turn_start: bool):
-    """step(i) -> the tree the strategy hands verification at decode step i."""
+def steps_of(name: str, drafters: dict, tree: TreeOptions, sampling: SamplingSpec, kwargs: dict, turn_start: bool,
+             target_logits: torch.Tensor | None = None):
+    """step(i) -> the tree the strategy hands verification at decode step i. With
+    `target_logits`, the strategy observes each step's outcome (an independent verification of
+    the same tree) before the next step, as in the engine: routing that learns from feedback."""
     spec = tree.spec()
-    generator = torch.Generator().manual_seed(1)
+    generator, verifier = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
     cache: dict = {}
     made = make_strategy(name, drafters, tree, cache, **kwargs)
 
     def step(i: int):
         strategy = make_strategy(name, drafters, tree, cache, **kwargs) if turn_start else made
-        return strategy.propose(0, spec, sampling, generator).tree
+        proposal = strategy.propose(0, spec, sampling, generator)
+        if target_logits is not None:
+            strategy.observe(feedback_for(proposal, target_logits, sampling, verifier))
+        return proposal.tree
 
     return step
+
+
+def feedback_for(proposal, target_logits, sampling, generator) -> StepFeedback:
+    """The step's outcome. Steps where one drafter drafted teach the online router nothing (it
+    learns on full-information rounds only), so they skip the verification (~0.5 ms a step)."""
+    logits = target_logits[path_ids(proposal.tree, target_logits.shape[1])]
+    if len(proposal.proposed) < 2:
+        return StepFeedback(tree=proposal.tree, path=torch.zeros(1, dtype=torch.long), tokens=proposal.tree.tokens[:1],
+                            bonus=0, logits=logits, sampling=sampling, proposed=proposal.proposed)
+    result = verify(proposal.tree, logits, sampling, generator)
+    return StepFeedback(tree=proposal.tree, path=result.path, tokens=result.tokens, bonus=result.bonus,
+                        logits=logits, sampling=sampling, proposed=proposal.proposed)
 
 
 def two_drafter_root_case(strategy: str, kwargs: dict, turn_start: bool):
@@ -85,8 +102,9 @@ def test_the_check_sees_a_routed_tree_that_keeps_its_proposal_rows(monkeypatch):
 def composed_case(name, kwargs, tree_options, turn_start, vocab, k, depth, shapes, target_logits, sampling):
     drafters = table_drafters(vocab, depth, shapes)
     tree = TreeOptions(depth=depth, top_k=2, budget=4, sampled=True).model_copy(update=tree_options)
+    learns = target_logits if name == "online" else None
     return strategy_case(vocab, k, depth, target_logits, sampling,
-                         lambda: steps_of(name, drafters, tree, sampling, kwargs, turn_start))
+                         lambda: steps_of(name, drafters, tree, sampling, kwargs, turn_start, learns))
 
 
 DEFAULT_SHAPES = [DrafterShape(seed=3, scale=1.5, count=2, expand=0.5), DrafterShape(seed=4, scale=1.0, count=1, expand=0.7)]
@@ -95,7 +113,8 @@ DEFAULT_SHAPES = [DrafterShape(seed=3, scale=1.5, count=2, expand=0.5), DrafterS
 def marked(case):
     """merged_tree merges per step (~1.5 ms): its full-power checks run under `slow`; the default
     run checks it end to end in test_composition.py at the power stated there."""
-    return pytest.param(*case, marks=pytest.mark.slow) if case[0] == "merged_tree" else case
+    merges = case[0] == "merged_tree" or case[1].get("probe_tree") == "merged"
+    return pytest.param(*case, marks=pytest.mark.slow) if merges else case
 
 
 @pytest.mark.parametrize("name, kwargs, tree_options, turn_start", [marked(c) for c in STRATEGY_CASES])
