@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import torch
 
 from drafters.base import Drafter
-from routing import ConfidenceRouter, EntropyRouter, OnlineRouter, tree_gain
+from routing import Calibration, ConfidenceRouter, EntropyRouter, OnlineRouter, tree_gain
 from trees import DraftTree, StepFeedback, merge_trees
 
 from .strategies import Proposal, Single, Strategy, match_rule
@@ -42,15 +42,48 @@ class _Composing(Strategy):
         return trees
 
 
-class Confidence(_Composing):
-    """Every drafter drafts each step; the most confident tree is verified; all advance.
-    The choice looks at the drawn values, so a sampled tree is verified by the match rule."""
+def proposed_gains(feedback: StepFeedback) -> dict[str, float]:
+    """What each drafter's own tree this step would have had accepted along the verified
+    continuation (routing.tree_gain): no extra target call."""
+    if not feedback.proposed:
+        return {}
+    probs, continuation = feedback.probs(), feedback.continuation
+    return {n: tree_gain(t, continuation, probs) for n, t in feedback.proposed.items()}
+
+
+class _SignalRouted(_Composing):
+    """Routing by a per-tree signal, calibrated by default: the Composer keeps one
+    routing.Calibration across generations (its strategy cache), and every scored tree (each
+    drafter's own, against the verified continuation) updates its drafter's fit.
+    `calibrated=False` routes on the raw signal."""
+
+    options = ("calibrated",)
+    router_type: type = ConfidenceRouter
+
+    @classmethod
+    def create(cls, drafters, tree, cache, calibrated: bool = True, **options):
+        calibration = cache.setdefault("calibration", Calibration()) if calibrated else None
+        return cls(drafters, calibration=calibration, **options)
+
+    def __init__(self, drafters, calibration: Calibration | None = None):
+        super().__init__(drafters)
+        self.router = self.router_type(calibration)
+
+    def observe(self, feedback: StepFeedback) -> None:
+        super().observe(feedback)
+        calibration = self.router.calibration
+        if calibration is not None:
+            for name, gain in proposed_gains(feedback).items():
+                calibration.update(name, feedback.proposed[name], gain)
+
+
+class Confidence(_SignalRouted):
+    """Every drafter drafts each step; the most confident tree (calibrated: the highest expected
+    gain) is verified; all advance. The choice looks at the drawn values, so a sampled tree is
+    verified by the match rule."""
 
     name = "confidence"
-
-    def __init__(self, drafters):
-        super().__init__(drafters)
-        self.router = ConfidenceRouter()
+    router_type = ConfidenceRouter
 
     def propose(self, root, tree, sampling, generator) -> Proposal:
         trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
@@ -59,17 +92,18 @@ class Confidence(_Composing):
         return Proposal(match_rule(trees[choice]), choice, trees)
 
 
-class Entropy(_Composing):
+class Entropy(_SignalRouted):
     """Per prompt turn: every drafter is probed (prefill + first tree); the one with the lowest
-    mean draft entropy drafts the rest of the turn, alone. The probe's choice looks at the drawn
-    values, so the probe step's tree is verified by the match rule; later trees are fresh draws
-    made after the choice and keep their rejection-sampling rows."""
+    mean draft entropy (calibrated: the highest expected gain predicted from it) drafts the rest
+    of the turn, alone. The probe's choice looks at the drawn values, so the probe step's tree is
+    verified by the match rule; later trees are fresh draws made after the choice and keep their
+    rejection-sampling rows."""
 
     name = "entropy"
+    router_type = EntropyRouter
 
-    def __init__(self, drafters):
-        super().__init__(drafters)
-        self.router = EntropyRouter()
+    def __init__(self, drafters, calibration: Calibration | None = None):
+        super().__init__(drafters, calibration)
         self.chosen: str | None = None
 
     def active_drafters(self) -> list[Drafter]:
@@ -140,11 +174,8 @@ class Online(_Composing):
 
     def observe(self, feedback: StepFeedback) -> None:
         super().observe(feedback)
-        gains = {}
-        if set(feedback.proposed) >= set(self.drafters):
-            probs, continuation = feedback.probs(), feedback.continuation
-            gains = {n: tree_gain(t, continuation, probs) for n, t in feedback.proposed.items()}
-        self.router.record(gains)
+        full = set(feedback.proposed) >= set(self.drafters)
+        self.router.record(proposed_gains(feedback) if full else {})
 
 
 def average_drafters(drafters: Mapping[str, Drafter], weights: Sequence[float] | None = None) -> Drafter:

@@ -5,6 +5,7 @@ from typing import Mapping
 
 from trees import DraftTree
 
+from .calibration import Calibration
 from .signals import tree_confidence, tree_entropy
 
 
@@ -16,22 +17,45 @@ def _best(values: Mapping[str, float], highest: bool) -> str:
     return max(order, key=lambda k: (values[k] if highest else -values[k], -order.index(k)))
 
 
-class ConfidenceRouter:
-    """Per decode step: verify the tree with the highest mean exp(score) over its kept nodes."""
+class SignalRouter:
+    """Choose by a signal of each drafter's tree: raw, or calibrated (routing.calibration: the
+    gain each drafter's signal predicts, learnt from verified outcomes) when given a Calibration."""
+
+    signal = ""
+    raw_highest = True  # raw signal: does a larger value win?
+
+    def __init__(self, calibration: Calibration | None = None):
+        self.calibration = calibration
+
+    def raw(self, tree: DraftTree) -> float:
+        raise NotImplementedError
 
     def scores(self, trees: Mapping[str, DraftTree]) -> dict[str, float]:
-        return {name: tree_confidence(t) for name, t in trees.items()}
+        """Raw signal per drafter, or its calibrated expected gain."""
+        if self.calibration is None:
+            return {name: self.raw(t) for name, t in trees.items()}
+        return {name: self.calibration.predict(self.signal, name, t) for name, t in trees.items()}
 
     def choose(self, trees: Mapping[str, DraftTree]) -> str:
-        return _best(self.scores(trees), highest=True)
+        return _best(self.scores(trees), highest=self.raw_highest or self.calibration is not None)
 
 
-class EntropyRouter:
+class ConfidenceRouter(SignalRouter):
+    """Per decode step: verify the tree with the highest mean exp(score) over its kept nodes
+    (calibrated: the highest expected gain predicted from it)."""
+
+    signal = "confidence"
+
+    def raw(self, tree: DraftTree) -> float:
+        return tree_confidence(tree)
+
+
+class EntropyRouter(SignalRouter):
     """Per prompt turn: the drafter whose probe tree has the lowest mean draft entropy over its
-    kept nodes drafts the whole turn."""
+    kept nodes drafts the whole turn (calibrated: the highest expected gain predicted from it)."""
 
-    def scores(self, trees: Mapping[str, DraftTree]) -> dict[str, float]:
-        return {name: tree_entropy(t) for name, t in trees.items()}
+    signal = "entropy"
+    raw_highest = False
 
-    def choose(self, trees: Mapping[str, DraftTree]) -> str:
-        return _best(self.scores(trees), highest=False)
+    def raw(self, tree: DraftTree) -> float:
+        return tree_entropy(tree)
