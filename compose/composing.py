@@ -148,18 +148,36 @@ class Online(_Composing):
     by what its own tree would have had accepted along the verified continuation. Lossless as it
     stands: the verified tree is chosen before anything is drawn (the leader's, or on probe rounds
     with probe_tree="merged" the `sum` merge of all, which keeps every proposal row).
-    Every drafter advances every step (cheap: drafters queue accepted tokens until they draft)."""
+    Every drafter advances every step (cheap: drafters queue accepted tokens until they draft).
+
+    Weights are per turn. A turn starts from `prior` (log-weights) when given, else from the
+    share `carry` of the previous turn's final log-weights (kept in the Composer's strategy
+    cache), so a conversation or a run over one domain does not relearn its leader every turn."""
 
     name = "online"
-    options = ("eta", "probe_every", "probe_tree", "prior")
+    options = ("eta", "probe_every", "probe_tree", "prior", "carry")
+    CARRIED = "online_log_weights"  # strategy-cache key
 
-    def __init__(self, drafters, eta: float = 0.5, probe_every: int = 4, probe_tree: str = "leader",
+    @classmethod
+    def create(cls, drafters, tree, cache, prior: Mapping[str, float] | None = None, carry: float = 0.5, **options):
+        if not 0 <= carry <= 1:
+            raise ValueError(f"carry must be in [0, 1], got {carry}")
+        last = cache.get(cls.CARRIED, {})
+        if prior is None and last and set(last) == set(drafters):
+            top = max(last.values())
+            prior = {n: carry * (v - top) for n, v in last.items()}
+        strategy = cls(drafters, prior=prior, **options)
+        strategy.carried = cache
+        return strategy
+
+    def __init__(self, drafters, eta: float = 1.0, probe_every: int = 4, probe_tree: str = "leader",
                  prior: Mapping[str, float] | None = None):
         super().__init__(drafters)
         if probe_tree not in ("leader", "merged"):
             raise ValueError(f"probe_tree must be 'leader' or 'merged', got {probe_tree!r}")
         self.probe_tree = probe_tree
         self.router = OnlineRouter(list(self.drafters), eta=eta, probe_every=probe_every, prior=prior)
+        self.carried: dict = {}
 
     def propose(self, root, tree, sampling, generator) -> Proposal:
         leader = self.router.leader()
@@ -176,6 +194,7 @@ class Online(_Composing):
         super().observe(feedback)
         full = set(feedback.proposed) >= set(self.drafters)
         self.router.record(proposed_gains(feedback) if full else {})
+        self.carried[self.CARRIED] = dict(self.router.log_weights)
 
 
 def average_drafters(drafters: Mapping[str, Drafter], weights: Sequence[float] | None = None) -> Drafter:

@@ -9,7 +9,9 @@ Everything pools the step logs of all turns in a group; nothing averages per-pro
 - accepted-token share of a drafter = accepted draft tokens it proposed / accepted draft tokens (a
   token proposed by several drafters counts for each, so shares may sum above 1);
 - routing share = verifier forwards whose tree came from a drafter / forwards with a routing choice;
-- routing accuracy (analysis mode) = forwards whose chosen drafter was among the oracle's best.
+- routing accuracy (analysis mode), per step = forwards whose chosen drafter was among the
+  oracle's best there; per turn = turns whose most chosen drafter is among the drafters with the
+  most draft tokens accepted over the turn's forwards (each drafter replayed alone at every one).
 """
 from __future__ import annotations
 
@@ -56,14 +58,19 @@ def routing_shares(turns: Iterable[TurnLog]) -> dict[str, float]:
 
 
 def routing_accuracy(turns: Iterable[TurnLog]) -> dict[str, float] | None:
-    """Against the oracle (analysis mode): the share of verifier forwards whose routed drafter was
-    among the drafters that would have had the most tokens accepted there, the τ an oracle router
-    would have reached on those forwards, and the τ the strategy reached on them."""
+    """Against the oracle (analysis mode). Per step: the share of verifier forwards whose routed
+    drafter was among the drafters that would have had the most tokens accepted there, the τ an
+    oracle router would have reached on those forwards, and the τ the strategy reached on them.
+    Per turn: the share of turns whose most chosen drafter (ties: the first chosen) is among the
+    drafters with the most draft tokens accepted summed over the turn's analysed forwards."""
     correct = analysed = 0
     oracle_emitted = routed_emitted = 0
+    turn_correct = turns_analysed = 0
     for t in turns:
         if not t.oracle:
             continue
+        totals: Counter[str] = Counter()
+        chosen_counts: Counter[str] = Counter()
         for chosen, accepted, options in zip(t.step_drafters, t.accepted, t.oracle):
             if chosen is None or chosen not in options:
                 continue
@@ -72,10 +79,16 @@ def routing_accuracy(turns: Iterable[TurnLog]) -> dict[str, float] | None:
             correct += options[chosen] == best
             oracle_emitted += best + 1
             routed_emitted += accepted + 1
+            totals.update(options)
+            chosen_counts[chosen] += 1
+        if chosen_counts:
+            turns_analysed += 1
+            turn_correct += totals[chosen_counts.most_common(1)[0][0]] == max(totals.values())
     if not analysed:
         return None
     return {"steps": analysed, "accuracy": correct / analysed, "oracle_tau": oracle_emitted / analysed,
-            "routed_tau": routed_emitted / analysed}
+            "routed_tau": routed_emitted / analysed, "turns": turns_analysed,
+            "turn_accuracy": turn_correct / turns_analysed}
 
 
 def phase_seconds(turns: Iterable[TurnLog]) -> dict[str, float]:

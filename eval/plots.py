@@ -71,8 +71,13 @@ def plot_acceptance(rows: list[dict], path: Path) -> None:
 
 
 def plot_routing(rows: list[dict], path: Path) -> None:
+    """Routing choices and accepted-token shares per strategy; with analysis-mode data, a third
+    row of routing accuracy against the oracle, per step and per turn."""
     temps = sorted({r["temperature"] for r in rows})
-    fig, axes = plt.subplots(2, len(temps), figsize=(6.5 * len(temps), 7), squeeze=False, layout="constrained")
+    analysed = any(r.get("routing_accuracy") for r in rows)
+    n_rows = 3 if analysed else 2
+    fig, axes = plt.subplots(n_rows, len(temps), figsize=(6.5 * len(temps), 3.5 * n_rows), squeeze=False,
+                             layout="constrained")
     for col, t in enumerate(temps):
         pooled = [r for r in _pooled(rows, t) if r["strategy"] != BASELINE]
         for row, (field, title) in enumerate((("routing_shares", "routing choices (share of forwards)"),
@@ -95,8 +100,24 @@ def plot_routing(rows: list[dict], path: Path) -> None:
                 ax.text(0.5, 0.5, "none recorded", ha="center", va="center", transform=ax.transAxes)
             elif names:
                 ax.legend(fontsize=8, loc="lower right")
+        if analysed:
+            plot_accuracy(axes[2][col], [r for r in pooled if r.get("routing_accuracy")], t)
     fig.suptitle("Routing and drafter shares (all benchmarks pooled)")
     _save(fig, path)
+
+
+def plot_accuracy(ax, shown: list[dict], temperature: float) -> None:
+    """Routing accuracy against the oracle per strategy: per step and per turn, side by side."""
+    for i, (key, label) in enumerate((("accuracy", "per step"), ("turn_accuracy", "per turn"))):
+        values = [r["routing_accuracy"].get(key) or 0.0 for r in shown]
+        ax.barh([y + (i - 0.5) * 0.4 for y in range(len(shown))], values, 0.4, label=label)
+    ax.set_yticks(range(len(shown)), [r["strategy"] for r in shown])
+    ax.set_xlim(0, 1)
+    ax.set_title(f"{_temperature_label(temperature)}: routing accuracy against the oracle")
+    if shown:
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no analysed routing (greedy runs only)", ha="center", va="center", transform=ax.transAxes)
 
 
 def write_plots(summary: dict, out_dir: Path) -> list[Path]:

@@ -128,10 +128,11 @@ def markdown_report(summary: dict) -> str:
         analysed = [r for r in at_t if r["routing_accuracy"]]
         if analysed:
             out += ["### Routing against the oracle (analysis mode)", "",
-                    _table(["benchmark", "strategy", "forwards", "accuracy", "routed τ", "oracle τ"],
-                           [[r["benchmark"], r["strategy"], str(r["routing_accuracy"]["steps"]),
-                             _pct(r["routing_accuracy"]["accuracy"]), _num(r["routing_accuracy"]["routed_tau"]),
-                             _num(r["routing_accuracy"]["oracle_tau"])] for r in analysed]), ""]
+                    _table(["benchmark", "strategy", "forwards", "accuracy per step", "turns", "accuracy per turn",
+                            "routed τ", "oracle τ"],
+                           [[r["benchmark"], r["strategy"], str(a["steps"]), _pct(a["accuracy"]), str(a.get("turns", "")),
+                             _pct(a.get("turn_accuracy")), _num(a["routed_tau"]), _num(a["oracle_tau"])]
+                            for r in analysed for a in [r["routing_accuracy"]]]), ""]
     out += ["## Plots", "", *[f"![{name}]({path})" for name, path in summary["plots"].items()], ""]
     return "\n".join(out)
 

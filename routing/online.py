@@ -20,7 +20,7 @@ class OnlineRouter:
     def __init__(
         self,
         names: Sequence[str],
-        eta: float = 0.5,
+        eta: float = 1.0,
         probe_every: int = 4,
         max_probe_every: int = 32,
         confident: float = 0.95,

@@ -198,4 +198,7 @@ def test_analysis_mode_scores_routing_against_the_oracle(target, tmp_path):
     accuracy = row["routing_accuracy"]
     assert accuracy["steps"] == len(routed.accepted) and 0.0 <= accuracy["accuracy"] <= 1.0
     assert accuracy["oracle_tau"] >= accuracy["routed_tau"] == pytest.approx(row["tau"])
-    assert "Routing against the oracle" in (out / "report.md").read_text()
+    assert accuracy["turns"] == len(records["confidence"].turns) and 0.0 <= accuracy["turn_accuracy"] <= 1.0
+    report = (out / "report.md").read_text()
+    assert "Routing against the oracle" in report and "accuracy per turn" in report
+    assert (out / "routing.png").read_bytes()[:8] == PNG_MAGIC

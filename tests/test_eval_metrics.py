@@ -103,6 +103,10 @@ def test_routing_accuracy_against_the_oracle():
     assert result["oracle_tau"] == (3 + 4 + 2) / 3
     assert result["routed_tau"] == (3 + 1 + 2) / 3
     assert routing_accuracy([turn([1], drafters=["a"])]) is None  # no oracle: not analysed
+    # per turn: the turn chose a most (2 of 3); over the turn a would have had 6 accepted, b 2: right
+    assert result["turns"] == 1 and result["turn_accuracy"] == 1.0
+    wrong = turn([0, 0], drafters=["b", "b"], oracle=[{"a": 1, "b": 0}, {"a": 0, "b": 0}])
+    assert routing_accuracy([t, wrong])["turn_accuracy"] == 0.5
 
 
 def test_summary_rows_pool_benchmarks_and_order_the_baseline_first():

@@ -121,3 +121,15 @@ def test_online_options_are_validated():
         composer.generate([1, 2], strategy="online", probe_tree="all")
     with pytest.raises(ValueError, match="takes no probe_every"):
         composer.generate([1, 2], strategy="merged_tree", probe_every=2)
+
+
+def test_the_next_turn_starts_from_the_carried_weights():
+    composer = Composer(TARGET, drafters=pool())
+    tree = dict(depth=3, top_k=1, budget=3)
+    first = composer.generate([3, 1, 4], strategy="online", max_new_tokens=12, tree=tree)
+    assert first.stats.steps[0].drafter == "weak"  # no information yet: the first drafter leads
+    assert composer.generate([2, 7], strategy="online", max_new_tokens=4, tree=tree).stats.steps[0].drafter == "self"
+    fresh = composer.generate([2, 7], strategy="online", max_new_tokens=4, tree=tree, carry=0.0)
+    assert fresh.stats.steps[0].drafter == "weak"
+    with pytest.raises(ValueError, match="carry"):
+        composer.generate([2, 7], strategy="online", carry=2.0)
