@@ -58,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         "generate": "generate text with a strategy",
         "eval": "compare strategies per benchmark, temperature and depth (the main job)",
         "train": "train a specialist drafter for a target",
+        "route": "fit the domain router (the `domain` strategy) from the drafters' training domains",
         "models": "convert/check the built-in models (python -m compose.models)",
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: specmux {generate,eval,train,models} ...\n")
+        print("usage: specmux {" + ",".join(commands) + "} ...\n")
         for name, what in commands.items():
             print(f"  {name:<9} {what}")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         from eval.cli import main as eval_main
 
         return eval_main(rest)
+    if cmd == "route":
+        from .route_fit import main as route_main
+
+        return route_main(rest)
     if cmd == "train":
         from drafters.cli import main as train_main
 

@@ -9,10 +9,11 @@ import torch
 from transformers import PreTrainedModel
 
 from drafters.base import Drafter
+from routing import DomainRouter
 
 from .engine import decode
 from .options import GenerateOptions
-from .registry import default_strategy, make_drafter, make_strategy, strategy_options
+from .registry import default_strategy, make_drafter, make_strategy, strategy_class, strategy_options
 from .target import TargetModel
 from .types import GenerationResult, GenerationStats
 
@@ -25,7 +26,9 @@ class Composer:
     target: a built-in name (see compose.models.BUILTIN_MODELS), a local transformers folder, or
     a loaded PreTrainedModel (pass `tokenizer=` to use text prompts). drafters: name -> Drafter
     or a spec string ("early-exit:8", "lm:qwen2.5-coder-0.5b-instruct", "eagle:/path/to/ckpt").
-    strategy: the default for generate() (None: compose.registry.default_strategy of the drafters)."""
+    strategy: the default for generate() (None: compose.registry.default_strategy of the drafters).
+    domain_router: the `domain` strategy's classifier (a routing.DomainRouter or its file;
+    default: the one shipped with a built-in target's drafters, if any)."""
 
     def __init__(
         self,
@@ -33,6 +36,7 @@ class Composer:
         drafters: Mapping[str, Drafter | str] | None = None,
         strategy: str | None = None,
         tokenizer=None,
+        domain_router=None,
         **defaults: Any,
     ):
         if isinstance(target, PreTrainedModel):
@@ -49,6 +53,11 @@ class Composer:
         for name, d in (drafters or {}).items():
             self.add_drafter(name, d)
         self.strategy = strategy
+        if domain_router is None and isinstance(target, str):
+            from .defaults import default_domain_router
+
+            domain_router = default_domain_router(target)
+        self.domain_router = DomainRouter.load(domain_router) if isinstance(domain_router, (str, Path)) else domain_router
         self.defaults = GenerateOptions(**defaults).model_dump(exclude_unset=True)
         self.eos_ids = _eos_ids(model, tokenizer)
 
@@ -59,6 +68,17 @@ class Composer:
         self.drafters[name] = drafter
         self._strategy_cache.clear()
         return drafter
+
+    @property
+    def strategy_cache(self) -> dict:
+        """State strategies keep across generations (derived drafters, routing statistics) and the
+        routing assets they read (the domain router)."""
+        self._strategy_cache["domain_router"] = self.domain_router
+        return self._strategy_cache
+
+    def unavailable(self, strategy: str) -> str | None:
+        """Why `strategy` cannot run with this Composer's drafters and routing assets (None: it can)."""
+        return strategy_class(strategy).unavailable(self.drafters, self.strategy_cache)
 
     # --- generation ---------------------------------------------------------------------------
     def generate(self, prompt: Prompt, strategy: str | None = None, **options: Any) -> GenerationResult:
@@ -81,7 +101,7 @@ class Composer:
         strategy_name = strategy or self.strategy or default_strategy(self.drafters)
         strategy_args, generate_args = strategy_options(strategy_name, options)
         opts = GenerateOptions(**{**self.defaults, **generate_args})
-        plan = make_strategy(strategy_name, self.drafters, opts.tree, self._strategy_cache, **strategy_args)
+        plan = make_strategy(strategy_name, self.drafters, opts.tree, self.strategy_cache, **strategy_args)
         prompt_ids = self.encode(prompt, opts.chat)
         self._check_length(prompt_ids, opts)
         generator = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None

@@ -9,10 +9,10 @@ from typing import Mapping, Sequence
 import torch
 
 from drafters.base import Drafter
-from routing import Calibration, ConfidenceRouter, EntropyRouter, OnlineRouter, tree_gain
+from routing import Calibration, ConfidenceRouter, DomainRouter, EntropyRouter, OnlineRouter, tree_gain
 from trees import DraftTree, StepFeedback, merge_trees
 
-from .strategies import Proposal, Single, Strategy, match_rule
+from .strategies import Proposal, Single, Strategy, _features, match_rule
 
 
 class _Composing(Strategy):
@@ -197,6 +197,69 @@ class Online(_Composing):
         self.carried[self.CARRIED] = dict(self.router.log_weights)
 
 
+class Domain(_Composing):
+    """Per prompt turn, at no drafting cost: a classifier over the target's prefill hidden state
+    (routing.DomainRouter, fitted from the drafters' training prompts) picks the drafter that
+    drafts the whole turn alone. The router comes from `router=` (a DomainRouter or its file) or
+    the Composer's (`Composer(domain_router=...)`, by default the one shipped with the target's
+    drafters). The choice looks at the prompt only, so trees keep their rejection-sampling rows."""
+
+    name = "domain"
+    options = ("router",)
+    ROUTER = "domain_router"  # strategy-cache key the Composer fills
+
+    @classmethod
+    def unavailable(cls, drafters, cache=None):
+        """Without a cache (the constructor's check) the router is judged by the constructor."""
+        if cache is None:
+            return super().unavailable(drafters)
+        router = cache.get(cls.ROUTER)
+        if router is None:
+            return ("strategy 'domain' needs a fitted domain router (`specmux route` writes one; pass "
+                    "router= or Composer(domain_router=...))")
+        return cls.missing(drafters, router) or super().unavailable(drafters, cache)
+
+    @staticmethod
+    def missing(drafters, router: DomainRouter) -> str | None:
+        unknown = [n for n in router.names if n not in drafters]
+        return f"the domain router picks among {router.names} but drafters {unknown} are not loaded" if unknown else None
+
+    @classmethod
+    def create(cls, drafters, tree, cache, router: DomainRouter | str | None = None, **options):
+        if router is None:
+            reason = cls.unavailable(drafters, cache)
+            if reason is not None:
+                raise ValueError(reason)
+            router = cache[cls.ROUTER]
+        return cls(drafters, DomainRouter.load(router) if not isinstance(router, DomainRouter) else router)
+
+    def __init__(self, drafters, router: DomainRouter):
+        super().__init__(drafters)
+        reason = self.missing(self.drafters, router)
+        if reason is not None:
+            raise ValueError(reason)
+        self.router = router
+        self.chosen: str | None = None
+
+    @property
+    def target_layers(self) -> list[int]:
+        layers = [i for d in super().active_drafters() for i in d.target_layers or ()]
+        return list(dict.fromkeys(layers + [self.router.layer]))  # the prefill must return hidden states
+
+    def active_drafters(self) -> list[Drafter]:
+        return [] if self.chosen is None else [self.drafters[self.chosen]]
+
+    def start(self, prompt_ids, hidden_states) -> None:
+        self.chosen = self.router.choose(hidden_states)
+        self.routing_log.append(self.chosen)
+        d = self.drafters[self.chosen]
+        d.start(prompt_ids, _features(d, hidden_states, slice(None)))
+
+    def propose(self, root, tree, sampling, generator) -> Proposal:
+        draft = self.draft_all([self.chosen], root, tree, sampling, generator)
+        return Proposal(draft[self.chosen], self.chosen, draft)
+
+
 def average_drafters(drafters: Mapping[str, Drafter], weights: Sequence[float] | None = None) -> Drafter:
     """Weight-space average of drafters of one architecture (uniform or given weights)."""
     names = list(drafters)
@@ -235,7 +298,7 @@ class Averaged(Single):
     options = ("weights",)
 
     @classmethod
-    def unavailable(cls, drafters):
+    def unavailable(cls, drafters, cache=None):
         keys = {}
         for n, d in drafters.items():
             try:
@@ -244,7 +307,7 @@ class Averaged(Single):
                 return f"averaged cannot average drafter {n!r}: {e}"
         if len(set(keys.values())) > 1:
             return f"averaged needs drafters of one architecture; got {keys}"
-        return super().unavailable(drafters)
+        return super().unavailable(drafters, cache)
 
     @classmethod
     def create(cls, drafters, tree, cache, **options):

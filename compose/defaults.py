@@ -16,3 +16,17 @@ def default_drafters(target: str) -> dict[str, str]:
             break
         found[name] = spec
     return found
+
+
+DOMAIN_ROUTER_FILE = "domain_router.safetensors"
+
+
+def default_domain_router(target):
+    """The domain router shipped with a built-in target's drafters (`specmux route` writes it
+    beside them), or None."""
+    from drafters.pretrained import PRETRAINED_DIR, pretrained_index
+
+    if not isinstance(target, str) or target not in pretrained_index():
+        return None
+    path = PRETRAINED_DIR / target / DOMAIN_ROUTER_FILE
+    return path if path.is_file() else None

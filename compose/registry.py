@@ -5,7 +5,7 @@ from typing import Any, Mapping
 
 from drafters.base import Drafter
 
-from .composing import Averaged, Confidence, Entropy, MergedTree, Online
+from .composing import Averaged, Confidence, Domain, Entropy, MergedTree, Online
 from .options import TreeOptions
 from .strategies import Autoregressive, Single, Strategy
 from .target import TargetModel
@@ -13,7 +13,7 @@ from .target import TargetModel
 DEFAULT_COMPOSING = "merged_tree"
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Autoregressive, Single, Averaged, Confidence, Entropy, MergedTree, Online)
+    cls.name: cls for cls in (Autoregressive, Single, Averaged, Confidence, Entropy, MergedTree, Online, Domain)
 }
 
 

@@ -36,7 +36,8 @@ class Strategy(ABC):
     """A composition strategy. The class declares what it takes, so callers (the Composer, eval's
     plan) can tell without trying: `min_drafters`; `takes_drafter` (a `drafter=` option naming
     one drafter: eval runs it once per drafter); `options` (the generate() keywords passed to the
-    constructor); `unavailable(drafters)` (why it cannot run with these drafters, or None)."""
+    constructor); `unavailable(drafters, cache)` (why it cannot run with these drafters and the
+    Composer's routing assets, e.g. a fitted domain router, or None)."""
 
     name: str = ""
     min_drafters: int = 0
@@ -50,8 +51,8 @@ class Strategy(ABC):
         self.drafters = dict(drafters)
 
     @classmethod
-    def unavailable(cls, drafters: Mapping[str, Drafter]) -> str | None:
-        """Why this strategy cannot run with `drafters` (None: it can)."""
+    def unavailable(cls, drafters: Mapping[str, Drafter], cache: Mapping | None = None) -> str | None:
+        """Why this strategy cannot run with `drafters` and the Composer's strategy cache (None: it can)."""
         if len(drafters) < cls.min_drafters:
             return f"strategy {cls.name!r} needs at least {cls.min_drafters} drafter(s), got {len(drafters)}"
         return None

@@ -74,7 +74,7 @@ def resolve_strategies(composer: Composer, config: EvalConfig, chat: bool) -> tu
             raise ValueError(f"unknown strategy {name!r} in {label!r}; registered: {sorted(STRATEGIES)}")
         if name == BASELINE:
             continue
-        reason = STRATEGIES[name].unavailable(composer.drafters)
+        reason = composer.unavailable(name)
         if reason is not None:
             if explicit:
                 raise ValueError(f"strategy {label!r} cannot run with drafters {drafter_names}: {reason}")

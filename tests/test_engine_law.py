@@ -9,8 +9,10 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 
 from compose import Composer
+from routing import DomainRouter
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from trees import SamplingSpec
 from law import chi_square_power, chi_square_pvalue, exact_law
@@ -68,15 +70,18 @@ def routed_drafters(strategy: str) -> dict:
     return {"ee": EarlyExitDrafter(SMALL, 1), "lm": lm(6)}
 
 
-ROUTED = ["confidence", "entropy", "online", "averaged"]
+ROUTED = ["confidence", "entropy", "online", "averaged", "domain"]
 
 
 @pytest.mark.parametrize(
     "n, tv, strategy",
-    [(FAST_N, FAST_TV, s) for s in ROUTED[:3]] + [pytest.param(FAST_N, FAST_TV, ROUTED[3], marks=pytest.mark.slow)]
+    [(FAST_N, FAST_TV, s) for s in ROUTED[:3]] + [pytest.param(FAST_N, FAST_TV, s, marks=pytest.mark.slow) for s in ROUTED[3:]]
     + [pytest.param(SLOW_N, SLOW_TV, s, marks=pytest.mark.slow) for s in ROUTED],
 )
 def test_routed_sampling_law_with_sampled_trees(n, tv, strategy):
     """Routing strategies over sampled drafter trees (their choices look at drawn values)."""
-    composer = Composer(SMALL, drafters=routed_drafters(strategy))
+    drafters = routed_drafters(strategy)
+    router = DomainRouter(list(drafters), torch.tensor([[1.0] * 64, [-1.0] * 64]), torch.zeros(2), torch.zeros(64),
+                          torch.ones(64))  # picks by the sign of the prompt's mean final hidden state
+    composer = Composer(SMALL, drafters=drafters, domain_router=router)
     run_law_check(composer, strategy, n, tv, SamplingSpec(1.0, 0, 0.95), dict(depth=3, top_k=2, budget=5, sampled=True))

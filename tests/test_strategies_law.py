@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import compose.composing as composing
 from compose.options import TreeOptions
 from compose.registry import make_strategy
+from routing import DomainRouter
 from trees import SamplingSpec, StepFeedback, verify, verify_batch
 
 from strategy_law import DrafterShape, TableDrafter, root_target, strategy_case, table_drafters
@@ -35,6 +36,7 @@ STRATEGY_CASES = [
     ("merged_tree", {}, dict(merge_budget="equal", budget=2), False),
     ("online", dict(probe_every=2), {}, False),
     ("online", dict(probe_every=2, probe_tree="merged"), {}, False),
+    ("domain", {}, {}, True),
 ]
 
 
@@ -45,17 +47,27 @@ def steps_of(name: str, drafters: dict, tree: TreeOptions, sampling: SamplingSpe
     the same tree) before the next step, as in the engine: routing that learns from feedback."""
     spec = tree.spec()
     generator, verifier = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
-    cache: dict = {}
+    cache: dict = {"domain_router": random_router(list(drafters))}
     made = make_strategy(name, drafters, tree, cache, **kwargs)
+    prompts = torch.Generator().manual_seed(3)
 
     def step(i: int):
         strategy = make_strategy(name, drafters, tree, cache, **kwargs) if turn_start else made
+        if turn_start:  # a new turn: a random prompt's hidden states (what the domain router reads)
+            strategy.start(torch.zeros(1, dtype=torch.long), (torch.randn(3, 4, generator=prompts),))
         proposal = strategy.propose(0, spec, sampling, generator)
         if target_logits is not None:
             strategy.observe(feedback_for(proposal, target_logits, sampling, verifier))
         return proposal.tree
 
     return step
+
+
+def random_router(names: list[str]) -> DomainRouter:
+    """A domain router over 4-wide features that picks among `names` by the prompt."""
+    g = torch.Generator().manual_seed(4)
+    return DomainRouter(names, torch.randn(len(names), 4, generator=g), torch.zeros(len(names)), torch.zeros(4),
+                        torch.ones(4))
 
 
 def feedback_for(proposal, target_logits, sampling, generator) -> StepFeedback:

@@ -1,0 +1,102 @@
+"""`specmux route`: fit the `domain` strategy's classifier for a target from its drafters'
+training domains (drafters/data.py prompt sources), report its accuracy on held-out training
+prompts and on the evaluation benchmarks (GSM8K -> math, MT-Bench -> chat), and store it beside
+the drafters."""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+from routing import fit_domain_router
+from routing.domain import DomainRouter, prompt_features
+
+EVAL_DOMAINS = {"gsm8k": "math", "mt_bench": "chat"}  # evaluation benchmark -> the domain it belongs to
+
+
+def default_domains(target: str) -> dict[str, str]:
+    """Drafter name -> training domain of every shipped drafter of `target` trained on one domain."""
+    from drafters.pretrained import PRETRAINED_DIR, pretrained_index
+
+    out = {}
+    for name in pretrained_index().get(target, []):
+        recipe = PRETRAINED_DIR / target / f"{name}.json"
+        domain = json.loads(recipe.read_text())["domain"] if recipe.is_file() else name
+        if domain in ("math", "chat"):
+            out[name] = domain
+    return out
+
+
+def domain_features(model, tokenizer, domain: str, n: int, seed: int, layer: int) -> torch.Tensor:
+    from drafters.corpus import chat_prompt_ids
+    from drafters.data import domain_prompts
+
+    ids = [torch.tensor(chat_prompt_ids(tokenizer, p)) for _, p in domain_prompts(domain, n, seed)]
+    return prompt_features(model, ids, layer)
+
+
+def accuracy(router: DomainRouter, features: dict[str, torch.Tensor]) -> float:
+    hits = total = 0
+    for name, rows in features.items():
+        for row in rows:
+            probs = router.probabilities(row)
+            hits += max(probs, key=probs.get) == name
+            total += 1
+    return hits / total if total else float("nan")
+
+
+def eval_features(model, tokenizer, domains: dict[str, str], layer: int) -> dict[str, torch.Tensor]:
+    """Router features of the evaluation benchmarks' first turns, by the drafter of their domain."""
+    from drafters.corpus import chat_prompt_ids
+    from drafters.data import eval_prompts
+
+    prompts = eval_prompts()
+    by_domain = {d: n for n, d in domains.items()}
+    out = {}
+    for bench, domain in EVAL_DOMAINS.items():
+        if domain in by_domain and prompts.get(bench):
+            ids = [torch.tensor(chat_prompt_ids(tokenizer, p)) for p in prompts[bench]]
+            out[by_domain[domain]] = prompt_features(model, ids, layer)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="specmux route", description=__doc__.split("\n\n")[0])
+    p.add_argument("--target", default="smollm2-135m-instruct")
+    p.add_argument("--drafter", action="append", default=[], metavar="NAME=DOMAIN",
+                   help="a drafter and its training domain, e.g. math=math (repeatable; default: the shipped ones)")
+    p.add_argument("--prompts", type=int, default=200, help="training prompts per domain")
+    p.add_argument("--seed", type=int, default=0, help="prompt seed (0: the drafters' own training prompts)")
+    p.add_argument("--layer", type=int, default=-1, help="target hidden-state layer (-1: final)")
+    p.add_argument("--out", type=Path, default=None, help="default: beside the target's shipped drafters")
+    args = p.parse_args(argv)
+
+    from .defaults import DOMAIN_ROUTER_FILE
+    from .models import load_target
+
+    try:
+        domains = dict(d.split("=", 1) for d in args.drafter) if args.drafter else default_domains(args.target)
+        if len(domains) < 2:
+            raise ValueError(f"a domain router needs at least two drafters with a training domain, got {domains}")
+        out = args.out
+        if out is None:
+            from drafters.pretrained import PRETRAINED_DIR
+
+            out = PRETRAINED_DIR / args.target / DOMAIN_ROUTER_FILE
+        model, tokenizer = load_target(args.target)
+        feats = {n: domain_features(model, tokenizer, d, args.prompts, args.seed, args.layer) for n, d in domains.items()}
+    except ValueError as e:
+        print(f"specmux route: error: {e}", file=sys.stderr)
+        return 2
+    held = {n: random.Random(args.seed).sample(range(len(f)), len(f) // 5) for n, f in feats.items()}
+    train = {n: f[[i for i in range(len(f)) if i not in set(held[n])]] for n, f in feats.items()}
+    report = {"held_out_accuracy": accuracy(fit_domain_router(train, args.layer), {n: f[held[n]] for n, f in feats.items()})}
+    router = fit_domain_router(feats, args.layer)
+    report["eval_accuracy"] = accuracy(router, eval_features(model, tokenizer, domains, args.layer))
+    router.save(out)
+    print(json.dumps({"domains": domains, "prompts_per_domain": args.prompts, **report, "saved": str(out)}, indent=2))
+    return 0
