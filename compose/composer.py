@@ -9,7 +9,7 @@ import torch
 from transformers import PreTrainedModel
 
 from drafters.base import Drafter
-from routing import DomainRouter
+from routing import Calibration, DomainRouter
 
 from .engine import decode
 from .options import GenerateOptions
@@ -28,7 +28,10 @@ class Composer:
     or a spec string ("early-exit:8", "lm:qwen2.5-coder-0.5b-instruct", "eagle:/path/to/ckpt").
     strategy: the default for generate() (None: compose.registry.default_strategy of the drafters).
     domain_router: the `domain` strategy's classifier (a routing.DomainRouter or its file;
-    default: the one shipped with a built-in target's drafters, if any)."""
+    default: the one shipped with a built-in target's drafters, if any). calibration: the
+    starting fits of the calibrated routing signals (a routing.Calibration or its file; default:
+    the one shipped with a built-in target's drafters, else unfitted); they keep learning from
+    every verified step of the confidence and entropy strategies (`save_calibration`)."""
 
     def __init__(
         self,
@@ -37,6 +40,7 @@ class Composer:
         strategy: str | None = None,
         tokenizer=None,
         domain_router=None,
+        calibration=None,
         **defaults: Any,
     ):
         if isinstance(target, PreTrainedModel):
@@ -53,11 +57,13 @@ class Composer:
         for name, d in (drafters or {}).items():
             self.add_drafter(name, d)
         self.strategy = strategy
-        if domain_router is None and isinstance(target, str):
-            from .defaults import default_domain_router
+        from .defaults import CALIBRATION_FILE, DOMAIN_ROUTER_FILE, shipped_routing_file
 
-            domain_router = default_domain_router(target)
+        domain_router = domain_router if domain_router is not None else shipped_routing_file(target, DOMAIN_ROUTER_FILE)
         self.domain_router = DomainRouter.load(domain_router) if isinstance(domain_router, (str, Path)) else domain_router
+        calibration = calibration if calibration is not None else shipped_routing_file(target, CALIBRATION_FILE)
+        self.calibration = (Calibration.load(calibration) if isinstance(calibration, (str, Path))
+                            else calibration or Calibration())
         self.defaults = GenerateOptions(**defaults).model_dump(exclude_unset=True)
         self.eos_ids = _eos_ids(model, tokenizer)
 
@@ -74,7 +80,12 @@ class Composer:
         """State strategies keep across generations (derived drafters, routing statistics) and the
         routing assets they read (the domain router)."""
         self._strategy_cache["domain_router"] = self.domain_router
+        self._strategy_cache["calibration"] = self.calibration
         return self._strategy_cache
+
+    def save_calibration(self, path: str | Path) -> Path:
+        """Write the calibrated signals' fits (e.g. to ship beside the drafters as calibration.json)."""
+        return self.calibration.save(path)
 
     def unavailable(self, strategy: str) -> str | None:
         """Why `strategy` cannot run with this Composer's drafters and routing assets (None: it can)."""

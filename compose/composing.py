@@ -51,6 +51,9 @@ def proposed_gains(feedback: StepFeedback) -> dict[str, float]:
     return {n: tree_gain(t, continuation, probs) for n, t in feedback.proposed.items()}
 
 
+CALIBRATION = "calibration"  # strategy-cache key: the Composer's routing.Calibration
+
+
 class _SignalRouted(_Composing):
     """Routing by a per-tree signal, calibrated by default: the Composer keeps one
     routing.Calibration across generations (its strategy cache), and every scored tree (each
@@ -62,7 +65,7 @@ class _SignalRouted(_Composing):
 
     @classmethod
     def create(cls, drafters, tree, cache, calibrated: bool = True, **options):
-        calibration = cache.setdefault("calibration", Calibration()) if calibrated else None
+        calibration = cache.setdefault(CALIBRATION, Calibration()) if calibrated else None
         return cls(drafters, calibration=calibration, **options)
 
     def __init__(self, drafters, calibration: Calibration | None = None):

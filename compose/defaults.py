@@ -19,14 +19,16 @@ def default_drafters(target: str) -> dict[str, str]:
 
 
 DOMAIN_ROUTER_FILE = "domain_router.safetensors"
+CALIBRATION_FILE = "calibration.json"
 
 
-def default_domain_router(target):
-    """The domain router shipped with a built-in target's drafters (`specmux route` writes it
-    beside them), or None."""
+def shipped_routing_file(target, name: str):
+    """A routing asset shipped beside a built-in target's drafters (drafters/pretrained/<target>/):
+    the domain router (`specmux route` writes it) or the signal calibration (`specmux eval`
+    writes one into its output folder), or None."""
     from drafters.pretrained import PRETRAINED_DIR, pretrained_index
 
     if not isinstance(target, str) or target not in pretrained_index():
         return None
-    path = PRETRAINED_DIR / target / DOMAIN_ROUTER_FILE
+    path = PRETRAINED_DIR / target / name
     return path if path.is_file() else None

@@ -24,8 +24,8 @@ def default_domains(target: str) -> dict[str, str]:
 
     out = {}
     for name in pretrained_index().get(target, []):
-        recipe = PRETRAINED_DIR / target / f"{name}.json"
-        domain = json.loads(recipe.read_text())["domain"] if recipe.is_file() else name
+        config = json.loads((PRETRAINED_DIR / target / name / "config.json").read_text())
+        domain = (config.get("training") or {}).get("domain", name)  # the recipe it was trained with
         if domain in ("math", "chat"):
             out[name] = domain
     return out

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampled-tree", action="store_true", default=None, help="draw tree children from the drafters")
     p.add_argument("--no-chat", dest="chat", action="store_false", default=None, help="plain-text prompts")
     p.add_argument("--analysis", action="store_true", default=None, help="routing accuracy against the oracle (slow)")
+    p.add_argument("--domain-router", help="the domain strategy's classifier file (default: the shipped one)")
+    p.add_argument("--calibration", help="starting fits of the calibrated routing signals (default: the shipped ones)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default min(2, CPUs))")
     p.add_argument("--out", help="output folder (default runs/eval-<timestamp>); an existing one resumes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -75,6 +77,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         "sample_seed": args.sample_seed, "temperatures": args.temperatures, "seeds": args.seeds,
         "max_new_tokens": args.max_new_tokens, "top_p": args.top_p, "top_k": args.top_k, "chat": args.chat,
         "analysis": args.analysis, "threads": args.threads, "out": args.out,
+        "domain_router": args.domain_router, "calibration": args.calibration,
         "drafters": dict(args.drafters) if args.drafters else None,
         "limit": args.limit,
     }

@@ -49,6 +49,10 @@ class EvalConfig(BaseModel):
     chat: bool | None = Field(None, description="apply the chat template; None: when the tokenizer has one")
     analysis: bool = Field(False, description="routing accuracy against the oracle choice (replays every "
                                               "greedy routed step once per drafter: slow)")
+    domain_router: Path | None = Field(None, description="the `domain` strategy's classifier file (`specmux route`); "
+                                                         "None: the one shipped with the target's drafters")
+    calibration: Path | None = Field(None, description="starting fits of the calibrated routing signals; None: the "
+                                                       "shipped ones, else unfitted (the run writes calibration.json)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None: min(2, CPU count)")
     out: Path | None = Field(None, description="output folder; None: runs/eval-<timestamp>; an existing one resumes")
 
@@ -71,7 +75,8 @@ class EvalConfig(BaseModel):
 
     def result_settings(self) -> dict:
         """The settings every stored record depends on: a resumed run must match them."""
-        return self.model_dump(mode="json", include={"target", "drafters", "max_new_tokens", "top_p", "top_k", "tree", "chat"})
+        return self.model_dump(mode="json", include={"target", "drafters", "max_new_tokens", "top_p", "top_k", "tree", "chat",
+                                                       "domain_router"})
 
     def thread_count(self) -> int:
         return self.threads or max(1, min(2, os.cpu_count() or 1))

@@ -34,6 +34,7 @@ from .report import build_summary, console_table, markdown_report
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE, REPORT_FILE = "config.json", "results.jsonl", "summary.json", "report.md"
+CALIBRATION_FILE = "calibration.json"  # the run's calibrated-signal fits (ship beside the drafters to reuse)
 
 
 @dataclass
@@ -153,7 +154,8 @@ def _run_eval(config: EvalConfig, progress: bool, echo: Callable[[str], None]) -
 
     echo(f"specmux eval -> {out_dir}")
     echo(f"target {config.target}; drafters {drafters} ({source})")
-    composer = Composer(config.target, drafters=drafters)
+    composer = Composer(config.target, drafters=drafters, domain_router=config.domain_router,
+                        calibration=config.calibration)
     chat = config.chat if config.chat is not None else bool(getattr(composer.tokenizer, "chat_template", None))
     runs, skipped = resolve_strategies(composer, config, chat)
     echo("strategies: " + ", ".join([BASELINE] + [r.label for r in runs])
@@ -167,6 +169,8 @@ def _run_eval(config: EvalConfig, progress: bool, echo: Callable[[str], None]) -
         echo(f"resuming: {len(units) * len(all_runs) - todo} of {len(units) * len(all_runs)} runs already in {RESULTS_FILE}")
 
     generated = _run_units(composer, config, all_runs, units, store, chat, todo, progress)
+    if any(composer.calibration.observations(s) for s in ("confidence", "entropy")):
+        composer.save_calibration(out_dir / CALIBRATION_FILE)  # what the calibrated signals learnt this run
 
     # the summary covers exactly this config's selection (a resumed folder may hold more)
     wanted = {_key(item, r.label, t, s) for t, s, item in units for r in all_runs}

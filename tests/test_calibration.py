@@ -93,3 +93,16 @@ def test_calibrated_routing_picks_the_drafter_that_gets_accepted(strategy, warm_
     late = [name for r in routed[warm_up:] for name in r.stats.routing]
     assert late.count("humble") >= 0.9 * len(late)
     assert routed[-1].stats.tau > raw.stats.tau
+
+
+def test_composer_starts_from_a_stored_calibration_and_saves_what_it_learnt(tmp_path):
+    composer = Composer(TARGET, drafters=drafters())
+    tree = dict(depth=3, top_k=2, budget=6)
+    for prompt in ([3, 1, 4], [2, 7, 1, 8]):
+        composer.generate(prompt, strategy="confidence", max_new_tokens=16, tree=tree)
+    path = composer.save_calibration(tmp_path / "calibration.json")
+    warm = Composer(TARGET, drafters=drafters(), calibration=path)  # a fresh composer, the learnt fits
+    first = warm.generate([5, 9], strategy="confidence", max_new_tokens=8, tree=tree)
+    assert first.stats.routing[0] == "humble"
+    cold = Composer(TARGET, drafters=drafters()).generate([5, 9], strategy="confidence", max_new_tokens=8, tree=tree)
+    assert cold.stats.routing[0] == "sharp"

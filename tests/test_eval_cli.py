@@ -12,6 +12,7 @@ import eval.runner
 from compose import Composer
 from compose.registry import STRATEGIES
 from compose.strategies import Autoregressive
+from routing import Calibration
 from eval.cli import build_parser, config_from_args, main
 from eval.config import EvalConfig
 from eval.plan import resolve_strategies
@@ -201,4 +202,5 @@ def test_analysis_mode_scores_routing_against_the_oracle(target, tmp_path):
     assert accuracy["turns"] == len(records["confidence"].turns) and 0.0 <= accuracy["turn_accuracy"] <= 1.0
     report = (out / "report.md").read_text()
     assert "Routing against the oracle" in report and "accuracy per turn" in report
+    assert set(Calibration.load(out / "calibration.json").observations("confidence")) == {"d1", "d2"}
     assert (out / "routing.png").read_bytes()[:8] == PNG_MAGIC
