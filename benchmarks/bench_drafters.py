@@ -14,7 +14,7 @@ import time
 import torch
 from transformers import DynamicCache
 
-from compose.models import load_target
+from drafters.assets import load_target
 from drafters import DrafterConfig, FeatureDrafter, build_drafter_model
 from drafters.kv import truncate_cache
 from trees import DraftTree

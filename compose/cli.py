@@ -1,4 +1,5 @@
-"""`specmux` command line: generate | eval | train | models."""
+"""`specmux generate`: text from a prompt with a composition strategy (the `specmux` dispatcher
+is eval/commands.py)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,7 @@ import json
 import sys
 
 
-def _generate(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="specmux generate", description="Generate text with a composition strategy.")
     p.add_argument("prompt", help="prompt text (use --chat to apply the chat template)")
     p.add_argument("--target", default="smollm2-135m-instruct")
@@ -50,42 +51,6 @@ def _generate(argv: list[str]) -> int:
     if args.stats:
         print(json.dumps(composer.last_result.stats.summary(), indent=2))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {
-        "generate": "generate text with a strategy",
-        "eval": "compare strategies per benchmark, temperature and depth (the main job)",
-        "train": "train a specialist drafter for a target",
-        "route": "fit the domain router (the `domain` strategy) from the drafters' training domains",
-        "models": "convert/check the built-in models (python -m compose.models)",
-    }
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print("usage: specmux {" + ",".join(commands) + "} ...\n")
-        for name, what in commands.items():
-            print(f"  {name:<9} {what}")
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    cmd, rest = argv[0], argv[1:]
-    if cmd == "generate":
-        return _generate(rest)
-    if cmd == "eval":
-        from eval.cli import main as eval_main
-
-        return eval_main(rest)
-    if cmd == "route":
-        from .route_fit import main as route_main
-
-        return route_main(rest)
-    if cmd == "train":
-        from drafters.cli import main as train_main
-
-        from .models import load_target
-
-        return train_main(rest, load_target=load_target)
-    from .models import main as models_main
-
-    return models_main(rest)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ Prompt = str | Sequence[Mapping[str, str]] | torch.Tensor | Sequence[int]
 class Composer:
     """`Composer(target, drafters={"math": ..., "chat": ...}, strategy="merged_tree")`.
 
-    target: a built-in name (see compose.models.BUILTIN_MODELS), a local transformers folder, or
+    target: a built-in name (see drafters.assets.BUILTIN_MODELS), a local transformers folder, or
     a loaded PreTrainedModel (pass `tokenizer=` to use text prompts). drafters: name -> Drafter
     or a spec string ("early-exit:8", "lm:qwen2.5-coder-0.5b-instruct", "eagle:/path/to/ckpt").
     strategy: the default for generate() (None: compose.registry.default_strategy of the drafters).
@@ -46,7 +46,7 @@ class Composer:
         if isinstance(target, PreTrainedModel):
             model = target
         else:
-            from .models import load_target
+            from drafters.assets import load_target
 
             model, loaded_tokenizer = load_target(target)
             tokenizer = tokenizer or loaded_tokenizer

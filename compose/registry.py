@@ -63,7 +63,7 @@ def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:
     if kind == "lm":
         from drafters.lm import CausalLMDrafter
 
-        from .models import load_target
+        from drafters.assets import load_target
 
         model, tokenizer = load_target(arg)
         if target.tokenizer is not None and tokenizer.get_vocab() != target.tokenizer.get_vocab():

@@ -1,7 +1,45 @@
-"""Result and statistics records of one generation (pydantic: eval/ serialises them as-is)."""
+"""Result and statistics records of one generation (pydantic: eval/ serialises them as-is), and
+the one definition of the acceptance metrics (docs/design.md "Measuring"), which eval/metrics.py
+applies to steps pooled across prompts."""
 from __future__ import annotations
 
+from collections import Counter
+from typing import Iterable, Mapping, Sequence
+
 from pydantic import BaseModel, Field
+
+NAN = float("nan")
+
+
+def mean_accepted_length(accepted: Iterable[int]) -> float:
+    """τ: tokens emitted per verifier forward (accepted draft tokens + the bonus token); nan
+    without forwards."""
+    steps = emitted = 0
+    for a in accepted:
+        steps += 1
+        emitted += a + 1
+    return emitted / steps if steps else NAN
+
+
+def per_depth_acceptance(accepted: Sequence[int], max_depth: int | None = None) -> dict[str, list[float]]:
+    """'unconditional'[d-1] = forwards that accepted >= d draft tokens / forwards;
+    'conditional'[d-1] = the same / forwards that accepted >= d-1 (nan when none did).
+    max_depth defaults to the deepest acceptance seen."""
+    n = len(accepted)
+    depth = max([0, *accepted]) if max_depth is None else max_depth
+    reach = [sum(a >= d for a in accepted) for d in range(depth + 1)]  # reach[0] == n
+    return {
+        "unconditional": [reach[d] / n if n else NAN for d in range(1, depth + 1)],
+        "conditional": [reach[d] / reach[d - 1] if reach[d - 1] else NAN for d in range(1, depth + 1)],
+    }
+
+
+def drafter_shares(proposer_counts: Mapping[str, int], accepted_tokens: int) -> dict[str, float]:
+    """Share of accepted draft tokens each drafter proposed (a token proposed by k drafters
+    counts for each of them, so shares may sum above 1)."""
+    if not accepted_tokens:
+        return {}
+    return {name: proposer_counts[name] / accepted_tokens for name in sorted(proposer_counts)}
 
 
 class StepRecord(BaseModel):
@@ -32,32 +70,22 @@ class GenerationStats(BaseModel):
     @property
     def tau(self) -> float:
         """Mean accepted length: tokens emitted per verifier forward, bonus token included."""
-        return sum(s.accepted + 1 for s in self.steps) / max(1, len(self.steps))
+        return mean_accepted_length(s.accepted for s in self.steps)
 
     @property
     def accept_lengths(self) -> list[int]:
         return [s.accepted for s in self.steps]
 
     def per_depth_acceptance(self, max_depth: int | None = None) -> dict[str, list[float]]:
-        """'unconditional'[d-1] = steps that accepted >= d draft tokens / steps;
-        'conditional'[d-1] = the same / steps that accepted >= d-1 (nan when none did)."""
-        n = len(self.steps)
-        depth = max_depth or max([s.accepted for s in self.steps] + [0])
-        reach = [sum(s.accepted >= d for s in self.steps) for d in range(depth + 1)]
-        uncond = [reach[d] / n if n else float("nan") for d in range(1, depth + 1)]
-        cond = [reach[d] / reach[d - 1] if reach[d - 1] else float("nan") for d in range(1, depth + 1)]
-        return {"unconditional": uncond, "conditional": cond}
+        return per_depth_acceptance(self.accept_lengths, max_depth)
+
+    def proposer_counts(self) -> dict[str, int]:
+        """Accepted draft tokens each drafter proposed."""
+        counts = Counter(name for s in self.steps for names in s.accepted_by for name in names)
+        return dict(sorted(counts.items()))
 
     def drafter_shares(self) -> dict[str, float]:
-        """Share of accepted draft tokens proposed by each drafter (a token proposed by k
-        drafters counts for each of them, so shares may sum above 1)."""
-        total = sum(len(s.accepted_by) for s in self.steps)
-        counts: dict[str, int] = {}
-        for s in self.steps:
-            for names in s.accepted_by:
-                for n in names:
-                    counts[n] = counts.get(n, 0) + 1
-        return {k: v / total for k, v in sorted(counts.items())} if total else {}
+        return drafter_shares(self.proposer_counts(), sum(len(s.accepted_by) for s in self.steps))
 
     def phase_times(self) -> dict[str, float]:
         return {

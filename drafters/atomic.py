@@ -75,6 +75,13 @@ def recover_folder(path: str | Path) -> Path:
     """Finish a swap a crash interrupted (a complete new version wins), drop leftovers; cheap
     when there is nothing to do (three stat calls). Returns `path`."""
     path = Path(path)
+    settle(path)
+    shutil.rmtree(staging_path(path), ignore_errors=True)
+    return path
+
+
+def settle(path: Path) -> None:
+    """Finish or undo an interrupted swap; leaves a folder being staged alone."""
     ready, retired = _ready(path), _retired(path)
     if ready.exists():
         if path.exists():
@@ -87,8 +94,6 @@ def recover_folder(path: str | Path) -> Path:
             shutil.rmtree(retired)
         else:  # the old version moved away, the new one never became ready: keep the old
             os.replace(retired, path)
-    shutil.rmtree(staging_path(path), ignore_errors=True)
-    return path
 
 
 def staging_folder(path: str | Path) -> Path:
@@ -99,11 +104,14 @@ def staging_folder(path: str | Path) -> Path:
     return staged
 
 
-def commit_folder(path: str | Path, keep_others: bool = True) -> None:
-    """Swap the staged folder in. keep_others: files of the current version that the new one
-    does not write (a README beside a checkpoint, say) are carried over (hard links)."""
+def commit_folder(path: str | Path, keep_others: bool = True, staged: Path | None = None) -> None:
+    """Swap the staged folder (or a complete folder `staged` on the same filesystem) in.
+    keep_others: files of the current version that the new one does not write (a README
+    beside a checkpoint, say) are carried over (hard links)."""
     path = Path(path)
-    staged, ready, retired = staging_path(path), _ready(path), _retired(path)
+    ready, retired = _ready(path), _retired(path)
+    staged = staged or staging_path(path)
+    settle(path)
     if keep_others and path.is_dir():
         for entry in path.iterdir():
             if not (staged / entry.name).exists():
@@ -130,7 +138,7 @@ def _link_or_copy(src, dst) -> None:
 
 
 @contextlib.contextmanager
-def replaced_folder(path: str | Path) -> Iterator[Path]:
+def replaced_folder(path: str | Path, keep_others: bool = True) -> Iterator[Path]:
     """Yield an empty folder; when the block succeeds it takes `path`'s place as a unit."""
     staged = staging_folder(path)
     try:
@@ -138,4 +146,4 @@ def replaced_folder(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    commit_folder(path)
+    commit_folder(path, keep_others)

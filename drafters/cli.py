@@ -7,6 +7,8 @@ Multi-GPU: `accelerate launch $(which specmux) train ...` (or torchrun with the 
 training shards batches over the processes. Build the corpus and the state cache with one
 process first (a plain run with --epochs 0 is not allowed, so use the same command once on one
 GPU and interrupt it after "cache hidden states", or simply let it finish).
+
+`specmux export` / `specmux import`: serving formats (drafters/speculators.py, docs/serving.md).
 """
 from __future__ import annotations
 
@@ -20,13 +22,15 @@ import torch
 from pydantic import ValidationError
 
 from .atomic import write_json, write_text
-from .checkpoint import save_drafter
+from . import assets
+from .checkpoint import load_drafter_model, read_config, save_drafter
 from .config import DrafterConfig
 from .corpus import load_corpus, regenerate_corpus
 from .data import domain_prompts, drop_overlapping, eval_prompts, overlap_report
 from .heads import most_frequent_tokens
 from .hidden_cache import OnlineStates, cache_hidden_states, load_hidden_cache
 from .model import build_drafter_model
+from .speculators import export_speculators, import_speculators
 from .train import TrainConfig, evaluate_drafter, train_drafter
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -116,14 +120,63 @@ def run(cfg: TrainConfig, target, tokenizer, progress: bool = True) -> Path:
 
 
 def main(argv: list[str] | None = None, load_target: Callable[[str], tuple] | None = None) -> int:
+    """`specmux train`; `load_target` (name -> (model, tokenizer)) defaults to the built-in loader."""
     try:
         cfg = parse_config(argv)
     except ValueError as e:
         print(f"specmux train: {e}", file=sys.stderr)
         return 2
-    if load_target is None:
-        raise ValueError("drafters.cli.main needs load_target (the specmux CLI passes compose.models.load_target)")
-    model, tokenizer = load_target(cfg.target)
+    model, tokenizer = (load_target or assets.load_target)(cfg.target)
     model.eval().requires_grad_(False)
     run(cfg, model, tokenizer)
+    return 0
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """`specmux export CHECKPOINT OUT`: a specmux drafter as a folder vLLM / SGLang serve."""
+    p = argparse.ArgumentParser(
+        prog="specmux export",
+        description="Write a trained drafter in the format vLLM and SGLang serve: the speculators eagle3 folder "
+                    "for eagle3 drafters, vLLM's EAGLE folder for eagle1 ones (see docs/serving.md).")
+    p.add_argument("checkpoint", help="a specmux drafter checkpoint folder")
+    p.add_argument("out", help="output folder (replaced as a unit)")
+    p.add_argument("--target", help="built-in name or folder of the target (default: the one it was trained for)")
+    p.add_argument("--verifier", help="target name or path recorded for the server (default: the target's folder)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: the checkpoint's)")
+    p.add_argument("--speculative-tokens", type=int, default=3, help="draft tokens per step recorded in the config")
+    args = p.parse_args(argv)
+    try:
+        cfg, _ = read_config(args.checkpoint)
+        target_ref = args.target or cfg.target_name
+        target, _ = assets.load_target(target_ref)
+        model = load_drafter_model(args.checkpoint, target)
+        verifier = args.verifier or str(assets.resolve_model_dir(target_ref))
+        out = export_speculators(model, args.out, verifier=verifier, speculative_tokens=args.speculative_tokens,
+                                 dtype=DTYPES[args.dtype] if args.dtype else None,
+                                 verifier_architectures=list(target.config.architectures or []) or None)
+    except (ValueError, assets.ModelAssetError) as e:
+        print(f"specmux export: error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+def import_main(argv: list[str] | None = None) -> int:
+    """`specmux import FOLDER OUT --target T`: a speculators eagle3 / vLLM EAGLE drafter as a specmux checkpoint."""
+    p = argparse.ArgumentParser(
+        prog="specmux import",
+        description="Read a speculators eagle3 folder or a vLLM EAGLE (llama) drafter folder and write a specmux "
+                    "drafter checkpoint, validated against the target.")
+    p.add_argument("folder", help="the drafter folder to import")
+    p.add_argument("out", help="specmux checkpoint folder to write (replaced as a unit)")
+    p.add_argument("--target", default=assets.DEFAULT_TARGET, help="built-in name or folder of the target")
+    args = p.parse_args(argv)
+    try:
+        target, _ = assets.load_target(args.target)
+        model = import_speculators(args.folder, target, target_name=args.target)
+        out = save_drafter(model, args.out, target=target)
+    except (ValueError, assets.ModelAssetError) as e:
+        print(f"specmux import: error: {e}", file=sys.stderr)
+        return 2
+    print(out)
     return 0

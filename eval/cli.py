@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from compose.models import ModelAssetError
+    from drafters.assets import ModelAssetError
 
     try:
         config = config_from_args(args)

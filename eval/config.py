@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from compose.models import DEFAULT_TARGET
+from drafters.assets import DEFAULT_TARGET
 from compose.options import TreeOptions
 
 from .datasets import BENCHMARKS

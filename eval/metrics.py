@@ -19,36 +19,23 @@ import math
 from collections import Counter
 from typing import Iterable, Sequence
 
-from .records import BASELINE, RunRecord, TurnLog
+from compose.types import NAN, mean_accepted_length, per_depth_acceptance
+from compose.types import drafter_shares as shares_of_accepted
 
-NAN = float("nan")
+from .records import BASELINE, RunRecord, TurnLog
 PHASES = ("prefill", "draft", "verify", "forward", "total")
 
 
 def tau(turns: Iterable[TurnLog]) -> float:
-    steps = emitted = 0
-    for t in turns:
-        steps += len(t.accepted)
-        emitted += sum(a + 1 for a in t.accepted)
-    return emitted / steps if steps else NAN
-
-
-def per_depth_acceptance(accepted: Sequence[int], max_depth: int) -> dict[str, list[float]]:
-    n = len(accepted)
-    reach = [sum(a >= d for a in accepted) for d in range(max_depth + 1)]  # reach[0] == n
-    return {
-        "unconditional": [reach[d] / n if n else NAN for d in range(1, max_depth + 1)],
-        "conditional": [reach[d] / reach[d - 1] if reach[d - 1] else NAN for d in range(1, max_depth + 1)],
-    }
+    return mean_accepted_length(a for t in turns for a in t.accepted)
 
 
 def drafter_shares(turns: Iterable[TurnLog]) -> dict[str, float]:
     turns = list(turns)
-    total = sum(sum(t.accepted) for t in turns)
     counts: Counter[str] = Counter()
     for t in turns:
         counts.update(t.accepted_by)
-    return {name: counts[name] / total for name in sorted(counts)} if total else {}
+    return shares_of_accepted(counts, sum(sum(t.accepted) for t in turns))
 
 
 def routing_shares(turns: Iterable[TurnLog]) -> dict[str, float]:

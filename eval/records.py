@@ -43,16 +43,11 @@ class TurnLog(BaseModel):
     @classmethod
     def from_result(cls, result: GenerationResult) -> "TurnLog":
         stats = result.stats
-        counts: dict[str, int] = {}
-        for step in stats.steps:
-            for names in step.accepted_by:
-                for name in names:
-                    counts[name] = counts.get(name, 0) + 1
         return cls(
             prompt_tokens=len(result.prompt_ids), token_ids=list(result.token_ids), text=result.text,
             finish_reason=result.finish_reason, new_tokens=stats.new_tokens,
             accepted=[s.accepted for s in stats.steps], tree_sizes=[s.tree_size for s in stats.steps],
-            step_drafters=[s.drafter for s in stats.steps], accepted_by=dict(sorted(counts.items())),
+            step_drafters=[s.drafter for s in stats.steps], accepted_by=stats.proposer_counts(),
             routing=list(stats.routing), times=stats.phase_times(),
         )
 

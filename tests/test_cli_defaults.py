@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import compose.defaults
-from compose.cli import main as specmux
+from eval.commands import main as specmux
 from compose.registry import DEFAULT_COMPOSING, default_strategy
 from eval.records import RunRecord
 from eval_helpers import tiny_target_folder

