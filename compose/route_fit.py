@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from .defaults import DOMAIN_ROUTER_FILE
-    from .models import load_target
+    from drafters.assets import load_target
 
     try:
         domains = dict(d.split("=", 1) for d in args.drafter) if args.drafter else default_domains(args.target)

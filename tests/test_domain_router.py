@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from compose import Composer
-from compose.cli import main as specmux
+from eval.commands import main as specmux
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from routing import DomainRouter, fit_domain_router
 from routing.domain import prompt_features
