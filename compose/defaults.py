@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 EARLY_EXIT_DEFAULTS = {"ee6": "early-exit:6", "ee12": "early-exit:12"}
+# the specialists composed by default (the pair TAPS composes); a shipped `mixed` drafter is the
+# single-drafter baseline they are measured against, named explicitly when wanted
+DEFAULT_DOMAINS = ("math", "chat")
 
 
 def default_drafters(target: str) -> dict[str, str]:
@@ -10,7 +13,9 @@ def default_drafters(target: str) -> dict[str, str]:
     composing strategies always have at least two drafters."""
     from drafters import pretrained_drafters
 
-    found = dict(pretrained_drafters(str(target)))
+    shipped = pretrained_drafters(str(target))
+    preferred = {d: shipped[d] for d in DEFAULT_DOMAINS if d in shipped}
+    found = preferred if len(preferred) >= 2 else dict(shipped)
     for name, spec in EARLY_EXIT_DEFAULTS.items():
         if len(found) >= 2:
             break

@@ -17,10 +17,11 @@ from tqdm.auto import tqdm
 from .atomic import write_json, write_text
 
 
-def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """The user turn plus the assistant header, as the target expects to continue it."""
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                        tokenize=True, return_dict=False)
+def chat_prompt_ids(tokenizer, prompt: str | list[dict]) -> list[int]:
+    """The user turn (or a whole conversation ending with a user turn) plus the assistant
+    header, as the target expects to continue it."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     return list(ids["input_ids"] if isinstance(ids, dict) else ids)
 
 
@@ -51,13 +52,19 @@ def prompts_digest(prompts: list[tuple[str, str]]) -> str:
 
 
 @torch.no_grad()
-def regenerate_corpus(model, tokenizer, prompts: list[tuple[str, str]], out_dir: str | Path,
+def regenerate_corpus(model, tokenizer, prompts: list[tuple[str, str | list[dict]]], out_dir: str | Path,
                       batch_size: int = 8, max_new_tokens: int = 128, temperature: float = 0.0,
-                      seed: int = 0) -> Path:
-    """Generate the target's own response to every (domain, prompt), batched and resumable."""
+                      seed: int = 0, max_prompt_tokens: int | None = None, desc: str | None = None) -> Path:
+    """Generate the target's own response to every (domain, prompt), batched and resumable.
+    Prompts are batched in order of token length (less padding); record ids keep the input
+    order. Prompts longer than `max_prompt_tokens` are skipped (counted in the manifest)."""
     out_dir = Path(out_dir)
+    prompt_ids = [chat_prompt_ids(tokenizer, p) for _, p in prompts]
+    keep = [i for i, ids in enumerate(prompt_ids) if max_prompt_tokens is None or len(ids) <= max_prompt_tokens]
+    keep.sort(key=lambda i: len(prompt_ids[i]))
     manifest = {"prompts": len(prompts), "digest": prompts_digest(prompts), "batch_size": batch_size,
-                "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+                "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
+                "max_prompt_tokens": max_prompt_tokens, "kept_prompts": len(keep), "order": "length"}
     man_path = out_dir / "manifest.json"
     if man_path.exists():
         old = json.loads(man_path.read_text())
@@ -65,20 +72,20 @@ def regenerate_corpus(model, tokenizer, prompts: list[tuple[str, str]], out_dir:
             raise ValueError(f"{out_dir} holds a corpus made with other prompts or settings ({old}); use a new folder")
     else:
         write_json(man_path, manifest)
-    batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
+    batches = [keep[i : i + batch_size] for i in range(0, len(keep), batch_size)]
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos))
-    for b, batch in enumerate(tqdm(batches, desc=f"regenerate {out_dir.name}", unit="batch")):
+    for b, batch in enumerate(tqdm(batches, desc=desc or f"regenerate {out_dir.name}", unit="batch")):
         part = out_dir / f"part-{b:05d}.jsonl"
         if part.exists():
             continue
         torch.manual_seed(seed + b)
-        prompt_ids = [chat_prompt_ids(tokenizer, p) for _, p in batch]
-        outputs = _generate_left_padded(model, prompt_ids, pad, eos, max_new_tokens, temperature)
+        outputs = _generate_left_padded(model, [prompt_ids[i] for i in batch], pad, eos, max_new_tokens, temperature)
         lines = []
-        for k, ((domain, prompt), pids, resp) in enumerate(zip(batch, prompt_ids, outputs)):
-            rec = {"id": b * batch_size + k, "domain": domain, "prompt": prompt,
-                   "input_ids": pids + resp, "prompt_len": len(pids)}
+        for i, resp in zip(batch, outputs):
+            domain, prompt = prompts[i]
+            rec = {"id": i, "domain": domain, "prompt": prompt, "input_ids": prompt_ids[i] + resp,
+                   "prompt_len": len(prompt_ids[i])}
             lines.append(json.dumps(rec))
         write_text(part, "\n".join(lines) + "\n")
     return out_dir
@@ -124,7 +131,7 @@ def load_corpus(out_dir: str | Path) -> list[dict]:
         for line in part.read_text().splitlines():
             if line.strip():
                 records.append(json.loads(line))
-    return records
+    return sorted(records, key=lambda r: r["id"])
 
 
 def corpus_is_complete(out_dir: str | Path) -> bool:
@@ -133,4 +140,4 @@ def corpus_is_complete(out_dir: str | Path) -> bool:
     if not man.exists():
         return False
     m = json.loads(man.read_text())
-    return len(list(out_dir.glob("part-*.jsonl"))) == -(-m["prompts"] // m["batch_size"])
+    return len(list(out_dir.glob("part-*.jsonl"))) == -(-m.get("kept_prompts", m["prompts"]) // m["batch_size"])

@@ -103,6 +103,48 @@ def chat_prompts(n: int, seed: int = 0, min_chars: int = 16, max_chars: int = 15
     return usable[:n]
 
 
+def chat_turns(n: int, seed: int = 0, later_share: float = 0.4, min_chars: int = 16, max_chars: int = 1500,
+               max_context_chars: int = 3000, path=None) -> list[str | list[dict]]:
+    """n chat prompts from ShareGPT: first human turns (a string) and, for `later_share` of
+    them, a later human turn with the conversation so far (a message list ending with the
+    user turn; earlier assistant turns are ShareGPT's own, only the last answer is regenerated)."""
+    firsts, laters, seen = [], [], set()
+    want = max(4 * n, 200)
+    roles = {"human": "user", "gpt": "assistant"}
+    for rec in iter_sharegpt(path):
+        turns = [(roles.get(t.get("from")), str(t.get("value", "")).strip()) for t in rec.get("conversations") or []]
+        if not turns or turns[0][0] != "user" or any(r is None or not v for r, v in turns):
+            continue
+        text = turns[0][1]
+        if min_chars <= len(text) <= max_chars and text not in seen:
+            seen.add(text)
+            firsts.append(text)
+        # the last user turn whose conversation so far fits, alternating roles
+        alternating = all(r == ("user" if i % 2 == 0 else "assistant") for i, (r, _) in enumerate(turns))
+        for end in range(len(turns) - 1, 1, -1):
+            msgs = turns[: end + 1]
+            if (alternating and msgs[-1][0] == "user" and min_chars <= len(msgs[-1][1]) <= max_chars
+                    and sum(len(v) for _, v in msgs) <= max_context_chars):
+                laters.append([{"role": r, "content": v} for r, v in msgs])
+                break
+        if len(firsts) >= want and len(laters) >= want:
+            break
+    rng = random.Random(seed)
+    rng.shuffle(firsts)
+    rng.shuffle(laters)
+    n_later = min(len(laters), round(n * later_share))
+    out = firsts[: n - n_later] + laters[:n_later]
+    rng.shuffle(out)
+    if len(out) < n:
+        raise ValueError(f"ShareGPT gave only {len(out)} usable chat prompts, {n} asked")
+    return out
+
+
+def prompt_text(prompt: str | list[dict]) -> str:
+    """The text a prompt shows the model (all turns of a conversation)."""
+    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+
+
 def domain_prompts(domain: str, n: int, seed: int = 0, mix_ratio: tuple[float, float] = (1.0, 1.0)) -> list[tuple[str, str]]:
     """(domain, prompt) pairs; `mixed` takes math:chat at mix_ratio, interleaved."""
     if domain == "math":
@@ -164,4 +206,4 @@ def overlap_report(train: list[str], evals: dict[str, list[str]], n: int = 8) ->
 def drop_overlapping(prompts: list[tuple[str, str]], evals: dict[str, list[str]], n: int = 8) -> list[tuple[str, str]]:
     """Remove training prompts sharing any n-gram with an evaluation prompt."""
     eval_grams = set().union(*(ngrams(p, n) for ps in evals.values() for p in ps))
-    return [(d, p) for d, p in prompts if not ngrams(p, n) & eval_grams]
+    return [(d, p) for d, p in prompts if not ngrams(prompt_text(p), n) & eval_grams]

@@ -54,6 +54,7 @@ class TrainConfig(BaseModel):
     grad_clip: float = 1.0
     warmup_steps: int = 10
     epochs: int = Field(default=2, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)  # stop after this many optimiser steps (all epochs)
     batch_size: int = Field(default=4, ge=1)
     max_len: int = Field(default=512, ge=4)
     seed: int = 0
@@ -115,45 +116,93 @@ class Unroll(nn.Module):
 
 
 def collate(records: list[dict], max_len: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch; rows[b, u] marks entries trained (their next token is a response token)."""
+    """Right-padded batch; rows[b, u] marks entries trained (their next token is a response token).
+    Records without cached states ("features") give ids only: `add_target_states` fills them."""
     T = min(max_len, max(len(r["input_ids"]) for r in records))
     B = len(records)
-    F_, d = records[0]["features"].shape[-1], records[0]["last_hidden"].shape[-1]
+    cached = "features" in records[0]
     ids = torch.zeros(B, T, dtype=torch.long)
-    feats = torch.zeros(B, T, F_, dtype=records[0]["features"].dtype)
-    last = torch.zeros(B, T, d, dtype=records[0]["last_hidden"].dtype)
+    lengths = torch.zeros(B, dtype=torch.long)
     rows = torch.zeros(B, T - 1, dtype=torch.bool)
+    if cached:
+        F_, d = records[0]["features"].shape[-1], records[0]["last_hidden"].shape[-1]
+        feats = torch.zeros(B, T, F_, dtype=records[0]["features"].dtype)
+        last = torch.zeros(B, T, d, dtype=records[0]["last_hidden"].dtype)
     for b, r in enumerate(records):
         L = min(T, len(r["input_ids"]))
+        lengths[b] = L
         ids[b, :L] = torch.as_tensor(r["input_ids"][:L])
-        feats[b, :L], last[b, :L] = r["features"][:L], r["last_hidden"][:L]
+        if cached:
+            feats[b, :L], last[b, :L] = r["features"][:L], r["last_hidden"][:L]
         lo = max(0, int(r["prompt_len"]) - 2)  # entry u predicts position u + 2 with p at u + 1
         rows[b, lo : L - 1] = True
-    return {"ids": ids, "feats": feats, "last": last, "rows": rows}
+    batch = {"ids": ids, "rows": rows, "lengths": lengths}
+    if cached:
+        batch |= {"feats": feats, "last": last}
+    return batch
+
+
+@torch.no_grad()
+def add_target_states(batch: dict, target, layers: list[int]) -> dict:
+    """Fill feats / last from one batched target forward (right padding: causal attention keeps
+    every real position exact; padded positions are never trained)."""
+    ids = batch["ids"]
+    attn = (torch.arange(ids.shape[1], device=ids.device)[None] < batch["lengths"][:, None]).long()
+    hs = target(input_ids=ids, attention_mask=attn, output_hidden_states=True, use_cache=False).hidden_states
+    return batch | {"feats": torch.cat([hs[i] for i in layers], dim=-1), "last": hs[-1]}
 
 
 def unroll_loss(unroll: nn.Module, model: FeatureDrafterModel, batch: dict, head_weight: torch.Tensor,
-                cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+                cfg: TrainConfig, steps: int | None = None) -> tuple[torch.Tensor, dict]:
+    """Weighted distillation loss over the unroll steps, plus per-step top-1 agreement (acc_j),
+    alpha_j and the greedy chain acceptance: from anchor u a depth-`steps` chain keeps step j's
+    token while steps 0..j all match the target's argmax (the unroll feeds step j the true tokens,
+    which are the drafted ones exactly while the chain is accepted), so `chain_tau` = 1 + mean
+    accepted length is the tau of greedy chain drafting on these sequences."""
+    steps = steps or cfg.unroll_steps
     rows = batch["rows"]
     with torch.no_grad():
         target_logits = F.linear(batch["last"][:, 1:][rows].to(head_weight.dtype), head_weight).float()
         target_top = target_logits.argmax(-1)
     draft_ids = model.head.draft_ids if model.config.head == "truncated" else None
-    logits = unroll(batch["ids"], batch["feats"].to(model.dtype), rows, cfg.unroll_steps)
+    logits = unroll(batch["ids"], batch["feats"].to(model.dtype), rows, steps)
+    weights = cfg.weights() + [0.0] * max(0, steps - cfg.unroll_steps)
     loss, metrics = 0.0, {}
-    for j, (w, dl) in enumerate(zip(cfg.weights(), logits)):
+    correct = []
+    for j, (w, dl) in enumerate(zip(weights, logits)):
         keep = rows.clone()
         keep[:, :j] = False
         sel = keep[rows]
         tl = target_logits[sel]
-        loss = loss + w * distillation_loss(cfg.loss, tl, dl, draft_ids, cfg.topk, cfg.eta)
+        if w:
+            loss = loss + w * distillation_loss(cfg.loss, tl, dl, draft_ids, cfg.topk, cfg.eta)
         with torch.no_grad():
             top = dl.argmax(-1)
             top = draft_ids[top] if draft_ids is not None else top
-            metrics[f"acc_{j}"] = float((top == target_top[sel]).float().mean()) if sel.any() else float("nan")
-            metrics[f"alpha_{j}"] = float(acceptance_rate(tl, dl.detach(), draft_ids).mean()) if sel.any() else float("nan")
+            hit = top == target_top[sel]
+            correct.append(torch.zeros_like(rows).masked_scatter_(keep, hit))
+            metrics[f"acc_{j}"] = float(hit.float().mean()) if sel.any() else float("nan")
+            metrics[f"alpha_{j}"] = float(acceptance_rate(tl, dl.detach().float(), draft_ids).mean()) if sel.any() else float("nan")
+    metrics |= chain_acceptance(correct, rows)
     metrics["tokens"] = int(rows.sum())
     return loss, metrics
+
+
+def chain_acceptance(correct: list[torch.Tensor], rows: torch.Tensor) -> dict:
+    """correct[j][b, u]: step j at position u matched. Anchors u whose whole chain lies in trained
+    rows; accepted length = number of leading matched steps."""
+    steps, n = len(correct), rows.shape[1]
+    if n <= steps:
+        return {"chain_tau": float("nan"), "chain_anchors": 0}
+    span = n - steps + 1
+    anchors = torch.stack([rows[:, j : j + span] for j in range(steps)]).all(0)
+    alive = torch.ones_like(anchors)
+    accepted = torch.zeros(anchors.shape, dtype=torch.float32, device=rows.device)
+    for j in range(steps):
+        alive = alive & correct[j][:, j : j + span]
+        accepted += alive.float()
+    count = int(anchors.sum())
+    return {"chain_tau": 1.0 + float(accepted[anchors].mean()) if count else float("nan"), "chain_anchors": count}
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -164,16 +213,27 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
 
 
-def epoch_batches(n_records: int, cfg: TrainConfig, epoch: int) -> list[list[int]]:
+def epoch_batches(n_records: int, cfg: TrainConfig, epoch: int, lengths: list[int] | None = None) -> list[list[int]]:
+    """Shuffled batches; with `lengths`, each run of 32 batches is sorted by length first (less
+    padding on a GPU) and the batches are shuffled again."""
     order = list(range(n_records))
-    random.Random(cfg.seed * 1000 + epoch).shuffle(order)
-    return [order[i : i + cfg.batch_size] for i in range(0, n_records, cfg.batch_size)]
+    rng = random.Random(cfg.seed * 1000 + epoch)
+    rng.shuffle(order)
+    if lengths is not None:
+        mega = 32 * cfg.batch_size
+        order = [i for s in range(0, n_records, mega) for i in sorted(order[s : s + mega], key=lengths.__getitem__)]
+    batches = [order[i : i + cfg.batch_size] for i in range(0, n_records, cfg.batch_size)]
+    if lengths is not None:
+        rng.shuffle(batches)
+    return batches
 
 
 def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records, cfg: TrainConfig,
-                  work_dir: str | Path, log_name: str = "metrics.jsonl", progress: bool = True) -> FeatureDrafterModel:
+                  work_dir: str | Path, log_name: str = "metrics.jsonl", progress: bool = True,
+                  target=None) -> FeatureDrafterModel:
     """Train in place; resumes from work_dir/train_state when present. `records` is a sequence
-    of dicts (input_ids, features, last_hidden, prompt_len): a loaded cache or OnlineStates."""
+    of dicts (input_ids, prompt_len, and features + last_hidden from a cache or OnlineStates);
+    records without features need `target`, run once per batch (the fast path on a GPU)."""
     from accelerate import Accelerator
 
     work_dir = Path(work_dir)
@@ -182,8 +242,9 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
     torch.manual_seed(cfg.seed)
     model.train()
     optimizer = make_optimizer(model, cfg)
-    per_epoch = len(epoch_batches(len(records), cfg, 0))
-    total = per_epoch * cfg.epochs
+    lengths = [len(records[i]["input_ids"]) for i in range(len(records))] if target is not None else None
+    per_epoch = len(epoch_batches(len(records), cfg, 0, lengths))
+    total = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total))
     unroll = Unroll(model)
     unroll, optimizer, schedule = acc.prepare(unroll, optimizer, schedule)
@@ -203,13 +264,16 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
     bar = tqdm(total=total, initial=done, desc="train drafter", unit="step", disable=not (progress and acc.is_main_process))
     step = 0
     for epoch in range(cfg.epochs):
-        for b, idx in enumerate(epoch_batches(len(records), cfg, epoch)):
+        for b, idx in enumerate(epoch_batches(len(records), cfg, epoch, lengths)):
             step += 1
+            if step > total:
+                break
             if step <= done:
                 continue
             mine = idx[acc.process_index :: acc.num_processes] or idx[:1]
-            batch = {k: v.to(acc.device) for k, v in collate([records[i] for i in mine], cfg.max_len).items()}
-            loss, metrics = unroll_loss(unroll, inner, batch, head_weight, cfg)
+            batch = batch_on(acc.device, [records[i] for i in mine], cfg, target)
+            with autocast(acc.device):
+                loss, metrics = unroll_loss(unroll, inner, batch, head_weight, cfg)
             acc.backward(loss)
             loss = loss.detach()
             if cfg.grad_clip > 0:
@@ -271,18 +335,50 @@ def keep_logged_steps(log_path: Path, done: int) -> None:
     write_text(log_path, "".join(kept))
 
 
+def batch_on(device, records: list[dict], cfg: TrainConfig, target=None) -> dict:
+    batch = {k: v.to(device) for k, v in collate(records, cfg.max_len).items()}
+    if "feats" not in batch:
+        if target is None:
+            raise ValueError("records carry no cached target states: pass the target to compute them")
+        batch = add_target_states(batch, target, target_layers_of(cfg, target))
+    return batch
+
+
+def target_layers_of(cfg: TrainConfig, target) -> list[int]:
+    from .config import default_eagle3_layers  # the drafter's layers, as make_drafter_config picks them
+
+    if cfg.target_layers is not None:
+        return list(cfg.target_layers)
+    return [-1] if cfg.drafter == "eagle1" else default_eagle3_layers(int(target.config.num_hidden_layers))
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on a GPU (the losses upcast to float32); plain float32 on the CPU."""
+    dev = torch.device(device)
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+
 @torch.no_grad()
-def evaluate_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records, cfg: TrainConfig) -> dict:
-    """Mean per-step top-1 agreement with the target and alpha over `records` (token-weighted)."""
+def evaluate_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records, cfg: TrainConfig,
+                     target=None, steps: int | None = None, batch_size: int | None = None) -> dict:
+    """Token-weighted per-step top-1 agreement and alpha, and anchor-weighted greedy chain tau
+    (depth `steps`, default the training unroll) over `records`."""
     model.eval()
     unroll = Unroll(model)
+    device = head_weight.device
     sums: dict[str, float] = {}
-    tokens = 0
-    for i in range(0, len(records), cfg.batch_size):
-        batch = collate([records[k] for k in range(i, min(i + cfg.batch_size, len(records)))], cfg.max_len)
-        _, m = unroll_loss(unroll, model, batch, head_weight, cfg)
+    tokens = anchors = 0
+    bs = batch_size or cfg.batch_size
+    for i in range(0, len(records), bs):
+        batch = batch_on(device, [records[k] for k in range(i, min(i + bs, len(records)))], cfg, target)
+        with autocast(device):
+            _, m = unroll_loss(unroll, model, batch, head_weight, cfg, steps)
         for k, v in m.items():
-            if k != "tokens" and not math.isnan(v):
-                sums[k] = sums.get(k, 0.0) + v * m["tokens"]
+            if k in ("tokens", "chain_anchors") or math.isnan(v):
+                continue
+            w = m["chain_anchors"] if k == "chain_tau" else m["tokens"]
+            sums[k] = sums.get(k, 0.0) + v * w
         tokens += m["tokens"]
-    return {k: v / tokens for k, v in sums.items()} | {"tokens": tokens}
+        anchors += m["chain_anchors"]
+    out = {k: v / (anchors if k == "chain_tau" else tokens) for k, v in sums.items() if (anchors if k == "chain_tau" else tokens)}
+    return out | {"tokens": tokens, "chain_anchors": anchors}

@@ -11,6 +11,7 @@ COMMANDS = {
     "generate": ("compose.cli", "main", "generate text with a composition strategy"),
     "eval": ("eval.cli", "main", "compare strategies per benchmark, temperature and depth (the main job)"),
     "train": ("drafters.cli", "main", "train a specialist drafter for a target"),
+    "train-suite": ("drafters.suite", "main", "corpus, measured recipe and the math/chat/mixed drafters, in one run"),
     "route": ("compose.route_fit", "main", "fit the domain router (the `domain` strategy) from the drafters' training domains"),
     "export": ("drafters.cli", "export_main", "write a drafter as a folder vLLM / SGLang serve"),
     "import": ("drafters.cli", "import_main", "read a speculators / vLLM EAGLE drafter into a checkpoint"),
@@ -20,7 +21,7 @@ COMMANDS = {
 
 def usage() -> str:
     lines = [f"usage: specmux {{{','.join(COMMANDS)}}} ...", ""]
-    lines += [f"  {name:<9} {what}" for name, (_, _, what) in COMMANDS.items()]
+    lines += [f"  {name:<11} {what}" for name, (_, _, what) in COMMANDS.items()]
     return "\n".join(lines)
 
 

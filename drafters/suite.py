@@ -1,0 +1,381 @@
+"""The specialist-drafter suite: one corpus, a measured recipe, three shipped drafters.
+
+    specmux train-suite --config drafters/pretrained/smollm2-135m-instruct/suite.json
+
+Stages (each resumes from what it wrote under work_dir):
+  prompts     math word problems (templates + reasoning-gym), requests for the target to write
+              more, ShareGPT chat turns; the evaluation prompts are saved beside them so later
+              stages filter without the asset packages (run this stage where they are installed)
+  written     the target writes math word problems from the requests
+  regenerate  the target answers every prompt (greedy); held-out split per domain
+  ablate      each recipe variant trained on the mixed train set for the same number of steps,
+              scored by greedy chain tau on the held-out math and chat sets
+  final       the best variant trained on math, chat and mixed (1:1, reused, not regenerated);
+              each checkpoint gets a manifest (sha256, recipe, data, overlap, metrics, command)
+On a GPU the whole suite takes minutes; target states are computed per batch, never cached.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import assets
+from .atomic import write_json
+from .checkpoint import save_drafter
+from .corpus import load_corpus, regenerate_corpus
+from .data import chat_turns, drop_overlapping, math_prompts, overlap_report, prompt_text
+from .heads import most_frequent_tokens
+from .model import build_drafter_model
+from .train import TrainConfig, evaluate_drafter, train_drafter
+from .word_problems import clean_written_problem, word_problems, writing_requests
+
+STAGES = ("prompts", "written", "regenerate", "ablate", "final")
+DOMAINS = ("math", "chat", "mixed")
+
+
+class SuiteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = "smollm2-135m-instruct"
+    target_path: str | None = None  # a transformers folder (or a folder with gguf_file) instead of the built-in
+    gguf_file: str | None = None
+    seed: int = 0
+    n_math_templates: int = Field(default=2000, ge=0)
+    n_math_gym: int = Field(default=500, ge=0)
+    n_math_requests: int = Field(default=1500, ge=0)
+    n_chat: int = Field(default=3500, ge=1)
+    heldout_per_domain: int = Field(default=150, ge=1)
+    max_new_tokens: int = Field(default=256, ge=1)
+    max_prompt_tokens: int = Field(default=768, ge=8)
+    write_max_new_tokens: int = Field(default=96, ge=8)
+    regen_batch_size: int = Field(default=256, ge=1)
+    eval_depth: int = Field(default=5, ge=1)
+    base: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields shared by every run
+    ablations: dict[str, dict[str, Any]] = Field(default_factory=dict)  # variant name -> overrides
+    ablation_max_steps: int = Field(default=300, ge=1)
+    final_max_steps: int = Field(default=1000, ge=1)
+    final_variant: str | None = None  # None: the ablation winner
+    final_domains: list[Literal["math", "chat", "mixed"]] = ["math", "chat", "mixed"]
+    # wall-clock budget for the stages after `prompts` (a lent GPU's time is capped): later
+    # ablations are skipped and the final step count shrinks so the three finals still fit;
+    # the step counts actually used are recorded in each manifest's recipe
+    time_budget_s: float | None = None
+    max_checkpoint_bytes: int = 15_000_000
+    work_dir: str = "/tmp/specmux-suite"
+    output_dir: str = "drafters/pretrained/smollm2-135m-instruct"
+    command: str = "specmux train-suite --config drafters/pretrained/smollm2-135m-instruct/suite.json"
+
+    def train_config(self, name: str, domain: str, overrides: dict, max_steps: int) -> TrainConfig:
+        fields = {"target": self.target, "domain": domain, "seed": self.seed, "max_len": 1024,
+                  "max_new_tokens": self.max_new_tokens, **self.base, **overrides, "max_steps": max_steps,
+                  "work_dir": str(Path(self.work_dir) / "runs" / name), "name": name}
+        return TrainConfig(**fields)
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+# --- stage: prompts (CPU, needs the asset packages) ---------------------------------------------
+def stage_prompts(cfg: SuiteConfig, work: Path) -> None:
+    from .data import eval_prompts
+
+    if (work / "prompts.json").exists():
+        return
+    evals = eval_prompts()
+    math = [("math", p) for p in word_problems(cfg.n_math_templates, cfg.seed)]
+    math += [("math", p) for p in math_prompts(cfg.n_math_gym, cfg.seed)] if cfg.n_math_gym else []
+    chat = [("chat", p) for p in chat_turns(cfg.n_chat, cfg.seed)]
+    requests = [("write", p) for p in writing_requests(cfg.n_math_requests, cfg.seed)]
+    kept_math, kept_chat = drop_overlapping(math, evals), drop_overlapping(chat, evals)
+    write_json(work / "eval_prompts.json", evals)
+    write_json(work / "prompts.json", {"math": kept_math, "chat": kept_chat, "write": requests,
+                                        "dropped": {"math": len(math) - len(kept_math), "chat": len(chat) - len(kept_chat)}})
+
+
+# --- stage: written (the target writes word problems) -------------------------------------------
+def stage_written(cfg: SuiteConfig, work: Path, target, tokenizer) -> list[tuple[str, str]]:
+    prompts = read_json(work / "prompts.json")
+    if not prompts["write"]:
+        return []
+    out = work / "written"
+    regenerate_corpus(target, tokenizer, [tuple(p) for p in prompts["write"]], out, cfg.regen_batch_size,
+                      cfg.write_max_new_tokens, seed=cfg.seed, desc="target writes word problems")
+    texts = [clean_written_problem(tokenizer.decode(r["input_ids"][r["prompt_len"]:], skip_special_tokens=True))
+             for r in load_corpus(out)]
+    unique = list(dict.fromkeys(t for t in texts if t))
+    kept = drop_overlapping([("math", t) for t in unique], read_json(work / "eval_prompts.json"))
+    write_json(work / "written.json", {"requests": len(texts), "usable": len(unique), "kept": len(kept)})
+    return kept
+
+
+# --- stage: regenerate ---------------------------------------------------------------------------
+def stage_regenerate(cfg: SuiteConfig, work: Path, target, tokenizer) -> dict[str, list[dict]]:
+    prompts = read_json(work / "prompts.json")
+    written = stage_written(cfg, work, target, tokenizer)
+    split: dict[str, list[dict]] = {}
+    for domain in ("math", "chat"):
+        items = [tuple(p) for p in prompts[domain]] + (written if domain == "math" else [])
+        folder = work / "corpus" / domain
+        t0 = time.time()
+        regenerate_corpus(target, tokenizer, items, folder, cfg.regen_batch_size, cfg.max_new_tokens,
+                          seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens, desc=f"target answers {domain}")
+        timing = folder / "timing.json"
+        everything = load_corpus(folder)
+        if not timing.exists():  # measured on the run that generated the whole corpus
+            new = sum(len(r["input_ids"]) - r["prompt_len"] for r in everything)
+            write_json(timing, {"seconds": round(time.time() - t0, 1), "new_tokens": new,
+                                "tokens_per_s": round(new / max(time.time() - t0, 1e-9)),
+                                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"})
+        records = [r for r in everything if len(r["input_ids"]) > r["prompt_len"] + 2]
+        random.Random(cfg.seed).shuffle(records)
+        split[f"{domain}_heldout"] = records[: cfg.heldout_per_domain]
+        split[f"{domain}_train"] = records[cfg.heldout_per_domain :]
+    evals = read_json(work / "eval_prompts.json")
+    report = {name: overlap_report([prompt_text(r["prompt"]) for r in recs], evals)
+              for name, recs in split.items() if name.endswith("_train")}
+    report["dropped_before_generation"] = prompts["dropped"]
+    report["regeneration"] = {d: read_json(work / "corpus" / d / "timing.json") for d in ("math", "chat")}
+    if (work / "written.json").exists():
+        report["written_problems"] = read_json(work / "written.json")
+    write_json(work / "data_report.json", report)
+    return split
+
+
+def mixed_train(split: dict[str, list[dict]], seed: int) -> list[dict]:
+    """1:1 draw from the math and chat train sets (as many of each as the smaller has)."""
+    n = min(len(split["math_train"]), len(split["chat_train"]))
+    rng = random.Random(seed)
+    out = rng.sample(split["math_train"], n) + rng.sample(split["chat_train"], n)
+    rng.shuffle(out)
+    return out
+
+
+# --- training one drafter --------------------------------------------------------------------------
+def train_one(cfg: SuiteConfig, tcfg: TrainConfig, target, records: list[dict], split, log) -> tuple[Any, dict]:
+    from .cli import make_drafter_config  # one place decides the drafter's shape
+
+    dcfg = make_drafter_config(tcfg, target)
+    draft_ids = None
+    if dcfg.head == "truncated":
+        tokens = torch.cat([torch.tensor(r["input_ids"][r["prompt_len"]:]) for r in records])
+        draft_ids = most_frequent_tokens(tokens, dcfg.vocab_size, dcfg.draft_vocab_size)
+    torch.manual_seed(tcfg.seed)
+    model = build_drafter_model(dcfg, target, draft_ids).float()
+    head = target.get_output_embeddings().weight
+    t0 = time.time()
+    train_drafter(model, head, records, tcfg, tcfg.work_dir, target=target, progress=False)
+    seconds = time.time() - t0
+    n_tokens = sum(json.loads(line)["tokens"] for line in (Path(tcfg.work_dir) / "metrics.jsonl").read_text().splitlines())
+    metrics = {"train_seconds": round(seconds, 3), "train_tokens": n_tokens,
+               "train_tokens_per_s": round(n_tokens / max(seconds, 1e-9)), "steps": tcfg.max_steps,
+               "train_records": len(records)}
+    if dcfg.head == "truncated":
+        resp = torch.cat([torch.tensor(r["input_ids"][r["prompt_len"]:]) for r in records])
+        metrics["draft_vocab_coverage"] = round(float(torch.isin(resp, draft_ids).float().mean()), 4)
+    for domain in ("math", "chat"):
+        m = evaluate_drafter(model, head, split[f"{domain}_heldout"], tcfg, target=target, steps=cfg.eval_depth)
+        metrics[f"heldout_{domain}"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+    log(f"{tcfg.name}: {json.dumps(metrics)}")
+    return model, metrics
+
+
+def score(metrics: dict) -> float:
+    return (metrics["heldout_math"]["chain_tau"] + metrics["heldout_chat"]["chain_tau"]) / 2
+
+
+class Clock:
+    """Seconds per training step (measured) against an optional deadline."""
+
+    def __init__(self, budget_s: float | None):
+        self.deadline = time.time() + budget_s if budget_s else None
+        self.step_s: float | None = None
+
+    def left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.time()
+
+    def observe(self, metrics: dict) -> None:
+        if "train_seconds" in metrics and metrics.get("steps"):
+            self.step_s = max(self.step_s or 1e-6, metrics["train_seconds"] / metrics["steps"])
+
+    def affordable_steps(self, runs: int, overhead_s: float = 20.0) -> int | None:
+        if self.deadline is None or self.step_s is None:
+            return None
+        return int((self.left() - runs * overhead_s) / (runs * self.step_s))
+
+
+def stage_ablate(cfg: SuiteConfig, work: Path, target, split, log, clock: Clock) -> dict[str, dict]:
+    results_path = work / "ablations.json"
+    results = read_json(results_path) if results_path.exists() else {}
+    records = mixed_train(split, cfg.seed)
+    for name, overrides in cfg.ablations.items():
+        if name in results:
+            clock.observe(results[name])
+            continue
+        finals_need = 3 * (cfg.final_max_steps * (clock.step_s or 0) + 20)
+        if clock.step_s and clock.left() < finals_need + cfg.ablation_max_steps * clock.step_s + 20:
+            log(f"ablation {name} skipped: {clock.left():.0f} s left, the finals need about {finals_need:.0f} s")
+            continue
+        tcfg = cfg.train_config(f"ablate-{name}", "mixed", overrides, cfg.ablation_max_steps)
+        try:
+            _, metrics = train_one(cfg, tcfg, target, records, split, log)
+        except Exception as e:  # one broken variant must not cost the others; recorded, never hidden
+            log(f"ablation {name} FAILED: {type(e).__name__}: {e}")
+            metrics = {"error": f"{type(e).__name__}: {e}"}
+        results[name] = {"overrides": overrides, **metrics}
+        clock.observe(metrics)
+        write_json(results_path, results)
+    return results
+
+
+def pick_variant(cfg: SuiteConfig, results: dict[str, dict]) -> str:
+    if cfg.final_variant:
+        return cfg.final_variant
+    ok = {k: v for k, v in results.items() if "error" not in v and v["overrides"].get("head", cfg.base.get("head")) != "target"}
+    if not ok:
+        raise ValueError("no ablation variant with a stored head finished; cannot pick a recipe")
+    return max(ok, key=lambda k: score(ok[k]))
+
+
+def stage_final(cfg: SuiteConfig, work: Path, target, split, results, log, clock: Clock) -> dict[str, dict]:
+    variant = pick_variant(cfg, results)
+    log(f"final recipe: {variant}")
+    overrides = cfg.ablations.get(variant, {})
+    train_sets = {"math": split["math_train"], "chat": split["chat_train"], "mixed": mixed_train(split, cfg.seed)}
+    data_report = read_json(work / "data_report.json")
+    out = {}
+    for domain in cfg.final_domains:
+        folder = Path(cfg.output_dir) / domain
+        done = work / f"final-{domain}.json"
+        if done.exists():
+            out[domain] = read_json(done)
+            continue
+        left = sum(not (work / f"final-{d}.json").exists() for d in cfg.final_domains)
+        affordable = clock.affordable_steps(left)
+        floor = min(50, cfg.final_max_steps)  # a budget overrun still ships a usable drafter
+        steps = cfg.final_max_steps if affordable is None else max(floor, min(cfg.final_max_steps, affordable))
+        tcfg = cfg.train_config(f"final-{domain}", domain, overrides, steps)
+        model, metrics = train_one(cfg, tcfg, target, train_sets[domain], split, log)
+        if tcfg.repspec != "off":
+            model.merge_repspec()
+        model = model.cpu()
+        save_drafter(model, folder, target=target, dtype=torch.bfloat16,
+                     extra={"training": json.loads(tcfg.model_dump_json()), "train_metrics": metrics})
+        size = (folder / "model.safetensors").stat().st_size
+        if size > cfg.max_checkpoint_bytes:
+            raise ValueError(f"{folder} is {size} bytes, over the {cfg.max_checkpoint_bytes}-byte limit")
+        manifest = {
+            "domain": domain, "variant": variant, "recipe": json.loads(tcfg.model_dump_json()),
+            "sha256": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.glob("*.safetensors"))},
+            "bytes": size, "data": {"train_records": len(train_sets[domain]),
+                                    "heldout_records": {d: len(split[f"{d}_heldout"]) for d in ("math", "chat")},
+                                    "sources": SOURCES[domain]},
+            "overlap": data_report, "metrics": metrics, "command": cfg.command,
+        }
+        write_json(folder / "manifest.json", manifest)
+        write_json(done, manifest)
+        out[domain] = manifest
+        clock.observe(metrics)
+    return out
+
+
+SOURCES = {
+    "math": "seeded word-problem templates (drafters/word_problems.py), reasoning-gym generators, word problems "
+            "written by the target from seeded topics; answers regenerated by the target (greedy)",
+    "chat": "ShareGPT human turns (first turns and later turns with the conversation so far); the last answer "
+            "regenerated by the target (greedy)",
+    "mixed": "1:1 draw from the math and chat training records (reused, not regenerated)",
+}
+
+
+# --- driver ----------------------------------------------------------------------------------------
+def load_suite_target(cfg: SuiteConfig, device: str, load_target=None):
+    if cfg.target_path:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kw = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+        tok = AutoTokenizer.from_pretrained(cfg.target_path, **kw)
+        model = AutoModelForCausalLM.from_pretrained(cfg.target_path, dtype=torch.float32, **kw)
+    else:
+        model, tok = (load_target or assets.load_target)(cfg.target)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return model.to(device).eval().requires_grad_(False), tok
+
+
+def run(cfg: SuiteConfig, stages: tuple[str, ...] = STAGES, device: str | None = None, load_target=None) -> dict:
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(work / "suite_config.json", json.loads(cfg.model_dump_json()))
+    log_file = work / "suite.log"
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        with open(log_file, "a") as f:
+            f.write(line + "\n")
+
+    if "prompts" in stages:
+        stage_prompts(cfg, work)
+        log(f"prompts: {json.dumps({k: len(v) for k, v in read_json(work / 'prompts.json').items() if k != 'dropped'})}")
+    rest = [s for s in stages if s != "prompts"]
+    if not rest:
+        return {}
+    clock = Clock(cfg.time_budget_s)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    target, tokenizer = load_suite_target(cfg, device, load_target)
+    split = stage_regenerate(cfg, work, target, tokenizer)
+    log(f"corpus: {json.dumps({k: len(v) for k, v in split.items()})}")
+    results = stage_ablate(cfg, work, target, split, log, clock) if "ablate" in stages else {}
+    if "final" in stages and not results and (work / "ablations.json").exists():
+        results = read_json(work / "ablations.json")
+    finals = stage_final(cfg, work, target, split, results, log, clock) if "final" in stages else {}
+    return {"ablations": results, "finals": finals}
+
+
+def main(argv: list[str] | None = None, load_target=None) -> int:
+    parser = argparse.ArgumentParser(prog="specmux train-suite", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="JSON file with SuiteConfig fields")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {STAGES}")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="override a config field")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    try:
+        fields = json.loads(Path(args.config).read_text())
+        for item in args.set:
+            key, _, raw = item.partition("=")
+            try:
+                fields[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                fields[key] = raw
+        cfg = SuiteConfig(**fields)
+        stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+        unknown = set(stages) - set(STAGES)
+        if unknown:
+            raise ValueError(f"unknown stage(s) {sorted(unknown)}; choose from {STAGES}")
+    except (OSError, json.JSONDecodeError, ValidationError, ValueError) as e:
+        print(f"specmux train-suite: {e}", file=sys.stderr)
+        return 2
+    try:
+        run(cfg, stages, args.device, load_target)
+    except ValueError as e:
+        print(f"specmux train-suite: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The specialist-drafter suite: prompt sources, batched target states, the chain-tau metric and
+the staged runner (regenerate -> ablate -> final) end to end on a tiny target."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from drafter_fixtures import tiny_drafter_model, tiny_target
+from drafters.data import chat_turns, drop_overlapping
+from drafters.suite import SuiteConfig, main as suite_main, run as run_suite
+from drafters.train import TrainConfig, Unroll, add_target_states, chain_acceptance, collate, unroll_loss
+from drafters.word_problems import clean_written_problem, word_problems, writing_requests
+from eval_helpers import tiny_target_folder
+
+
+def test_word_problems_are_seeded_distinct_prose_questions():
+    a, b = word_problems(300, seed=3), word_problems(300, seed=3)
+    assert a == b and len(set(a)) == 300
+    assert all(p.rstrip().endswith("?") and "{" not in p and len(p.split()) >= 12 for p in a)
+    assert word_problems(50, seed=4) != a[:50]
+    assert len(writing_requests(7, seed=1)) == 7
+    assert clean_written_problem("Problem: Tom has 3 apples and buys 4 more. How many apples now? Answer: 7") == \
+        "Tom has 3 apples and buys 4 more. How many apples now?"
+    assert clean_written_problem("Sure!") is None
+
+
+def test_chat_turns_give_first_turns_and_later_turns_with_context(tmp_path):
+    convs = []
+    for i in range(40):
+        convs.append({"id": str(i), "conversations": [
+            {"from": "human", "value": f"first question number {i} about gardens"},
+            {"from": "gpt", "value": f"an answer {i}"},
+            {"from": "human", "value": f"a follow-up question {i} please"},
+        ]})
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(convs)[:-40])  # cut mid-record, as the packaged file is
+    prompts = chat_turns(20, seed=0, later_share=0.5, path=path)
+    later = [p for p in prompts if isinstance(p, list)]
+    assert len(prompts) == 20 and len(later) == 10
+    assert all([m["role"] for m in p] == ["user", "assistant", "user"] for p in later)
+    assert all(p[-1]["content"].startswith("a follow-up") for p in later)
+    evals = {"mt": ["first question number 3 about gardens and more words here"]}
+    kept = drop_overlapping([("chat", p) for p in prompts], evals, n=4)
+    assert all("number 3 " not in (p if isinstance(p, str) else p[0]["content"]) for _, p in kept)
+
+
+def test_chain_acceptance_counts_leading_matches_per_anchor():
+    rows = torch.ones(1, 6, dtype=torch.bool)
+    # step j at position u; anchor a uses step j at a + j
+    c0 = torch.tensor([[1, 1, 0, 1, 1, 1]], dtype=torch.bool)
+    c1 = torch.tensor([[0, 1, 1, 0, 1, 1]], dtype=torch.bool)
+    out = chain_acceptance([c0, c1], rows)
+    # anchors 0..4: a=0: c0[0]=1, c1[1]=1 -> 2; a=1: c0[1]=1, c1[2]=1 -> 2; a=2: 0;
+    # a=3: c0[3]=1, c1[4]=1 -> 2; a=4: c0[4]=1, c1[5]=1 -> 2
+    assert out["chain_anchors"] == 5 and out["chain_tau"] == pytest.approx(1 + 8 / 5)
+    rows[0, 5] = False  # anchor 4's second step is not a trained row
+    assert chain_acceptance([c0, c1], rows)["chain_anchors"] == 4
+
+
+def test_batched_target_states_equal_cached_states():
+    target = tiny_target()
+    model = tiny_drafter_model(target)
+    torch.manual_seed(0)
+    recs = [{"input_ids": torch.randint(3, 90, (n,)).tolist(), "prompt_len": 4} for n in (9, 14, 6)]
+    cached = []
+    for r in recs:
+        with torch.no_grad():
+            hs = target(torch.tensor([r["input_ids"]]), output_hidden_states=True).hidden_states
+        cached.append(r | {"features": hs[-1][0], "last_hidden": hs[-1][0]})
+    cfg = TrainConfig(unroll_steps=2, max_len=64)
+    head = target.get_output_embeddings().weight
+    online = add_target_states(collate(recs, 64), target, [-1])
+    offline = collate(cached, 64)
+    loss_on, m_on = unroll_loss(Unroll(model), model, online, head, cfg, steps=3)
+    loss_off, m_off = unroll_loss(Unroll(model), model, offline, head, cfg, steps=3)
+    assert torch.allclose(loss_on, loss_off, atol=1e-5)
+    assert m_on["chain_tau"] == pytest.approx(m_off["chain_tau"]) and m_on["chain_anchors"] > 0
+
+
+def _suite_work(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    math = [["math", p] for p in word_problems(10, seed=1)]
+    chat = [["chat", "tell me about rivers"], ["chat", [{"role": "user", "content": "hi"},
+                                                       {"role": "assistant", "content": "hello"},
+                                                       {"role": "user", "content": "name a color"}]]] * 4
+    (work / "prompts.json").write_text(json.dumps({"math": math, "chat": chat, "write": [["write", "write a sum"]],
+                                                   "dropped": {"math": 0, "chat": 0}}))
+    (work / "eval_prompts.json").write_text(json.dumps({"gsm8k": ["an unrelated evaluation question"]}))
+    return work
+
+
+def _suite_config(tmp_path, work, **over) -> SuiteConfig:
+    folder = tiny_target_folder(tmp_path / "target", layers=2)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": 1}))  # "\n" ends a turn
+    fields = dict(target="tiny", target_path=str(folder), work_dir=str(work), output_dir=str(tmp_path / "out"),
+                  heldout_per_domain=2, max_new_tokens=6, write_max_new_tokens=8, regen_batch_size=4,
+                  max_prompt_tokens=400, eval_depth=3, ablation_max_steps=2, final_max_steps=2,
+                  base={"head": "truncated", "draft_vocab_size": 48, "unroll_steps": 2, "batch_size": 2,
+                        "warmup_steps": 1, "max_len": 256, "checkpoint_every": 1000},
+                  ablations={"kl": {}, "lk": {"loss": "lk_lambda"}, "full": {"head": "target"}})
+    return SuiteConfig(**(fields | over))
+
+
+def test_suite_runs_ablates_picks_and_ships_with_manifests(tmp_path):
+    work = _suite_work(tmp_path)
+    cfg = _suite_config(tmp_path, work)
+    out = run_suite(cfg, ("regenerate", "ablate", "final"), device="cpu")
+    assert set(out["ablations"]) == {"kl", "lk", "full"}
+    assert all("chain_tau" in v["heldout_math"] for v in out["ablations"].values())
+    winner = max(("kl", "lk"), key=lambda k: sum(out["ablations"][k][f"heldout_{d}"]["chain_tau"] for d in ("math", "chat")))
+    for domain in ("math", "chat", "mixed"):
+        folder = tmp_path / "out" / domain
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["variant"] == winner  # the frozen full head is a reference, never shipped
+        assert manifest["recipe"]["max_steps"] == 2 and manifest["command"]
+        assert len(manifest["sha256"]["model.safetensors"]) == 64
+        assert manifest["overlap"]["math_train"]["eval"]["gsm8k"]["train_prompts_with_shared_ngram"] == 0
+    report = json.loads((work / "data_report.json").read_text())
+    assert report["regeneration"]["math"]["new_tokens"] > 0
+    # resuming redoes nothing: the finished stages are read back
+    mtime = (tmp_path / "out" / "math" / "model.safetensors").stat().st_mtime_ns
+    run_suite(cfg, ("regenerate", "ablate", "final"), device="cpu")
+    assert (tmp_path / "out" / "math" / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_suite_time_budget_skips_ablations_and_keeps_the_finals(tmp_path):
+    work = _suite_work(tmp_path)
+    cfg = _suite_config(tmp_path, work, time_budget_s=1e-3, final_domains=["math"],
+                        ablations={"kl": {}, "lk": {"loss": "lk_lambda"}})
+    run_suite(cfg, ("regenerate", "ablate", "final"), device="cpu")
+    ablations = json.loads((work / "ablations.json").read_text())
+    assert list(ablations) == ["kl"]  # the budget was spent: lk skipped, the final still trained
+    assert json.loads((tmp_path / "out" / "math" / "manifest.json").read_text())["recipe"]["max_steps"] >= 1
+    assert not (tmp_path / "out" / "chat").exists()
+
+
+def test_suite_cli_rejects_bad_input(tmp_path, capsys):
+    cfg = tmp_path / "suite.json"
+    cfg.write_text(json.dumps({"n_chat": 0}))
+    assert suite_main(["--config", str(cfg)]) == 2
+    assert "n_chat" in capsys.readouterr().err
+    cfg.write_text("{}")
+    assert suite_main(["--config", str(cfg), "--stages", "prompts,bake"]) == 2
+    assert "bake" in capsys.readouterr().err
+    assert suite_main(["--config", str(cfg), "--stages", "ablate", "--set", "target=no-such-model",
+                       "--set", f"work_dir=\"{tmp_path}\""]) == 2
+    assert "no-such-model" in capsys.readouterr().err
