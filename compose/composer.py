@@ -121,7 +121,8 @@ class Composer:
         tokens: list[int] = []
         text, finish = "", None
         start = time.perf_counter()
-        steps = decode(self.target, plan, prompt_ids, opts.tree.spec(), opts.sampling(), stats, generator)
+        capacity = int(prompt_ids.numel()) + opts.max_new_tokens + _max_tree_nodes(opts, len(self.drafters))
+        steps = decode(self.target, plan, prompt_ids, opts.tree.spec(), opts.sampling(), stats, generator, capacity)
         try:
             for chunk in steps:
                 tokens.extend(chunk)
@@ -215,6 +216,11 @@ class Composer:
                 f"prompt ({n} tokens) + max_new_tokens ({opts.max_new_tokens}) + draft depth "
                 f"({opts.tree.depth + 1}) exceeds the target's context of {ctx} tokens"
             )
+
+
+def _max_tree_nodes(opts: GenerateOptions, n_drafters: int) -> int:
+    """Most nodes one verified tree can have (a `sum` merge keeps every drafter's budget)."""
+    return 1 + opts.tree.budget * max(1, n_drafters)
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer) -> set[int]:

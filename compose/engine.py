@@ -22,14 +22,15 @@ def decode(
     sampling: SamplingSpec,
     stats: GenerationStats,
     generator: torch.Generator | None = None,
+    capacity: int = 0,
 ) -> Iterator[list[int]]:
     """Yield the tokens emitted by each target forward (the first after prefill, then
-    accepted drafts + bonus per step). Runs until the consumer stops iterating."""
+    accepted drafts + bonus per step). Runs until the consumer stops iterating. `capacity`:
+    the cache positions the run is expected to need (the cache grows past it if needed)."""
     layers = strategy.target_layers
-    want_hidden = bool(layers)
     with torch.inference_mode():
         t0 = time.perf_counter()
-        out = target.prefill(prompt_ids, want_hidden)
+        out = target.prefill(prompt_ids, layers, capacity)
         require_finite_logits(out.logits[-1:], "the target's prefill forward")
         root = int(sample(process_logits(out.logits[-1], sampling), generator))
         strategy.start(prompt_ids, out.hidden_states)
@@ -43,7 +44,7 @@ def decode(
             prefix_len = target.cached
             packed = pack_tree(proposal.tree, prefix_len, target.dtype)
             t2 = time.perf_counter()
-            out = target.forward_tree(packed, want_hidden)
+            out = target.forward_tree(packed, layers)
             t3 = time.perf_counter()
             result = verify(proposal.tree, out.logits, sampling, generator)
             target.keep_path(prefix_len, result.path)

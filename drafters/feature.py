@@ -11,43 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from trees import DraftTree, SamplingSpec, TreeSpec, build_tree
+from trees import DraftTree, SamplingSpec, SparseLogits, TreeSpec, ancestor_matrix, attention_mask, build_tree
 
 from .base import Drafter
+from .heads import TruncatedHead
+from .kv import KVCache
 from .model import FeatureDrafterModel
-
-
-class DrafterKVCache:
-    """Keys / values of one decoder layer for one sequence, [1, n_kv, S, hd], grown by doubling."""
-
-    def __init__(self):
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-        self.length = 0
-
-    def view(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if self.k is None or self.length == 0:
-            return None
-        return self.k[:, :, : self.length], self.v[:, :, : self.length]
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        n = k.shape[2]
-        if self.k is None or self.length + n > self.k.shape[2]:
-            capacity = max(64, 2 * (self.length + n))
-            new_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
-            new_v = v.new_empty(new_k.shape)
-            if self.k is not None:
-                new_k[:, :, : self.length] = self.k[:, :, : self.length]
-                new_v[:, :, : self.length] = self.v[:, :, : self.length]
-            self.k, self.v = new_k, new_v
-        self.k[:, :, self.length : self.length + n] = k
-        self.v[:, :, self.length : self.length + n] = v
-        self.length += n
-
-    def crop(self, length: int) -> None:
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot crop a cache of length {self.length} to {length}")
-        self.length = length
 
 
 class FeatureDrafter(Drafter):
@@ -65,7 +34,8 @@ class FeatureDrafter(Drafter):
 
     # --- protocol -----------------------------------------------------------------------------
     def reset(self) -> None:
-        self.cache = DrafterKVCache()
+        cfg, p = self.model.config, next(self.model.parameters())
+        self.cache = KVCache(1, cfg.num_key_value_heads, cfg.head_dim, p.dtype, p.device)
         self._queued_ids: list[torch.Tensor] = []  # committed entries not yet fed
         self._queued_features: list[torch.Tensor] = []
         self._last_feature: torch.Tensor | None = None  # target feature pairing with the next root
@@ -96,7 +66,7 @@ class FeatureDrafter(Drafter):
         if self._last_feature is None:
             raise ValueError("propose() before start()")
         self._root_token = int(root_token)
-        self._slot: dict[int, int] = {}  # tree node -> slot in the tree part of the cache
+        self._fed: list[int] = []  # tree node fed at cache slot committed + j
         self._outputs: dict[int, torch.Tensor] = {}  # tree node -> drafter output [d]
         self._committed = None
 
@@ -104,19 +74,21 @@ class FeatureDrafter(Drafter):
         """Drop the tree's KV: the cache keeps only committed entries."""
         if self._committed is not None:
             self.cache.crop(self._committed)
-        self._slot, self._outputs = {}, {}
+        self._fed, self._outputs = [], {}
 
     @torch.no_grad()
-    def step(self, tree: DraftTree, frontier: torch.Tensor) -> torch.Tensor:
-        """trees' step_fn: feed the frontier nodes once each, return logits [F, V_target]."""
+    def step(self, tree: DraftTree, frontier: torch.Tensor) -> torch.Tensor | SparseLogits:
+        """trees' step_fn: feed the frontier nodes once each, return their next-token logits
+        (over the draft vocabulary, with its target ids, for a truncated head)."""
         nodes = frontier.tolist()
         if nodes == [0]:
             outputs = self._feed_root(int(tree.tokens[0]))
         else:
-            outputs = self._feed_nodes(tree, nodes)
+            outputs = self._feed_nodes(tree, frontier)
+        self._fed += nodes
         for n, o in zip(nodes, outputs):
             self._outputs[n] = o
-        return self.model.target_logits(outputs).float()
+        return head_logits(self.model, outputs)
 
     def _feed_root(self, root_token: int) -> torch.Tensor:
         """Committed queue + root in one forward (causal); returns the root's output [1, d]."""
@@ -126,33 +98,27 @@ class FeatureDrafter(Drafter):
         self._queued_ids, self._queued_features = [], []
         start, n = self.cache.length, int(ids.numel())
         positions = torch.arange(start, start + n, device=dev)
-        mask = _causal_mask(start, n, self.model.dtype, dev)
-        out, (k, v) = self.model(ids[None], feats[None], True, positions[None], mask, self.cache.view())
-        self.cache.append(k, v)
+        causal = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
+        out = self._forward(ids, feats, True, positions, attention_mask(causal, start, self.model.dtype))
         self._committed = start + n - 1  # the root is slot 0 of the tree part
-        self._slot[0] = 0
         return out[0, -1:]
 
-    def _feed_nodes(self, tree: DraftTree, nodes: list[int]) -> torch.Tensor:
+    def _feed_nodes(self, tree: DraftTree, frontier: torch.Tensor) -> torch.Tensor:
         dev = self.model.embed_weight.device
-        committed, n_tree = self._committed, self.cache.length - self._committed
-        for i, n in enumerate(nodes):
-            self._slot[n] = n_tree + i
-        mask = torch.full((len(nodes), self.cache.length + len(nodes)), torch.finfo(self.model.dtype).min,
-                          dtype=self.model.dtype, device=dev)
-        mask[:, :committed] = 0
-        parents = tree.parents.tolist()
-        for row, n in enumerate(nodes):
-            a = n
-            while a != -1:  # the node itself and every ancestor (all fed earlier in this build)
-                mask[row, committed + self._slot[a]] = 0
-                a = parents[a]
-        ids = tree.tokens[nodes].to(dev)
-        feats = torch.stack([self._outputs[parents[n]] for n in nodes])
-        positions = committed + tree.depths[nodes].to(dev)
-        out, (k, v) = self.model(ids[None], feats[None], False, positions[None], mask[None, None], self.cache.view())
-        self.cache.append(k, v)
-        return out[0]
+        anc = ancestor_matrix(tree.parents, tree.depths)
+        allowed = anc[frontier][:, torch.tensor(self._fed + frontier.tolist())]
+        mask = attention_mask(allowed, self._committed, self.model.dtype).to(dev)
+        feats = torch.stack([self._outputs[p] for p in tree.parents[frontier].tolist()])
+        positions = self._committed + tree.depths[frontier].to(dev)
+        return self._forward(tree.tokens[frontier].to(dev), feats, False, positions, mask)[0]
+
+    def _forward(self, ids, feats, from_target: bool, positions, mask) -> torch.Tensor:
+        """One drafter forward after the cache's live entries, which the new ones join."""
+        n = int(ids.numel())
+        self.cache.reserve(n)
+        out, _ = self.model(ids[None], feats[None], from_target, positions[None], mask[None, None], self.cache)
+        self.cache.advance(n)
+        return out
 
     def _queue(self, ids: torch.Tensor, feats: torch.Tensor) -> None:
         if ids.numel():
@@ -170,9 +136,10 @@ def _as_rows(ids: torch.Tensor, hidden: torch.Tensor | None, feature_size: int):
     return ids, hidden
 
 
-def _causal_mask(past: int, n: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """Additive [1, 1, n, past + n]: every new row sees the whole past and the rows before it."""
-    mask = torch.full((n, past + n), torch.finfo(dtype).min, dtype=dtype, device=device)
-    mask[:, :past] = 0
-    mask[:, past:] = mask[:, past:].triu(1)
-    return mask[None, None]
+def head_logits(model: FeatureDrafterModel, outputs: torch.Tensor) -> torch.Tensor | SparseLogits:
+    """Float logits at `outputs`: over the draft vocabulary (with its target ids) for a
+    truncated head, so that top-k never touches the full vocabulary; else over the target's."""
+    logits = model.logits(outputs).float()
+    if isinstance(model.head, TruncatedHead):
+        return SparseLogits(logits, model.head.draft_ids, model.config.vocab_size)
+    return logits

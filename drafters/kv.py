@@ -1,38 +1,66 @@
-"""KV-cache surgery on transformers' DynamicCache: keep arbitrary positions along the sequence
-axis (there is no public API for it) and truncate. Shared by the target and the LM drafters."""
+"""The one KV cache of specmux (gpt-fast style): keys and values of every decoder layer in
+preallocated buffers, written in place. Used by the target, the LM drafters and the feature
+drafters (batched or not).
+
+Layout [layers, batch, kv_heads, capacity, head_dim]; positions [0, length) are live. A forward
+writes its new entries at `length` and attends over a view of [0, length + n): no concatenation,
+no allocation per step. Compaction after verification moves the kept rows down in place.
+Capacity grows by doubling when a write would not fit (one copy, rare)."""
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
 
-def cache_length(cache: DynamicCache) -> int:
-    return int(cache.get_seq_length())
+class KVCache:
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu", capacity: int = 256, batch: int = 1):
+        shape = (layers, batch, kv_heads, max(1, capacity), head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
 
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
 
-def truncate_cache(cache: DynamicCache, length: int) -> None:
-    """Keep the first `length` positions of every layer."""
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            layer.keys = layer.keys[..., :length, :]
-            layer.values = layer.values[..., :length, :]
+    def reserve(self, n: int) -> None:
+        """Make room for `n` more positions (doubling the capacity when they do not fit)."""
+        need = self.length + n
+        if need <= self.capacity:
+            return
+        capacity = max(need, 2 * self.capacity)
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_zeros((*old.shape[:3], capacity, old.shape[4]))
+            new[:, :, :, : self.length] = old[:, :, :, : self.length]
+            setattr(self, name, new)
 
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this forward's k, v [batch, kv_heads, n, head_dim] of `layer` at `length` and
+        return views of the layer's keys and values [batch, kv_heads, length + n, head_dim].
+        `length` itself moves on only in `advance` (after every layer has written)."""
+        end = self.length + k.shape[2]
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
-def keep_tail_positions(cache: DynamicCache, start: int, tail: torch.Tensor) -> None:
-    """Keep positions [0, start) plus `start + tail` (tail: increasing offsets past `start`).
+    def advance(self, n: int) -> None:
+        self.length += n
 
-    The selected rows are moved down in place and the layer becomes a view of the first
-    start + len(tail) rows, so the prefix is never copied here (the next update's cat copies
-    it anyway, as transformers' dynamic cache always does)."""
-    n = int(tail.numel())
-    src = start + tail
-    if torch.equal(tail, torch.arange(n)):  # a chain accepted in order: nothing moves
-        truncate_cache(cache, start + n)
-        return
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is None or not layer.keys.numel():
-            continue
-        layer.keys[..., start : start + n, :] = layer.keys[..., src, :]
-        layer.values[..., start : start + n, :] = layer.values[..., src, :]
-        layer.keys = layer.keys[..., : start + n, :]
-        layer.values = layer.values[..., : start + n, :]
+    def crop(self, length: int) -> None:
+        """Keep the first `length` positions."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot crop a cache of length {self.length} to {length}")
+        self.length = length
+
+    def keep(self, start: int, tail: torch.Tensor) -> None:
+        """Keep positions [0, start) plus `start + tail` (increasing offsets): the kept rows are
+        moved down in place, every layer in one gather."""
+        n = int(tail.numel())
+        if n and int(tail[-1]) >= self.length - start:
+            raise ValueError(f"cannot keep offset {int(tail[-1])} past position {start} of a cache of length {self.length}")
+        if not torch.equal(tail.cpu(), torch.arange(n)):  # a chain accepted in order: nothing moves
+            src = start + tail.to(self.keys.device)
+            self.keys[:, :, :, start : start + n] = self.keys[:, :, :, src]
+            self.values[:, :, :, start : start + n] = self.values[:, :, :, src]
+        self.length = start + n

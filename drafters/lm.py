@@ -1,21 +1,23 @@
 """Drafters that are causal LMs over the target's tokenizer: an independent smaller model, or
 the target's own first k layers plus its head (self-speculative early exit, no training).
 
-Each keeps its own KV cache of committed tokens. Accepted tokens are not fed eagerly: they wait
-in `pending` and go in front of the next root in the first drafting forward, so a decode step
-costs the drafter `depth` forwards, never one extra."""
+Each runs through drafters.decoder with its own static KV cache. The tree's entries stay in the
+cache after drafting; `advance` keeps the ones on the accepted path (compacted in place, found by
+matching the accepted tokens against the nodes it fed), so accepted tokens are never fed twice.
+Accepted tokens it never fed (a leaf, or another drafter's node) wait in `pending` and go in
+front of the next root in the first drafting forward."""
 from __future__ import annotations
 
 import copy
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
-from trees import DraftTree, SamplingSpec, TreeSpec, build_tree
+from trees import DraftTree, SamplingSpec, TreeSpec, ancestor_matrix, attention_mask, build_tree
 
 from .base import Drafter
-from .kv import cache_length, truncate_cache
+from .decoder import Decoder
 
 
 class CausalLMDrafter(Drafter):
@@ -26,22 +28,31 @@ class CausalLMDrafter(Drafter):
 
     def __init__(self, model: PreTrainedModel, vocab_size: int, name: str = "lm"):
         self.model = model.eval().requires_grad_(False)
+        self.decoder = Decoder(self.model)
         self.vocab_size = vocab_size  # the target's logit width; ours is padded/sliced to it
         self.name = name
-        self.dtype = next(model.parameters()).dtype
-        self.device = next(model.parameters()).device
-        self.cache: DynamicCache | None = None
+        self.cache = None
         self.pending: list[int] = []
+        self._fed: list[int] = []  # tree node fed at cache slot base + j, for the current tree
 
     # --- protocol ---------------------------------------------------------------------------
     def start(self, prompt_ids: torch.Tensor, hidden: torch.Tensor | None = None) -> None:
-        self.cache = DynamicCache(config=self.model.config)
-        self.pending = []
+        ids = prompt_ids.reshape(-1)
+        self.cache = self.decoder.new_cache(int(ids.numel()) + 256)
+        self.pending, self._fed, self._tree = [], [], None
         with torch.inference_mode():
-            self.model(input_ids=prompt_ids.view(1, -1).to(self.device), past_key_values=self.cache, use_cache=True)
+            self.decoder.forward(ids, torch.arange(ids.numel()), self.cache, None, logits_rows=slice(0, 0))
 
     def advance(self, tokens: torch.Tensor, hidden: torch.Tensor | None = None) -> None:
-        self.pending.extend(tokens.tolist())
+        """Keep the fed tree entries along the accepted `tokens` (root first); queue the rest."""
+        tokens = tokens.tolist()
+        slots = self._accepted_slots(tokens)
+        if slots:
+            self.cache.keep(self._base, torch.tensor(slots, dtype=torch.long))
+        else:
+            self._drop_tree()
+        self.pending.extend(tokens[len(slots):])
+        self._fed, self._tree = [], None
 
     def propose(
         self,
@@ -52,49 +63,55 @@ class CausalLMDrafter(Drafter):
     ) -> DraftTree:
         if self.cache is None:
             raise RuntimeError(f"drafter {self.name!r}: start() must be called before propose()")
-        self._slots: dict[int, int] = {}
+        self._drop_tree()  # a tree never followed by advance()
+        self._base = self.cache.length + len(self.pending)  # root slot
         with torch.inference_mode():
             draft = build_tree(root_token, self._step, tree, sampling, generator, drafter_name=self.name)
-        truncate_cache(self.cache, self._base)  # drop the tree's KV; the accepted path comes back via pending
         return draft
 
     def architecture_key(self) -> tuple:
         c = self.model.config
         return (type(self).__name__, type(self.model).__name__, c.hidden_size, c.num_hidden_layers, c.vocab_size)
 
+    # --- cache bookkeeping ------------------------------------------------------------------
+    def _drop_tree(self) -> None:
+        if self._fed:
+            self.cache.crop(self._base)
+        self._fed, self._tree = [], None
+
+    def _accepted_slots(self, tokens: list[int]) -> list[int]:
+        """Offsets past the root slot of the fed nodes along the accepted token path."""
+        tree = self._tree
+        if tree is None or not self._fed or tokens[0] != int(tree.tokens[0]):
+            return []
+        slot_of = {node: j for j, node in enumerate(self._fed)}
+        parents, toks = tree.parents.tolist(), tree.tokens.tolist()
+        node, slots = 0, [slot_of[0]]
+        for t in tokens[1:]:
+            node = next((c for c in slot_of if parents[c] == node and toks[c] == t), None)
+            if node is None:
+                break
+            slots.append(slot_of[node])
+        return slots
+
     # --- one drafting forward over the frontier --------------------------------------------
     def _step(self, tree: DraftTree, frontier: torch.Tensor) -> torch.Tensor:
-        cached = cache_length(self.cache)
+        """Feed the frontier (after the pending committed tokens at the first level) once."""
         pending, self.pending = self.pending, []
-        if not self._slots:  # first level of this build: committed tokens go in first
-            self._base = cached + len(pending)
-        base = self._base
-        q_tokens = pending + tree.tokens[frontier].tolist()
-        n_q, total = len(q_tokens), cached + len(q_tokens)
-
-        allowed = torch.zeros(n_q, total, dtype=torch.bool)
-        allowed[:, :cached] = True
-        npend = len(pending)
-        allowed[:npend, cached:cached + npend] = torch.ones(npend, npend, dtype=torch.bool).tril()
-        allowed[npend:, cached:cached + npend] = True
-        positions = list(range(cached, cached + npend))
-        for row, node in enumerate(frontier.tolist(), start=npend):
-            ancestors = tree.path_to(node)[:-1]
-            allowed[row, [self._slots[a] for a in ancestors]] = True
-            allowed[row, cached + row] = True
-            self._slots[node] = cached + row
-            positions.append(base + int(tree.depths[node]))
-
-        mask = torch.zeros(n_q, total, dtype=self.dtype).masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        out = self.model(
-            input_ids=torch.tensor([q_tokens], device=self.device),
-            position_ids=torch.tensor([positions], device=self.device),
-            attention_mask=mask.to(self.device)[None, None],
-            past_key_values=self.cache,
-            use_cache=True,
-        )
-        logits = out.logits[0, npend:].float()
-        return _fit_vocab(logits, self.vocab_size)
+        nodes = frontier.tolist()
+        ids = torch.tensor(pending + tree.tokens[frontier].tolist())
+        start = self.cache.length
+        if not self._fed:  # first level: pending + root, a causal chain after the cache
+            positions, mask = torch.arange(start, start + len(pending) + 1), None
+        else:
+            anc = ancestor_matrix(tree.parents, tree.depths)
+            allowed = anc[frontier][:, torch.tensor(self._fed + nodes)]
+            positions = self._base + tree.depths[frontier]
+            mask = attention_mask(allowed, self._base, self.decoder.dtype)
+        self._fed += nodes
+        self._tree = tree
+        out = self.decoder.forward(ids, positions, self.cache, mask, logits_rows=slice(len(pending), None))
+        return _fit_vocab(out.logits, self.vocab_size)
 
 
 def _fit_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import DrafterConfig
 from .heads import LowRankHead, TargetHead, TruncatedHead
+from .kv import KVCache
 from .repspec import apply_repspec, merge_repspec
 
 
@@ -77,17 +78,24 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * self.hd, cfg.hidden_size, bias=cfg.o_bias)
 
     def forward(self, x, cos, sin, mask, past=None):
-        """x [B, T, in]; mask additive [B|1, 1, T, S]; past (k, v) [B, n_kv, S-T, hd] or None.
-        Returns the output and this call's (k, v) (RoPE applied), for the caller's cache."""
+        """x [B, T, in]; mask additive [B|1, 1, T, S]. past: None, the earlier (k, v)
+        [B, n_kv, S-T, hd] (training), or a KVCache (inference: this call's entries are written
+        in place at its length). Returns the output and this call's (k, v) (RoPE applied)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        if past is None:
+            keys, values = k, v
+        elif isinstance(past, KVCache):
+            keys, values = past.write(0, k, v)
+        else:
+            keys, values = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         rep = self.n_head // self.n_kv
-        keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        if torch.is_grad_enabled() and rep > 1:  # training: the GQA path's backward is not on every device
+            keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=keys.shape[1] != self.n_head)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1)), (k, v)
 
 

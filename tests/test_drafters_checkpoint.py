@@ -8,6 +8,7 @@ from drafter_fixtures import target_features, tiny_drafter_model, tiny_target
 from drafters.checkpoint import load_drafter, load_drafter_model, save_drafter
 from drafters.feature import FeatureDrafter
 from trees import DraftTree
+from trees.build import dense_logits
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def _draft_logits(model, target, seed=0):
     d.start(seq[:9], target_features(target, seq[:9], model.config.target_layers))
     tree = DraftTree.from_lists([int(seq[9]), 4, 8, 15], [-1, 0, 0, 2])
     d.begin_tree(int(seq[9]))
-    out = torch.cat([d.step(tree, torch.tensor(f)) for f in ([0], [1, 2], [3])])
+    out = torch.cat([dense_logits(d.step(tree, torch.tensor(f))) for f in ([0], [1, 2], [3])])
     d.end_tree()
     return out
 

@@ -6,6 +6,7 @@ from drafter_fixtures import target_features, tiny_drafter_model, tiny_target
 from drafters.config import DrafterConfig
 from drafters.feature import FeatureDrafter
 from trees import DraftTree
+from trees.build import dense_logits
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def target():
 def _root_logits(drafter: FeatureDrafter, root: int) -> torch.Tensor:
     drafter.begin_tree(root)
     try:
-        return drafter.step(DraftTree.root_only(root), torch.tensor([0]))
+        return dense_logits(drafter.step(DraftTree.root_only(root), torch.tensor([0])))
     finally:
         drafter.end_tree()
 
@@ -27,7 +28,7 @@ def _tree_logits(drafter: FeatureDrafter, tree: DraftTree, levels: list[list[int
     out = {}
     try:
         for level in levels:
-            logits = drafter.step(tree, torch.tensor(level))
+            logits = dense_logits(drafter.step(tree, torch.tensor(level)))
             out.update(zip(level, logits))
     finally:
         drafter.end_tree()

@@ -8,6 +8,7 @@ from drafter_fixtures import target_features, tiny_drafter_model, tiny_target
 from drafters.feature import FeatureDrafter
 from drafters.repspec import HybridRepSpecLinear, LowRankResidualLinear, RepSpecLinear, merge_repspec
 from trees import DraftTree
+from trees.build import dense_logits
 
 
 def _randomise(module: nn.Module, seed: int, scale: float = 0.3) -> None:
@@ -66,7 +67,7 @@ def test_whole_drafter_gives_same_logits_after_merge():
             d = FeatureDrafter(model)
             d.start(seq[:8], feats[:8])
             d.begin_tree(int(seq[8]))
-            out = [d.step(tree, torch.tensor(f)) for f in ([0], [1, 2], [3])]
+            out = [dense_logits(d.step(tree, torch.tensor(f))) for f in ([0], [1, 2], [3])]
             d.end_tree()
             return torch.cat(out)
 

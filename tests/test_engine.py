@@ -84,11 +84,24 @@ def test_compacted_cache_equals_fresh_prefill(kind):
     for i, chunk in zip(range(8), steps):
         emitted += chunk
         committed = torch.cat([prompt, torch.tensor(emitted[:-1], dtype=torch.long)])
-        fresh = composer.target.model(committed[None], use_cache=True).past_key_values
-        for got, want in zip(composer.target.cache.layers, fresh.layers):
-            torch.testing.assert_close(got.keys, want.keys, rtol=1e-4, atol=1e-5)
-            torch.testing.assert_close(got.values, want.values, rtol=1e-4, atol=1e-5)
+        assert_cache_holds(composer.target.cache, composer.target.model, committed)
+        # the drafter keeps the KV of the accepted nodes it fed; the others wait in `pending`
+        n_cached = drafter.cache.length
+        assert n_cached + len(drafter.pending) == committed.numel()
+        assert drafter.pending == committed[n_cached:].tolist()
+        assert_cache_holds(drafter.cache, drafter.model, committed[:n_cached])
+        if kind == "self":  # every draft accepted: only the unfed leaf is re-fed
+            assert len(drafter.pending) <= 1
     steps.close()
+
+
+def assert_cache_holds(cache, model, tokens: torch.Tensor) -> None:
+    """The KVCache's live entries equal a fresh transformers prefill of `tokens`."""
+    assert cache.length == tokens.numel()
+    fresh = model(tokens[None], use_cache=True).past_key_values
+    for i, want in enumerate(fresh.layers):
+        torch.testing.assert_close(cache.keys[i, :, :, : cache.length], want.keys, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cache.values[i, :, :, : cache.length], want.values, rtol=1e-4, atol=1e-5)
 
 
 def test_streaming_yields_the_generated_text():

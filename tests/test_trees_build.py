@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chi2
 
-from trees import DraftTree, SamplingSpec, TreeSpec, build_chain, build_tree, process_logits
+from trees import DraftTree, SamplingSpec, SparseLogits, TreeSpec, build_chain, build_tree, process_logits
 from trees.build import draw_without_replacement
 from trees.checks import NonFiniteLogitsError
 
@@ -104,6 +104,28 @@ def test_truncated_draft_vocabulary_never_proposes_blocked_tokens():
     drafter = RecordingDrafter(8, seed=1, blocked=(0, 1, 2, 3, 4, 5))  # only 6 and 7 are possible
     tree = build_tree(0, drafter, TreeSpec(depth=3, top_k=4, budget=20)).validate(8)
     assert set(tree.tokens[1:].tolist()) <= {6, 7} and torch.isfinite(tree.scores).all()
+
+
+@FAST
+@given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 20), st.integers(0, 10**6), st.booleans())
+def test_sparse_logits_build_the_same_tree_as_dense(depth, top_k, budget, seed, sampled):
+    """A truncated head's logits over its sub-vocabulary (SparseLogits) give exactly the tree of
+    the same logits spread over the full vocabulary with -inf elsewhere."""
+    allowed = torch.tensor([1, 4, 5, 9, 11])
+    blocked = tuple(sorted(set(range(12)) - set(allowed.tolist())))
+    dense, recorder = RecordingDrafter(12, seed, blocked=blocked), RecordingDrafter(12, seed, blocked=blocked)
+
+    def sparse(tree, frontier):
+        return SparseLogits(recorder(tree, frontier)[:, allowed], allowed, 12)
+
+    spec = TreeSpec(depth=depth, top_k=top_k, budget=budget, sampled=sampled)
+    sampling = SamplingSpec(temperature=0.8)
+    a = build_tree(4, dense, spec, sampling, torch.Generator().manual_seed(seed))
+    b = build_tree(4, sparse, spec, sampling, torch.Generator().manual_seed(seed))
+    for field in ("tokens", "parents", "scores"):
+        assert torch.equal(getattr(a, field), getattr(b, field))
+    if sampled:
+        assert torch.equal(a.proposals.q, b.proposals.q)
 
 
 def test_chain_is_the_top1_path():

@@ -1,10 +1,10 @@
 """Draft trees: build, merge, pack (X, M, P) and verify. The lossless core of specmux;
 depends on torch and numpy only (networkx for export)."""
-from .build import build_chain, build_tree
+from .build import SparseLogits, build_chain, build_tree
 from .checks import NonFiniteLogitsError, debug_checks, require_finite_logits
 from .feedback import StepFeedback
 from .merge import cut_to_budget, merge_trees
-from .pack import PackedTree, kept_cache_positions, pack_tree
+from .pack import PackedTree, ancestor_matrix, attention_mask, kept_cache_positions, pack_tree
 from .sampling import process_logits, sample
 from .spec import SamplingSpec, TreeSpec
 from .tree import DraftTree, Proposals, check_ancestor_closed
@@ -12,8 +12,8 @@ from .verifying import BatchVerifyResult, TreeBatch, VerifyResult, verify, verif
 
 __all__ = [
     "DraftTree", "Proposals", "SamplingSpec", "TreeSpec", "PackedTree", "VerifyResult",
-    "build_tree", "build_chain", "merge_trees", "cut_to_budget", "pack_tree",
-    "kept_cache_positions", "process_logits", "sample", "verify",
+    "build_tree", "SparseLogits", "build_chain", "merge_trees", "cut_to_budget", "pack_tree",
+    "kept_cache_positions", "ancestor_matrix", "attention_mask", "process_logits", "sample", "verify",
     "TreeBatch", "BatchVerifyResult", "verify_batch", "check_ancestor_closed",
     "NonFiniteLogitsError", "debug_checks", "require_finite_logits", "StepFeedback",
 ]

@@ -2,13 +2,15 @@
 
 `step_fn(tree, frontier) -> logits [F, V]`: given the partial tree built so far and the int64
 indices of the F frontier nodes to expand (all already in `tree`), return the drafter's next-token
-logits (raw, float) at each of them. The drafter owns its model state (e.g. a KV cache of the
+logits (raw, float) at each of them, or `SparseLogits` when the drafter only covers part of the
+vocabulary (a truncated draft head): top-k then never touches the full vocabulary. The drafter owns its model state (e.g. a KV cache of the
 nodes it has been fed); every frontier node is fed exactly once, parents before children.
 Node indices are append-only during a build; only the final EAGLE-2 rerank renumbers.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -18,7 +20,23 @@ from .sampling import process_logits
 from .spec import SamplingSpec, TreeSpec
 from .tree import DraftTree, Proposals, top_scoring_closed
 
-StepFn = Callable[[DraftTree, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class SparseLogits:
+    """Logits over a sub-vocabulary: column i is target token vocab_ids[i]; every other target
+    token has logit -inf."""
+
+    logits: torch.Tensor  # float [F, Vd]
+    vocab_ids: torch.Tensor  # int64 [Vd], target ids
+    vocab_size: int  # the target vocabulary size
+
+    def dense(self) -> torch.Tensor:
+        full = self.logits.new_full((self.logits.shape[0], self.vocab_size), float("-inf"))
+        return full.index_copy_(1, self.vocab_ids.to(full.device), self.logits)
+
+
+StepFn = Callable[[DraftTree, torch.Tensor], "torch.Tensor | SparseLogits"]
 
 
 class GrowingTree:
@@ -82,13 +100,18 @@ def build_chain(root_token: int, step_fn: StepFn, depth: int, drafter_name: str 
     return build_dynamic(root_token, step_fn, TreeSpec(depth=depth, top_k=1, budget=depth), drafter_name)
 
 
-def call_step(step_fn: StepFn, tree: DraftTree, frontier: torch.Tensor) -> torch.Tensor:
-    logits = step_fn(tree, frontier)
+def call_step(step_fn: StepFn, tree: DraftTree, frontier: torch.Tensor) -> torch.Tensor | SparseLogits:
+    out = step_fn(tree, frontier)
+    logits = out.logits if isinstance(out, SparseLogits) else out
     if logits.dim() != 2 or logits.shape[0] != frontier.numel():
         raise ValueError(
             f"step_fn returned logits of shape {tuple(logits.shape)}, expected [{frontier.numel()}, V]"
         )
-    return logits.float()
+    return out
+
+
+def dense_logits(out: torch.Tensor | SparseLogits) -> torch.Tensor:
+    return (out.dense() if isinstance(out, SparseLogits) else out).float()
 
 
 def build_dynamic(root_token: int, step_fn: StepFn, spec: TreeSpec, drafter_name: str = "draft") -> DraftTree:
@@ -98,9 +121,13 @@ def build_dynamic(root_token: int, step_fn: StepFn, spec: TreeSpec, drafter_name
     grow = GrowingTree(root_token, drafter_name)
     frontier = torch.zeros(1, dtype=torch.long)
     for _ in range(spec.depth):
-        logq = torch.log_softmax(call_step(step_fn, grow.snapshot(), frontier), dim=-1)
+        out = call_step(step_fn, grow.snapshot(), frontier)
+        logits, vocab = (out.logits, out.vocab_ids) if isinstance(out, SparseLogits) else (out, None)
+        logq = torch.log_softmax(logits.float(), dim=-1)
         grow.record_entropy(frontier, logq)
         top_logq, top_tokens = logq.topk(min(spec.top_k, logq.shape[-1]), dim=-1)
+        if vocab is not None:
+            top_tokens = vocab[top_tokens]
         cand_scores = (grow.scores[frontier][:, None] + top_logq).flatten()
         finite = torch.isfinite(cand_scores)  # a truncated draft head gives -inf outside its vocabulary
         cand_parents = frontier.repeat_interleave(top_tokens.shape[1])[finite]
@@ -158,7 +185,7 @@ def build_sampled(
         quota = math.ceil(remaining / (spec.depth - level))
         counts = split_quota(quota, frontier.numel(), spec.top_k)
         frontier, counts = frontier[counts > 0], counts[counts > 0]
-        logits = call_step(step_fn, grow.snapshot(), frontier)
+        logits = dense_logits(call_step(step_fn, grow.snapshot(), frontier))
         grow.record_entropy(frontier, torch.log_softmax(logits, dim=-1))
         q = process_logits(logits, sampling)
         counts = torch.minimum(counts, (q > 0).sum(-1))  # cannot draw more distinct tokens than q's support

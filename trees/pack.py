@@ -33,14 +33,27 @@ def ancestor_matrix(parents: torch.Tensor, depths: torch.Tensor) -> torch.Tensor
     return anc
 
 
+def attention_mask(allowed: torch.Tensor, prefix_len: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The one additive attention mask builder (target, drafters, training). Query rows see the
+    `prefix_len` committed cache positions in full, and the tail columns after them where
+    `allowed` (bool [Q, T]: query row -> tail column, usually rows of an ancestor matrix) is True.
+    -> [Q, prefix_len + T] in `dtype`: 0 where a row attends, the dtype's most negative finite
+    value elsewhere (docs/design.md "Pack": a boolean or 0/1 mask is wrong)."""
+    if prefix_len < 0:
+        raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
+    if allowed.dtype != torch.bool or allowed.dim() != 2:
+        raise ValueError(f"allowed must be a 2D bool tensor, got {allowed.dtype} of shape {tuple(allowed.shape)}")
+    q, t = allowed.shape
+    mask = torch.zeros((q, prefix_len + t), dtype=dtype, device=allowed.device)
+    mask[:, prefix_len:].masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask
+
+
 def pack_tree(tree: DraftTree, prefix_len: int, dtype: torch.dtype = torch.float32) -> PackedTree:
     if prefix_len < 0:
         raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
-    n = len(tree)
     anc = ancestor_matrix(tree.parents, tree.depths)
-    mask = torch.full((n, prefix_len + n), torch.finfo(dtype).min, dtype=dtype, device=tree.tokens.device)
-    mask[:, :prefix_len] = 0
-    mask[:, prefix_len:].masked_fill_(anc, 0)
+    mask = attention_mask(anc, prefix_len, dtype)
     return PackedTree(
         input_ids=tree.tokens.clone(),
         position_ids=tree.depths + prefix_len,

@@ -1,0 +1,140 @@
+"""A plain-PyTorch forward (gpt-fast style) over a loaded transformers decoder-only model of the
+Llama family (llama, mistral, qwen2, qwen3): the target and the LM drafters run through it.
+
+It calls the model's own modules (embedding, norms, projections, MLPs, rotary embedding, head),
+so the arithmetic is transformers' own, and replaces only the attention plumbing: keys and
+values go straight into a preallocated `KVCache`, attention is one grouped-query SDPA call over
+a view of the cache (no repeat_kv copy, no concatenation), and the additive mask is the caller's
+(trees.attention_mask). Nothing here depends on transformers' Cache or masking internals, which
+change between releases."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from trees import attention_mask
+
+from .kv import KVCache
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass
+class DecoderOutput:
+    logits: torch.Tensor  # float32 [rows, V] (the rows asked for)
+    hidden_states: dict[int, torch.Tensor]  # transformers' hidden_states index -> [n, H] (asked-for layers)
+
+
+class Decoder:
+    """`Decoder(model)` or `Decoder(model, layers=k)` (the first k layers, then the final norm
+    and head: a self-speculative early exit sharing the model's weights)."""
+
+    def __init__(self, model: PreTrainedModel, layers: int | None = None):
+        config = model.config
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"model type {config.model_type!r} is not supported by specmux's decoder; "
+                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        body = model.model
+        n_layers = len(body.layers)
+        self.layers = list(body.layers[: layers or n_layers])
+        if not 1 <= len(self.layers) <= n_layers:
+            raise ValueError(f"layers must be in [1, {n_layers}], got {layers}")
+        self.embed, self.norm, self.rotary, self.head = body.embed_tokens, body.norm, body.rotary_emb, model.lm_head
+        attn = self.layers[0].self_attn
+        self.head_dim = int(attn.head_dim)
+        self.n_heads = int(config.num_attention_heads)
+        self.n_kv = int(config.num_key_value_heads)
+        self.scale = float(attn.scaling)
+        self.windows = _layer_windows(config, len(self.layers))
+        self.dtype = next(model.parameters()).dtype
+        self.device = next(model.parameters()).device
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def new_cache(self, capacity: int = 256) -> KVCache:
+        return KVCache(self.num_layers, self.n_kv, self.head_dim, self.dtype, self.device, capacity)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        mask: torch.Tensor | None,
+        hidden_layers: Sequence[int] = (),
+        logits_rows: slice | torch.Tensor | None = None,
+    ) -> DecoderOutput:
+        """Feed `input_ids` [n] at `positions` [n] after the cache's live entries, which they
+        join. mask: additive [n, cache.length + n] in the model dtype, or None for causal
+        attention (the new rows see the whole cache and the rows before them). hidden_layers:
+        transformers' hidden_states indices to return (i < L: the input of layer i; -1 or L: the
+        final normed state). logits_rows: the rows to project through the head (default all)."""
+        n = int(input_ids.numel())
+        cache.reserve(n)
+        self._check_windows(cache.length + n)
+        attn_mask = None if mask is None else mask.to(self.device, self.dtype)[None, None]
+        causal = mask is None and n > 1
+        if causal and cache.length:  # SDPA's is_causal aligns to the top left: spell it out
+            allowed = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
+            attn_mask, causal = attention_mask(allowed, cache.length, self.dtype)[None, None], False
+        pos = positions.view(1, n).to(self.device)
+        h = self.embed(input_ids.view(1, n).to(self.device))
+        cos, sin = self.rotary(h, pos)
+        wanted = {self.num_layers if i == -1 else i: i for i in hidden_layers}
+        hidden: dict[int, torch.Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            if i in wanted:
+                hidden[wanted[i]] = h[0]
+            h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos, sin, cache, attn_mask, causal)
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        cache.advance(n)
+        h = self.norm(h)[0]
+        if self.num_layers in wanted:
+            hidden[wanted[self.num_layers]] = h
+        rows = h if logits_rows is None else h[logits_rows]
+        return DecoderOutput(logits=self.head(rows).float(), hidden_states=hidden)
+
+    def _attention(self, i, attn, x, cos, sin, cache: KVCache, mask, causal: bool) -> torch.Tensor:
+        n = x.shape[1]
+        q = attn.q_proj(x).view(1, n, self.n_heads, self.head_dim)
+        k = attn.k_proj(x).view(1, n, self.n_kv, self.head_dim)
+        v = attn.v_proj(x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+        if hasattr(attn, "q_norm"):  # qwen3: RMSNorm over each head
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
+        keys, values = cache.write(i, k, v)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal,
+                                           scale=self.scale, enable_gqa=self.n_heads != self.n_kv)
+        return attn.o_proj(y.transpose(1, 2).reshape(1, n, -1))
+
+    def _check_windows(self, span: int) -> None:
+        window = min((w for w in self.windows if w is not None), default=None)
+        if window is not None and span > window:
+            raise ValueError(
+                f"this model uses sliding-window attention (window {window}) and the sequence reached "
+                f"{span} tokens: attention beyond the window is not supported yet"
+            )
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as transformers applies it: x [1, H, n, hd], cos/sin [1, n, hd]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos[:, None] + torch.cat((-x2, x1), dim=-1) * sin[:, None]
+
+
+def _layer_windows(config, n_layers: int) -> list[int | None]:
+    """Sliding window of each layer (None: full attention)."""
+    window = getattr(config, "sliding_window", None)
+    if config.model_type in ("qwen2", "qwen3") and not getattr(config, "use_sliding_window", False):
+        window = None
+    types = getattr(config, "layer_types", None)
+    if types is None:
+        return [window] * n_layers
+    return [window if t == "sliding_attention" else None for t in types[:n_layers]]
