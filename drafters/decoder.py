@@ -30,34 +30,29 @@ class DecoderOutput:
 
 
 class Decoder:
-    """`Decoder(model)` or `Decoder(model, layers=k)` (the first k layers, then the final norm
-    and head: a self-speculative early exit sharing the model's weights)."""
+    """`Decoder(model)`: runs `model` (its modules are looked up at every forward, so a wrapper
+    that swaps one of them, e.g. an adapted head, is honoured)."""
 
-    def __init__(self, model: PreTrainedModel, layers: int | None = None):
+    def __init__(self, model: PreTrainedModel):
         config = model.config
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
                 f"model type {config.model_type!r} is not supported by specmux's decoder; "
                 f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
-        body = model.model
-        n_layers = len(body.layers)
-        self.layers = list(body.layers[: layers or n_layers])
-        if not 1 <= len(self.layers) <= n_layers:
-            raise ValueError(f"layers must be in [1, {n_layers}], got {layers}")
-        self.embed, self.norm, self.rotary, self.head = body.embed_tokens, body.norm, body.rotary_emb, model.lm_head
-        attn = self.layers[0].self_attn
+        self.model = model
+        attn = model.model.layers[0].self_attn
         self.head_dim = int(attn.head_dim)
         self.n_heads = int(config.num_attention_heads)
         self.n_kv = int(config.num_key_value_heads)
         self.scale = float(attn.scaling)
-        self.windows = _layer_windows(config, len(self.layers))
+        self.windows = _layer_windows(config, self.num_layers)
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
 
     @property
     def num_layers(self) -> int:
-        return len(self.layers)
+        return len(self.model.model.layers)
 
     def new_cache(self, capacity: int = 256) -> KVCache:
         return KVCache(self.num_layers, self.n_kv, self.head_dim, self.dtype, self.device, capacity)
@@ -84,22 +79,23 @@ class Decoder:
         if causal and cache.length:  # SDPA's is_causal aligns to the top left: spell it out
             allowed = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
             attn_mask, causal = attention_mask(allowed, cache.length, self.dtype)[None, None], False
+        body = self.model.model
         pos = positions.view(1, n).to(self.device)
-        h = self.embed(input_ids.view(1, n).to(self.device))
-        cos, sin = self.rotary(h, pos)
+        h = body.embed_tokens(input_ids.view(1, n).to(self.device))
+        cos, sin = body.rotary_emb(h, pos)
         wanted = {self.num_layers if i == -1 else i: i for i in hidden_layers}
         hidden: dict[int, torch.Tensor] = {}
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(body.layers):
             if i in wanted:
                 hidden[wanted[i]] = h[0]
             h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos, sin, cache, attn_mask, causal)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         cache.advance(n)
-        h = self.norm(h)[0]
+        h = body.norm(h)
         if self.num_layers in wanted:
-            hidden[wanted[self.num_layers]] = h
-        rows = h if logits_rows is None else h[logits_rows]
-        return DecoderOutput(logits=self.head(rows).float(), hidden_states=hidden)
+            hidden[wanted[self.num_layers]] = h[0]
+        rows = h if logits_rows is None else h[:, logits_rows]
+        return DecoderOutput(logits=self.model.lm_head(rows)[0].float(), hidden_states=hidden)
 
     def _attention(self, i, attn, x, cos, sin, cache: KVCache, mask, causal: bool) -> torch.Tensor:
         n = x.shape[1]

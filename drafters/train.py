@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from tqdm.auto import tqdm
 
+from trees import attention_mask
+
 from .atomic import commit_folder, recover_folder, staging_folder, staging_path, write_json, write_text
 from .losses import LOSSES, acceptance_rate, distillation_loss, unroll_weights
 from .model import FeatureDrafterModel
@@ -86,7 +88,7 @@ def ttt_mask(n: int, step: int, dtype: torch.dtype, device=None) -> torch.Tensor
     k = torch.arange(n, device=device)[None, :]
     blocks = [k <= u - step] + [k == u - step + i for i in range(1, step + 1)]
     allowed = torch.cat(blocks, dim=1)
-    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+    return attention_mask(allowed, 0, dtype)[None, None]
 
 
 class Unroll(nn.Module):

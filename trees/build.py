@@ -90,18 +90,37 @@ def build_tree(
     """EAGLE-2 dynamic tree (spec.sampled False) or sampled tree (spec.sampled True, children
     drawn without replacement from process_logits(logits, sampling), proposals recorded).
     A sampled spec with greedy (or no) sampling falls back to the dynamic tree."""
+    build = new_build(root_token, spec, sampling, generator, drafter_name)
+    return build_lockstep([build], lambda trees, frontiers: [step_fn(trees[0], frontiers[0])])[0]
+
+
+def new_build(root_token: int, spec: TreeSpec, sampling: SamplingSpec | None = None,
+              generator: torch.Generator | None = None, drafter_name: str = "draft") -> "DynamicBuild | SampledBuild":
     if spec.sampled and sampling is not None and not sampling.greedy:
-        return build_sampled(root_token, step_fn, spec, sampling, generator, drafter_name)
-    return build_dynamic(root_token, step_fn, spec, drafter_name)
+        return SampledBuild(root_token, spec, sampling, generator, drafter_name)
+    return DynamicBuild(root_token, spec, drafter_name)
+
+
+def build_lockstep(builds: list, step_many) -> list[DraftTree]:
+    """Run builds level by level, together: `step_many(partial trees, frontiers)` feeds every
+    unfinished build's frontier (one batched drafter call, or one call per drafter) and returns
+    one step output per build, in order."""
+    while True:
+        active = [b for b in builds if b.frontier is not None]
+        if not active:
+            return [b.tree() for b in builds]
+        frontiers = [b.frontier for b in active]
+        outs = step_many([b.grow.snapshot() for b in active], frontiers)
+        for b, frontier, out in zip(active, frontiers, outs):
+            b.expand(checked(out, frontier))
 
 
 def build_chain(root_token: int, step_fn: StepFn, depth: int, drafter_name: str = "draft") -> DraftTree:
     """Top-1 chain of `depth` draft nodes."""
-    return build_dynamic(root_token, step_fn, TreeSpec(depth=depth, top_k=1, budget=depth), drafter_name)
+    return build_tree(root_token, step_fn, TreeSpec(depth=depth, top_k=1, budget=depth), drafter_name=drafter_name)
 
 
-def call_step(step_fn: StepFn, tree: DraftTree, frontier: torch.Tensor) -> torch.Tensor | SparseLogits:
-    out = step_fn(tree, frontier)
+def checked(out: torch.Tensor | SparseLogits, frontier: torch.Tensor) -> torch.Tensor | SparseLogits:
     logits = out.logits if isinstance(out, SparseLogits) else out
     if logits.dim() != 2 or logits.shape[0] != frontier.numel():
         raise ValueError(
@@ -114,30 +133,38 @@ def dense_logits(out: torch.Tensor | SparseLogits) -> torch.Tensor:
     return (out.dense() if isinstance(out, SparseLogits) else out).float()
 
 
-def build_dynamic(root_token: int, step_fn: StepFn, spec: TreeSpec, drafter_name: str = "draft") -> DraftTree:
-    """EAGLE-2: expand the frontier's top-k children, keep the best k of the k^2 candidates by
-    cumulative log q (temperature 1) as the next frontier; after `depth` levels keep the best
-    `budget` nodes overall (ancestor-closed, checked)."""
-    grow = GrowingTree(root_token, drafter_name)
-    frontier = torch.zeros(1, dtype=torch.long)
-    for _ in range(spec.depth):
-        out = call_step(step_fn, grow.snapshot(), frontier)
+class DynamicBuild:
+    """EAGLE-2, one level per `expand`: expand the frontier's top-k children, keep the best k of
+    the k^2 candidates by cumulative log q (temperature 1) as the next frontier; after `depth`
+    levels keep the best `budget` nodes overall (ancestor-closed, checked). `frontier` is None
+    once the build is done."""
+
+    def __init__(self, root_token: int, spec: TreeSpec, drafter_name: str = "draft"):
+        self.grow, self.spec, self.level = GrowingTree(root_token, drafter_name), spec, 0
+        self.frontier: torch.Tensor | None = torch.zeros(1, dtype=torch.long)
+
+    def expand(self, out: torch.Tensor | SparseLogits) -> None:
+        grow, frontier, k = self.grow, self.frontier, self.spec.top_k
         logits, vocab = (out.logits, out.vocab_ids) if isinstance(out, SparseLogits) else (out, None)
         logq = torch.log_softmax(logits.float(), dim=-1)
         grow.record_entropy(frontier, logq)
-        top_logq, top_tokens = logq.topk(min(spec.top_k, logq.shape[-1]), dim=-1)
+        top_logq, top_tokens = logq.topk(min(k, logq.shape[-1]), dim=-1)
         if vocab is not None:
-            top_tokens = vocab[top_tokens]
-        cand_scores = (grow.scores[frontier][:, None] + top_logq).flatten()
+            top_tokens = vocab.to(top_tokens.device)[top_tokens]
+        cand_scores = (grow.scores[frontier][:, None] + top_logq.cpu()).flatten()
         finite = torch.isfinite(cand_scores)  # a truncated draft head gives -inf outside its vocabulary
         cand_parents = frontier.repeat_interleave(top_tokens.shape[1])[finite]
-        new = grow.add(cand_parents, top_tokens.flatten()[finite], cand_scores[finite])
-        if new.numel() == 0:
-            break
-        best = torch.sort(grow.scores[new], descending=True, stable=True).indices[: spec.top_k]
-        frontier = new[best.sort().values]
-    tree = grow.snapshot()
-    return tree.select(top_scoring_closed(tree, spec.budget))
+        new = grow.add(cand_parents, top_tokens.cpu().flatten()[finite], cand_scores[finite])
+        self.level += 1
+        if new.numel() == 0 or self.level == self.spec.depth:
+            self.frontier = None
+            return
+        best = torch.sort(grow.scores[new], descending=True, stable=True).indices[:k]
+        self.frontier = new[best.sort().values]
+
+    def tree(self) -> DraftTree:
+        tree = self.grow.snapshot()
+        return tree.select(top_scoring_closed(tree, self.spec.budget))
 
 
 def split_quota(quota: int, frontier_size: int, cap: int) -> torch.Tensor:
@@ -165,44 +192,50 @@ def renormalised_rows(q: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     return out / out.sum(-1, keepdim=True)
 
 
-def build_sampled(
-    root_token: int,
-    step_fn: StepFn,
-    spec: TreeSpec,
-    sampling: SamplingSpec,
-    generator: torch.Generator | None = None,
-    drafter_name: str = "draft",
-) -> DraftTree:
-    """Sampled tree verified by recursive rejection sampling. The number of children of a node
-    is fixed before its draws are made (a level's quota = remaining budget / remaining levels,
-    spread over the best-scoring frontier nodes), so no cut ever looks at drawn values."""
-    grow = GrowingTree(root_token, drafter_name)
-    rows_parent, rows_child, rows_q = [], [], []
-    frontier, remaining = torch.zeros(1, dtype=torch.long), spec.budget
-    for level in range(spec.depth):
-        if remaining <= 0 or frontier.numel() == 0:
-            break
-        quota = math.ceil(remaining / (spec.depth - level))
-        counts = split_quota(quota, frontier.numel(), spec.top_k)
-        frontier, counts = frontier[counts > 0], counts[counts > 0]
-        logits = dense_logits(call_step(step_fn, grow.snapshot(), frontier))
+class SampledBuild:
+    """Sampled tree verified by recursive rejection sampling, one level per `expand`. The number
+    of children of a node is fixed before its draws are made (a level's quota = remaining budget
+    / remaining levels, spread over the best-scoring frontier nodes), so no cut ever looks at
+    drawn values."""
+
+    def __init__(self, root_token: int, spec: TreeSpec, sampling: SamplingSpec,
+                 generator: torch.Generator | None = None, drafter_name: str = "draft"):
+        self.grow, self.spec, self.sampling, self.generator = GrowingTree(root_token, drafter_name), spec, sampling, generator
+        self.rows_parent, self.rows_child, self.rows_q = [], [], []
+        self.level, self.remaining = 0, spec.budget
+        self._plan(torch.zeros(1, dtype=torch.long))
+
+    def _plan(self, frontier: torch.Tensor) -> None:
+        """Children per frontier node for the next level (None frontier: done)."""
+        if self.remaining <= 0 or frontier.numel() == 0 or self.level == self.spec.depth:
+            self.frontier = None
+            return
+        quota = math.ceil(self.remaining / (self.spec.depth - self.level))
+        counts = split_quota(quota, frontier.numel(), self.spec.top_k)
+        self.frontier, self.counts = frontier[counts > 0], counts[counts > 0]
+
+    def expand(self, out: torch.Tensor | SparseLogits) -> None:
+        grow, frontier = self.grow, self.frontier
+        logits = dense_logits(out).cpu()
         grow.record_entropy(frontier, torch.log_softmax(logits, dim=-1))
-        q = process_logits(logits, sampling)
-        counts = torch.minimum(counts, (q > 0).sum(-1))  # cannot draw more distinct tokens than q's support
-        draws = draw_without_replacement(q, int(counts.max()), generator)
+        q = process_logits(logits, self.sampling)
+        counts = torch.minimum(self.counts, (q > 0).sum(-1))  # cannot draw more distinct tokens than q's support
+        draws = draw_without_replacement(q, int(counts.max()), self.generator)
         q_rows = renormalised_rows(q, draws)
         taken = torch.arange(draws.shape[1])[None, :] < counts[:, None]  # [F, C], row-major = draw order
         parents = frontier[:, None].expand_as(draws)[taken]
-        tokens = draws[taken]
         scores = grow.scores[parents] + torch.log(q.gather(1, draws))[taken]
-        new = grow.add(parents, tokens, scores)
-        rows_parent.append(parents), rows_child.append(new), rows_q.append(q_rows[taken])
-        remaining -= new.numel()
-        best = torch.sort(grow.scores[new], descending=True, stable=True).indices[: spec.top_k]
-        frontier = new[best]  # best first: split_quota gives the extra children to the best
-    proposals = Proposals(
-        parent=torch.cat(rows_parent) if rows_parent else torch.zeros(0, dtype=torch.long),
-        child=torch.cat(rows_child) if rows_child else torch.zeros(0, dtype=torch.long),
-        q=torch.cat(rows_q) if rows_q else torch.zeros(0, 0),
-    )
-    return grow.snapshot(proposals)
+        new = grow.add(parents, draws[taken], scores)
+        self.rows_parent.append(parents), self.rows_child.append(new), self.rows_q.append(q_rows[taken])
+        self.remaining -= new.numel()
+        self.level += 1
+        best = torch.sort(grow.scores[new], descending=True, stable=True).indices[: self.spec.top_k]
+        self._plan(new[best])  # best first: split_quota gives the extra children to the best
+
+    def tree(self) -> DraftTree:
+        proposals = Proposals(
+            parent=torch.cat(self.rows_parent) if self.rows_parent else torch.zeros(0, dtype=torch.long),
+            child=torch.cat(self.rows_child) if self.rows_child else torch.zeros(0, dtype=torch.long),
+            q=torch.cat(self.rows_q) if self.rows_q else torch.zeros(0, 0),
+        )
+        return self.grow.snapshot(proposals)

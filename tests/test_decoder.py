@@ -1,0 +1,92 @@
+"""drafters.decoder (the plain-PyTorch forward the target and LM drafters run) against
+transformers' own forward, and the static KV cache's compaction."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Qwen3Config, Qwen3ForCausalLM
+
+from drafters.decoder import Decoder
+from drafters.kv import KVCache
+from tiny_models import tiny_model
+from trees import DraftTree, pack_tree
+
+
+def qwen3_model():
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                         initializer_range=0.2, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return Qwen3ForCausalLM(config).eval().requires_grad_(False)
+
+
+MODELS = {"llama": lambda: tiny_model("llama", layers=3), "qwen2": lambda: tiny_model("qwen2", layers=3, seed=1),
+          "llama-eager": lambda: tiny_model("llama", layers=2, attn="eager"), "qwen3": qwen3_model}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_prefill_and_tree_forward_equal_transformers(name):
+    model = MODELS[name]()
+    decoder = Decoder(model)
+    prompt = torch.randint(0, 96, (11,), generator=torch.Generator().manual_seed(2))
+    cache = decoder.new_cache(capacity=4)  # grows while prefilling
+    n_layers = model.config.num_hidden_layers
+    out = decoder.forward(prompt, torch.arange(11), cache, None, hidden_layers=(0, 1, -1))
+    ref = model(prompt[None], output_hidden_states=True, use_cache=True)
+    torch.testing.assert_close(out.logits, ref.logits[0], rtol=1e-4, atol=1e-4)
+    for i in (0, 1, -1):
+        torch.testing.assert_close(out.hidden_states[i], ref.hidden_states[i][0], rtol=1e-4, atol=1e-4)
+    for layer in range(n_layers):
+        torch.testing.assert_close(cache.keys[layer, :, :, :11], ref.past_key_values.layers[layer].keys, rtol=1e-4, atol=1e-4)
+    # a packed tree against the cache: every node's logits are those of its own path
+    tree = DraftTree.from_lists([5, 7, 9, 11, 13], [-1, 0, 0, 1, 1])
+    packed = pack_tree(tree, 11, decoder.dtype)
+    got = decoder.forward(packed.input_ids, packed.position_ids, cache, packed.attention_mask).logits
+    for node in range(len(tree)):
+        path = tree.tokens[tree.path_to(node)]
+        want = model(torch.cat([prompt, path])[None]).logits[0, -1]
+        torch.testing.assert_close(got[node], want, rtol=1e-4, atol=1e-4)
+
+
+def test_causal_chunk_after_a_cache_and_logits_rows():
+    model = MODELS["llama"]()
+    decoder = Decoder(model)
+    ids = torch.randint(0, 96, (9,), generator=torch.Generator().manual_seed(3))
+    cache = decoder.new_cache()
+    decoder.forward(ids[:5], torch.arange(5), cache, None, logits_rows=slice(0, 0))
+    out = decoder.forward(ids[5:], torch.arange(5, 9), cache, None, logits_rows=slice(2, None))
+    assert cache.length == 9 and out.logits.shape[0] == 2
+    torch.testing.assert_close(out.logits, model(ids[None]).logits[0, 7:], rtol=1e-4, atol=1e-4)
+
+
+def test_cache_keep_moves_rows_in_place():
+    cache = KVCache(layers=2, kv_heads=1, head_dim=1, dtype=torch.float32, capacity=2)
+    cache.reserve(6)
+    for layer in range(2):
+        cache.write(layer, torch.arange(6.0).view(1, 1, 6, 1) + 10 * layer, -torch.arange(6.0).view(1, 1, 6, 1))
+    cache.advance(6)
+    cache.keep(2, torch.tensor([1, 3]))  # keep positions 0, 1, 3, 5
+    assert cache.length == 4
+    assert cache.keys[1, 0, 0, :4, 0].tolist() == [10.0, 11.0, 13.0, 15.0]
+    assert cache.values[0, 0, 0, :4, 0].tolist() == [0.0, -1.0, -3.0, -5.0]
+    with pytest.raises(ValueError, match="cannot keep offset"):
+        cache.keep(2, torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="cannot crop"):
+        cache.crop(5)
+
+
+def test_unsupported_architecture_is_named():
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=1, n_head=2))
+    with pytest.raises(ValueError, match="model type 'gpt2' is not supported"):
+        Decoder(model)
+
+
+def test_sliding_window_past_the_window_is_refused():
+    model = MODELS["qwen2"]()
+    model.config.use_sliding_window, model.config.sliding_window = True, 8
+    model.config.layer_types = ["sliding_attention"] * model.config.num_hidden_layers
+    decoder = Decoder(model)
+    cache = decoder.new_cache()
+    decoder.forward(torch.arange(8), torch.arange(8), cache, None)  # within the window: exact
+    with pytest.raises(ValueError, match="sliding-window attention"):
+        decoder.forward(torch.tensor([1]), torch.tensor([8]), cache, None)
