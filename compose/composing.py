@@ -12,34 +12,33 @@ from drafters.base import Drafter
 from routing import Calibration, ConfidenceRouter, DomainRouter, EntropyRouter, OnlineRouter, tree_gain
 from trees import DraftTree, StepFeedback, merge_trees
 
+from .lockstep import draft_units, draft_with
 from .strategies import Proposal, Single, Strategy, _features, match_rule
 
 
 class _Composing(Strategy):
     """Several named drafters. One drafter object registered under several names drafts once
-    and is advanced once (its tree is shared by its names)."""
+    and is advanced once (its tree is shared by its names). With `lockstep` (strategies where
+    every drafter drafts each step), feature drafters of one architecture draft together in one
+    batched forward per level (compose/lockstep.py); the others one after another."""
 
     min_drafters = 2
+    lockstep = False
 
     def __init__(self, drafters: Mapping[str, Drafter]):
         super().__init__(drafters)
         self.routing_log: list[str] = []
+        self.units = draft_units(self.drafters, self.lockstep)
 
-    def active_drafters(self) -> list[Drafter]:
-        unique: dict[int, Drafter] = {}
-        for d in self.drafters.values():
-            unique.setdefault(id(d), d)
-        return list(unique.values())
+    def active_drafters(self) -> list:
+        return [u.runner for u in self.units]
 
     def draft_all(self, names: Sequence[str], root, tree, sampling, generator) -> dict[str, DraftTree]:
-        by_object: dict[int, DraftTree] = {}
-        trees = {}
-        for name in names:
-            d = self.drafters[name]
-            if id(d) not in by_object:
-                by_object[id(d)] = d.propose(root, tree, sampling, generator)
-            trees[name] = dataclasses.replace(by_object[id(d)], drafter_names=(name,))
-        return trees
+        return draft_with(self.units, names, root, tree, sampling, generator)
+
+    def draft_groups(self, names: Sequence[str]) -> list[list[str]]:
+        """The drafting calls serving `names`: one list of names per call (recorded per step)."""
+        return [u.names for u in self.units if any(n in names for n in u.names)]
 
 
 def proposed_gains(feedback: StepFeedback) -> dict[str, float]:
@@ -87,12 +86,13 @@ class Confidence(_SignalRouted):
 
     name = "confidence"
     router_type = ConfidenceRouter
+    lockstep = True
 
     def propose(self, root, tree, sampling, generator) -> Proposal:
         trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
         choice = self.router.choose(trees)
         self.routing_log.append(choice)
-        return Proposal(match_rule(trees[choice]), choice, trees)
+        return Proposal(match_rule(trees[choice]), choice, trees, self.draft_groups(list(self.drafters)))
 
 
 class Entropy(_SignalRouted):
@@ -128,6 +128,7 @@ class MergedTree(_Composing):
     `sum`: every drafter keeps its budget; `equal`: the union is cut to one drafter's budget."""
 
     name = "merged_tree"
+    lockstep = True
 
     @classmethod
     def create(cls, drafters, tree, cache, **options):
@@ -142,7 +143,8 @@ class MergedTree(_Composing):
     def propose(self, root, tree, sampling, generator) -> Proposal:
         trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
         budget = tree.budget if self.merge_budget == "equal" else None
-        return Proposal(merge_trees(list(trees.values()), mode=self.merge_budget, budget=budget), proposed=trees)
+        merged = merge_trees(list(trees.values()), mode=self.merge_budget, budget=budget)
+        return Proposal(merged, proposed=trees, draft_groups=self.draft_groups(list(self.drafters)))
 
 
 class Online(_Composing):

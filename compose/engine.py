@@ -61,6 +61,8 @@ def decode(
                     tree_size=len(proposal.tree),
                     drafter=proposal.drafter,
                     accepted_by=[sorted(proposal.tree.proposers_of(n)) for n in path[1:]],
+                    draft_groups=proposal.draft_groups if proposal.draft_groups is not None
+                    else [[n] for n in proposal.proposed],
                     t_draft=t1 - t0,
                     t_verify=(t2 - t1) + (t4 - t3),
                     t_forward=t3 - t2,

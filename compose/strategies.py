@@ -22,6 +22,7 @@ class Proposal:
     tree: DraftTree  # what the target verifies
     drafter: str | None = None  # routing choice recorded in the step stats
     proposed: dict[str, DraftTree] = dataclasses.field(default_factory=dict)  # each drafter's own tree
+    draft_groups: list[list[str]] | None = None  # drafter names per drafting call (lockstep groups share one)
 
 
 def match_rule(tree: DraftTree) -> DraftTree:
@@ -144,4 +145,4 @@ class Single(Strategy):
 
     def propose(self, root, tree, sampling, generator) -> Proposal:
         draft = self.drafters[self.chosen].propose(root, tree, sampling, generator)
-        return Proposal(draft, self.chosen, {self.chosen: draft})
+        return Proposal(draft, self.chosen, {self.chosen: draft}, [[self.chosen]])

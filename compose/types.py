@@ -50,6 +50,7 @@ class StepRecord(BaseModel):
     tree_size: int  # nodes fed to the verifier, root included
     drafter: str | None = None  # routing choice for this step (None: autoregressive / merged)
     accepted_by: list[list[str]] = Field(default_factory=list)  # proposers of each accepted draft token
+    draft_groups: list[list[str]] = Field(default_factory=list)  # drafter names per drafting call: lockstep groups share one
     t_draft: float = 0.0  # seconds: drafter forwards and tree building
     t_verify: float = 0.0  # seconds: pack + verify + cache compaction (non-model overhead)
     t_forward: float = 0.0  # seconds: the target forward

@@ -1,7 +1,7 @@
 """Drafter models, heads, RepSpec layers, losses, training, checkpoints and export."""
 from .base import Drafter
 from .config import DrafterConfig
-from .feature import FeatureDrafter
+from .feature import FeatureDrafter, FeatureDrafterGroup
 from .heads import LowRankHead, TargetHead, TruncatedHead, most_frequent_tokens
 from .losses import acceptance_rate, distillation_loss, forward_kl, lk_alpha, lk_lambda, topk_distillation
 from .model import FeatureDrafterModel, build_drafter_model

@@ -1,4 +1,5 @@
-"""FeatureDrafter: the Drafter protocol around a FeatureDrafterModel, with its own KV cache.
+"""Feature-level drafters at inference: `FeatureDrafter` (one model) and `FeatureDrafterGroup`
+(several models of one architecture drafting in lockstep), over one static KV cache.
 
 Bookkeeping (EAGLE terms): drafter entry t is (x_{t+1}, f_t) at position t. `start` and
 `advance` only queue committed entries; the next `propose` feeds them together with the root
@@ -6,58 +7,83 @@ entry (root, f_last) in one forward, then the tree build feeds each expanded fro
 (feature = its parent's output) under a tree mask over the cache. After the build the tree's
 KV is dropped (the cache is cut back to the committed length), so the cache only ever holds
 entries built from the target's own features.
+
+A group stacks its members' weights (torch.func.stack_module_state) and runs one vmapped
+forward per tree level for all of them; a head they share (the target's frozen head) runs once
+over the stacked frontiers. Members see the same committed tokens and target features, so the
+committed part of the cache has one length for all; frontiers of unequal size are padded with
+rows no node ever attends.
 """
 from __future__ import annotations
 
-import torch
+import copy
+from typing import Sequence
 
-from trees import DraftTree, SamplingSpec, SparseLogits, TreeSpec, ancestor_matrix, attention_mask, build_tree
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from trees import (DraftTree, SamplingSpec, SparseLogits, TreeSpec, ancestor_matrix, attention_mask,
+                   build_lockstep, new_build)
 
 from .base import Drafter
-from .heads import TruncatedHead
+from .heads import TargetHead, TruncatedHead
 from .kv import KVCache
 from .model import FeatureDrafterModel
 
 
-class FeatureDrafter(Drafter):
-    def __init__(self, model: FeatureDrafterModel, name: str = "eagle"):
-        self.model = model.eval()
-        cfg = model.config
-        self.name = name
+class _FeatureDrafting:
+    """Committed-entry queue, cache and tree bookkeeping for m >= 1 same-architecture models."""
+
+    def __init__(self, models: Sequence[FeatureDrafterModel]):
+        self.models = [m.eval() for m in models]
+        cfg = self.models[0].config
+        self.feature_size = cfg.feature_size
         self.vocab_size = cfg.vocab_size
         self.target_hidden_size = cfg.target_hidden_size
         self.target_layers = list(cfg.target_layers)
         self.reset()
 
-    def architecture_key(self) -> tuple:
-        return self.model.config.architecture_key()
+    @property
+    def size(self) -> int:
+        return len(self.models)
 
-    # --- protocol -----------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.models[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.models[0].embed_weight.device
+
     def reset(self) -> None:
-        cfg, p = self.model.config, next(self.model.parameters())
-        self.cache = KVCache(1, cfg.num_key_value_heads, cfg.head_dim, p.dtype, p.device)
+        cfg = self.models[0].config
+        self.cache = KVCache(1, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device, batch=self.size)
         self._queued_ids: list[torch.Tensor] = []  # committed entries not yet fed
         self._queued_features: list[torch.Tensor] = []
         self._last_feature: torch.Tensor | None = None  # target feature pairing with the next root
+        self._committed = None
 
     def start(self, prompt_ids: torch.Tensor, hidden: torch.Tensor | None) -> None:
-        ids, feats = _as_rows(prompt_ids, hidden, self.model.config.feature_size)
+        ids, feats = _as_rows(prompt_ids, hidden, self.feature_size)
         self.reset()
         self._queue(ids[1:], feats[:-1])
         self._last_feature = feats[-1:]
 
     def advance(self, tokens: torch.Tensor, hidden: torch.Tensor | None) -> None:
-        ids, feats = _as_rows(tokens, hidden, self.model.config.feature_size)
+        ids, feats = _as_rows(tokens, hidden, self.feature_size)
         if self._last_feature is None:
             raise ValueError("advance() before start()")
         self._queue(ids, torch.cat([self._last_feature, feats[:-1]]))
         self._last_feature = feats[-1:]
 
-    def propose(self, root_token: int, tree: TreeSpec, sampling: SamplingSpec,
-                generator: torch.Generator | None = None) -> DraftTree:
+    def draft(self, root_token: int, tree: TreeSpec, sampling: SamplingSpec,
+              generator: torch.Generator | None, names: Sequence[str]) -> list[DraftTree]:
+        """One tree per model, built in lockstep."""
         self.begin_tree(root_token)
         try:
-            return build_tree(root_token, self.step, tree, sampling, generator, self.name)
+            builds = [new_build(root_token, tree, sampling, generator, name) for name in names]
+            return build_lockstep(builds, self.step_many)
         finally:
             self.end_tree()
 
@@ -66,64 +92,177 @@ class FeatureDrafter(Drafter):
         if self._last_feature is None:
             raise ValueError("propose() before start()")
         self._root_token = int(root_token)
-        self._fed: list[int] = []  # tree node fed at cache slot committed + j
-        self._outputs: dict[int, torch.Tensor] = {}  # tree node -> drafter output [d]
+        self._fed: list[list[int]] = [[] for _ in self.models]  # member -> node at slot committed + j (-1: padding)
+        self._outputs: list[dict[int, torch.Tensor]] = [{} for _ in self.models]  # member -> node -> output [d]
         self._committed = None
 
     def end_tree(self) -> None:
         """Drop the tree's KV: the cache keeps only committed entries."""
         if self._committed is not None:
             self.cache.crop(self._committed)
-        self._fed, self._outputs = [], {}
+        self._committed = None
 
     @torch.no_grad()
-    def step(self, tree: DraftTree, frontier: torch.Tensor) -> torch.Tensor | SparseLogits:
-        """trees' step_fn: feed the frontier nodes once each, return their next-token logits
-        (over the draft vocabulary, with its target ids, for a truncated head)."""
-        nodes = frontier.tolist()
-        if nodes == [0]:
-            outputs = self._feed_root(int(tree.tokens[0]))
+    def step_many(self, trees: Sequence[DraftTree], frontiers: Sequence[torch.Tensor | None]) -> list:
+        """trees' lockstep step: feed every member's frontier once (one forward for all; None: a
+        finished member, fed padding), return each member's next-token logits (SparseLogits for
+        a truncated head; None for a finished member)."""
+        if len(trees) != self.size:
+            raise ValueError(f"lockstep drafting feeds all {self.size} members at every level, got {len(trees)}")
+        sizes = [0 if f is None else f.numel() for f in frontiers]
+        if self._committed is None:
+            outputs = self._feed_root()
+            nodes = [[0] for _ in trees]
         else:
-            outputs = self._feed_nodes(tree, frontier)
-        self._fed += nodes
-        for n, o in zip(nodes, outputs):
-            self._outputs[n] = o
-        return head_logits(self.model, outputs)
+            width = max(sizes)
+            nodes = [(f.tolist() if f is not None else []) + [-1] * (width - k) for f, k in zip(frontiers, sizes)]
+            outputs = self._feed_nodes(trees, nodes)  # -1: a padding row no node ever attends
+        for b, row_nodes in enumerate(nodes):
+            self._fed[b] += row_nodes
+            for n, o in zip(row_nodes, outputs[b]):
+                if n >= 0:
+                    self._outputs[b][n] = o
+        return [_first_rows(out, k) if k else None for out, k in zip(self.head_logits(outputs), sizes)]
 
-    def _feed_root(self, root_token: int) -> torch.Tensor:
-        """Committed queue + root in one forward (causal); returns the root's output [1, d]."""
-        dev = self.model.embed_weight.device
-        ids = torch.cat(self._queued_ids + [torch.tensor([root_token])]).to(dev)
+    def _feed_root(self) -> torch.Tensor:
+        """Committed queue + root in one forward (causal); returns the root's outputs [m, 1, d]."""
+        dev, m = self.device, self.size
+        ids = torch.cat(self._queued_ids + [torch.tensor([self._root_token])]).to(dev)
         feats = torch.cat(self._queued_features + [self._last_feature]).to(dev)
         self._queued_ids, self._queued_features = [], []
         start, n = self.cache.length, int(ids.numel())
         positions = torch.arange(start, start + n, device=dev)
-        causal = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
-        out = self._forward(ids, feats, True, positions, attention_mask(causal, start, self.model.dtype))
+        mask = attention_mask(torch.ones(n, n, dtype=torch.bool, device=dev).tril(), start, self.dtype)
+        out = self.forward(ids.expand(m, n), feats.expand(m, n, -1), True, positions.expand(m, n), mask.expand(m, -1, -1))
         self._committed = start + n - 1  # the root is slot 0 of the tree part
-        return out[0, -1:]
+        return out[:, -1:]
 
-    def _feed_nodes(self, tree: DraftTree, frontier: torch.Tensor) -> torch.Tensor:
-        dev = self.model.embed_weight.device
-        anc = ancestor_matrix(tree.parents, tree.depths)
-        allowed = anc[frontier][:, torch.tensor(self._fed + frontier.tolist())]
-        mask = attention_mask(allowed, self._committed, self.model.dtype).to(dev)
-        feats = torch.stack([self._outputs[p] for p in tree.parents[frontier].tolist()])
-        positions = self._committed + tree.depths[frontier].to(dev)
-        return self._forward(tree.tokens[frontier].to(dev), feats, False, positions, mask)[0]
+    def _feed_nodes(self, trees: Sequence[DraftTree], nodes: list[list[int]]) -> torch.Tensor:
+        dev, committed = self.device, self._committed
+        ids, feats, positions, masks = [], [], [], []
+        for b, (tree, row_nodes) in enumerate(zip(trees, nodes)):
+            rows = torch.tensor([max(n, 0) for n in row_nodes])  # a padding row repeats the root's inputs
+            cols = torch.tensor(self._fed[b] + row_nodes)
+            allowed = ancestor_matrix(tree.parents, tree.depths)[rows][:, cols.clamp(min=0)] & (cols >= 0)
+            masks.append(attention_mask(allowed, committed, self.dtype))
+            ids.append(tree.tokens[rows])
+            parents = [int(tree.parents[n]) if n >= 0 else 0 for n in row_nodes]  # padding: the root's output
+            feats.append(torch.stack([self._outputs[b][p] for p in parents]))
+            positions.append(committed + tree.depths[rows])
+        stack = lambda xs: torch.stack(xs).to(dev)  # noqa: E731
+        return self.forward(stack(ids), stack(feats), False, stack(positions), stack(masks))
 
-    def _forward(self, ids, feats, from_target: bool, positions, mask) -> torch.Tensor:
-        """One drafter forward after the cache's live entries, which the new ones join."""
-        n = int(ids.numel())
+    def forward(self, ids, feats, from_target: bool, positions, mask) -> torch.Tensor:
+        """Every member's forward after the cache's live entries, which the new ones join.
+        ids [m, T], feats [m, T, *], positions [m, T], mask additive [m, T, S] -> outputs [m, T, d]."""
+        n = ids.shape[1]
         self.cache.reserve(n)
-        out, _ = self.model(ids[None], feats[None], from_target, positions[None], mask[None, None], self.cache)
+        out, _ = self.models[0](ids, feats, from_target, positions, mask[:, None], self.cache)
         self.cache.advance(n)
         return out
+
+    def head_logits(self, outputs: torch.Tensor) -> list:
+        """Per member: float logits at `outputs` [T, d] (over the draft vocabulary, with its
+        target ids, for a truncated head, so top-k never touches the full vocabulary)."""
+        return [head_logits(self.models[0], outputs[0])]
 
     def _queue(self, ids: torch.Tensor, feats: torch.Tensor) -> None:
         if ids.numel():
             self._queued_ids.append(ids.cpu())
-            self._queued_features.append(feats.to(self.model.dtype))
+            self._queued_features.append(feats.to(self.dtype))
+
+
+class FeatureDrafter(_FeatureDrafting, Drafter):
+    """The Drafter protocol around one FeatureDrafterModel."""
+
+    def __init__(self, model: FeatureDrafterModel, name: str = "eagle"):
+        super().__init__([model])
+        self.model = self.models[0]
+        self.name = name
+
+    def architecture_key(self) -> tuple:
+        return self.model.config.architecture_key()
+
+    def propose(self, root_token: int, tree: TreeSpec, sampling: SamplingSpec,
+                generator: torch.Generator | None = None) -> DraftTree:
+        return self.draft(root_token, tree, sampling, generator, [self.name])[0]
+
+    def step(self, tree: DraftTree, frontier: torch.Tensor) -> torch.Tensor | SparseLogits:
+        """trees' step_fn for this drafter alone."""
+        return self.step_many([tree], [frontier])[0]
+
+
+class FeatureDrafterGroup(_FeatureDrafting):
+    """Feature drafters of one architecture drafting in lockstep: stacked weights, one vmapped
+    forward per tree level, the shared frozen head once over the stacked frontiers. The weights
+    are copied when the group is made (later changes to the members are not seen)."""
+
+    def __init__(self, drafters: Sequence[FeatureDrafter]):
+        keys = {d.architecture_key() for d in drafters}
+        if len(drafters) < 2 or len(keys) != 1:
+            raise ValueError(f"a drafter group needs at least two drafters of one architecture, got {len(keys)} kinds")
+        super().__init__([d.model for d in drafters])
+        self.names = [d.name for d in drafters]
+        self.name = "+".join(self.names)
+        self._base = copy.deepcopy(self.models[0]).to("meta")  # structure only: the weights come stacked
+        self._stacked, self._shared = _stack_weights(self.models)
+        self._batched_forward = {flag: vmap(self._member_forward(flag)) for flag in (True, False)}
+        self._shared_head = _shared_target_head(self.models)
+
+    def forward(self, ids, feats, from_target: bool, positions, mask) -> torch.Tensor:
+        n, length = ids.shape[1], self.cache.length
+        self.cache.reserve(n)
+        past = (self.cache.keys[0, :, None, :, :length], self.cache.values[0, :, None, :, :length])
+        out, (k, v) = self._batched_forward[from_target](self._stacked, ids, feats, positions, mask, *past)
+        self.cache.write(0, k[:, 0], v[:, 0])
+        self.cache.advance(n)
+        return out[:, 0]
+
+    def _member_forward(self, from_target: bool):
+        def one(weights, ids, feats, positions, mask, past_k, past_v):
+            args = (ids[None], feats[None], from_target, positions[None], mask[None, None], (past_k, past_v))
+            return functional_call(self._base, {**weights, **self._shared}, args)
+        return one
+
+    def head_logits(self, outputs: torch.Tensor) -> list:
+        if self._shared_head is None:
+            return [head_logits(m, o) for m, o in zip(self.models, outputs)]
+        normed = torch.stack([m.norm(o) for m, o in zip(self.models, outputs)])
+        logits = F.linear(normed, self._shared_head).float()  # one matmul for every member's frontier
+        return list(logits)
+
+
+def head_logits(model: FeatureDrafterModel, outputs: torch.Tensor) -> torch.Tensor | SparseLogits:
+    """Float logits at `outputs`: over the draft vocabulary (with its target ids) for a
+    truncated head, so that top-k never touches the full vocabulary; else over the target's."""
+    logits = model.logits(outputs).float()
+    if isinstance(model.head, TruncatedHead):
+        return SparseLogits(logits, model.head.draft_ids, model.config.vocab_size)
+    return logits
+
+
+def _first_rows(out: torch.Tensor | SparseLogits, k: int) -> torch.Tensor | SparseLogits:
+    if isinstance(out, SparseLogits):
+        return SparseLogits(out.logits[:k], out.vocab_ids, out.vocab_size)
+    return out[:k]
+
+
+def _stack_weights(models: Sequence[FeatureDrafterModel]) -> tuple[dict, dict]:
+    """(stacked: name -> [m, ...] for weights that differ between members, shared: name ->
+    tensor for those all members hold as the same tensor, e.g. the target's embedding)."""
+    params, buffers = stack_module_state(list(models))
+    first = dict(models[0].named_buffers())
+    shared = {k: t for k, t in first.items()
+              if all(dict(m.named_buffers())[k] is t for m in models[1:])}
+    stacked = {**params, **{k: v for k, v in buffers.items() if k not in shared}}
+    return {k: v.detach() for k, v in stacked.items()}, shared
+
+
+def _shared_target_head(models: Sequence[FeatureDrafterModel]) -> torch.Tensor | None:
+    heads = [m.head for m in models]
+    if all(isinstance(h, TargetHead) for h in heads) and all(h.weight is heads[0].weight for h in heads):
+        return heads[0].weight
+    return None
 
 
 def _as_rows(ids: torch.Tensor, hidden: torch.Tensor | None, feature_size: int):
@@ -134,12 +273,3 @@ def _as_rows(ids: torch.Tensor, hidden: torch.Tensor | None, feature_size: int):
     if hidden.shape != (ids.numel(), feature_size):
         raise ValueError(f"expected target features of shape ({ids.numel()}, {feature_size}), got {tuple(hidden.shape)}")
     return ids, hidden
-
-
-def head_logits(model: FeatureDrafterModel, outputs: torch.Tensor) -> torch.Tensor | SparseLogits:
-    """Float logits at `outputs`: over the draft vocabulary (with its target ids) for a
-    truncated head, so that top-k never touches the full vocabulary; else over the target's."""
-    logits = model.logits(outputs).float()
-    if isinstance(model.head, TruncatedHead):
-        return SparseLogits(logits, model.head.draft_ids, model.config.vocab_size)
-    return logits

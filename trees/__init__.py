@@ -1,6 +1,6 @@
 """Draft trees: build, merge, pack (X, M, P) and verify. The lossless core of specmux;
 depends on torch and numpy only (networkx for export)."""
-from .build import SparseLogits, build_chain, build_tree
+from .build import SparseLogits, build_chain, build_lockstep, build_tree, new_build
 from .checks import NonFiniteLogitsError, debug_checks, require_finite_logits
 from .feedback import StepFeedback
 from .merge import cut_to_budget, merge_trees
@@ -12,7 +12,7 @@ from .verifying import BatchVerifyResult, TreeBatch, VerifyResult, verify, verif
 
 __all__ = [
     "DraftTree", "Proposals", "SamplingSpec", "TreeSpec", "PackedTree", "VerifyResult",
-    "build_tree", "SparseLogits", "build_chain", "merge_trees", "cut_to_budget", "pack_tree",
+    "build_tree", "SparseLogits", "build_lockstep", "new_build", "build_chain", "merge_trees", "cut_to_budget", "pack_tree",
     "kept_cache_positions", "ancestor_matrix", "attention_mask", "process_logits", "sample", "verify",
     "TreeBatch", "BatchVerifyResult", "verify_batch", "check_ancestor_closed",
     "NonFiniteLogitsError", "debug_checks", "require_finite_logits", "StepFeedback",

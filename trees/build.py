@@ -103,16 +103,15 @@ def new_build(root_token: int, spec: TreeSpec, sampling: SamplingSpec | None = N
 
 def build_lockstep(builds: list, step_many) -> list[DraftTree]:
     """Run builds level by level, together: `step_many(partial trees, frontiers)` feeds every
-    unfinished build's frontier (one batched drafter call, or one call per drafter) and returns
-    one step output per build, in order."""
-    while True:
-        active = [b for b in builds if b.frontier is not None]
-        if not active:
-            return [b.tree() for b in builds]
-        frontiers = [b.frontier for b in active]
-        outs = step_many([b.grow.snapshot() for b in active], frontiers)
-        for b, frontier, out in zip(active, frontiers, outs):
-            b.expand(checked(out, frontier))
+    build's frontier (one batched drafter call, or one call per drafter; a finished build's
+    frontier is None) and returns one step output per build (None for the finished ones)."""
+    while any(b.frontier is not None for b in builds):
+        frontiers = [b.frontier for b in builds]
+        outs = step_many([b.grow.snapshot() for b in builds], frontiers)
+        for b, frontier, out in zip(builds, frontiers, outs):
+            if frontier is not None:
+                b.expand(checked(out, frontier))
+    return [b.tree() for b in builds]
 
 
 def build_chain(root_token: int, step_fn: StepFn, depth: int, drafter_name: str = "draft") -> DraftTree:
