@@ -1,6 +1,7 @@
 """Fixed benchmark prompts from different domains (chat messages; the chat template is applied),
 and the flags every benchmark script shares."""
 import argparse
+import os
 
 import torch
 
@@ -28,3 +29,8 @@ def apply_common_args(args: argparse.Namespace) -> tuple[dict, dict]:
     print(f"torch threads: {args.threads}")
     tree = dict(depth=args.depth, budget=args.budget, top_k=args.top_k)
     return tree, dict(list(PROMPTS.items())[: args.prompts])
+
+
+def load_average() -> str:
+    """`uptime`'s 1, 5 and 15 minute load averages, printed next to every timing."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())

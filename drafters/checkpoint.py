@@ -120,7 +120,7 @@ def load_drafter_model(path: str | Path, target, target_name: str | None = None,
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise ValueError(f"{path / WEIGHTS_FILE}: tensor {k!r} has non-finite values (corrupt checkpoint)")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
-    return model.to(dtype) if dtype is not None else model
+    return model.cast(dtype) if dtype is not None else model
 
 
 def read_weights(file: Path) -> dict[str, torch.Tensor]:

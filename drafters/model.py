@@ -10,6 +10,8 @@ The token embedding is the target's, frozen (a non-persistent buffer, never save
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -188,6 +190,14 @@ class FeatureDrafterModel(nn.Module):
         """Logits over the TARGET vocabulary (-inf outside a truncated draft vocabulary)."""
         return self.head.to_target_vocab(self.logits(outputs))
 
+    def cast(self, dtype: torch.dtype) -> "FeatureDrafterModel":
+        """This drafter in `dtype`; the frozen target embedding and head are converted once per
+        target and dtype and shared by every drafter (so a lockstep group still shares its head)."""
+        self.embed_weight = frozen_cast(self.embed_weight, dtype)
+        if isinstance(self.head, TargetHead):
+            self.head.weight = frozen_cast(self.head.weight, dtype)
+        return self.to(dtype)
+
     def merge_repspec(self) -> "FeatureDrafterModel":
         """Fold RepSpec branches for deployment (same function, plain linears)."""
         merge_repspec(self.layers)
@@ -198,6 +208,33 @@ class FeatureDrafterModel(nn.Module):
 
 def is_prenorm(cfg: DrafterConfig) -> bool:
     return cfg.style == "eagle1" and cfg.eagle1_layout == "prenorm"
+
+
+_FROZEN_CASTS: dict[tuple[int, torch.dtype], tuple[weakref.ref, torch.Tensor]] = {}
+
+
+def frozen_cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t` in `dtype`, one copy per (frozen tensor, dtype) while `t` lives."""
+    if t.dtype == dtype:
+        return t
+    key = (id(t), dtype)
+    hit = _FROZEN_CASTS.get(key)
+    if hit is None or hit[0]() is not t:
+        hit = (weakref.ref(t, lambda _, k=key: _FROZEN_CASTS.pop(k, None)), t.detach().to(dtype))
+        _FROZEN_CASTS[key] = hit
+    return hit[1]
+
+
+def fast_draft_dtype(device: torch.device | str = "cpu") -> torch.dtype | None:
+    """bfloat16 where it is fast (CUDA with bf16, a CPU with native bf16 matmuls: AVX512-BF16 /
+    AMX), else None (keep the target's dtype). Drafting cost is mostly reading weights, so half
+    the bytes is close to half the time; a drafter's proposals only move speed, never the law."""
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def make_head(cfg: DrafterConfig, head_weight: torch.Tensor | None, draft_ids: torch.Tensor | None) -> nn.Module:

@@ -1,0 +1,133 @@
+"""What a decode step costs on this machine: the target's forward time for 1..64 query tokens
+over a cached context, and one draft level of a drafter (or lockstep group) per frontier size.
+tree="auto" (compose/autotree.py) combines them with the running acceptance; the benchmarks print
+them. A profile is measured once per machine, target, drafter and thread count, and cached under
+$SPECMUX_HOME/costs/ (written atomically)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from pydantic import BaseModel
+
+from trees import DraftTree, SamplingSpec, TreeSpec, pack_tree
+
+from .lockstep import DraftUnit
+from .target import TargetModel, select_features
+
+FORWARD_SIZES = (1, 2, 4, 8, 16, 32, 64)
+FRONTIER_SIZES = (1, 2, 4, 8)
+CONTEXT = 256
+PROFILE_FORMAT = 1
+
+
+class CostProfile(BaseModel):
+    forward_ms: dict[int, float]  # query tokens -> ms of one target forward over CONTEXT cached tokens
+    level_ms: dict[int, float]  # frontier size -> ms of one draft level (model, head, tree building)
+    root_ms: float  # ms of the first draft level (root + queued committed tokens)
+
+    def forward(self, n: int) -> float:
+        return _interpolate(self.forward_ms, n)
+
+    def level(self, frontier: int) -> float:
+        return _interpolate(self.level_ms, frontier)
+
+
+def _interpolate(table: dict[int, float], x: int) -> float:
+    """Piecewise-linear in x (flat below the smallest key, linear extrapolation above)."""
+    keys = sorted(table)
+    if x <= keys[0]:
+        return table[keys[0]]
+    lo, hi = (keys[-2], keys[-1]) if x >= keys[-1] else next((a, b) for a, b in zip(keys, keys[1:]) if a <= x <= b)
+    return table[lo] + (table[hi] - table[lo]) * (x - lo) / (hi - lo)
+
+
+def median_ms(fn: Callable[[], None], reps: int, warmup: int = 2) -> float:
+    times = []
+    for i in range(warmup + reps):
+        t = time.perf_counter()
+        fn()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+@torch.inference_mode()
+def measure_forward(target: TargetModel, sizes=FORWARD_SIZES, context: int = CONTEXT, reps: int = 5) -> dict[int, float]:
+    """ms of one target forward of n tree nodes (a chain: the mask path) after `context` tokens."""
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, target.vocab_size, (context,), generator=g)
+    target.prefill(prompt, (), capacity=context + max(sizes))
+    out = {}
+    for n in sizes:
+        chain = DraftTree.from_lists(torch.randint(0, target.vocab_size, (n,), generator=g).tolist(), list(range(-1, n - 1)))
+
+        def one():
+            target.forward_tree(pack_tree(chain, context, target.dtype))
+            target.cache.crop(context)
+
+        out[n] = median_ms(one, reps)
+    return out
+
+
+@torch.inference_mode()
+def measure_levels(target: TargetModel, unit: DraftUnit, frontiers=FRONTIER_SIZES, context: int = CONTEXT,
+                   reps: int = 5) -> tuple[float, dict[int, float]]:
+    """(ms of the root level, frontier size -> ms of one further level) of a drafter or a
+    lockstep group, tree building included, after `context` committed tokens."""
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, target.vocab_size, (context,), generator=g)
+    layers = list(unit.runner.target_layers or ())
+    out = target.prefill(prompt, layers, capacity=context)
+    unit.runner.start(prompt, select_features(out.hidden_states, layers, slice(None)) if layers else None)
+    root = int(out.logits[-1].argmax())
+
+    def draft(f: int, depth: int) -> Callable[[], None]:
+        return lambda: unit.draft(root, TreeSpec(depth=depth, top_k=f, budget=f * depth), SamplingSpec(), None)
+
+    one_level = median_ms(draft(1, 1), reps)
+    return one_level, {f: max(0.0, median_ms(draft(f, 2), reps) - one_level) for f in frontiers}
+
+
+def machine_key() -> str:
+    return f"{platform.machine()}|{_cpu_name()}|{os.cpu_count()}cpu|{torch.get_num_threads()}thr|torch{torch.__version__}"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def profile_path(*parts: str) -> Path:
+    from .models import specmux_home
+
+    digest = hashlib.sha256("\n".join((machine_key(), str(PROFILE_FORMAT), *parts)).encode()).hexdigest()[:16]
+    return specmux_home() / "costs" / f"{digest}.json"
+
+
+def cached_profile(path: Path, measure: Callable[[], CostProfile]) -> CostProfile:
+    """The profile stored at `path`, measured (and stored atomically) when missing or unreadable."""
+    try:
+        return CostProfile.model_validate_json(path.read_text())
+    except (OSError, ValueError):
+        pass
+    profile = measure()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(profile.model_dump(mode="json"), indent=1))
+    os.replace(tmp, path)
+    return profile
