@@ -83,17 +83,17 @@ class Decoder:
         pos = positions.view(1, n).to(self.device)
         h = body.embed_tokens(input_ids.view(1, n).to(self.device))
         cos, sin = body.rotary_emb(h, pos)
-        wanted = {self.num_layers if i == -1 else i: i for i in hidden_layers}
+        wanted: dict[int, list[int]] = {}  # layer input -> the indices asked for it (-1 and L are one state)
+        for i in hidden_layers:
+            wanted.setdefault(self.num_layers if i == -1 else i, []).append(i)
         hidden: dict[int, torch.Tensor] = {}
         for i, layer in enumerate(body.layers):
-            if i in wanted:
-                hidden[wanted[i]] = h[0]
+            hidden.update(dict.fromkeys(wanted.get(i, ()), h[0]))
             h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos, sin, cache, attn_mask, causal)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         cache.advance(n)
         h = body.norm(h)
-        if self.num_layers in wanted:
-            hidden[wanted[self.num_layers]] = h[0]
+        hidden.update(dict.fromkeys(wanted.get(self.num_layers, ()), h[0]))
         rows = h if logits_rows is None else h[:, logits_rows]
         return DecoderOutput(logits=self.model.lm_head(rows)[0].float(), hidden_states=hidden)
 

@@ -31,10 +31,10 @@ def test_prefill_and_tree_forward_equal_transformers(name):
     prompt = torch.randint(0, 96, (11,), generator=torch.Generator().manual_seed(2))
     cache = decoder.new_cache(capacity=4)  # grows while prefilling
     n_layers = model.config.num_hidden_layers
-    out = decoder.forward(prompt, torch.arange(11), cache, None, hidden_layers=(0, 1, -1))
+    out = decoder.forward(prompt, torch.arange(11), cache, None, hidden_layers=(0, 1, -1, n_layers))
     ref = model(prompt[None], output_hidden_states=True, use_cache=True)
     torch.testing.assert_close(out.logits, ref.logits[0], rtol=1e-4, atol=1e-4)
-    for i in (0, 1, -1):
+    for i in (0, 1, -1, n_layers):
         torch.testing.assert_close(out.hidden_states[i], ref.hidden_states[i][0], rtol=1e-4, atol=1e-4)
     for layer in range(n_layers):
         torch.testing.assert_close(cache.keys[layer, :, :, :11], ref.past_key_values.layers[layer].keys, rtol=1e-4, atol=1e-4)
