@@ -10,8 +10,14 @@ from transformers import PreTrainedModel
 
 from drafters.base import Drafter
 from routing import Calibration, DomainRouter
+from trees import TreeSpec
 
+from .autotree import BUDGETS as AUTO_BUDGETS
+from .autotree import DEPTHS as AUTO_DEPTHS
+from .autotree import AutoTree
+from .costs import machine_profile
 from .engine import decode
+from .lockstep import DraftUnit
 from .options import GenerateOptions
 from .registry import default_strategy, make_drafter, make_strategy, strategy_class, strategy_options
 from .target import TargetModel
@@ -122,7 +128,8 @@ class Composer:
         text, finish = "", None
         start = time.perf_counter()
         capacity = int(prompt_ids.numel()) + opts.max_new_tokens + _max_tree_nodes(opts, len(self.drafters))
-        steps = decode(self.target, plan, prompt_ids, opts.tree.spec(), opts.sampling(), stats, generator, capacity)
+        tree = self._tree_policy(strategy_name, plan, opts)
+        steps = decode(self.target, plan, prompt_ids, tree, opts.sampling(), stats, generator, capacity)
         try:
             for chunk in steps:
                 tokens.extend(chunk)
@@ -157,6 +164,20 @@ class Composer:
                 self._last_result = GenerationResult(
                     text=text, token_ids=tokens, prompt_ids=prompt_ids.tolist(), finish_reason=finish, stats=stats
                 )
+
+    def _tree_policy(self, strategy_name: str, plan, opts: GenerateOptions) -> TreeSpec | AutoTree:
+        """The fixed tree, or (tree="auto") this Composer's AutoTree for the strategy and drafters,
+        kept across generations so what it learns carries over."""
+        units = getattr(plan, "units", None) or [DraftUnit([d.name], d) for d in plan.active_drafters()]
+        if not opts.tree.auto or not units:
+            return opts.tree.spec()
+        merged = strategy_name == "merged_tree" and opts.tree.merge_budget == "sum"
+        key = ("autotree", strategy_name, tuple(sorted(self.drafters)), opts.tree.merge_budget, opts.tree.sampled,
+               opts.temperature == 0)
+        if key not in self.strategy_cache:
+            costs = machine_profile(self.target, units[0])  # measured once per machine, then read
+            self.strategy_cache[key] = AutoTree(costs, width=len(self.drafters) if merged else 1, sampled=opts.tree.sampled)
+        return self.strategy_cache[key]
 
     # --- prompts --------------------------------------------------------------------------------
     def encode(self, prompt: Prompt, chat: bool = False) -> torch.Tensor:
@@ -210,17 +231,18 @@ class Composer:
         n = int(prompt_ids.numel())
         if n >= ctx:
             raise ValueError(f"prompt is {n} tokens long; the target's context is {ctx} tokens")
-        need = n + opts.max_new_tokens + opts.tree.depth + 1
+        depth = max(AUTO_DEPTHS) if opts.tree.auto else opts.tree.depth
+        need = n + opts.max_new_tokens + depth + 1
         if need > ctx:
             raise ValueError(
                 f"prompt ({n} tokens) + max_new_tokens ({opts.max_new_tokens}) + draft depth "
-                f"({opts.tree.depth + 1}) exceeds the target's context of {ctx} tokens"
+                f"({depth + 1}) exceeds the target's context of {ctx} tokens"
             )
 
 
 def _max_tree_nodes(opts: GenerateOptions, n_drafters: int) -> int:
     """Most nodes one verified tree can have (a `sum` merge keeps every drafter's budget)."""
-    return 1 + opts.tree.budget * max(1, n_drafters)
+    return 1 + (max(AUTO_BUDGETS) if opts.tree.auto else opts.tree.budget) * max(1, n_drafters)
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer) -> set[int]:

@@ -118,16 +118,40 @@ def profile_path(*parts: str) -> Path:
     return specmux_home() / "costs" / f"{digest}.json"
 
 
-def cached_profile(path: Path, measure: Callable[[], CostProfile]) -> CostProfile:
-    """The profile stored at `path`, measured (and stored atomically) when missing or unreadable."""
+def cached_json(path: Path, measure: Callable[[], dict]) -> dict:
+    """The JSON object stored at `path`, measured (and stored atomically) when missing or unreadable."""
     try:
-        return CostProfile.model_validate_json(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         pass
-    profile = measure()
+    value = measure()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(profile.model_dump(mode="json"), indent=1))
+        f.write(json.dumps(value, indent=1))
     os.replace(tmp, path)
-    return profile
+    return value
+
+
+def machine_profile(target: TargetModel, unit: DraftUnit) -> CostProfile:
+    """The cost profile of `target` with the drafter (or group) `unit` on this machine: measured
+    on first use (seconds), then read from $SPECMUX_HOME/costs/."""
+    from drafters.checkpoint import target_fingerprint
+
+    target_key = f"{target_fingerprint(target.model)}|{target.num_layers}|{target.dtype}"
+    forward = cached_json(profile_path("forward", target_key), lambda: {str(k): v for k, v in measure_forward(target).items()})
+    runner = unit.runner
+    drafter_key = f"{runner.architecture_key() if hasattr(runner, 'architecture_key') else type(runner).__name__}|{len(unit.names)}|{_dtype(runner)}"
+
+    def levels() -> dict:
+        root, per_frontier = measure_levels(target, unit)
+        return {"root_ms": root, "level_ms": {str(k): v for k, v in per_frontier.items()}}
+
+    drafting = cached_json(profile_path("levels", target_key, drafter_key), levels)
+    return CostProfile(forward_ms={int(k): v for k, v in forward.items()},
+                       level_ms={int(k): v for k, v in drafting["level_ms"].items()}, root_ms=drafting["root_ms"])
+
+
+def _dtype(runner) -> str:
+    model = getattr(runner, "model", None) or getattr(runner, "models", [None])[0]
+    return str(next(model.parameters()).dtype) if model is not None else "?"

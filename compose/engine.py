@@ -7,9 +7,11 @@ from typing import Iterator
 
 import torch
 
-from trees import SamplingSpec, StepFeedback, TreeSpec, pack_tree, process_logits, require_finite_logits, sample, verify
+from trees import (DraftTree, SamplingSpec, StepFeedback, TreeSpec, pack_tree, process_logits, require_finite_logits,
+                   sample, verify)
 
-from .strategies import Strategy
+from .autotree import AutoTree
+from .strategies import Proposal, Strategy
 from .target import TargetModel
 from .types import GenerationStats, StepRecord
 
@@ -18,7 +20,7 @@ def decode(
     target: TargetModel,
     strategy: Strategy,
     prompt_ids: torch.Tensor,
-    tree: TreeSpec,
+    tree: TreeSpec | AutoTree,
     sampling: SamplingSpec,
     stats: GenerationStats,
     generator: torch.Generator | None = None,
@@ -26,7 +28,10 @@ def decode(
 ) -> Iterator[list[int]]:
     """Yield the tokens emitted by each target forward (the first after prefill, then
     accepted drafts + bonus per step). Runs until the consumer stops iterating. `capacity`:
-    the cache positions the run is expected to need (the cache grows past it if needed)."""
+    the cache positions the run is expected to need (the cache grows past it if needed).
+    `tree`: a fixed tree shape, or an AutoTree choosing each step's (None: verify the root alone,
+    no drafting) and learning from each verification."""
+    auto = tree if isinstance(tree, AutoTree) else None
     layers = strategy.target_layers
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -39,7 +44,11 @@ def decode(
 
         while True:
             t0 = time.perf_counter()
-            proposal = strategy.propose(root, tree, sampling, generator)
+            spec = auto.choose() if auto is not None else tree
+            if spec is None:
+                proposal = Proposal(DraftTree.root_only(root))
+            else:
+                proposal = strategy.propose(root, spec, sampling, generator)
             t1 = time.perf_counter()
             prefix_len = target.cached
             packed = pack_tree(proposal.tree, prefix_len, target.dtype)
@@ -53,6 +62,8 @@ def decode(
                 tree=proposal.tree, path=result.path, tokens=result.tokens, bonus=result.bonus, logits=out.logits,
                 sampling=sampling, proposed=proposal.proposed, hidden_states=out.hidden_states, prefix_length=prefix_len))
             t4 = time.perf_counter()
+            if auto is not None:
+                auto.observe(spec, proposal.tree, result.path, t1 - t0, t3 - t2, (t2 - t1) + (t4 - t3))
 
             path = result.path.tolist()
             stats.steps.append(

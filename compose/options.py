@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trees import SamplingSpec, TreeSpec
 
@@ -16,6 +16,7 @@ class TreeOptions(BaseModel):
     budget: int = Field(32, ge=1, description="draft nodes per drafter tree (root excluded)")
     sampled: bool = Field(False, description="draw children from the drafter (rejection-verified) instead of top-k")
     merge_budget: Literal["sum", "equal"] = Field("sum", description="merged_tree: keep every drafter's budget, or cut the union to one budget")
+    auto: bool = Field(False, description="size each step's tree (depth, top_k, budget) to this machine's costs and the running acceptance; depth/top_k/budget are then ignored")
 
     def spec(self) -> TreeSpec:
         return TreeSpec(depth=self.depth, top_k=self.top_k, budget=self.budget, sampled=self.sampled)
@@ -31,7 +32,16 @@ class GenerateOptions(BaseModel):
     seed: int | None = None
     stop: list[str] = Field(default_factory=list, description="stop strings (not included in the output)")
     chat: bool = Field(False, description="wrap a text prompt as one user message and apply the chat template")
-    tree: TreeOptions = Field(default_factory=TreeOptions)
+    tree: TreeOptions = Field(default_factory=TreeOptions, description='tree shape, or "auto"')
+
+    @field_validator("tree", mode="before")
+    @classmethod
+    def _auto_tree(cls, value):
+        if value == "auto":
+            return TreeOptions(auto=True)
+        if isinstance(value, str):
+            raise ValueError(f'tree must be tree options or "auto", got {value!r}')
+        return value
 
     def sampling(self) -> SamplingSpec:
         return SamplingSpec(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)

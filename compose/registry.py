@@ -52,8 +52,13 @@ def make_strategy(
 def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:
     """Spec strings: "early-exit:K" (target's first K layers), "lm:<built-in name or folder>"
     (an independent LM with the target's tokenizer), "eagle:<folder>" (a trained feature-level
-    drafter checkpoint, validated against this target)."""
+    drafter checkpoint, validated against this target). Independent LM and feature drafters run
+    in bfloat16 where the hardware multiplies it natively (drafters.model.fast_draft_dtype:
+    drafting cost is mostly reading weights); early exit shares the target's weights as they are."""
     kind, _, arg = spec.partition(":")
+    from drafters.model import fast_draft_dtype
+
+    draft_dtype = fast_draft_dtype(target.device)
     if kind == "early-exit":
         if not arg.isdigit():
             raise ValueError(f"drafter spec {spec!r}: expected early-exit:<number of layers>")
@@ -65,7 +70,7 @@ def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:
 
         from drafters.assets import load_target
 
-        model, tokenizer = load_target(arg)
+        model, tokenizer = load_target(arg, dtype=draft_dtype or target.dtype)
         if target.tokenizer is not None and tokenizer.get_vocab() != target.tokenizer.get_vocab():
             raise ValueError(
                 f"drafter {name!r} ({arg}) has a different tokenizer vocabulary from the target: "
@@ -75,5 +80,5 @@ def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:
     if kind == "eagle":
         from drafters import load_drafter
 
-        return load_drafter(arg, target.model, name=name)
+        return load_drafter(arg, target.model, name=name, dtype=draft_dtype)
     raise ValueError(f"unknown drafter spec {spec!r}; expected 'early-exit:K', 'lm:<model>' or 'eagle:<checkpoint folder>'")

@@ -23,8 +23,9 @@ class StepFeedback:
     after the path to node i). sampling: how they are processed (`probs`).
     proposed: each drafter's own tree this step, by drafter name (the verified tree may be one
     of them, a merge of them, or a match-rule copy); empty when nothing was drafted.
-    hidden_states: the target's hidden states at the tree's nodes, per layer [N, H]
-    (transformers' tuple order), or None when no active drafter reads target features.
+    hidden_states: the target's hidden states at the tree's nodes [N, H], keyed by the
+    transformers hidden_states index of each layer the active drafters read (-1: final normed),
+    or None when none reads target features.
     prefix_length: target positions before the root (the root's position)."""
 
     tree: DraftTree
@@ -34,7 +35,7 @@ class StepFeedback:
     logits: torch.Tensor
     sampling: SamplingSpec
     proposed: dict[str, DraftTree] = field(default_factory=dict)
-    hidden_states: tuple[torch.Tensor, ...] | None = None
+    hidden_states: dict[int, torch.Tensor] | None = None
     prefix_length: int = 0
 
     @property

@@ -1,0 +1,141 @@
+"""tree="auto": the draft tree sized to the hardware and to how well the drafters are doing
+(docs/design.md "tree=auto"), Sequoia's idea adapted online.
+
+- Acceptance: Sequoia's positional model. p[r] = P(the r-th best child, by draft score, of a
+  node the verifier reached is accepted), learnt from every verification (decayed counts over a
+  prior). Under it, the expected accepted length of the tree an EAGLE-2 build of (depth, top-k,
+  budget) makes is computable without drafting: simulate the build on the values
+  prod(p[rank] along the path) and sum the kept nodes' values.
+- Cost: the machine's cost profile (compose/costs.py: target forward for n nodes, one draft
+  level), scaled online by the ratio of observed to predicted times (load changes).
+- Choice: the (depth, top-k, budget) of the grid with the most expected tokens per second, or no
+  drafting at all (root only) when plain decoding is faster; then every `explore_every`-th step
+  still drafts the best tree so the acceptance estimate keeps learning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trees import DraftTree, TreeSpec
+
+from .costs import CostProfile
+
+DEPTHS = (1, 2, 3, 4, 5, 6, 8)
+TOP_KS = (1, 2, 3, 4, 6, 8)
+BUDGETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+RANKS = max(TOP_KS)
+# prior for p[r] (a weak, fairly optimistic drafter) and its weight in verified nodes
+PRIOR = (0.55, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)
+PRIOR_WEIGHT = 8.0
+DECAY = 0.995  # per observed node: the estimate follows drift over a few hundred steps
+
+
+class PositionalAcceptance:
+    """p[r] for ranks 1..RANKS: decayed hit and trial counts over a prior."""
+
+    def __init__(self, prior=PRIOR, weight: float = PRIOR_WEIGHT, decay: float = DECAY):
+        self.hits = torch.tensor(prior, dtype=torch.float64) * weight
+        self.trials = torch.full((RANKS,), weight, dtype=torch.float64)
+        self.decay = decay
+
+    @property
+    def p(self) -> torch.Tensor:
+        return (self.hits / self.trials).clamp(0.0, 1.0)
+
+    def observe(self, tree: DraftTree, path: torch.Tensor) -> None:
+        """Every node on the accepted path that has children is a trial for the ranks it has;
+        the child taken next (if any) is a hit at its rank."""
+        path = path.tolist()
+        parents, scores = tree.parents, tree.scores
+        for i, node in enumerate(path):
+            children = (parents == node).nonzero().flatten()
+            if children.numel() == 0:
+                continue
+            ranked = children[torch.sort(scores[children], descending=True, stable=True).indices][:RANKS].tolist()
+            self.hits *= self.decay
+            self.trials *= self.decay
+            self.trials[: len(ranked)] += 1
+            if i + 1 < len(path) and path[i + 1] in ranked:
+                self.hits[ranked.index(path[i + 1])] += 1
+
+    def expected_accepted(self, depth: int, top_k: int) -> torch.Tensor:
+        """E[accepted draft tokens] of the EAGLE-2 build (depth, top_k) for every budget b
+        (index b - 1): the build's nodes valued prod(p[rank]), best b kept."""
+        p = self.p[:top_k]
+        frontier = torch.ones(1, dtype=torch.float64)
+        made = []
+        for _ in range(depth):
+            children = (frontier[:, None] * p[None, :]).flatten()
+            made.append(children)
+            frontier = children.topk(min(top_k, children.numel())).values
+        values = torch.cat(made).sort(descending=True).values
+        return values.cumsum(0)
+
+
+@dataclass
+class TreeChoice:
+    spec: TreeSpec | None  # None: verify the root alone (no drafting this step)
+    tokens_per_s: float
+
+
+class AutoTree:
+    """Chooses each step's tree. `width`: how many drafter trees the strategy merges into the
+    verified one (their nodes add up); `sampled`: kept from the user's tree options."""
+
+    def __init__(self, costs: CostProfile, width: int = 1, sampled: bool = False, explore_every: int = 8,
+                 acceptance: PositionalAcceptance | None = None, refresh_every: int = 8):
+        self.costs, self.width, self.sampled = costs, max(1, width), sampled
+        self.acceptance = acceptance or PositionalAcceptance()
+        self.explore_every, self.refresh_every = explore_every, refresh_every
+        self.forward_scale = self.draft_scale = 1.0
+        self.overhead_ms = 0.0  # pack + verify + bookkeeping per step, learnt online
+        self._steps = 0
+        self._choice: TreeChoice | None = None
+        self._best_tree: TreeChoice | None = None
+
+    # --- choosing ---------------------------------------------------------------------------------
+    def choose(self) -> TreeSpec | None:
+        if self._choice is None or self._steps % self.refresh_every == 0:
+            self._choice, self._best_tree = self._decide()
+        self._steps += 1
+        if self._choice.spec is None and self._steps % self.explore_every == 0:
+            return self._best_tree.spec  # keep measuring the drafters while plain decoding wins
+        return self._choice.spec
+
+    def step_ms(self, depth: int, top_k: int, budget: int) -> float:
+        nodes = 1 + self.width * budget
+        draft = self.costs.root_ms + (depth - 1) * self.costs.level(top_k)
+        return self.forward_scale * self.costs.forward(nodes) + self.draft_scale * self.width * draft + self.overhead_ms
+
+    def _decide(self) -> tuple[TreeChoice, TreeChoice]:
+        plain = TreeChoice(None, 1e3 / (self.forward_scale * self.costs.forward(1) + self.overhead_ms))
+        best = TreeChoice(TreeSpec(depth=1, top_k=1, budget=1, sampled=self.sampled), 0.0)
+        for depth in DEPTHS:
+            for top_k in TOP_KS:
+                accepted = self.acceptance.expected_accepted(depth, top_k * self.width)
+                for budget in BUDGETS:
+                    if budget > accepted.numel() // self.width or self.width * budget > max(BUDGETS):
+                        break
+                    rate = 1e3 * (1.0 + float(accepted[self.width * budget - 1])) / self.step_ms(depth, top_k, budget)
+                    if rate > best.tokens_per_s:
+                        best = TreeChoice(TreeSpec(depth=depth, top_k=top_k, budget=budget, sampled=self.sampled), rate)
+        return (best if best.tokens_per_s > plain.tokens_per_s else plain), best
+
+    # --- learning -----------------------------------------------------------------------------------
+    def observe(self, spec: TreeSpec | None, tree: DraftTree, path: torch.Tensor,
+                t_draft: float, t_forward: float, t_other: float) -> None:
+        """After a verification: the acceptance on the tree, and the observed times (seconds)
+        against the profile's prediction (exponential averages)."""
+        nodes = len(tree)
+        self.forward_scale = _ema(self.forward_scale, 1e3 * t_forward / self.costs.forward(nodes))
+        self.overhead_ms = _ema(self.overhead_ms, 1e3 * t_other)
+        if spec is not None:
+            predicted = self.width * (self.costs.root_ms + (spec.depth - 1) * self.costs.level(spec.top_k))
+            self.draft_scale = _ema(self.draft_scale, 1e3 * t_draft / max(predicted, 1e-6))
+            self.acceptance.observe(tree, path)
+
+
+def _ema(old: float, new: float, weight: float = 0.1) -> float:
+    return (1 - weight) * old + weight * new

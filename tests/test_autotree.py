@@ -1,0 +1,98 @@
+"""tree="auto": the positional acceptance model, the choice against a cost profile, the cached
+machine profile, and greedy equality."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from compose import Composer
+from compose.autotree import AutoTree, PositionalAcceptance
+from compose.costs import CostProfile, cached_json
+from drafters.lm import CausalLMDrafter, EarlyExitDrafter
+from tiny_models import tiny_model
+from trees import DraftTree
+
+
+def brute_force_expected(p: list[float], depth: int, top_k: int, budget: int) -> float:
+    """EAGLE-2 on the positional model, by explicit node lists (ranks as paths)."""
+    value = {(): 1.0}
+    frontier, made = [()], []
+    for _ in range(depth):
+        level = [path + (r,) for path in frontier for r in range(top_k)]
+        for path in level:
+            value[path] = value[path[:-1]] * p[path[-1]]
+        made += level
+        frontier = sorted(level, key=lambda q: -value[q])[:top_k]
+    return sum(sorted((value[q] for q in made), reverse=True)[:budget])
+
+
+@pytest.mark.parametrize("depth, top_k", [(1, 1), (3, 1), (2, 3), (4, 2), (3, 4)])
+def test_expected_accepted_is_the_eagle2_build_on_positional_values(depth, top_k):
+    model = PositionalAcceptance(prior=(0.7, 0.2, 0.05, 0.02, 0.01, 0.01, 0.01, 0.01), weight=1.0)
+    p = model.p.tolist()
+    got = model.expected_accepted(depth, top_k)
+    for budget in range(1, got.numel() + 1):
+        assert float(got[budget - 1]) == pytest.approx(brute_force_expected(p, depth, top_k, budget))
+
+
+def test_observe_counts_the_accepted_rank_at_every_reached_node():
+    # root -> children 1 (score -0.1), 2 (-0.5); node 2 -> children 3 (-0.7), 4 (-0.6)
+    tree = DraftTree.from_lists([0, 5, 6, 7, 8], [-1, 0, 0, 2, 2], scores=[0.0, -0.1, -0.5, -0.7, -0.6])
+    model = PositionalAcceptance(prior=(0.0,) * 8, weight=1e-9, decay=1.0)
+    model.observe(tree, torch.tensor([0, 2, 3]))  # rank 2 at the root, then rank 2 again (3 scores below 4)
+    model.observe(tree, torch.tensor([0, 1]))  # rank 1; node 1 has no children: no trial there
+    assert model.trials[:3].round().tolist() == [3.0, 3.0, 0.0]
+    assert model.hits[:3].round().tolist() == [1.0, 2.0, 0.0]
+
+
+def flat_profile(forward_ms: dict[int, float], level_ms: float, root_ms: float) -> CostProfile:
+    return CostProfile(forward_ms=forward_ms, level_ms={1: level_ms, 8: level_ms}, root_ms=root_ms)
+
+
+def test_choice_follows_costs_and_acceptance():
+    cheap_wide = flat_profile({1: 10.0, 64: 11.0}, level_ms=0.1, root_ms=0.1)
+    good = PositionalAcceptance(prior=(0.9, 0.05, 0.02, 0.01, 0.01, 0.01, 0.01, 0.01), weight=100.0)
+    spec = AutoTree(cheap_wide, acceptance=good).choose()
+    assert spec is not None and spec.depth >= 6 and spec.budget >= 32  # forward cost flat: a big deep tree
+    costly = flat_profile({1: 10.0, 2: 30.0, 64: 200.0}, level_ms=20.0, root_ms=20.0)
+    auto = AutoTree(costly, acceptance=PositionalAcceptance(prior=(0.2,) + (0.01,) * 7, weight=100.0), explore_every=4)
+    choices = [auto.choose() for _ in range(8)]
+    assert [c is None for c in choices] == [True, True, True, False] * 2  # plain decoding, exploring every 4th
+
+
+def test_cached_json_measures_once_and_writes_atomically(tmp_path):
+    path = tmp_path / "costs" / "x.json"
+    assert cached_json(path, lambda: {"a": 1}) == {"a": 1}
+    assert cached_json(path, lambda: pytest.fail("measured twice")) == {"a": 1}
+    assert json.loads(path.read_text()) == {"a": 1} and not list(path.parent.glob(".tmp-*"))
+    path.write_text("{not json")  # a torn or foreign file is measured again
+    assert cached_json(path, lambda: {"b": 2}) == {"b": 2}
+
+
+@pytest.mark.parametrize("kind, strategy", [("early-exit", "single"), ("self", "single"), ("mixed", "merged_tree")])
+def test_auto_tree_greedy_equals_plain_decoding(tmp_path, monkeypatch, kind, strategy):
+    monkeypatch.setenv("SPECMUX_HOME", str(tmp_path))
+    target = tiny_model("llama", layers=3, seed=1)
+    drafters = {"ee": EarlyExitDrafter(target, 1)}
+    if kind == "self":
+        drafters = {"self": CausalLMDrafter(tiny_model("llama", layers=3, seed=1), 96, name="self")}
+    if kind == "mixed":
+        drafters["self"] = CausalLMDrafter(tiny_model("llama", layers=3, seed=1), 96, name="self")
+    composer = Composer(target, drafters=drafters)
+    prompt = [3, 1, 4, 1, 5]
+    plain = composer.generate(prompt, strategy="autoregressive", max_new_tokens=48).token_ids
+    for _ in range(2):  # the second generation starts from what the first learnt
+        result = composer.generate(prompt, strategy=strategy, max_new_tokens=48, tree="auto")
+        assert result.token_ids == plain
+    assert len(list((tmp_path / "costs").glob("*.json"))) == 2  # the forward and the drafter profiles
+    if kind == "self":  # a perfect drafter: the top-ranked child is learnt to be always accepted
+        auto = next(v for k, v in composer.strategy_cache.items() if isinstance(k, tuple) and k[0] == "autotree")
+        assert auto.acceptance.p[0] > 0.75  # up from the prior's 0.55
+
+
+def test_bad_tree_option_is_named():
+    target = tiny_model("llama", layers=2)
+    with pytest.raises(ValueError, match="tree must be tree options or \"auto\""):
+        Composer(target).generate([1, 2], strategy="autoregressive", tree="big")
