@@ -19,13 +19,15 @@ def add_common_args(p: argparse.ArgumentParser, depth: int, budget: int, top_k: 
     p.add_argument("--depth", type=int, default=depth)
     p.add_argument("--budget", type=int, default=budget)
     p.add_argument("--top-k", type=int, default=top_k)
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (1 on a busy machine)")
+    p.add_argument("--threads", default="1", help='torch intra-op threads: a number, or "auto" (compose/threads.py)')
     p.add_argument("--prompts", type=int, default=len(PROMPTS), help="use the first N benchmark prompts")
 
 
 def apply_common_args(args: argparse.Namespace) -> tuple[dict, dict]:
     """Set torch threads; return (tree options, the prompts to run)."""
-    torch.set_num_threads(args.threads)
+    os.environ["SPECMUX_THREADS"] = str(args.threads)  # what every Composer of the run uses
+    if args.threads != "auto":
+        torch.set_num_threads(int(args.threads))
     print(f"torch threads: {args.threads}")
     tree = dict(depth=args.depth, budget=args.budget, top_k=args.top_k)
     return tree, dict(list(PROMPTS.items())[: args.prompts])

@@ -21,6 +21,7 @@ from .lockstep import DraftUnit
 from .options import GenerateOptions
 from .registry import default_strategy, make_drafter, make_strategy, strategy_class, strategy_options
 from .target import TargetModel
+from .threads import ThreadPolicy, default_threads
 from .types import GenerationResult, GenerationStats
 
 Prompt = str | Sequence[Mapping[str, str]] | torch.Tensor | Sequence[int]
@@ -37,7 +38,10 @@ class Composer:
     default: the one shipped with a built-in target's drafters, if any). calibration: the
     starting fits of the calibrated routing signals (a routing.Calibration or its file; default:
     the one shipped with a built-in target's drafters, else unfitted); they keep learning from
-    every verified step of the confidence and entropy strategies (`save_calibration`)."""
+    every verified step of the confidence and entropy strategies (`save_calibration`).
+    threads: torch intra-op threads while generating: "auto" (the cores no other process is
+    running on, rechecked during the run; compose/threads.py), a number, or None (leave torch's
+    setting); default $SPECMUX_THREADS, else "auto"."""
 
     def __init__(
         self,
@@ -47,8 +51,11 @@ class Composer:
         tokenizer=None,
         domain_router=None,
         calibration=None,
+        threads: int | str | None = "default",
         **defaults: Any,
     ):
+        self.threads = default_threads() if threads == "default" else threads
+        ThreadPolicy(self.threads)  # validates
         if isinstance(target, PreTrainedModel):
             model = target
         else:
@@ -129,7 +136,8 @@ class Composer:
         start = time.perf_counter()
         capacity = int(prompt_ids.numel()) + opts.max_new_tokens + _max_tree_nodes(opts, len(self.drafters))
         tree = self._tree_policy(strategy_name, plan, opts)
-        steps = decode(self.target, plan, prompt_ids, tree, opts.sampling(), stats, generator, capacity)
+        steps = decode(self.target, plan, prompt_ids, tree, opts.sampling(), stats, generator, capacity,
+                       ThreadPolicy(self.threads))
         try:
             for chunk in steps:
                 tokens.extend(chunk)

@@ -13,6 +13,7 @@ from trees import (DraftTree, SamplingSpec, StepFeedback, TreeSpec, pack_tree, p
 from .autotree import AutoTree
 from .strategies import Proposal, Strategy
 from .target import TargetModel
+from .threads import ThreadPolicy
 from .types import GenerationStats, StepRecord
 
 
@@ -25,15 +26,19 @@ def decode(
     stats: GenerationStats,
     generator: torch.Generator | None = None,
     capacity: int = 0,
+    threads: ThreadPolicy | None = None,
 ) -> Iterator[list[int]]:
     """Yield the tokens emitted by each target forward (the first after prefill, then
     accepted drafts + bonus per step). Runs until the consumer stops iterating. `capacity`:
     the cache positions the run is expected to need (the cache grows past it if needed).
     `tree`: a fixed tree shape, or an AutoTree choosing each step's (None: verify the root alone,
-    no drafting) and learning from each verification."""
+    no drafting) and learning from each verification. `threads`: sets torch's threads at the
+    start and as the run goes (compose/threads.py)."""
     auto = tree if isinstance(tree, AutoTree) else None
     layers = strategy.target_layers
+    threads = threads or ThreadPolicy(None)
     with torch.inference_mode():
+        threads.apply()
         t0 = time.perf_counter()
         out = target.prefill(prompt_ids, layers, capacity)
         require_finite_logits(out.logits[-1:], "the target's prefill forward")
@@ -43,6 +48,7 @@ def decode(
         yield [root]
 
         while True:
+            threads.apply()
             t0 = time.perf_counter()
             spec = auto.choose() if auto is not None else tree
             if spec is None:

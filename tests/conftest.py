@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/tiny_models.py and friend
 # tiny models' ops are so small that cross-thread synchronisation dominates (18x slower per
 # generation with 2 threads on a busy 2-core machine).
 torch.set_num_threads(1)
+os.environ.setdefault("SPECMUX_THREADS", "1")  # Composers keep to it (their default is "auto")
 
 # The full O(rows x V) checks of proposal distributions (docs/design.md "Verification rules"):
 # off by default for speed, on for every test.
