@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,6 +17,7 @@ from typing import Callable
 import torch
 from pydantic import BaseModel
 
+from drafters.atomic import write_json
 from trees import DraftTree, SamplingSpec, TreeSpec, pack_tree
 
 from .lockstep import DraftUnit
@@ -112,7 +112,7 @@ def _cpu_name() -> str:
 
 
 def profile_path(*parts: str) -> Path:
-    from .models import specmux_home
+    from drafters.assets import specmux_home
 
     digest = hashlib.sha256("\n".join((machine_key(), str(PROFILE_FORMAT), *parts)).encode()).hexdigest()[:16]
     return specmux_home() / "costs" / f"{digest}.json"
@@ -125,11 +125,7 @@ def cached_json(path: Path, measure: Callable[[], dict]) -> dict:
     except (OSError, ValueError):
         pass
     value = measure()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+    write_json(path, value)
     return value
 
 

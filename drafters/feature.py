@@ -64,6 +64,7 @@ class _FeatureDrafting:
         self._last_feature: torch.Tensor | None = None  # target feature pairing with the next root
         self._committed = None
 
+    @torch.inference_mode()
     def start(self, prompt_ids: torch.Tensor, hidden: torch.Tensor | None) -> None:
         ids, feats = _as_rows(prompt_ids, hidden, self.feature_size)
         self.reset()
@@ -77,6 +78,7 @@ class _FeatureDrafting:
         self._queue(ids, torch.cat([self._last_feature, feats[:-1]]))
         self._last_feature = feats[-1:]
 
+    @torch.inference_mode()
     def draft(self, root_token: int, tree: TreeSpec, sampling: SamplingSpec,
               generator: torch.Generator | None, names: Sequence[str]) -> list[DraftTree]:
         """One tree per model, built in lockstep."""
@@ -102,7 +104,7 @@ class _FeatureDrafting:
             self.cache.crop(self._committed)
         self._committed = None
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step_many(self, trees: Sequence[DraftTree], frontiers: Sequence[torch.Tensor | None]) -> list:
         """trees' lockstep step: feed every member's frontier once (one forward for all; None: a
         finished member, fed padding), return each member's next-token logits (SparseLogits for

@@ -1,0 +1,222 @@
+"""Issue 10's benchmark: every ratio in its goals from one run, then one table of the goals.
+
+    python benchmarks/bench_drafting.py [--sections costs ar auto qwen threads] [--new-tokens 64]
+        [--items 1] [--threads 1]
+
+Sections: costs (a draft level vs a one-token target forward; three drafters in lockstep vs
+one), ar (our plain decoding vs transformers' generate), auto (tree="auto" vs a grid of fixed
+trees and today's default tree, on GSM8K and MT-Bench items), qwen (Qwen2.5-Coder 1.5B with the
+0.5B drafter: ours vs transformers' assisted generation), threads (quiet vs beside a busy
+process). Every greedy output is checked against plain decoding. Times: one torch thread unless
+stated; the load average is printed next to every section.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_costs import transformers_forward_ms, twin  # noqa: E402
+from bench_threads import measure as measure_threads  # noqa: E402
+from prompts import PROMPTS, load_average  # noqa: E402
+
+from compose import Composer, default_drafters  # noqa: E402
+from compose.costs import measure_forward, measure_levels, median_ms  # noqa: E402
+from compose.lockstep import DraftUnit  # noqa: E402
+from drafters import FeatureDrafterGroup  # noqa: E402
+from eval.datasets import load_benchmark, sample_items  # noqa: E402
+from trees import SamplingSpec, TreeSpec  # noqa: E402
+
+TODAY = dict(depth=5, top_k=8, budget=32)  # the default tree before tree="auto"
+GRID = [dict(depth=d, top_k=1, budget=d) for d in (1, 2, 3, 4, 6, 8)] + [
+    dict(depth=2, top_k=2, budget=4), dict(depth=3, top_k=4, budget=8), dict(depth=4, top_k=4, budget=12),
+    dict(depth=5, top_k=4, budget=16), TODAY, dict(depth=6, top_k=8, budget=48)]
+GOALS: list[tuple[str, str, str, bool]] = []  # goal, measured, target, met
+MISMATCHES: list[str] = []
+
+
+def goal(name: str, measured: str, target: str, met: bool) -> None:
+    GOALS.append((name, measured, target, met))
+
+
+def header(title: str) -> None:
+    print(f"\n### {title} (load average {load_average()})\n", flush=True)
+
+
+def chat_ids(composer: Composer, text: str) -> torch.Tensor:
+    return composer.encode([{"role": "user", "content": text}])
+
+
+def timed_generate(composer: Composer, ids, n: int, **kw) -> tuple[list[int], float, float]:
+    r = composer.generate(ids, max_new_tokens=n, **kw)
+    return r.token_ids, r.stats.total_time, r.stats.tau
+
+
+def hf_generate(model, ids: torch.Tensor, n: int, **kw) -> tuple[list[int], float]:
+    t = time.perf_counter()
+    out = model.generate(ids[None], max_new_tokens=n, min_new_tokens=n, do_sample=False, **kw)
+    return out[0, ids.numel():].tolist(), time.perf_counter() - t
+
+
+# --- costs ----------------------------------------------------------------------------------------
+def section_costs(composer: Composer, reps: int) -> None:
+    target = composer.target
+    name, drafter = next(iter(composer.drafters.items()))
+    ours = measure_forward(target, (1, 16), reps=reps)
+    theirs = transformers_forward_ms(target.model, (1, 16), 256, reps)
+    root, level = measure_levels(target, DraftUnit([name], drafter), frontiers=(4,), reps=reps)
+    trio = [drafter, twin(drafter, 1), twin(drafter, 2)]
+    group = DraftUnit([d.name for d in trio], FeatureDrafterGroup(trio))
+    _, level3 = measure_levels(target, group, frontiers=(4,), reps=reps)
+    spec = TreeSpec(depth=5, top_k=4, budget=16)
+    tree1 = median_ms(lambda: DraftUnit([name], drafter).draft(7, spec, SamplingSpec(), None), reps)
+    tree3 = median_ms(lambda: group.draft(7, spec, SamplingSpec(), None), reps)
+    dtype = next(drafter.model.parameters()).dtype
+    header(f"costs on the default target, 256-token context, default drafter {name!r} ({dtype})")
+    print("| quantity | ms | ratio |")
+    print("|---|---:|---:|")
+    print(f"| target forward, 1 token: ours / transformers | {ours[1]:.1f} / {theirs[1]:.1f} | {ours[1] / theirs[1]:.2f} |")
+    print(f"| target forward, 16 tokens: ours / transformers | {ours[16]:.1f} / {theirs[16]:.1f} | {ours[16] / theirs[16]:.2f} |")
+    print(f"| draft root level (frontier 1 + queued) / 1-token forward | {root:.2f} | {root / ours[1]:.1%} |")
+    print(f"| one draft level, frontier 4 / 1-token forward | {level[4]:.2f} | {level[4] / ours[1]:.1%} |")
+    print(f"| one level, 3 drafters in lockstep / 1 drafter | {level3[4]:.2f} | {level3[4] / level[4]:.2f}x |")
+    print(f"| tree (depth 5, top-k 4), 3 in lockstep / 1 drafter | {tree3:.1f} / {tree1:.1f} | {tree3 / tree1:.2f}x |")
+    goal("one draft level (frontier 4) / one-token target forward", f"{level[4] / ours[1]:.1%}", "<= 8%", level[4] / ours[1] <= 0.08)
+    goal("3 same-architecture drafters / 1 drafter (tree drafting time)", f"{tree3 / tree1:.2f}x", "<= 1.5x", tree3 / tree1 <= 1.5)
+
+
+# --- our autoregressive vs transformers generate ---------------------------------------------------
+def section_ar(composer: Composer, prompts: dict, n: int) -> None:
+    model = composer.target.model
+    ours = theirs = 0.0
+    for text in prompts.values():
+        ids = chat_ids(composer, text)
+        toks, dt, _ = timed_generate(composer, ids, n, strategy="autoregressive")
+        ref, dt_hf = hf_generate(model, ids, n)
+        ours, theirs = ours + dt, theirs + dt_hf
+        if toks != ref:
+            MISMATCHES.append("ours autoregressive vs transformers generate")
+    header(f"plain decoding, {len(prompts)} prompts x {n} tokens")
+    print("| method | seconds | tokens/s | ratio to transformers |")
+    print("|---|---:|---:|---:|")
+    total = n * len(prompts)
+    print(f"| ours autoregressive | {ours:.1f} | {total / ours:.2f} | {theirs / ours:.2f}x |")
+    print(f"| transformers generate | {theirs:.1f} | {total / theirs:.2f} | 1.00x |")
+    goal("our autoregressive / transformers generate", f"{theirs / ours:.2f}x", ">= 1.0x", theirs / ours >= 1.0)
+
+
+# --- tree="auto" vs fixed trees ------------------------------------------------------------------
+def section_auto(composer: Composer, items: int, n: int) -> None:
+    strategies = {"single (first drafter)": dict(strategy="single", drafter=next(iter(composer.drafters))),
+                  "default strategy": {}}
+    for bench in ("gsm8k", "mtbench"):
+        prompts = [item.turns[0] for item in sample_items(load_benchmark(bench), items, seed=0)]
+        ids = [chat_ids(composer, p) for p in prompts]
+        plain = [timed_generate(composer, x, n, strategy="autoregressive") for x in ids]
+        ar_time = sum(t for _, t, _ in plain)
+        header(f"tree=\"auto\" vs fixed trees on {bench}: {items} item(s) x {n} tokens, ratio to plain decoding")
+        print("| strategy | tree | tokens/s ratio to AR | mean tau |")
+        print("|---|---|---:|---:|")
+        for label, kw in strategies.items():
+            rates = {}
+            configs = [("auto", "auto")] + [(f"d{t['depth']} k{t['top_k']} b{t['budget']}", t) for t in GRID]
+            for tag, tree in configs:
+                runs = [timed_generate(composer, x, n, tree=tree, **kw) for x in ids]
+                for (toks, _, _), (ref, _, _) in zip(runs, plain):
+                    if toks != ref:
+                        MISMATCHES.append(f"{label} tree {tag} on {bench}")
+                rates[tag] = ar_time / sum(t for _, t, _ in runs)
+                print(f"| {label} | {tag}{' (today default)' if tree == TODAY else ''} | {rates[tag]:.2f}x | "
+                      f"{sum(tau for *_, tau in runs) / len(runs):.2f} |", flush=True)
+            best = max(v for k, v in rates.items() if k != "auto")
+            today = rates[f"d{TODAY['depth']} k{TODAY['top_k']} b{TODAY['budget']}"]
+            goal(f"auto / best of {len(GRID)} fixed trees, {label}, {bench}", f"{rates['auto'] / best:.2f}",
+                 ">= 0.95", rates["auto"] / best >= 0.95)
+            goal(f"auto / today's default tree, {label}, {bench}", f"{rates['auto'] / today:.2f}", ">= 1.0",
+                 rates["auto"] >= today)
+
+
+# --- the Qwen pair ---------------------------------------------------------------------------------
+def section_qwen(prompts: dict, n: int) -> None:
+    from drafters.assets import load_target
+
+    composer = Composer("qwen2.5-coder-1.5b-instruct", drafters={"lm0.5b": "lm:qwen2.5-coder-0.5b-instruct"})
+    assistant, _ = load_target("qwen2.5-coder-0.5b-instruct")  # as transformers users load it
+    model = composer.target.model
+    totals = {"ours autoregressive": 0.0, "transformers generate": 0.0, "transformers assisted": 0.0,
+              "ours single, tree auto": 0.0, "ours single, chain depth 4": 0.0}
+    for text in prompts.values():
+        ids = chat_ids(composer, text)
+        ref, dt, _ = timed_generate(composer, ids, n, strategy="autoregressive")
+        totals["ours autoregressive"] += dt
+        for label, kw in (("transformers generate", {}), ("transformers assisted", {"assistant_model": assistant})):
+            toks, dt = hf_generate(model, ids, n, **kw)
+            totals[label] += dt
+            MISMATCHES.extend([f"qwen {label}"] if toks != ref else [])
+        for label, tree in (("ours single, tree auto", "auto"), ("ours single, chain depth 4", dict(depth=4, top_k=1, budget=4))):
+            toks, dt, _ = timed_generate(composer, ids, n, strategy="single", tree=tree)
+            totals[label] += dt
+            MISMATCHES.extend([f"qwen {label}"] if toks != ref else [])
+    header(f"Qwen2.5-Coder-1.5B target, 0.5B drafter: {len(prompts)} prompts x {n} tokens")
+    print("| method | seconds | ratio to transformers assisted |")
+    print("|---|---:|---:|")
+    for label, secs in totals.items():
+        print(f"| {label} | {secs:.1f} | {totals['transformers assisted'] / secs:.2f}x |")
+    best = min(totals["ours single, tree auto"], totals["ours single, chain depth 4"])
+    goal("Qwen pair: our single / transformers assisted", f"{totals['transformers assisted'] / best:.2f}x", ">= 1.2x",
+         totals["transformers assisted"] / best >= 1.2)
+
+
+# --- threads ---------------------------------------------------------------------------------------
+def section_threads(n: int) -> None:
+    header("plain decoding beside one busy process (fresh process per setting)")
+    print("| threads | quiet tok/s (threads) | busy tok/s (threads) | busy time / quiet time |")
+    print("|---|---:|---:|---:|")
+    for setting in ("1", "2", "auto"):
+        quiet, qt = measure_threads(setting, n, busy=False)
+        busy, bt = measure_threads(setting, n, busy=True)
+        print(f"| {setting}{' (default)' if setting == 'auto' else ''} | {quiet:.2f} ({qt}) | {busy:.2f} ({bt}) | {quiet / busy:.2f}x |", flush=True)
+        if setting == "auto":
+            goal("default threads: busy time / quiet time", f"{quiet / busy:.2f}x", "<= 2x", quiet / busy <= 2)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--sections", nargs="+", default=["costs", "ar", "auto", "qwen", "threads"])
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--items", type=int, default=1, help="GSM8K / MT-Bench items for the auto section")
+    p.add_argument("--prompts", type=int, default=2, help="benchmark prompts for the ar and qwen sections")
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--threads", default="1")
+    args = p.parse_args()
+    torch.set_num_threads(int(args.threads))
+    prompts = dict(list(PROMPTS.items())[: args.prompts])
+    print(f"torch threads {args.threads}; load average at start {load_average()}", flush=True)
+    composer = Composer("smollm2-135m-instruct", drafters=default_drafters("smollm2-135m-instruct"), threads=int(args.threads))
+    print(f"default drafters: {sorted(composer.drafters)}", flush=True)
+    if "costs" in args.sections:
+        section_costs(composer, args.reps)
+    if "ar" in args.sections:
+        section_ar(composer, prompts, args.new_tokens)
+    if "auto" in args.sections:
+        section_auto(composer, args.items, args.new_tokens)
+    if "qwen" in args.sections:
+        section_qwen(prompts, args.new_tokens)
+    if "threads" in args.sections:
+        section_threads(args.new_tokens)
+    goal("every greedy output equals plain decoding", f"{len(MISMATCHES)} mismatches", "0", not MISMATCHES)
+    header("goals")
+    print("| goal | measured | target | met |")
+    print("|---|---:|---:|:---:|")
+    for name, measured, target, met in GOALS:
+        print(f"| {name} | {measured} | {target} | {'yes' if met else 'no'} |")
+    if MISMATCHES:
+        print(f"\nmismatches: {MISMATCHES}")
+
+
+if __name__ == "__main__":
+    main()
