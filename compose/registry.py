@@ -50,7 +50,8 @@ def make_strategy(
 
 
 def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:
-    """Spec strings: "early-exit:K" (target's first K layers), "lm:<built-in name or folder>"
+    """Spec strings: "early-exit:K" (target's first K layers), "dvi:K[:<adapter folder>]" (early
+    exit at K with adapters learned online from verification), "lm:<built-in name or folder>"
     (an independent LM with the target's tokenizer), "eagle:<folder>" (a trained feature-level
     drafter checkpoint, validated against this target). Independent LM and feature drafters run
     in bfloat16 where the hardware multiplies it natively (drafters.model.fast_draft_dtype:
@@ -65,6 +66,16 @@ def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:
         from drafters.lm import EarlyExitDrafter
 
         return EarlyExitDrafter(target.model, int(arg), name=name)
+    if kind == "dvi":
+        layer, _, adapter = arg.partition(":")
+        if not layer.isdigit():
+            raise ValueError(f"drafter spec {spec!r}: expected dvi:<exit layer> or dvi:<exit layer>:<adapter folder>")
+        from drafters.dvi import DVIDrafter
+
+        drafter = DVIDrafter(target.model, int(layer), name=name)
+        if adapter:
+            drafter.load_adapter(adapter)
+        return drafter
     if kind == "lm":
         from drafters.lm import CausalLMDrafter
 
@@ -81,4 +92,4 @@ def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:
         from drafters import load_drafter
 
         return load_drafter(arg, target.model, name=name, dtype=draft_dtype)
-    raise ValueError(f"unknown drafter spec {spec!r}; expected 'early-exit:K', 'lm:<model>' or 'eagle:<checkpoint folder>'")
+    raise ValueError(f"unknown drafter spec {spec!r}; expected 'early-exit:K', 'dvi:K', 'lm:<model>' or 'eagle:<checkpoint folder>'")

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare composition strategies per benchmark and temperature against the autoregressive "
                     "baseline measured in the same run. No arguments: the main job (every benchmark, a small "
                     "seeded sample, T = 0 and 1, every registered strategy over the default drafters).",
-        epilog="benchmarks: " + "; ".join(f"{b.name} ({b.description})" for b in BENCHMARKS.values()),
+        epilog="benchmarks: " + "; ".join(f"{b.name} ({b.description})" for b in BENCHMARKS.values())
+               + ". `specmux eval stream --help`: a drafter learning online (dvi:K) on a prompt stream, τ over time.",
     )
     p.add_argument("--config", help="JSON or TOML file of EvalConfig fields (flags override it)")
     p.add_argument("--target", help="built-in model name or a local transformers folder")
@@ -93,8 +94,13 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["stream"]:  # `specmux eval stream`: a learning drafter on a prompt stream (eval/stream.py)
+        from .stream import main as stream_main
+
+        return stream_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from drafters.assets import ModelAssetError
 

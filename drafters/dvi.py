@@ -1,0 +1,315 @@
+"""DVI (Draft, Verify & Improve, arXiv 2510.05421): a self-speculative drafter that learns while it
+serves (docs/design.md "DVI").
+
+The drafter is `early-exit:K` (the target's first K layers, frozen and shared, its final norm
+and head) plus LoRA adapters: one on the exit head, optionally one on the exit layer's MLP down
+projection. The LoRA up-projections start at zero, so a fresh `dvi:K` drafts exactly like
+`early-exit:K`. While drafting it taps the adapter inputs at every node it expands; after each
+verification (`observe`) the nodes the verifier visited become training examples for the online
+learner (drafters/online.py). The frozen layers never change, so neither does the drafter's KV
+cache: learning only moves the exit head's distribution.
+
+Adapters are saved per domain as a folder: adapter.safetensors + config.json (validated).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+from transformers import PreTrainedModel
+
+
+from .checkpoint import atomic_save_tensors, atomic_write_bytes, read_weights, target_fingerprint
+from .lm import EarlyExitDrafter
+from .online import Example, LearnConfig, OnlineLearner
+
+ADAPTER_FORMAT = "specmux-dvi-adapter"
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "adapter.safetensors"
+
+
+class DVIConfig(BaseModel):
+    """Adapter shape (must match to reload an adapter) and the learning settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(16, ge=1, description="LoRA rank")
+    alpha: float = Field(32.0, gt=0, description="LoRA scale = alpha / rank")
+    exit_layer_lora: bool = Field(False, description="also adapt the exit layer's MLP down projection")
+    learn: bool = Field(True, description="learn online from verification (False: a frozen adapter)")
+    seed: int = Field(0, description="seed of the LoRA down-projection init")
+    learning: LearnConfig = Field(default_factory=LearnConfig)
+
+    def shape(self) -> dict:
+        return self.model_dump(include={"rank", "alpha", "exit_layer_lora"})
+
+
+class LoRA(nn.Module):
+    """delta(x) = scale * up(down(x)); `up` starts at zero, so the delta starts at zero."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int, alpha: float, generator: torch.Generator, dtype):
+        super().__init__()
+        self.down = nn.Parameter((torch.randn(rank, d_in, generator=generator) / math.sqrt(d_in)).to(dtype))
+        self.up = nn.Parameter(torch.zeros(d_out, rank, dtype=dtype))
+        self.scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.down.T) @ self.up.T * self.scale
+
+
+class AdaptedLinear(nn.Module):
+    """A shared frozen linear plus a LoRA delta. While `tapping`, keeps its last input and the
+    frozen output (no copies: references to this forward's tensors)."""
+
+    def __init__(self, base: nn.Module, lora: LoRA):
+        super().__init__()
+        self.base, self.lora = base, lora
+        self.tapping = False
+        self.tap: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.tapping:
+            self.tap = (x, y)
+        return y + self.lora(x)
+
+
+class InputTap(nn.Module):
+    """Runs a shared module and keeps its last input while `tapping`."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.tapping = False
+        self.tap: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tapping:
+            self.tap = x
+        return self.module(x)
+
+
+def shallow_clone(module: nn.Module) -> nn.Module:
+    """A new module object sharing every parameter and child of `module`, whose own child and
+    hook tables can be changed without touching the original (the target)."""
+    clone = object.__new__(type(module))
+    clone.__dict__ = {k: (v.copy() if isinstance(v, dict) else v) for k, v in module.__dict__.items()}
+    return clone
+
+
+class DVIDrafter(EarlyExitDrafter):
+    """`dvi:K`: early-exit:K with a LoRA exit head that learns online (see the module doc)."""
+
+    def __init__(self, target: PreTrainedModel, exit_layer: int, config: DVIConfig | None = None,
+                 name: str | None = None):
+        n_layers = int(target.config.num_hidden_layers)
+        if not isinstance(exit_layer, int) or not 1 <= exit_layer < n_layers:
+            raise ValueError(f"dvi exit layer must be an integer in [1, {n_layers - 1}] for this "
+                             f"{n_layers}-layer target, got {exit_layer!r}")
+        super().__init__(target, exit_layer, name or f"dvi-{exit_layer}")
+        self.config = config or DVIConfig()
+        self.fingerprint = target_fingerprint(target)
+        generator = torch.Generator().manual_seed(self.config.seed)
+        body, c = self.model.model, self.model.config
+        self.head = AdaptedLinear(self.model.lm_head, LoRA(c.hidden_size, c.vocab_size, self.config.rank,
+                                                           self.config.alpha, generator, self.dtype))
+        self.model.lm_head = self.head  # the drafter's own shallow model: the target keeps its head
+        self.exit_mlp: AdaptedLinear | None = None
+        if self.config.exit_layer_lora:
+            layer = shallow_clone(body.layers[-1])
+            layer.mlp = shallow_clone(layer.mlp)
+            down = layer.mlp.down_proj
+            self.exit_mlp = AdaptedLinear(down, LoRA(down.in_features, down.out_features, self.config.rank,
+                                                     self.config.alpha, generator, self.dtype))
+            layer.mlp.down_proj = self.exit_mlp
+            body.layers[-1] = layer
+            self.final_norm = InputTap(body.norm)
+            body.norm = self.final_norm
+        for p in self.adapter_parameters().values():
+            p.requires_grad_(True)
+        self.learner = OnlineLearner(list(self.adapter_parameters().values()), self.train_logits, self.config.learning)
+        self._keys: dict[int, tuple[int, ...]] = {}  # growing-tree node -> token path from the root
+        self._expanded: dict[tuple[int, ...], dict[str, torch.Tensor]] = {}  # token path -> features
+        self._drafted = None  # the tree of the last propose
+        self.learn_seconds = 0.0  # wall time in observe (example building and optimizer steps)
+
+    # --- the adapter ----------------------------------------------------------------------------
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        params = {"head.down": self.head.lora.down, "head.up": self.head.lora.up}
+        if self.exit_mlp is not None:
+            params |= {"exit_mlp.down": self.exit_mlp.lora.down, "exit_mlp.up": self.exit_mlp.lora.up}
+        return params
+
+    def train_logits(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Draft logits [B, V] at tapped nodes, as a function of the adapter (with gradients)."""
+        if self.exit_mlp is None:
+            return features["base"] + self.head.lora(features["hn"])
+        hn = self.final_norm.module(features["h_frozen"] + self.exit_mlp.lora(features["u"]))
+        return self.head(hn)
+
+    def architecture_key(self) -> tuple:
+        return (*super().architecture_key(), self.exit_layer, tuple(self.config.shape().items()))
+
+    @property
+    def learning(self) -> bool:
+        return self.config.learn
+
+    # --- drafting with taps -------------------------------------------------------------------------
+    def propose(self, root_token, tree, sampling, generator=None):
+        self._keys, self._expanded = {}, {}
+        self._set_tapping(self.learning)
+        try:
+            self._drafted = super().propose(root_token, tree, sampling, generator)
+        finally:
+            self._set_tapping(False)
+        return self._drafted
+
+    def _set_tapping(self, on: bool) -> None:
+        for m in (self.head, self.exit_mlp, getattr(self, "final_norm", None)):
+            if m is not None:
+                m.tapping, m.tap = on, None
+
+    def _step(self, tree, frontier: torch.Tensor) -> torch.Tensor:
+        logits = super()._step(tree, frontier)
+        if self.learning:
+            self._record(tree, frontier)
+        return logits
+
+    def _record(self, tree, frontier: torch.Tensor) -> None:
+        """Keep the adapter inputs of the frontier rows (the last F query rows of this forward)."""
+        f = frontier.numel()
+        if self.exit_mlp is None:
+            hn, base = self.head.tap
+            rows = {"hn": hn[0, -f:], "base": base[0, -f:]}
+        else:
+            u = self.exit_mlp.tap[0][0, -f:]
+            rows = {"h_frozen": self.final_norm.tap[0, -f:] - self.exit_mlp.lora(u), "u": u}
+        for row, (node, parent, token) in enumerate(zip(frontier.tolist(), tree.parents[frontier].tolist(),
+                                                        tree.tokens[frontier].tolist())):
+            key = self._keys.get(parent, ()) + (token,)
+            self._keys[node] = key
+            self._expanded[key] = {k: v[row] for k, v in rows.items()}
+
+    # --- learning from verification -------------------------------------------------------------------
+    def observe(self, feedback: StepFeedback) -> None:
+        """Turn the verified nodes this drafter expanded into examples for the online learner."""
+        if not self.learning or not self._expanded:
+            return
+        t0 = time.perf_counter()
+        examples = self.examples(feedback)
+        self._expanded, self._keys = {}, {}
+        self.learner.observed(examples)
+        self.learn_seconds += time.perf_counter() - t0
+
+    def examples(self, feedback: StepFeedback) -> list[Example]:
+        tokens = feedback.tokens.tolist()
+        following = tokens[1:] + [int(feedback.bonus)]  # the target's token after each path node
+        verified = _token_paths(feedback.tree)
+        on_path = {tuple(tokens[: j + 1]): j for j in range(len(tokens))}
+        mine = _children_by_path(self._drafted)
+        nodes = feedback.path.tolist() if self.learning_config.train_on == "path" else range(len(verified))
+        out = []
+        for node in nodes:
+            key = verified[node]
+            features = self._expanded.get(key)
+            if features is None:
+                continue
+            children = torch.tensor(mine.get(key, []), dtype=torch.long)
+            j = on_path.get(key)
+            rewards = None if j is None else (children == following[j]).float()
+            # clones: rows of this step's [N, V] tensors, which must not be kept alive until the update
+            out.append(Example({k: v.clone() for k, v in features.items()}, feedback.logits[node].clone(),
+                               children, rewards))
+        return out
+
+    @property
+    def learning_config(self) -> LearnConfig:
+        return self.config.learning
+
+    # --- save / load ------------------------------------------------------------------------------
+    def save_adapter(self, folder: str | Path, domain: str | None = None) -> Path:
+        """Write adapter.safetensors then config.json, each atomically (temp + rename)."""
+        folder = Path(folder)
+        atomic_save_tensors({k: p.detach() for k, p in self.adapter_parameters().items()}, folder / WEIGHTS_FILE)
+        meta = {
+            "format": ADAPTER_FORMAT, "version": 1, "domain": domain, "exit_layer": self.exit_layer,
+            "target": self._target_facts(), "dvi": self.config.model_dump(mode="json"), "state": self.learner.state(),
+        }
+        atomic_write_bytes(folder / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+        return folder
+
+    def load_adapter(self, folder: str | Path) -> dict:
+        """Load a saved adapter into this drafter, checking it was made for this target, exit layer
+        and adapter shape. Returns the saved metadata."""
+        folder = Path(folder)
+        meta = read_adapter_config(folder)
+        saved = DVIConfig.model_validate(meta["dvi"])
+        if meta["exit_layer"] != self.exit_layer:
+            raise ValueError(f"{folder}: the adapter is for exit layer {meta['exit_layer']}, this drafter exits "
+                             f"at layer {self.exit_layer}")
+        if saved.shape() != self.config.shape():
+            raise ValueError(f"{folder}: adapter shape {saved.shape()} differs from this drafter's {self.config.shape()}")
+        facts = self._target_facts()
+        if meta["target"] != facts:
+            raise ValueError(f"{folder}: the adapter was learned for another target ({meta['target']}); "
+                             f"this target is {facts}")
+        state = read_weights(folder / WEIGHTS_FILE)
+        params = self.adapter_parameters()
+        if set(state) != set(params):
+            raise ValueError(f"{folder / WEIGHTS_FILE}: tensors {sorted(state)}, expected {sorted(params)}")
+        for k, p in params.items():
+            if state[k].shape != p.shape:
+                raise ValueError(f"{folder / WEIGHTS_FILE}: {k!r} has shape {tuple(state[k].shape)}, expected {tuple(p.shape)}")
+            if not torch.isfinite(state[k]).all():
+                raise ValueError(f"{folder / WEIGHTS_FILE}: {k!r} has non-finite values (corrupt adapter)")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(state[k].to(p.dtype))
+        self.learner.load_state(meta.get("state", {}))
+        return meta
+
+    def _target_facts(self) -> dict:
+        c = self.model.config
+        return {"fingerprint": self.fingerprint, "vocab_size": int(c.vocab_size), "hidden_size": int(c.hidden_size)}
+
+
+def read_adapter_config(folder: Path) -> dict:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{folder} is not a DVI adapter: {CONFIG_FILE} is missing")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format') if isinstance(meta, dict) else None!r} is not {ADAPTER_FORMAT!r}")
+    missing = [k for k in ("exit_layer", "target", "dvi") if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: missing fields {missing}")
+    try:
+        DVIConfig.model_validate(meta["dvi"])
+    except ValidationError as e:
+        raise ValueError(f"{path}: invalid adapter config: {e}") from None
+    return meta
+
+
+def _token_paths(tree) -> list[tuple[int, ...]]:
+    """Each node's token path from the root (parents precede children)."""
+    keys: list[tuple[int, ...]] = []
+    for token, parent in zip(tree.tokens.tolist(), tree.parents.tolist()):
+        keys.append((keys[parent] if parent >= 0 else ()) + (token,))
+    return keys
+
+
+def _children_by_path(tree) -> dict[tuple[int, ...], list[int]]:
+    """Token path of a node -> the tokens of its children in `tree`."""
+    out: dict[tuple[int, ...], list[int]] = {}
+    keys = _token_paths(tree)
+    for node, parent in enumerate(tree.parents.tolist()):
+        if parent >= 0:
+            out.setdefault(keys[parent], []).append(int(tree.tokens[node]))
+    return out

@@ -1,0 +1,276 @@
+"""`specmux eval stream`: a drafter that learns while it serves (dvi:K), on a stream of prompts.
+
+Each learning variant (KL->RL, KL-only) drafts the whole stream in order, learning as it goes.
+The same-K early-exit drafter (no learning) and the autoregressive baseline run on the last
+`window` prompts only: their τ does not depend on what came before. Runs are interleaved prompt
+by prompt so machine drift hits them alike, and every greedy output is checked against the
+baseline's where both ran. Writes stream.jsonl (one record per prompt and run), summary.json,
+tau_over_time.png and the learned adapters (adapters/<domain>/<variant>/).
+
+Prompts are held out from every evaluation benchmark: math from reasoning-gym generators at
+seeds disjoint from the training seeds and the held-out math benchmark; chat from ShareGPT
+first turns sharing no word 8-gram with MT-Bench, GSM8K or HumanEval (overlap measured and
+written to the summary)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from tqdm.auto import tqdm
+
+from compose import Composer
+from compose.models import DEFAULT_TARGET
+from compose.options import TreeOptions
+from drafters.dvi import DVIConfig, DVIDrafter
+from drafters.lm import EarlyExitDrafter
+
+from .datasets import HELDOUT_MATH_SEED, HELDOUT_MATH_TASKS, TRAINING_MATH_SEEDS
+from .records import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# reasoning-gym seeds of the stream (generator i: seed + i): outside the training range and the held-out benchmark
+STREAM_MATH_SEED = 9_000_000
+STREAM_CHAT_SEED = 11
+EARLY_EXIT, BASELINE = "early-exit", "autoregressive"
+
+
+class StreamConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(DEFAULT_TARGET, description="built-in model name or a local transformers folder")
+    domain: Literal["math", "chat"] = "math"
+    prompts: int = Field(200, ge=1, description="prompts in the stream")
+    window: int = Field(50, ge=1, description="the last prompts, where learned and frozen drafters are compared")
+    exit_layer: int = Field(6, ge=1, description="K of dvi:K and early-exit:K")
+    variants: list[Literal["kl_rl", "kl"]] = Field(default_factory=lambda: ["kl_rl", "kl"], min_length=1)
+    max_new_tokens: int = Field(64, ge=1)
+    tree: TreeOptions = Field(default_factory=lambda: TreeOptions(depth=3, top_k=3, budget=8))
+    dvi: DVIConfig = Field(default_factory=DVIConfig, description="adapter and learning settings (schedule set per variant)")
+    baseline: bool = Field(True, description="run the autoregressive baseline on the window (speed, greedy check)")
+    threads: int = Field(1, ge=1)
+    out: Path | None = None
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> "StreamConfig":
+        if self.window > self.prompts:
+            raise ValueError(f"window ({self.window}) is longer than the stream ({self.prompts} prompts)")
+        return self
+
+
+def stream_prompts(domain: str, n: int) -> tuple[list[str], dict]:
+    """n held-out prompts of the domain and the overlap report against the evaluation benchmarks."""
+    from drafters.data import chat_prompts, drop_overlapping, eval_prompts, math_prompts, overlap_report
+
+    evals = eval_prompts()
+    if domain == "math":
+        seeds = range(STREAM_MATH_SEED, STREAM_MATH_SEED + 12)
+        held = range(HELDOUT_MATH_SEED, HELDOUT_MATH_SEED + len(HELDOUT_MATH_TASKS))
+        assert not set(seeds) & (set(TRAINING_MATH_SEEDS[:0]) | set(held)) and seeds.start >= TRAINING_MATH_SEEDS.stop
+        prompts = math_prompts(n, seed=STREAM_MATH_SEED)
+    else:
+        candidates = [("chat", p) for p in chat_prompts(2 * n, seed=STREAM_CHAT_SEED, max_chars=600)]
+        prompts = [p for _, p in drop_overlapping(candidates, evals)][:n]
+        if len(prompts) < n:
+            raise ValueError(f"only {len(prompts)} ShareGPT prompts are free of evaluation overlap; ask for fewer")
+    return prompts, overlap_report(prompts, evals)
+
+
+def make_runs(config: StreamConfig, composer: Composer) -> dict[str, DVIDrafter | EarlyExitDrafter | None]:
+    target = composer.target.model
+    runs: dict = {}
+    for variant in config.variants:
+        cfg = config.dvi.model_copy(update={"learning": config.dvi.learning.model_copy(update={"schedule": variant})})
+        runs[f"dvi-{variant}"] = composer.add_drafter(f"dvi-{variant}", DVIDrafter(target, config.exit_layer, cfg))
+    runs[EARLY_EXIT] = composer.add_drafter(EARLY_EXIT, EarlyExitDrafter(target, config.exit_layer))
+    if config.baseline:
+        runs[BASELINE] = None
+    return runs
+
+
+def record(index: int, run: str, result, drafter, learn_seconds: float) -> dict:
+    steps = result.stats.steps
+    rec = {
+        "index": index, "run": run, "tau": result.stats.tau, "steps": len(steps), "new_tokens": len(result.token_ids),
+        "emitted": sum(s.accepted + 1 for s in steps), "seconds": result.stats.total_time,
+        "prefill": result.stats.prefill_time, "draft": sum(s.t_draft for s in steps),
+        "forward": sum(s.t_forward for s in steps), "verify": sum(s.t_verify for s in steps),
+        "learn": learn_seconds, "tokens": result.token_ids,
+    }
+    if isinstance(drafter, DVIDrafter):
+        last = drafter.learner.log[-1] if drafter.learner.log else {}
+        rec |= {"updates": drafter.learner.updates, "phase": drafter.learner.phase, "kl": last.get("kl")}
+    return rec
+
+
+def pooled(records: list[dict]) -> dict:
+    """τ pooled over steps (emitted tokens / verifier forwards), times summed."""
+    steps = sum(r["steps"] for r in records)
+    learn = sum(r["learn"] for r in records)
+    step_time = sum(r["draft"] + r["forward"] + r["verify"] for r in records) - learn  # verify's time includes learning
+    return {
+        "prompts": len(records), "tau": sum(r["emitted"] for r in records) / max(1, steps),
+        "tokens_per_s": sum(r["new_tokens"] for r in records) / max(1e-9, sum(r["seconds"] for r in records)),
+        "learn_overhead": learn / step_time if step_time else 0.0,
+    }
+
+
+def summarise(config: StreamConfig, records: list[dict], runs: dict) -> dict:
+    first = set(range(config.window))
+    last = set(range(config.prompts - config.window, config.prompts))
+    by_run = {run: [r for r in records if r["run"] == run] for run in runs}
+    out = {}
+    for run, recs in by_run.items():
+        out[run] = {"window": pooled([r for r in recs if r["index"] in last])}
+        if len({r["index"] for r in recs}) == config.prompts:
+            out[run] |= {"first": pooled([r for r in recs if r["index"] in first]), "stream": pooled(recs)}
+    ee_tau = out[EARLY_EXIT]["window"]["tau"]
+    base = out.get(BASELINE, {}).get("window", {}).get("tokens_per_s")
+    for run in out:
+        out[run]["window"]["tau_vs_early_exit"] = out[run]["window"]["tau"] / ee_tau
+        if base:
+            out[run]["window"]["speed_vs_autoregressive"] = out[run]["window"]["tokens_per_s"] / base
+    mismatches = []
+    if BASELINE in by_run:
+        reference = {r["index"]: r["tokens"] for r in by_run[BASELINE]}
+        mismatches = [(r["run"], r["index"]) for r in records if r["index"] in reference and r["tokens"] != reference[r["index"]]]
+    return {"runs": out, "greedy_mismatches": mismatches}
+
+
+def plot_tau_over_time(records: list[dict], config: StreamConfig, path: Path, smooth: int = 10) -> None:
+    from .plots import _save, plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
+    for run in dict.fromkeys(r["run"] for r in records):
+        recs = sorted((r for r in records if r["run"] == run), key=lambda r: r["index"])
+        if run == BASELINE:
+            continue
+        xs = [r["index"] for r in recs]
+        taus = [r["tau"] for r in recs]
+        points = ax.plot(xs, taus, ".", alpha=0.25)[0]
+        # moving τ pooled over the last `smooth` prompts
+        roll = [sum(r["emitted"] for r in recs[max(0, i - smooth + 1): i + 1]) /
+                max(1, sum(r["steps"] for r in recs[max(0, i - smooth + 1): i + 1])) for i in range(len(recs))]
+        ax.plot(xs, roll, color=points.get_color(), label=f"{run} (τ pooled over {smooth} prompts)")
+    ax.axvline(config.prompts - config.window - 0.5, color="grey", ls=":", lw=0.8)
+    ax.set_xlabel("prompt in the stream")
+    ax.set_ylabel("τ (tokens per verifier forward)")
+    ax.set_title(f"dvi:{config.exit_layer} learning online, {config.domain} stream ({config.prompts} prompts, "
+                 f"{config.max_new_tokens} new tokens)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def run_stream(config: StreamConfig, progress: bool = True) -> dict:
+    torch.set_num_threads(config.threads)
+    out = config.out or Path("runs") / f"stream-{config.domain}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", config.model_dump(mode="json"))
+    prompts, overlap = stream_prompts(config.domain, config.prompts)
+    composer = Composer(config.target)
+    runs = make_runs(config, composer)
+    options = dict(max_new_tokens=config.max_new_tokens, chat=True, tree=config.tree.model_dump())
+    load_before = os.getloadavg()
+    records: list[dict] = []
+    lines = []
+    window_start = config.prompts - config.window
+    for i, prompt in enumerate(tqdm(prompts, disable=not progress, desc=f"{config.domain} stream")):
+        for run, drafter in runs.items():
+            if drafter is None or isinstance(drafter, EarlyExitDrafter) and not isinstance(drafter, DVIDrafter):
+                if i < window_start:
+                    continue
+            learned_before = getattr(drafter, "learn_seconds", 0.0)
+            if drafter is None:
+                result = composer.generate(prompt, strategy="autoregressive", **options)
+            else:
+                result = composer.generate(prompt, strategy="single", drafter=run, **options)
+            records.append(record(i, run, result, drafter, getattr(drafter, "learn_seconds", 0.0) - learned_before))
+            lines.append(_json_line(records[-1]))
+        atomic_write_text(out / "stream.jsonl", "".join(lines))
+    summary = {"config": config.model_dump(mode="json"), "load_average": {"start": load_before, "end": os.getloadavg()},
+               "threads": torch.get_num_threads(), "overlap": overlap, **summarise(config, records, runs)}
+    for run, drafter in runs.items():
+        if isinstance(drafter, DVIDrafter):
+            drafter.save_adapter(out / "adapters" / config.domain / run, domain=config.domain)
+            summary["runs"][run]["learner"] = {**drafter.learner.state(), "learn_seconds": drafter.learner.seconds}
+    atomic_write_json(out / "summary.json", summary)
+    plot_tau_over_time(records, config, out / "tau_over_time.png")
+    summary["out"] = str(out)
+    return summary
+
+
+def _json_line(rec: dict) -> str:
+    import json
+
+    return json.dumps(rec) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="specmux eval stream", description=__doc__.split("\n\n")[0])
+    p.add_argument("--target")
+    p.add_argument("--domain", choices=["math", "chat"])
+    p.add_argument("--prompts", type=int)
+    p.add_argument("--window", type=int)
+    p.add_argument("--exit-layer", type=int)
+    p.add_argument("--variants", help="comma-separated: kl_rl,kl")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--depth", type=int)
+    p.add_argument("--budget", type=int)
+    p.add_argument("--tree-top-k", type=int)
+    p.add_argument("--no-baseline", dest="baseline", action="store_false", default=None)
+    p.add_argument("--dvi", help="JSON of DVIConfig fields, e.g. '{\"rank\": 8, \"learning\": {\"lr\": 0.001}}'")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> StreamConfig:
+    import json
+
+    data = {k: v for k, v in {
+        "target": args.target, "domain": args.domain, "prompts": args.prompts, "window": args.window,
+        "exit_layer": args.exit_layer, "max_new_tokens": args.max_new_tokens, "baseline": args.baseline,
+        "threads": args.threads, "out": args.out,
+        "variants": [v for v in args.variants.split(",") if v] if args.variants else None,
+    }.items() if v is not None}
+    tree = {k: v for k, v in {"depth": args.depth, "budget": args.budget, "top_k": args.tree_top_k}.items() if v is not None}
+    if tree:
+        data["tree"] = {**StreamConfig.model_fields["tree"].default_factory().model_dump(), **tree}
+    if args.dvi:
+        try:
+            data["dvi"] = json.loads(args.dvi)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--dvi is not valid JSON: {e}") from None
+    return StreamConfig.model_validate(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = run_stream(config_from_args(args), progress=not args.no_progress)
+    except ValidationError as e:
+        print(f"specmux eval stream: error: invalid settings:\n{e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"specmux eval stream: error: {e}", file=sys.stderr)
+        return 2
+    for run, figures in summary["runs"].items():
+        w = figures["window"]
+        print(f"{run:>16}: τ over the last {w['prompts']} prompts {w['tau']:.3f} "
+              f"({w['tau_vs_early_exit']:.2f}x early-exit), learning overhead {w['learn_overhead']:.1%}"
+              + (f", speed {w['speed_vs_autoregressive']:.2f}x autoregressive" if "speed_vs_autoregressive" in w else ""))
+    print(f"results in {summary['out']}")
+    if summary["greedy_mismatches"]:
+        print(f"specmux eval stream: FAILED: greedy outputs differ from the baseline: {summary['greedy_mismatches'][:5]}",
+              file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,258 @@
+"""The DVI drafter (dvi:K): lossless while it learns (greedy equality, sampling law), learning
+that measurably raises acceptance, adapter save/reload, and clear errors for bad input."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from compose import Composer
+from trees import StepFeedback
+from drafters.dvi import DVIConfig, DVIDrafter
+from drafters.lm import EarlyExitDrafter
+from drafters.online import Batch, LearnConfig, dvi_loss
+from trees import DraftTree, SamplingSpec, TreeSpec
+from law import chi_square_power, chi_square_pvalue, exact_law
+from test_engine import MODELS, reference_greedy
+from test_engine_law import FAST_N, FAST_TV, SMALL
+from tiny_models import tiny_model
+
+
+def eager(exit_layer_lora: bool = False, schedule: str = "kl_rl", **learning) -> DVIConfig:
+    """Updates after every verification with a large step, so weights move within a test."""
+    params = dict(update_every=1, lr=0.05, kl_updates=3, schedule=schedule) | learning
+    return DVIConfig(exit_layer_lora=exit_layer_lora, learning=LearnConfig(**params))
+
+
+def adapter_norm(d: DVIDrafter) -> float:
+    return sum(float(p.detach().abs().sum()) for k, p in d.adapter_parameters().items() if k.endswith(".up"))
+
+
+# --- lossless while learning ------------------------------------------------------------------
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    arch=st.sampled_from(["llama", "qwen2"]),
+    seed=st.sampled_from([0, 1]),
+    prompt=st.lists(st.integers(0, 95), min_size=1, max_size=10),
+    exit_lora=st.booleans(),
+    train_on=st.sampled_from(["path", "tree"]),
+    depth=st.integers(1, 4),
+    top_k=st.integers(1, 3),
+    budget=st.integers(1, 10),
+)
+def test_greedy_equals_plain_decoding_while_learning(arch, seed, prompt, exit_lora, train_on, depth, top_k, budget):
+    target = MODELS[(arch, seed)]
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    drafter = DVIDrafter(target, 2, eager(exit_lora, train_on=train_on))
+    composer = Composer(target, drafters={"d": drafter})
+    for _ in range(2):  # the second generation drafts with weights learned in the first
+        result = composer.generate(prompt, strategy="single", max_new_tokens=16,
+                                   tree=dict(depth=depth, top_k=top_k, budget=budget))
+        assert result.token_ids == reference_greedy(target, prompt, 16)
+    assert drafter.learner.updates > 0 and adapter_norm(drafter) > 0, "the drafter never learned"
+    after = target.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "learning changed the target's weights"
+
+
+@pytest.mark.parametrize("sampled, temperature, top_k, exit_lora", [(True, 0.8, 3, False), (False, 1.0, 0, True)])
+def test_sampling_law_while_learning(sampled, temperature, top_k, exit_lora):
+    drafter = DVIDrafter(SMALL, 1, eager(exit_lora, update_every=2, lr=0.02))
+    composer = Composer(SMALL, drafters={"d": drafter})
+    sampling = SamplingSpec(temperature, top_k, 1.0)
+    prompt = [3, 1, 2]
+    law = exact_law(SMALL, prompt, 3, sampling)
+    samples = []
+    for i in range(FAST_N):
+        result = composer.generate(prompt, strategy="single", max_new_tokens=3, temperature=temperature, top_k=top_k,
+                                   seed=i, tree=dict(depth=3, top_k=2, budget=5, sampled=sampled))
+        samples.append(tuple(result.token_ids))
+    pvalue, cells = chi_square_pvalue(samples, law)
+    assert chi_square_power(FAST_N, cells, tv=FAST_TV, alpha=1e-3) >= 0.99
+    assert pvalue > 1e-3, f"sampling law differs from the target's while learning (p={pvalue:.2e})"
+    assert drafter.learner.updates >= 100 and adapter_norm(drafter) > 0, "the drafter never learned"
+    assert drafter.learner.phase == "rl"
+
+
+def test_merged_tree_with_a_learning_drafter_is_greedy_equal():
+    target = MODELS[("llama", 0)]
+    dvi = DVIDrafter(target, 1, eager(train_on="tree"))
+    composer = Composer(target, drafters={"dvi": dvi, "ee": EarlyExitDrafter(target, 2)})
+    prompt = [4, 8, 15, 16, 23, 42]
+    for strategy in ("merged_tree", "confidence"):
+        result = composer.generate(prompt, strategy=strategy, max_new_tokens=20, tree=dict(depth=3, top_k=2, budget=6))
+        assert result.token_ids == reference_greedy(target, prompt, 20)
+    assert dvi.learner.updates > 0
+
+
+# --- learning helps ---------------------------------------------------------------------------
+def stream_tau(composer: Composer, drafter: str, prompts: list[list[int]], n: int = 32) -> list[float]:
+    tree = dict(depth=4, top_k=2, budget=8)
+    return [composer.generate(p, strategy="single", drafter=drafter, max_new_tokens=n, tree=tree).stats.tau
+            for p in prompts]
+
+
+def test_learning_raises_acceptance_on_a_repeated_pattern():
+    """A stream that keeps asking for the same continuations (a few prompts, each four times):
+    early-exit:1 of a random target accepts little; dvi:1 must learn the target's continuations
+    from verification alone and accept at least 1.5x more by the last round."""
+    target = tiny_model("llama", layers=3, seed=3)
+    rng = random.Random(0)
+    patterns = [[rng.randrange(96) for _ in range(6)] for _ in range(3)]
+    stream = patterns * 4
+    dvi = DVIDrafter(target, 1, DVIConfig(learning=LearnConfig(update_every=2, lr=0.01, kl_updates=20)))
+    composer = Composer(target, drafters={"dvi": dvi, "ee": EarlyExitDrafter(target, 1)})
+    learned = stream_tau(composer, "dvi", stream)
+    frozen = stream_tau(composer, "ee", patterns)
+    last_round = sum(learned[-3:]) / 3
+    assert last_round >= 1.5 * sum(frozen) / 3, (learned, frozen)
+    assert dvi.learner.phase == "rl"
+
+
+def test_kl_phase_moves_the_draft_towards_the_target():
+    """One optimizer step on the KL loss lowers it (a sign error or a detached graph would not)."""
+    target = MODELS[("qwen2", 1)]
+    dvi = DVIDrafter(target, 1, eager())
+    hn = torch.randn(4, target.config.hidden_size)
+    features = {"hn": hn, "base": target.lm_head(hn)}
+    target_logits = torch.randn(4, target.config.vocab_size) * 3
+    batch = Batch(features, target_logits, torch.zeros(4, 1, dtype=torch.long), torch.zeros(4, 1),
+                  torch.zeros(4, 1, dtype=torch.bool))
+    losses = []
+    for _ in range(3):
+        with torch.enable_grad():
+            loss, _ = dvi_loss(dvi.train_logits(features), batch, "kl", 0.0, dvi.config.learning)
+            dvi.learner.optimizer.zero_grad()
+            loss.backward()
+            dvi.learner.optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[2] < losses[0]
+
+
+def test_rl_loss_raises_accepted_and_lowers_rejected_tokens():
+    target = MODELS[("qwen2", 1)]
+    dvi = DVIDrafter(target, 1, eager(kl_weight=0.0))
+    hn = torch.randn(2, target.config.hidden_size)
+    features = {"hn": hn, "base": target.lm_head(hn)}
+    children = torch.tensor([[5, 6], [7, 8]])
+    rewards = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    batch = Batch(features, torch.randn(2, target.config.vocab_size), children, rewards, torch.ones(2, 2, dtype=torch.bool))
+
+    def logq():
+        return torch.log_softmax(dvi.train_logits(features), -1).gather(1, children)
+
+    with torch.no_grad():
+        before = logq()
+    for _ in range(3):
+        with torch.enable_grad():
+            loss, parts = dvi_loss(dvi.train_logits(features), batch, "rl", 0.25, dvi.config.learning)
+            dvi.learner.optimizer.zero_grad()
+            loss.backward()
+            dvi.learner.optimizer.step()
+    with torch.no_grad():
+        after = logq()
+    assert set(parts) == {"kl", "ce", "pg"}
+    assert after[0, 0] > before[0, 0], "the accepted token's log q must rise"
+    assert after[1].sum() < before[1].sum(), "rejected tokens (reward below the baseline) must fall"
+
+
+# --- examples from a verification ---------------------------------------------------------------
+def test_examples_follow_the_verified_path_by_tokens():
+    """The verified tree may be another tree (merged, or another drafter's): examples are matched
+    by token path; rewards mark the children equal to the target's next token."""
+    target = MODELS[("llama", 1)]
+    dvi = DVIDrafter(target, 1, eager(update_every=1000))
+    dvi.start(torch.tensor([1, 2, 3]), None)
+    mine = dvi.propose(9, TreeSpec(depth=2, top_k=2, budget=4), SamplingSpec())
+    child = int(mine.tokens[mine.parents == 0][0])
+    # a verified tree with another node order and an extra branch: root -> (50, child)
+    verified = DraftTree.from_lists([9, 50, child], [-1, 0, 0])
+    logits = torch.randn(3, target.config.vocab_size)
+    path = torch.tensor([0, 2])
+    feedback = StepFeedback(tree=verified, path=path, tokens=verified.tokens[path], bonus=77, logits=logits,
+                            sampling=SamplingSpec())
+    examples = dvi.examples(feedback)
+    assert len(examples) == 2  # the root and the accepted child were expanded; node 50 is not the drafter's
+    root_example = examples[0]
+    assert torch.equal(root_example.target_logits, logits[0])
+    root_children = mine.tokens[mine.children(0)]
+    assert torch.equal(root_example.rewards, (root_children == child).float())
+    assert root_example.rewards.sum() == 1
+    # the accepted child: its rewards mark the children equal to the bonus token
+    assert torch.equal(examples[1].target_logits, logits[2])
+    assert torch.equal(examples[1].rewards, (examples[1].children == 77).float())
+
+
+# --- save / reload ------------------------------------------------------------------------------
+@pytest.mark.parametrize("exit_lora", [False, True])
+def test_adapter_round_trip(tmp_path, exit_lora):
+    target = MODELS[("qwen2", 0)]
+    learned = DVIDrafter(target, 2, eager(exit_lora))
+    composer = Composer(target, drafters={"d": learned})
+    composer.generate([5, 6, 7, 8], strategy="single", max_new_tokens=24, tree=dict(depth=3, top_k=2, budget=6))
+    assert learned.learner.updates > 0
+    folder = learned.save_adapter(tmp_path / "adapters" / "math", domain="math")
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "config.json"]  # no temp files left
+
+    fresh = DVIDrafter(target, 2, DVIConfig(exit_layer_lora=exit_lora))
+    meta = fresh.load_adapter(folder)
+    assert meta["domain"] == "math"
+    for k, p in learned.adapter_parameters().items():
+        assert torch.equal(p, fresh.adapter_parameters()[k])
+    assert fresh.learner.updates == learned.learner.updates and fresh.learner.baseline == learned.learner.baseline
+    spec = TreeSpec(depth=3, top_k=2, budget=6)
+    trees = []
+    for d in (learned, fresh):
+        d.start(torch.tensor([5, 6, 7, 8]), None)
+        trees.append(d.propose(3, spec, SamplingSpec()))
+    assert torch.equal(trees[0].tokens, trees[1].tokens) and torch.allclose(trees[0].scores, trees[1].scores)
+    # the spec string loads it too
+    via_spec = Composer(target, drafters={"d": f"dvi:2:{folder}"}) if not exit_lora else None
+    if via_spec is not None:
+        assert torch.equal(via_spec.drafters["d"].head.lora.up, learned.head.lora.up)
+
+
+def test_fresh_dvi_drafts_exactly_like_early_exit():
+    target = MODELS[("llama", 0)]
+    spec, sampling = TreeSpec(depth=3, top_k=3, budget=8), SamplingSpec()
+    trees = []
+    for d in (DVIDrafter(target, 2, DVIConfig(exit_layer_lora=True)), EarlyExitDrafter(target, 2)):
+        d.start(torch.tensor([1, 2, 3, 4]), None)
+        trees.append(d.propose(5, spec, sampling))
+    assert torch.equal(trees[0].tokens, trees[1].tokens) and torch.allclose(trees[0].scores, trees[1].scores)
+
+
+# --- bad input ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layer", [0, 3, 7, -1])
+def test_exit_layer_out_of_range(layer):
+    with pytest.raises(ValueError, match=r"dvi exit layer must be an integer in \[1, 2\]"):
+        DVIDrafter(MODELS[("llama", 0)], layer)
+
+
+@pytest.mark.parametrize("spec, message", [("dvi:x", "expected dvi:<exit layer>"), ("dvi:", "expected dvi:<exit layer>"),
+                                           ("dvi:9", "dvi exit layer must be"), ("dvi:1:/no/such/folder", "is not a DVI adapter")])
+def test_bad_specs(spec, message):
+    with pytest.raises(ValueError, match=message):
+        Composer(MODELS[("llama", 0)], drafters={"d": spec})
+
+
+def test_mismatched_adapters_are_refused(tmp_path):
+    target = MODELS[("llama", 0)]
+    folder = DVIDrafter(target, 1).save_adapter(tmp_path / "a")
+    with pytest.raises(ValueError, match="adapter is for exit layer 1, this drafter exits at layer 2"):
+        DVIDrafter(target, 2).load_adapter(folder)
+    with pytest.raises(ValueError, match="adapter shape"):
+        DVIDrafter(target, 1, DVIConfig(rank=4)).load_adapter(folder)
+    with pytest.raises(ValueError, match="learned for another target"):
+        DVIDrafter(MODELS[("llama", 1)], 1).load_adapter(folder)
+    meta = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**meta, "format": "something-else"}))
+    with pytest.raises(ValueError, match="is not 'specmux-dvi-adapter'"):
+        DVIDrafter(target, 1).load_adapter(folder)
+    (folder / "config.json").write_text(json.dumps(meta))
+    (folder / "adapter.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="corrupt or not a safetensors file"):
+        DVIDrafter(target, 1).load_adapter(folder)
