@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 from transformers import PreTrainedModel
 
+from trees import StepFeedback
 
 from .checkpoint import atomic_save_tensors, atomic_write_bytes, read_weights, target_fingerprint
 from .lm import EarlyExitDrafter
