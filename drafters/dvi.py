@@ -1,13 +1,14 @@
 """DVI (Draft, Verify & Improve, arXiv 2510.05421): a self-speculative drafter that learns while it
-serves (docs/design.md "DVI").
+serves (docs/design.md "DVI: a drafter that learns while it serves").
 
 The drafter is `early-exit:K` (the target's first K layers, frozen and shared, its final norm
-and head) plus LoRA adapters: one on the exit head, optionally one on the exit layer's MLP down
-projection. The LoRA up-projections start at zero, so a fresh `dvi:K` drafts exactly like
-`early-exit:K`. While drafting it taps the adapter inputs at every node it expands; after each
-verification (`observe`) the nodes the verifier visited become training examples for the online
-learner (drafters/online.py). The frozen layers never change, so neither does the drafter's KV
-cache: learning only moves the exit head's distribution.
+and head) plus adapters: a LoRA on the exit head and an exit adapter (a translator h -> h + W h + b
+on the exit layer's output, or a LoRA on the exit layer's MLP down projection, or none). Every
+adapter starts at zero, so a fresh `dvi:K` drafts exactly like `early-exit:K`. While drafting it
+taps the adapter inputs at every node it expands; after each verification (`observe`) the nodes
+the verifier visited become training examples for the online learner (drafters/online.py). The
+adapters sit after the last drafted layer's attention, so the drafter's KV cache never goes
+stale: learning only moves the exit distribution.
 
 Adapters are saved per domain as a folder: adapter.safetensors + config.json (validated).
 """
@@ -17,6 +18,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -40,13 +42,15 @@ class DVIConfig(BaseModel):
 
     rank: int = Field(16, ge=1, description="LoRA rank")
     alpha: float = Field(32.0, gt=0, description="LoRA scale = alpha / rank")
-    exit_layer_lora: bool = Field(False, description="also adapt the exit layer's MLP down projection")
+    exit_adapter: Literal["none", "lora", "translator"] = Field(
+        "translator", description="adapt the exit layer too: 'lora' on its MLP down projection, or 'translator', an "
+                                  "affine map of its output h -> h + W h + b (tuned-lens style, zero at start)")
     learn: bool = Field(True, description="learn online from verification (False: a frozen adapter)")
     seed: int = Field(0, description="seed of the LoRA down-projection init")
     learning: LearnConfig = Field(default_factory=LearnConfig)
 
     def shape(self) -> dict:
-        return self.model_dump(include={"rank", "alpha", "exit_layer_lora"})
+        return self.model_dump(include={"rank", "alpha", "exit_adapter"})
 
 
 class LoRA(nn.Module):
@@ -79,19 +83,20 @@ class AdaptedLinear(nn.Module):
         return y + self.lora(x)
 
 
-class InputTap(nn.Module):
-    """Runs a shared module and keeps its last input while `tapping`."""
+class ExitNorm(nn.Module):
+    """The target's final norm (shared) in front of the head, after an optional translator
+    h -> h + translator(h); keeps its last input h while `tapping`."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, norm: nn.Module, translator: nn.Linear | None):
         super().__init__()
-        self.module = module
+        self.norm, self.translator = norm, translator
         self.tapping = False
         self.tap: torch.Tensor | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.tapping:
-            self.tap = x
-        return self.module(x)
+            self.tap = h
+        return self.norm(h if self.translator is None else h + self.translator(h))
 
 
 def shallow_clone(module: nn.Module) -> nn.Module:
@@ -103,7 +108,7 @@ def shallow_clone(module: nn.Module) -> nn.Module:
 
 
 class DVIDrafter(EarlyExitDrafter):
-    """`dvi:K`: early-exit:K with a LoRA exit head that learns online (see the module doc)."""
+    """`dvi:K`: early-exit:K with exit adapters learned online from verification (see the module doc)."""
 
     def __init__(self, target: PreTrainedModel, exit_layer: int, config: DVIConfig | None = None,
                  name: str | None = None):
@@ -119,17 +124,11 @@ class DVIDrafter(EarlyExitDrafter):
         self.head = AdaptedLinear(self.model.lm_head, LoRA(c.hidden_size, c.vocab_size, self.config.rank,
                                                            self.config.alpha, generator, self.dtype))
         self.model.lm_head = self.head  # the drafter's own shallow model: the target keeps its head
-        self.exit_mlp: AdaptedLinear | None = None
-        if self.config.exit_layer_lora:
-            layer = shallow_clone(body.layers[-1])
-            layer.mlp = shallow_clone(layer.mlp)
-            down = layer.mlp.down_proj
-            self.exit_mlp = AdaptedLinear(down, LoRA(down.in_features, down.out_features, self.config.rank,
-                                                     self.config.alpha, generator, self.dtype))
-            layer.mlp.down_proj = self.exit_mlp
-            body.layers[-1] = layer
-            self.final_norm = InputTap(body.norm)
-            body.norm = self.final_norm
+        self.exit_mlp = self._adapt_exit_mlp(generator) if self.config.exit_adapter == "lora" else None
+        self.exit_norm: ExitNorm | None = None
+        if self.config.exit_adapter != "none":  # the exit adapters need the exit layer's output tapped
+            translator = self._translator() if self.config.exit_adapter == "translator" else None
+            self.exit_norm = body.norm = ExitNorm(body.norm, translator)
         for p in self.adapter_parameters().values():
             p.requires_grad_(True)
         self.learner = OnlineLearner(list(self.adapter_parameters().values()), self.train_logits, self.config.learning)
@@ -138,19 +137,40 @@ class DVIDrafter(EarlyExitDrafter):
         self._drafted = None  # the tree of the last propose
         self.learn_seconds = 0.0  # wall time in observe (example building and optimizer steps)
 
+    def _adapt_exit_mlp(self, generator: torch.Generator) -> AdaptedLinear:
+        """LoRA on the exit layer's MLP down projection, in shallow clones of the layer and its
+        MLP (the target's layer keeps its own projection)."""
+        body = self.model.model
+        layer = shallow_clone(body.layers[-1])
+        layer.mlp = shallow_clone(layer.mlp)
+        down = layer.mlp.down_proj
+        adapted = AdaptedLinear(down, LoRA(down.in_features, down.out_features, self.config.rank, self.config.alpha,
+                                           generator, self.dtype))
+        layer.mlp.down_proj = adapted
+        body.layers[-1] = layer
+        return adapted
+
+    def _translator(self) -> nn.Linear:
+        d = self.model.config.hidden_size
+        translator = nn.utils.skip_init(nn.Linear, d, d, dtype=self.dtype)
+        nn.init.zeros_(translator.weight), nn.init.zeros_(translator.bias)
+        return translator
+
     # --- the adapter ----------------------------------------------------------------------------
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         params = {"head.down": self.head.lora.down, "head.up": self.head.lora.up}
         if self.exit_mlp is not None:
             params |= {"exit_mlp.down": self.exit_mlp.lora.down, "exit_mlp.up": self.exit_mlp.lora.up}
+        if self.exit_norm is not None and self.exit_norm.translator is not None:
+            params |= {"translator.weight": self.exit_norm.translator.weight, "translator.bias": self.exit_norm.translator.bias}
         return params
 
     def train_logits(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Draft logits [B, V] at tapped nodes, as a function of the adapter (with gradients)."""
-        if self.exit_mlp is None:
+        if self.exit_norm is None:  # the head's input is fixed: only the LoRA delta needs computing
             return features["base"] + self.head.lora(features["hn"])
-        hn = self.final_norm.module(features["h_frozen"] + self.exit_mlp.lora(features["u"]))
-        return self.head(hn)
+        h = features["h"] if self.exit_mlp is None else features["h_frozen"] + self.exit_mlp.lora(features["u"])
+        return self.head(self.exit_norm(h))
 
     def architecture_key(self) -> tuple:
         return (*super().architecture_key(), self.exit_layer, tuple(self.config.shape().items()))
@@ -170,7 +190,7 @@ class DVIDrafter(EarlyExitDrafter):
         return self._drafted
 
     def _set_tapping(self, on: bool) -> None:
-        for m in (self.head, self.exit_mlp, getattr(self, "final_norm", None)):
+        for m in (self.head, self.exit_mlp, self.exit_norm):
             if m is not None:
                 m.tapping, m.tap = on, None
 
@@ -183,12 +203,14 @@ class DVIDrafter(EarlyExitDrafter):
     def _record(self, tree, frontier: torch.Tensor) -> None:
         """Keep the adapter inputs of the frontier rows (the last F query rows of this forward)."""
         f = frontier.numel()
-        if self.exit_mlp is None:
+        if self.exit_norm is None:
             hn, base = self.head.tap
             rows = {"hn": hn[0, -f:], "base": base[0, -f:]}
-        else:
+        elif self.exit_mlp is None:
+            rows = {"h": self.exit_norm.tap[0, -f:]}
+        else:  # the exit layer's output less its LoRA delta, and the delta's input
             u = self.exit_mlp.tap[0][0, -f:]
-            rows = {"h_frozen": self.final_norm.tap[0, -f:] - self.exit_mlp.lora(u), "u": u}
+            rows = {"h_frozen": self.exit_norm.tap[0, -f:] - self.exit_mlp.lora(u), "u": u}
         for row, (node, parent, token) in enumerate(zip(frontier.tolist(), tree.parents[frontier].tolist(),
                                                         tree.tokens[frontier].tolist())):
             key = self._keys.get(parent, ()) + (token,)

@@ -22,10 +22,10 @@ from test_engine_law import FAST_N, FAST_TV, SMALL
 from tiny_models import tiny_model
 
 
-def eager(exit_layer_lora: bool = False, schedule: str = "kl_rl", **learning) -> DVIConfig:
+def eager(exit_adapter: str = "none", schedule: str = "kl_rl", **learning) -> DVIConfig:
     """Updates after every verification with a large step, so weights move within a test."""
     params = dict(update_every=1, lr=0.05, kl_updates=3, schedule=schedule) | learning
-    return DVIConfig(exit_layer_lora=exit_layer_lora, learning=LearnConfig(**params))
+    return DVIConfig(exit_adapter=exit_adapter, learning=LearnConfig(**params))
 
 
 def adapter_norm(d: DVIDrafter) -> float:
@@ -38,16 +38,16 @@ def adapter_norm(d: DVIDrafter) -> float:
     arch=st.sampled_from(["llama", "qwen2"]),
     seed=st.sampled_from([0, 1]),
     prompt=st.lists(st.integers(0, 95), min_size=1, max_size=10),
-    exit_lora=st.booleans(),
+    exit_adapter=st.sampled_from(["none", "lora", "translator"]),
     train_on=st.sampled_from(["path", "tree"]),
     depth=st.integers(1, 4),
     top_k=st.integers(1, 3),
     budget=st.integers(1, 10),
 )
-def test_greedy_equals_plain_decoding_while_learning(arch, seed, prompt, exit_lora, train_on, depth, top_k, budget):
+def test_greedy_equals_plain_decoding_while_learning(arch, seed, prompt, exit_adapter, train_on, depth, top_k, budget):
     target = MODELS[(arch, seed)]
     before = {k: v.clone() for k, v in target.state_dict().items()}
-    drafter = DVIDrafter(target, 2, eager(exit_lora, train_on=train_on))
+    drafter = DVIDrafter(target, 2, eager(exit_adapter, train_on=train_on))
     composer = Composer(target, drafters={"d": drafter})
     for _ in range(2):  # the second generation drafts with weights learned in the first
         result = composer.generate(prompt, strategy="single", max_new_tokens=16,
@@ -58,9 +58,9 @@ def test_greedy_equals_plain_decoding_while_learning(arch, seed, prompt, exit_lo
     assert all(torch.equal(before[k], after[k]) for k in before), "learning changed the target's weights"
 
 
-@pytest.mark.parametrize("sampled, temperature, top_k, exit_lora", [(True, 0.8, 3, False), (False, 1.0, 0, True)])
-def test_sampling_law_while_learning(sampled, temperature, top_k, exit_lora):
-    drafter = DVIDrafter(SMALL, 1, eager(exit_lora, update_every=2, lr=0.02))
+@pytest.mark.parametrize("sampled, temperature, top_k, exit_adapter", [(True, 0.8, 3, "translator"), (False, 1.0, 0, "lora")])
+def test_sampling_law_while_learning(sampled, temperature, top_k, exit_adapter):
+    drafter = DVIDrafter(SMALL, 1, eager(exit_adapter, update_every=2, lr=0.02))
     composer = Composer(SMALL, drafters={"d": drafter})
     sampling = SamplingSpec(temperature, top_k, 1.0)
     prompt = [3, 1, 2]
@@ -187,17 +187,17 @@ def test_examples_follow_the_verified_path_by_tokens():
 
 
 # --- save / reload ------------------------------------------------------------------------------
-@pytest.mark.parametrize("exit_lora", [False, True])
-def test_adapter_round_trip(tmp_path, exit_lora):
+@pytest.mark.parametrize("exit_adapter", ["none", "lora", "translator"])
+def test_adapter_round_trip(tmp_path, exit_adapter):
     target = MODELS[("qwen2", 0)]
-    learned = DVIDrafter(target, 2, eager(exit_lora))
+    learned = DVIDrafter(target, 2, eager(exit_adapter))
     composer = Composer(target, drafters={"d": learned})
     composer.generate([5, 6, 7, 8], strategy="single", max_new_tokens=24, tree=dict(depth=3, top_k=2, budget=6))
     assert learned.learner.updates > 0
     folder = learned.save_adapter(tmp_path / "adapters" / "math", domain="math")
     assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "config.json"]  # no temp files left
 
-    fresh = DVIDrafter(target, 2, DVIConfig(exit_layer_lora=exit_lora))
+    fresh = DVIDrafter(target, 2, DVIConfig(exit_adapter=exit_adapter))
     meta = fresh.load_adapter(folder)
     assert meta["domain"] == "math"
     for k, p in learned.adapter_parameters().items():
@@ -210,16 +210,17 @@ def test_adapter_round_trip(tmp_path, exit_lora):
         trees.append(d.propose(3, spec, SamplingSpec()))
     assert torch.equal(trees[0].tokens, trees[1].tokens) and torch.allclose(trees[0].scores, trees[1].scores)
     # the spec string loads it too
-    via_spec = Composer(target, drafters={"d": f"dvi:2:{folder}"}) if not exit_lora else None
-    if via_spec is not None:
+    if exit_adapter == DVIConfig().exit_adapter:  # the spec string builds the default shape
+        via_spec = Composer(target, drafters={"d": f"dvi:2:{folder}"})
         assert torch.equal(via_spec.drafters["d"].head.lora.up, learned.head.lora.up)
 
 
-def test_fresh_dvi_drafts_exactly_like_early_exit():
+@pytest.mark.parametrize("exit_adapter", ["none", "lora", "translator"])
+def test_fresh_dvi_drafts_exactly_like_early_exit(exit_adapter):
     target = MODELS[("llama", 0)]
     spec, sampling = TreeSpec(depth=3, top_k=3, budget=8), SamplingSpec()
     trees = []
-    for d in (DVIDrafter(target, 2, DVIConfig(exit_layer_lora=True)), EarlyExitDrafter(target, 2)):
+    for d in (DVIDrafter(target, 2, DVIConfig(exit_adapter=exit_adapter)), EarlyExitDrafter(target, 2)):
         d.start(torch.tensor([1, 2, 3, 4]), None)
         trees.append(d.propose(5, spec, sampling))
     assert torch.equal(trees[0].tokens, trees[1].tokens) and torch.allclose(trees[0].scores, trees[1].scores)
