@@ -27,7 +27,8 @@ from transformers import PreTrainedModel
 
 from trees import StepFeedback
 
-from .checkpoint import atomic_save_tensors, atomic_write_bytes, read_weights, target_fingerprint
+from . import atomic
+from .checkpoint import read_weights, target_fingerprint
 from .lm import EarlyExitDrafter
 from .online import Example, LearnConfig, OnlineLearner
 
@@ -122,7 +123,7 @@ class DVIDrafter(EarlyExitDrafter):
         generator = torch.Generator().manual_seed(self.config.seed)
         body, c = self.model.model, self.model.config
         self.head = AdaptedLinear(self.model.lm_head, LoRA(c.hidden_size, c.vocab_size, self.config.rank,
-                                                           self.config.alpha, generator, self.dtype))
+                                                           self.config.alpha, generator, self.decoder.dtype))
         self.model.lm_head = self.head  # the drafter's own shallow model: the target keeps its head
         self.exit_mlp = self._adapt_exit_mlp(generator) if self.config.exit_adapter == "lora" else None
         self.exit_norm: ExitNorm | None = None
@@ -145,14 +146,14 @@ class DVIDrafter(EarlyExitDrafter):
         layer.mlp = shallow_clone(layer.mlp)
         down = layer.mlp.down_proj
         adapted = AdaptedLinear(down, LoRA(down.in_features, down.out_features, self.config.rank, self.config.alpha,
-                                           generator, self.dtype))
+                                           generator, self.decoder.dtype))
         layer.mlp.down_proj = adapted
         body.layers[-1] = layer
         return adapted
 
     def _translator(self) -> nn.Linear:
         d = self.model.config.hidden_size
-        translator = nn.utils.skip_init(nn.Linear, d, d, dtype=self.dtype)
+        translator = nn.utils.skip_init(nn.Linear, d, d, dtype=self.decoder.dtype)
         nn.init.zeros_(translator.weight), nn.init.zeros_(translator.bias)
         return translator
 
@@ -255,20 +256,22 @@ class DVIDrafter(EarlyExitDrafter):
 
     # --- save / load ------------------------------------------------------------------------------
     def save_adapter(self, folder: str | Path, domain: str | None = None) -> Path:
-        """Write adapter.safetensors then config.json, each atomically (temp + rename)."""
+        """Write adapter.safetensors and config.json; the folder is replaced as a unit (a reader
+        finds the old adapter or the new one, never a mix)."""
         folder = Path(folder)
-        atomic_save_tensors({k: p.detach() for k, p in self.adapter_parameters().items()}, folder / WEIGHTS_FILE)
         meta = {
             "format": ADAPTER_FORMAT, "version": 1, "domain": domain, "exit_layer": self.exit_layer,
             "target": self._target_facts(), "dvi": self.config.model_dump(mode="json"), "state": self.learner.state(),
         }
-        atomic_write_bytes(folder / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+        with atomic.replaced_folder(folder, keep_others=False) as staged:
+            atomic.save_tensors(staged / WEIGHTS_FILE, {k: p.detach() for k, p in self.adapter_parameters().items()})
+            atomic.write_json(staged / CONFIG_FILE, meta)
         return folder
 
     def load_adapter(self, folder: str | Path) -> dict:
         """Load a saved adapter into this drafter, checking it was made for this target, exit layer
         and adapter shape. Returns the saved metadata."""
-        folder = Path(folder)
+        folder = atomic.recover_folder(Path(folder))  # finish a save a crash interrupted
         meta = read_adapter_config(folder)
         saved = DVIConfig.model_validate(meta["dvi"])
         if meta["exit_layer"] != self.exit_layer:

@@ -14,6 +14,7 @@ written to the summary)."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -26,13 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tqdm.auto import tqdm
 
 from compose import Composer
-from compose.models import DEFAULT_TARGET
 from compose.options import TreeOptions
+from drafters import atomic
+from drafters.assets import DEFAULT_TARGET
 from drafters.dvi import DVIConfig, DVIDrafter
 from drafters.lm import EarlyExitDrafter
 
 from .datasets import HELDOUT_MATH_SEED, HELDOUT_MATH_TASKS, TRAINING_MATH_SEEDS
-from .records import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def run_stream(config: StreamConfig, progress: bool = True) -> dict:
     torch.set_num_threads(config.threads)
     out = config.out or Path("runs") / f"stream-{config.domain}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", config.model_dump(mode="json"))
+    atomic.write_json(out / "config.json", config.model_dump(mode="json"))
     prompts, overlap = stream_prompts(config.domain, config.prompts)
     composer = Composer(config.target)
     runs = make_runs(config, composer)
@@ -193,22 +194,20 @@ def run_stream(config: StreamConfig, progress: bool = True) -> dict:
                 result = composer.generate(prompt, strategy="single", drafter=run, **options)
             records.append(record(i, run, result, drafter, getattr(drafter, "learn_seconds", 0.0) - learned_before))
             lines.append(_json_line(records[-1]))
-        atomic_write_text(out / "stream.jsonl", "".join(lines))
+        atomic.write_text(out / "stream.jsonl", "".join(lines))
     summary = {"config": config.model_dump(mode="json"), "load_average": {"start": load_before, "end": os.getloadavg()},
                "threads": torch.get_num_threads(), "overlap": overlap, **summarise(config, records, runs)}
     for run, drafter in runs.items():
         if isinstance(drafter, DVIDrafter):
             drafter.save_adapter(out / "adapters" / config.domain / run, domain=config.domain)
             summary["runs"][run]["learner"] = {**drafter.learner.state(), "learn_seconds": drafter.learner.seconds}
-    atomic_write_json(out / "summary.json", summary)
+    atomic.write_json(out / "summary.json", summary)
     plot_tau_over_time(records, config, out / "tau_over_time.png")
     summary["out"] = str(out)
     return summary
 
 
 def _json_line(rec: dict) -> str:
-    import json
-
     return json.dumps(rec) + "\n"
 
 
@@ -233,8 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> StreamConfig:
-    import json
-
     data = {k: v for k, v in {
         "target": args.target, "domain": args.domain, "prompts": args.prompts, "window": args.window,
         "exit_layer": args.exit_layer, "max_new_tokens": args.max_new_tokens, "baseline": args.baseline,

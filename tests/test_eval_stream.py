@@ -41,7 +41,7 @@ def test_stream_end_to_end(tmp_path, capsys):
 
 
 def _target(folder):
-    from compose.models import load_target
+    from drafters.assets import load_target
 
     return load_target(str(folder))[0]
 
