@@ -5,6 +5,8 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
+import pytest
+import torch
 from tokenizers import Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast
 
@@ -34,3 +36,18 @@ def tiny_target_folder(path: Path, layers: int = 3, seed: int = 0) -> Path:
     model.save_pretrained(path)
     char_tokenizer().save_pretrained(path)
     return Path(path)
+
+
+# fixtures for CLI tests on the tiny target (import both names into the test module)
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight the other test workers)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory) -> Path:
+    return tiny_target_folder(tmp_path_factory.mktemp("tiny") / "model")

@@ -4,26 +4,14 @@ the default strategy."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 import compose.defaults
 from eval.commands import main as specmux
 from compose.registry import DEFAULT_COMPOSING, default_strategy
 from eval.records import RunRecord
-from eval_helpers import tiny_target_folder
+from eval_helpers import one_thread, target  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def target(tmp_path_factory):
-    return tiny_target_folder(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import eval.runner
 from compose import Composer
@@ -17,23 +16,11 @@ from eval.cli import build_parser, config_from_args, main
 from eval.config import EvalConfig
 from eval.plan import resolve_strategies
 from eval.records import RunRecord
-from eval_helpers import tiny_target_folder
+from eval_helpers import one_thread, target  # noqa: F401 (fixtures)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight the other test workers)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def target(tmp_path_factory) -> Path:
-    return tiny_target_folder(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def args_for(target: Path, out: Path, *extra: str) -> list[str]:
