@@ -157,6 +157,11 @@ def console_table(summary: dict) -> str:
                 r = cell.get((s, b))
                 cells.append(f"{_num(r['tau'])} / {_num(r['speedup'], 2, 'x')}" if r else "–")
             lines.append(f"{s:<{width}}  " + "".join(f"{c:>{col}}" for c in cells))
+        analysed = [r for r in at_t if r.get("routing_accuracy")]
+        if analysed:
+            lines.append("routing accuracy against the oracle (per step / per turn):")
+            lines += [f"  {r['strategy']:<{width}} {r['benchmark']:<10} {_pct(r['routing_accuracy']['accuracy']):>5} / "
+                      f"{_pct(r['routing_accuracy'].get('turn_accuracy')):>5}" for r in analysed]
         lines.append("")
     g = summary["greedy_check"]
     verdict = "OK" if not g["mismatches"] else "FAILED"
