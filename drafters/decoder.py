@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from trees import attention_mask
+from trees import attention_mask, within_window
 
 from .kv import KVCache
 
@@ -73,12 +73,13 @@ class Decoder:
         final normed state). logits_rows: the rows to project through the head (default all)."""
         n = int(input_ids.numel())
         cache.reserve(n)
-        self._check_windows(cache.length + n)
+        key_positions = cache.place(positions)
         attn_mask = None if mask is None else mask.to(self.device, self.dtype)[None, None]
         causal = mask is None and n > 1
         if causal and cache.length:  # SDPA's is_causal aligns to the top left: spell it out
             allowed = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
             attn_mask, causal = attention_mask(allowed, cache.length, self.dtype)[None, None], False
+        layer_masks = self._window_masks(attn_mask, causal, positions.view(-1), key_positions)
         body = self.model.model
         pos = positions.view(1, n).to(self.device)
         h = body.embed_tokens(input_ids.view(1, n).to(self.device))
@@ -89,7 +90,9 @@ class Decoder:
         hidden: dict[int, torch.Tensor] = {}
         for i, layer in enumerate(body.layers):
             hidden.update(dict.fromkeys(wanted.get(i, ()), h[0]))
-            h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos, sin, cache, attn_mask, causal)
+            windowed = layer_masks.get(self.windows[i])
+            layer_mask, layer_causal = (windowed, False) if windowed is not None else (attn_mask, causal)
+            h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos, sin, cache, layer_mask, layer_causal)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         cache.advance(n)
         h = body.norm(h)
@@ -110,13 +113,20 @@ class Decoder:
                                            scale=self.scale, enable_gqa=self.n_heads != self.n_kv)
         return attn.o_proj(y.transpose(1, 2).reshape(1, n, -1))
 
-    def _check_windows(self, span: int) -> None:
-        window = min((w for w in self.windows if w is not None), default=None)
-        if window is not None and span > window:
-            raise ValueError(
-                f"this model uses sliding-window attention (window {window}) and the sequence reached "
-                f"{span} tokens: attention beyond the window is not supported yet"
-            )
+    def _window_masks(self, mask, causal: bool, query_positions, key_positions) -> dict[int, torch.Tensor]:
+        """Sliding-window layers' masks, by window, where some key lies beyond a window (else the
+        layer's mask is the plain one): the plain mask with keys >= window positions back hidden."""
+        windows = {w for w in self.windows if w is not None}
+        if windows:  # (a model without windows skips the reductions below)
+            span = int(query_positions.max()) - int(key_positions.min()) + 1
+            windows = {w for w in windows if w < span}
+        if not windows:
+            return {}
+        if mask is None:  # no mask: every query sees every key (a single token) or causal from 0
+            n, k = query_positions.numel(), key_positions.numel()
+            allowed = torch.ones(n, n, dtype=torch.bool, device=self.device)
+            mask = attention_mask(allowed.tril() if causal else allowed, k - n, self.dtype)[None, None]
+        return {w: within_window(mask[0, 0], query_positions, key_positions, w)[None, None] for w in windows}
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

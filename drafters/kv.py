@@ -17,6 +17,8 @@ class KVCache:
         shape = (layers, batch, kv_heads, max(1, capacity), head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
+        # the token position of every slot (tree nodes share positions): sliding windows need it
+        self.positions = torch.zeros(max(1, capacity), dtype=torch.long)
         self.length = 0
 
     @property
@@ -34,6 +36,16 @@ class KVCache:
             new = old.new_zeros((*old.shape[:3], capacity, old.shape[4]))
             new[:, :, :, : self.length] = old[:, :, :, : self.length]
             setattr(self, name, new)
+        positions = self.positions.new_zeros(capacity)
+        positions[: self.length] = self.positions[: self.length]
+        self.positions = positions
+
+    def place(self, positions: torch.Tensor) -> torch.Tensor:
+        """Record the positions of the next entries (call after `reserve`); returns the positions
+        of every slot a forward over them attends to [length + n]."""
+        end = self.length + positions.numel()
+        self.positions[self.length : end] = positions.reshape(-1).cpu()
+        return self.positions[:end]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this forward's k, v [batch, kv_heads, n, head_dim] of `layer` at `length` and
@@ -63,4 +75,5 @@ class KVCache:
             src = start + tail.to(self.keys.device)
             self.keys[:, :, :, start : start + n] = self.keys[:, :, :, src]
             self.values[:, :, :, start : start + n] = self.values[:, :, :, src]
+            self.positions[start : start + n] = self.positions[src.cpu()]
         self.length = start + n

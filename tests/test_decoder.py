@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, Qwen3Config, Qwen3ForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 from drafters.decoder import Decoder
 from drafters.kv import KVCache
@@ -81,12 +81,25 @@ def test_unsupported_architecture_is_named():
         Decoder(model)
 
 
-def test_sliding_window_past_the_window_is_refused():
-    model = MODELS["qwen2"]()
-    model.config.use_sliding_window, model.config.sliding_window = True, 8
-    model.config.layer_types = ["sliding_attention"] * model.config.num_hidden_layers
+@pytest.mark.parametrize("types", ["all", "hybrid"])
+def test_sliding_window_past_the_window_equals_transformers(types):
+    """Prefill, single tokens and a causal chunk, past the window (test_sliding_window.py runs trees)."""
+    torch.manual_seed(1)
+    n_layers = 3
+    layer_types = ["sliding_attention" if types == "all" or i % 2 == 0 else "full_attention" for i in range(n_layers)]
+    config = Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         initializer_range=0.2, use_sliding_window=True, sliding_window=4, layer_types=layer_types,
+                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    model = Qwen2ForCausalLM(config).eval().requires_grad_(False)
+    ids = torch.randint(0, 96, (16,), generator=torch.Generator().manual_seed(3))
+    want = model(ids[None]).logits[0]
     decoder = Decoder(model)
-    cache = decoder.new_cache()
-    decoder.forward(torch.arange(8), torch.arange(8), cache, None)  # within the window: exact
-    with pytest.raises(ValueError, match="sliding-window attention"):
-        decoder.forward(torch.tensor([1]), torch.tensor([8]), cache, None)
+    cache = decoder.new_cache(capacity=4)
+    got = [decoder.forward(ids[:6], torch.arange(6), cache, None).logits]
+    for i in range(6, 9):
+        got.append(decoder.forward(ids[i : i + 1], torch.tensor([i]), cache, None).logits)
+    got.append(decoder.forward(ids[9:], torch.arange(9, 16), cache, None).logits)
+    torch.testing.assert_close(torch.cat(got), want, rtol=1e-4, atol=1e-4)
+    model.config.sliding_window = 64  # the window matters: a wide one changes the logits
+    assert not torch.allclose(model(ids[None]).logits[0], want, atol=1e-3)

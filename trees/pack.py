@@ -33,12 +33,15 @@ def ancestor_matrix(parents: torch.Tensor, depths: torch.Tensor) -> torch.Tensor
     return anc
 
 
-def attention_mask(allowed: torch.Tensor, prefix_len: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def attention_mask(allowed: torch.Tensor, prefix_len: int, dtype: torch.dtype = torch.float32,
+                   window: int | None = None, query_positions: torch.Tensor | None = None,
+                   key_positions: torch.Tensor | None = None) -> torch.Tensor:
     """The one additive attention mask builder (target, drafters, training). Query rows see the
     `prefix_len` committed cache positions in full, and the tail columns after them where
     `allowed` (bool [Q, T]: query row -> tail column, usually rows of an ancestor matrix) is True.
     -> [Q, prefix_len + T] in `dtype`: 0 where a row attends, the dtype's most negative finite
-    value elsewhere (docs/design.md "Pack": a boolean or 0/1 mask is wrong)."""
+    value elsewhere (docs/design.md "Packing": a boolean or 0/1 mask is wrong).
+    window: a sliding-window layer's span; then see `within_window` (positions required)."""
     if prefix_len < 0:
         raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
     if allowed.dtype != torch.bool or allowed.dim() != 2:
@@ -46,7 +49,20 @@ def attention_mask(allowed: torch.Tensor, prefix_len: int, dtype: torch.dtype = 
     q, t = allowed.shape
     mask = torch.zeros((q, prefix_len + t), dtype=dtype, device=allowed.device)
     mask[:, prefix_len:].masked_fill_(~allowed, torch.finfo(dtype).min)
+    if window is not None:
+        mask = within_window(mask, query_positions, key_positions, window)
     return mask
+
+
+def within_window(mask: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor,
+                  window: int) -> torch.Tensor:
+    """`mask` [Q, K] additive, restricted to a sliding window: a query at position p sees a key
+    at position k only if p - k < window, as plain decoding does (transformers' sliding-window
+    overlay, by position: a tree node's ancestors sit at smaller depths, not smaller indices)."""
+    if query_positions is None or key_positions is None:
+        raise ValueError("a sliding-window mask needs the query and key positions")
+    far = query_positions.to(mask.device)[:, None] - key_positions.to(mask.device)[None, :] >= window
+    return mask.masked_fill(far, torch.finfo(mask.dtype).min)
 
 
 def pack_tree(tree: DraftTree, prefix_len: int, dtype: torch.dtype = torch.float32) -> PackedTree:
