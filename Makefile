@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install eval test test-slow bench
+.PHONY: install eval test test-slow bench interop
 
 $(STAMP): pyproject.toml requirements-assets.txt
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,11 @@ eval: install
 
 test: install
 	$(BIN)/python -m pytest -n 2 -q $(ARGS)
+
+# optional: the speculators library, for the slow export round-trip test (docs/serving.md)
+interop: install
+	$(BIN)/pip install -q -e ".[speculators]"
+	$(BIN)/pip install -q --no-deps speculators==0.9.0
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow -q $(ARGS)

@@ -145,20 +145,18 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: the checkpoint's)")
     p.add_argument("--speculative-tokens", type=int, default=3, help="draft tokens per step recorded in the config")
     args = p.parse_args(argv)
-    try:
+
+    def export() -> Path:
         cfg, _ = read_config(args.checkpoint)
         target_ref = args.target or cfg.target_name
         target, _ = assets.load_target(target_ref)
         model = load_drafter_model(args.checkpoint, target)
         verifier = args.verifier or str(assets.resolve_model_dir(target_ref))
-        out = export_speculators(model, args.out, verifier=verifier, speculative_tokens=args.speculative_tokens,
-                                 dtype=DTYPES[args.dtype] if args.dtype else None,
-                                 verifier_architectures=list(target.config.architectures or []) or None)
-    except (ValueError, assets.ModelAssetError) as e:
-        print(f"specmux export: error: {e}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
+        return export_speculators(model, args.out, verifier=verifier, speculative_tokens=args.speculative_tokens,
+                                  dtype=DTYPES[args.dtype] if args.dtype else None,
+                                  verifier_architectures=list(target.config.architectures or []) or None)
+
+    return report_folder(p.prog, export)
 
 
 def import_main(argv: list[str] | None = None) -> int:
@@ -171,12 +169,19 @@ def import_main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="specmux checkpoint folder to write (replaced as a unit)")
     p.add_argument("--target", default=assets.DEFAULT_TARGET, help="built-in name or folder of the target")
     args = p.parse_args(argv)
-    try:
+
+    def convert() -> Path:
         target, _ = assets.load_target(args.target)
-        model = import_speculators(args.folder, target, target_name=args.target)
-        out = save_drafter(model, args.out, target=target)
+        return save_drafter(import_speculators(args.folder, target, target_name=args.target), args.out, target=target)
+
+    return report_folder(p.prog, convert)
+
+
+def report_folder(prog: str, write: Callable[[], Path]) -> int:
+    """Run `write`, print the folder it wrote (exit 0) or the problem (exit 2)."""
+    try:
+        print(write())
     except (ValueError, assets.ModelAssetError) as e:
-        print(f"specmux import: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    print(out)
     return 0
