@@ -161,13 +161,20 @@ def mixed_train(split: dict[str, list[dict]], seed: int) -> list[dict]:
 
 
 # --- training one drafter --------------------------------------------------------------------------
+def shared_vocabulary_records(split: dict[str, list[dict]], seed: int) -> list[dict]:
+    """Every drafter of a suite takes its draft vocabulary from the same 1:1 math+chat records,
+    so the specialists share d2t: weight averaging and lockstep drafting need one vocabulary."""
+    return mixed_train(split, seed)
+
+
 def train_one(cfg: SuiteConfig, tcfg: TrainConfig, target, records: list[dict], split, log) -> tuple[Any, dict]:
     from .cli import make_drafter_config  # one place decides the drafter's shape
 
     dcfg = make_drafter_config(tcfg, target)
     draft_ids = None
     if dcfg.head == "truncated":
-        tokens = torch.cat([torch.tensor(r["input_ids"][r["prompt_len"]:]) for r in records])
+        vocab_records = shared_vocabulary_records(split, cfg.seed)
+        tokens = torch.cat([torch.tensor(r["input_ids"][r["prompt_len"]:]) for r in vocab_records])
         draft_ids = most_frequent_tokens(tokens, dcfg.vocab_size, dcfg.draft_vocab_size)
     torch.manual_seed(tcfg.seed)
     model = build_drafter_model(dcfg, target, draft_ids).float()

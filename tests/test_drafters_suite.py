@@ -118,6 +118,10 @@ def test_suite_runs_ablates_picks_and_ships_with_manifests(tmp_path):
         assert manifest["recipe"]["max_steps"] == 2 and manifest["command"]
         assert len(manifest["sha256"]["model.safetensors"]) == 64
         assert manifest["overlap"]["math_train"]["eval"]["gsm8k"]["train_prompts_with_shared_ngram"] == 0
+    from safetensors.torch import load_file
+
+    d2t = [load_file(str(tmp_path / "out" / d / "model.safetensors"))["head.d2t"] for d in ("math", "chat", "mixed")]
+    assert all(torch.equal(d2t[0], t) for t in d2t)  # one draft vocabulary: averageable, lockstep-draftable
     report = json.loads((work / "data_report.json").read_text())
     assert report["regeneration"]["math"]["new_tokens"] > 0
     # resuming redoes nothing: the finished stages are read back
