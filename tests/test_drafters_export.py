@@ -157,7 +157,7 @@ def speculators_logits(folder, target, layers, seq):
 
     cfg = Eagle3SpeculatorConfig.from_pretrained(folder)
     cfg.transformer_layer_config._attn_implementation = "eager"  # flex attention is for GPUs
-    model = Eagle3DraftModel.from_pretrained(folder, config=cfg).eval()
+    model = Eagle3DraftModel.from_pretrained(folder, config=cfg).eval().float()  # a bf16 file computes in fp32 here
     captured = {}
     model.lm_head.register_forward_hook(lambda module, inputs, output: captured.setdefault("logits", output))
     n = seq.numel() - 1
