@@ -29,7 +29,7 @@ def match_rule(tree: DraftTree) -> DraftTree:
     """`tree` to be verified by the match rule (its proposal rows dropped). A choice or cut that
     looked at drawn values (scores, entropies or tokens of sampled children) leaves rows that are
     no longer draws from their q, and rejection sampling over them is lossy; the match rule is
-    lossless however the children were chosen (docs/design.md "Verify")."""
+    lossless however the children were chosen (docs/design.md "Verification rules")."""
     return tree if tree.proposals is None else dataclasses.replace(tree, proposals=None)
 
 

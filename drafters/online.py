@@ -1,4 +1,4 @@
-"""Online learning from verification outcomes (DVI, arXiv 2510.05421; docs/design.md "DVI").
+"""Online learning from verification outcomes (DVI, arXiv 2510.05421; docs/design.md "DVI: a drafter that learns while it serves").
 
 A drafter that learns online turns each verification into `Example`s: at every node it expanded
 and the verifier visited, the inputs of its trainable forward, the target's logits there, the

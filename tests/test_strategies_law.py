@@ -1,7 +1,7 @@
 """Every composition strategy hands verification a tree whose verification has the target's
 law, with sampled (rejection-verified) drafter trees: the strategies' choices and cuts that look
 at drawn values (confidence, the entropy probe, the `equal` merge) must fall back to the match
-rule (docs/design.md "Verify").
+rule (docs/design.md "Verification rules").
 
 Each check is test_trees_law.check_law: n sized for power >= 0.99 at total variation 0.02 with
 alpha 1e-3 (asserted per check); see test_trees_law.py for the derivation. The drafting is
