@@ -88,8 +88,9 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     tree = {"depth": args.depth, "budget": args.budget, "top_k": args.tree_top_k,
             "merge_budget": args.merge_budget, "sampled": args.sampled_tree}
     tree = {k: v for k, v in tree.items() if v is not None}
-    if tree:
-        data["tree"] = {**data.get("tree", {}), **tree}
+    if tree:  # a flag changes one field of the eval's tree (the config file's, else the eval default)
+        base = data.get("tree") or EvalConfig.model_fields["tree"].default_factory().model_dump()
+        data["tree"] = {**base, **tree}
     return EvalConfig.model_validate(data)
 
 
