@@ -133,9 +133,9 @@ class Composer:
         stats = GenerationStats(strategy=strategy_name)
         tokens: list[int] = []
         text, finish = "", None
+        tree = self._tree_policy(strategy_name, plan, opts)  # a first tree="auto" measures the machine (not timed)
         start = time.perf_counter()
         capacity = int(prompt_ids.numel()) + opts.max_new_tokens + _max_tree_nodes(opts, len(self.drafters))
-        tree = self._tree_policy(strategy_name, plan, opts)
         steps = decode(self.target, plan, prompt_ids, tree, opts.sampling(), stats, generator, capacity,
                        ThreadPolicy(self.threads))
         try:
