@@ -10,7 +10,10 @@
   level), scaled online by the ratio of observed to predicted times (load changes).
 - Choice: the (depth, top-k, budget) of the grid with the most expected tokens per second, or no
   drafting at all (root only) when plain decoding is faster; then every `explore_every`-th step
-  still drafts the best tree so the acceptance estimate keeps learning.
+  still drafts the best tree so the acceptance estimate keeps learning. Whether drafting beats
+  plain decoding is judged on measured throughput: the model's predicted rate for drafted steps
+  is scaled by what drafted steps actually delivered against their prediction (`reality`), and
+  plain decoding's rate comes from plain steps' own forward times.
 """
 from __future__ import annotations
 
@@ -90,7 +93,9 @@ class AutoTree:
         self.acceptance = acceptance or PositionalAcceptance()
         self.explore_every, self.refresh_every = explore_every, refresh_every
         self.forward_scale = self.draft_scale = 1.0
+        self.plain_scale: float | None = None  # one-token forwards' observed / profiled time
         self.overhead_ms = 0.0  # pack + verify + bookkeeping per step, learnt online
+        self._observed = self._predicted = None  # (tokens, seconds) of drafted steps, averaged
         self._steps = 0
         self._choice: TreeChoice | None = None
         self._best_tree: TreeChoice | None = None
@@ -109,8 +114,17 @@ class AutoTree:
         draft = self.costs.root_ms + (depth - 1) * self.costs.level(top_k)
         return self.forward_scale * self.costs.forward(nodes) + self.draft_scale * self.width * draft + self.overhead_ms
 
+    @property
+    def reality(self) -> float:
+        """Measured / predicted throughput of the drafted steps so far (1 before any)."""
+        if self._observed is None:
+            return 1.0
+        (tokens, secs), (p_tokens, p_secs) = self._observed, self._predicted
+        return min(2.0, max(0.05, (tokens / secs) / (p_tokens / p_secs)))
+
     def _decide(self) -> tuple[TreeChoice, TreeChoice]:
-        plain = TreeChoice(None, 1e3 / (self.forward_scale * self.costs.forward(1) + self.overhead_ms))
+        scale = self.plain_scale if self.plain_scale is not None else self.forward_scale
+        plain = TreeChoice(None, 1e3 / (scale * self.costs.forward(1) + self.overhead_ms))
         best = TreeChoice(TreeSpec(depth=1, top_k=1, budget=1, sampled=self.sampled), 0.0)
         for depth in DEPTHS:
             for top_k in TOP_KS:
@@ -121,7 +135,7 @@ class AutoTree:
                     rate = 1e3 * (1.0 + float(accepted[self.width * budget - 1])) / self.step_ms(depth, top_k, budget)
                     if rate > best.tokens_per_s:
                         best = TreeChoice(TreeSpec(depth=depth, top_k=top_k, budget=budget, sampled=self.sampled), rate)
-        return (best if best.tokens_per_s > plain.tokens_per_s else plain), best
+        return (best if best.tokens_per_s * self.reality > plain.tokens_per_s else plain), best
 
     # --- learning -----------------------------------------------------------------------------------
     def observe(self, spec: TreeSpec | None, tree: DraftTree, path: torch.Tensor,
@@ -131,10 +145,19 @@ class AutoTree:
         nodes = len(tree)
         self.forward_scale = _ema(self.forward_scale, 1e3 * t_forward / self.costs.forward(nodes))
         self.overhead_ms = _ema(self.overhead_ms, 1e3 * t_other)
-        if spec is not None:
-            predicted = self.width * (self.costs.root_ms + (spec.depth - 1) * self.costs.level(spec.top_k))
-            self.draft_scale = _ema(self.draft_scale, 1e3 * t_draft / max(predicted, 1e-6))
-            self.acceptance.observe(tree, path)
+        if spec is None:
+            ratio = 1e3 * t_forward / self.costs.forward(1)
+            self.plain_scale = ratio if self.plain_scale is None else _ema(self.plain_scale, ratio)
+            return
+        predicted = self.width * (self.costs.root_ms + (spec.depth - 1) * self.costs.level(spec.top_k))
+        self.draft_scale = _ema(self.draft_scale, 1e3 * t_draft / max(predicted, 1e-6))
+        expected = self.acceptance.expected_accepted(spec.depth, spec.top_k * self.width)
+        p_tokens = 1.0 + float(expected[min(self.width * spec.budget, expected.numel()) - 1])
+        p_secs = self.step_ms(spec.depth, spec.top_k, spec.budget) / 1e3
+        self.acceptance.observe(tree, path)
+        seen = (float(path.numel()), t_draft + t_forward + t_other)
+        self._observed = seen if self._observed is None else tuple(map(_ema, self._observed, seen))
+        self._predicted = (p_tokens, p_secs) if self._predicted is None else tuple(map(_ema, self._predicted, (p_tokens, p_secs)))
 
 
 def _ema(old: float, new: float, weight: float = 0.1) -> float:

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from trees import (DraftTree, SamplingSpec, SparseLogits, TreeSpec, ancestor_matrix, attention_mask,
@@ -113,21 +114,21 @@ class _FeatureDrafting:
             raise ValueError(f"lockstep drafting feeds all {self.size} members at every level, got {len(trees)}")
         sizes = [0 if f is None else f.numel() for f in frontiers]
         if self._committed is None:
-            outputs = self._feed_root()
+            outputs, logits = self._feed_root()
             nodes = [[0] for _ in trees]
         else:
             width = max(sizes)
             nodes = [(f.tolist() if f is not None else []) + [-1] * (width - k) for f, k in zip(frontiers, sizes)]
-            outputs = self._feed_nodes(trees, nodes)  # -1: a padding row no node ever attends
+            outputs, logits = self._feed_nodes(trees, nodes)  # -1: a padding row no node ever attends
         for b, row_nodes in enumerate(nodes):
             self._fed[b] += row_nodes
             for n, o in zip(row_nodes, outputs[b]):
                 if n >= 0:
                     self._outputs[b][n] = o
-        return [_first_rows(out, k) if k else None for out, k in zip(self.head_logits(outputs), sizes)]
+        return [_first_rows(out, k) if k else None for out, k in zip(logits, sizes)]
 
-    def _feed_root(self) -> torch.Tensor:
-        """Committed queue + root in one forward (causal); returns the root's outputs [m, 1, d]."""
+    def _feed_root(self) -> tuple[torch.Tensor, list]:
+        """Committed queue + root in one forward (causal): the root's outputs [m, 1, d] and logits."""
         dev, m = self.device, self.size
         ids = torch.cat(self._queued_ids + [torch.tensor([self._root_token])]).to(dev)
         feats = torch.cat(self._queued_features + [self._last_feature]).to(dev)
@@ -135,11 +136,12 @@ class _FeatureDrafting:
         start, n = self.cache.length, int(ids.numel())
         positions = torch.arange(start, start + n, device=dev)
         mask = attention_mask(torch.ones(n, n, dtype=torch.bool, device=dev).tril(), start, self.dtype)
-        out = self.forward(ids.expand(m, n), feats.expand(m, n, -1), True, positions.expand(m, n), mask.expand(m, -1, -1))
+        out, logits = self.forward(ids.expand(m, n), feats.expand(m, n, -1), True, positions.expand(m, n),
+                                   mask.expand(m, -1, -1), last=1)
         self._committed = start + n - 1  # the root is slot 0 of the tree part
-        return out[:, -1:]
+        return out[:, -1:], logits
 
-    def _feed_nodes(self, trees: Sequence[DraftTree], nodes: list[list[int]]) -> torch.Tensor:
+    def _feed_nodes(self, trees: Sequence[DraftTree], nodes: list[list[int]]) -> tuple[torch.Tensor, list]:
         dev, committed = self.device, self._committed
         ids, feats, positions, masks = [], [], [], []
         for b, (tree, row_nodes) in enumerate(zip(trees, nodes)):
@@ -154,19 +156,15 @@ class _FeatureDrafting:
         stack = lambda xs: torch.stack(xs).to(dev)  # noqa: E731
         return self.forward(stack(ids), stack(feats), False, stack(positions), stack(masks))
 
-    def forward(self, ids, feats, from_target: bool, positions, mask) -> torch.Tensor:
+    def forward(self, ids, feats, from_target: bool, positions, mask, last: int | None = None) -> tuple[torch.Tensor, list]:
         """Every member's forward after the cache's live entries, which the new ones join.
-        ids [m, T], feats [m, T, *], positions [m, T], mask additive [m, T, S] -> outputs [m, T, d]."""
+        ids [m, T], feats [m, T, *], positions [m, T], mask additive [m, T, S] -> (outputs
+        [m, T, d], each member's logits at its last `last` rows (default all))."""
         n = ids.shape[1]
         self.cache.reserve(n)
         out, _ = self.models[0](ids, feats, from_target, positions, mask[:, None], self.cache)
         self.cache.advance(n)
-        return out
-
-    def head_logits(self, outputs: torch.Tensor) -> list:
-        """Per member: float logits at `outputs` [T, d] (over the draft vocabulary, with its
-        target ids, for a truncated head, so top-k never touches the full vocabulary)."""
-        return [head_logits(self.models[0], outputs[0])]
+        return out, [head_logits(self.models[0], out[0, -(last or n):])]
 
     def _queue(self, ids: torch.Tensor, feats: torch.Tensor) -> None:
         if ids.numel():
@@ -206,41 +204,56 @@ class FeatureDrafterGroup(_FeatureDrafting):
         super().__init__([d.model for d in drafters])
         self.names = [d.name for d in drafters]
         self.name = "+".join(self.names)
-        self._base = copy.deepcopy(self.models[0]).to("meta")  # structure only: the weights come stacked
-        self._stacked, self._shared = _stack_weights(self.models)
-        self._batched_forward = {flag: vmap(self._member_forward(flag)) for flag in (True, False)}
         self._shared_head = _shared_target_head(self.models)
+        self._base = _Level(copy.deepcopy(self.models[0]).to("meta"), head=self._shared_head is None)  # structure only
+        stacked, self._shared = _stack_weights(self.models)
+        self._stacked = {f"model.{k}": v for k, v in stacked.items()}
+        self._shared = {f"model.{k}": v for k, v in self._shared.items()}
+        self._batched = {flag: vmap(self._member_level(flag)) for flag in (True, False)}
 
-    def forward(self, ids, feats, from_target: bool, positions, mask) -> torch.Tensor:
+    def forward(self, ids, feats, from_target: bool, positions, mask, last: int | None = None) -> tuple[torch.Tensor, list]:
         n, length = ids.shape[1], self.cache.length
         self.cache.reserve(n)
         past = (self.cache.keys[0, :, None, :, :length], self.cache.values[0, :, None, :, :length])
-        out, (k, v) = self._batched_forward[from_target](self._stacked, ids, feats, positions, mask, *past)
+        out, (k, v), head_in = self._batched[from_target](self._stacked, ids, feats, positions, mask, *past)
         self.cache.write(0, k[:, 0], v[:, 0])
         self.cache.advance(n)
-        return out[:, 0]
+        rows = head_in[:, 0, -(last or n):]
+        if self._shared_head is not None:  # one matmul over every member's frontier
+            return out[:, 0], list(F.linear(rows, self._shared_head).float())
+        return out[:, 0], [_as_logits(m, r) for m, r in zip(self.models, rows)]
 
-    def _member_forward(self, from_target: bool):
+    def _member_level(self, from_target: bool):
         def one(weights, ids, feats, positions, mask, past_k, past_v):
             args = (ids[None], feats[None], from_target, positions[None], mask[None, None], (past_k, past_v))
             return functional_call(self._base, {**weights, **self._shared}, args)
         return one
 
-    def head_logits(self, outputs: torch.Tensor) -> list:
-        if self._shared_head is None:
-            return [head_logits(m, o) for m, o in zip(self.models, outputs)]
-        normed = torch.stack([m.norm(o) for m, o in zip(self.models, outputs)])
-        logits = F.linear(normed, self._shared_head).float()  # one matmul for every member's frontier
-        return list(logits)
+
+class _Level(nn.Module):
+    """One drafting level of a model: its forward, the final norm and (unless the head is shared
+    and applied outside) the head, so a group's vmap covers all of it in one call."""
+
+    def __init__(self, model: FeatureDrafterModel, head: bool):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, ids, feats, from_target, positions, mask, past):
+        out, kv = self.model(ids, feats, from_target, positions, mask, past)
+        normed = self.model.norm(out)
+        return out, kv, (self.model.head(normed) if self.head else normed)
 
 
 def head_logits(model: FeatureDrafterModel, outputs: torch.Tensor) -> torch.Tensor | SparseLogits:
     """Float logits at `outputs`: over the draft vocabulary (with its target ids) for a
     truncated head, so that top-k never touches the full vocabulary; else over the target's."""
-    logits = model.logits(outputs).float()
+    return _as_logits(model, model.logits(outputs))
+
+
+def _as_logits(model: FeatureDrafterModel, head_out: torch.Tensor) -> torch.Tensor | SparseLogits:
     if isinstance(model.head, TruncatedHead):
-        return SparseLogits(logits, model.head.draft_ids, model.config.vocab_size)
-    return logits
+        return SparseLogits(head_out.float(), model.head.draft_ids, model.config.vocab_size)
+    return head_out.float()
 
 
 def _first_rows(out: torch.Tensor | SparseLogits, k: int) -> torch.Tensor | SparseLogits:

@@ -96,3 +96,20 @@ def test_bad_tree_option_is_named():
     target = tiny_model("llama", layers=2)
     with pytest.raises(ValueError, match="tree must be tree options or \"auto\""):
         Composer(target).generate([1, 2], strategy="autoregressive", tree="big")
+
+
+def test_drafting_that_delivers_less_than_predicted_yields_to_plain_decoding():
+    """The model predicts drafting wins (its acceptance estimate is stuck high); the drafted
+    steps deliver only their bonus token in the predicted time: auto goes back to plain
+    decoding on measured throughput (exploring now and then)."""
+    profile = flat_profile({1: 10.0, 8: 12.0, 64: 30.0}, level_ms=1.0, root_ms=1.0)
+    auto = AutoTree(profile, acceptance=PositionalAcceptance(prior=(0.8,) + (0.05,) * 7, weight=1e9), refresh_every=1)
+    spec = auto.choose()
+    assert spec is not None
+    tree = DraftTree.from_lists([1, 2, 3], [-1, 0, 1], scores=[0.0, -0.1, -0.2])
+    for _ in range(40):
+        forward_s = profile.forward(1 + spec.budget) / 1e3
+        draft_s = (profile.root_ms + (spec.depth - 1) * profile.level(spec.top_k)) / 1e3
+        auto.observe(spec, tree, torch.tensor([0]), draft_s, forward_s, 0.0)
+    assert auto.reality < 0.6
+    assert [auto.choose() is None for _ in range(8)].count(True) >= 7
