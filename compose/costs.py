@@ -112,10 +112,12 @@ def _cpu_name() -> str:
 
 
 def profile_path(*parts: str) -> Path:
+    """$SPECMUX_COSTS/<digest>.json, default $SPECMUX_HOME/costs/."""
     from drafters.assets import specmux_home
 
     digest = hashlib.sha256("\n".join((machine_key(), str(PROFILE_FORMAT), *parts)).encode()).hexdigest()[:16]
-    return specmux_home() / "costs" / f"{digest}.json"
+    folder = os.environ.get("SPECMUX_COSTS")
+    return (Path(folder) if folder else specmux_home() / "costs") / f"{digest}.json"
 
 
 def cached_json(path: Path, measure: Callable[[], dict]) -> dict:

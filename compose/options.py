@@ -32,7 +32,8 @@ class GenerateOptions(BaseModel):
     seed: int | None = None
     stop: list[str] = Field(default_factory=list, description="stop strings (not included in the output)")
     chat: bool = Field(False, description="wrap a text prompt as one user message and apply the chat template")
-    tree: TreeOptions = Field(default_factory=TreeOptions, description='tree shape, or "auto"')
+    tree: TreeOptions = Field(default_factory=lambda: TreeOptions(auto=True),
+                              description='tree shape, or "auto" (the default: sized to the machine and the running acceptance)')
 
     @field_validator("tree", mode="before")
     @classmethod

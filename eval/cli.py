@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--analysis", action="store_true", default=None, help="routing accuracy against the oracle (slow)")
     p.add_argument("--domain-router", help="the domain strategy's classifier file (default: the shipped one)")
     p.add_argument("--calibration", help="starting fits of the calibrated routing signals (default: the shipped ones)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default min(2, CPUs))")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: auto, the cores no other process is running on)")
     p.add_argument("--out", help="output folder (default runs/eval-<timestamp>); an existing one resumes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -88,6 +88,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     tree = {"depth": args.depth, "budget": args.budget, "top_k": args.tree_top_k,
             "merge_budget": args.merge_budget, "sampled": args.sampled_tree}
     tree = {k: v for k, v in tree.items() if v is not None}
+    if {"depth", "budget", "top_k"} & set(tree):
+        tree["auto"] = False  # a tree shape on the command line fixes the tree
     if tree:  # a flag changes one field of the eval's tree (the config file's, else the eval default)
         base = data.get("tree") or EvalConfig.model_fields["tree"].default_factory().model_dump()
         data["tree"] = {**base, **tree}

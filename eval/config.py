@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tomllib
 from pathlib import Path
 
@@ -21,7 +20,7 @@ log = logging.getLogger(__name__)
 class EvalConfig(BaseModel):
     """Defaults are the main job, `specmux eval` with no arguments: every benchmark (a 1-item
     seeded sample each; MT-Bench's item has two turns), T = 0 and 1, 32 new tokens per turn, every
-    registered strategy over the default drafters, a small tree (depth 3, top-k 3, budget 8).
+    registered strategy over the default drafters, tree="auto".
     Sized to finish in under 15 minutes on 2 CPU cores, first-use model conversion included,
     with the untrained early-exit drafters (each strategy costs 2-4x the baseline's time there);
     raise --limit / --max-new-tokens / the tree for real comparisons."""
@@ -43,9 +42,9 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(32, ge=1, description="per turn")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="sampled runs")
     top_k: int = Field(0, ge=0, description="sampled runs; 0 = off")
-    tree: TreeOptions = Field(default_factory=lambda: TreeOptions(depth=3, top_k=3, budget=8),
-                              description="depth, top_k, budget, sampled, merge_budget (smaller than compose's "
-                                          "default tree, for the main job's time budget)")
+    tree: TreeOptions = Field(default_factory=lambda: TreeOptions(auto=True),
+                              description="auto (default: sized to the machine and the running acceptance) or "
+                                          "depth, top_k, budget, sampled, merge_budget")
     chat: bool | None = Field(None, description="apply the chat template; None: when the tokenizer has one")
     analysis: bool = Field(False, description="routing accuracy against the oracle choice (replays every "
                                               "greedy routed step once per drafter: slow)")
@@ -53,7 +52,8 @@ class EvalConfig(BaseModel):
                                                          "None: the one shipped with the target's drafters")
     calibration: Path | None = Field(None, description="starting fits of the calibrated routing signals; None: the "
                                                        "shipped ones, else unfitted (the run writes calibration.json)")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: min(2, CPU count)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: auto (the cores no other process "
+                                                         "is running on, compose/threads.py)")
     out: Path | None = Field(None, description="output folder; None: runs/eval-<timestamp>; an existing one resumes")
 
     @field_validator("benchmarks")
@@ -78,8 +78,8 @@ class EvalConfig(BaseModel):
         return self.model_dump(mode="json", include={"target", "drafters", "max_new_tokens", "top_p", "top_k", "tree", "chat",
                                                        "domain_router"})
 
-    def thread_count(self) -> int:
-        return self.threads or max(1, min(2, os.cpu_count() or 1))
+    def thread_setting(self) -> int | str:
+        return self.threads or "auto"
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -132,7 +132,8 @@ def _print(text: str) -> None:
 
 def run_eval(config: EvalConfig, progress: bool = True, echo: Callable[[str], None] = _print) -> EvalOutcome:
     threads = torch.get_num_threads()
-    torch.set_num_threads(config.thread_count())
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     try:
         return _run_eval(config, progress, echo)
     finally:
@@ -141,7 +142,7 @@ def run_eval(config: EvalConfig, progress: bool = True, echo: Callable[[str], No
 
 def _run_eval(config: EvalConfig, progress: bool, echo: Callable[[str], None]) -> EvalOutcome:
     started, started_cpu = time.perf_counter(), time.process_time()
-    _warn_if_busy(config.thread_count(), echo)
+    _warn_if_busy(config.threads or 1, echo)
     out_dir = Path(config.out) if config.out is not None else default_out_dir()
 
     # datasets first: a missing package fails before minutes of model loading
@@ -155,7 +156,7 @@ def _run_eval(config: EvalConfig, progress: bool, echo: Callable[[str], None]) -
     echo(f"specmux eval -> {out_dir}")
     echo(f"target {config.target}; drafters {drafters} ({source})")
     composer = Composer(config.target, drafters=drafters, domain_router=config.domain_router,
-                        calibration=config.calibration)
+                        calibration=config.calibration, threads=config.thread_setting())
     chat = config.chat if config.chat is not None else bool(getattr(composer.tokenizer, "chat_template", None))
     runs, skipped = resolve_strategies(composer, config, chat)
     echo("strategies: " + ", ".join([BASELINE] + [r.label for r in runs])

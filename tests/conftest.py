@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 
 import torch
 
@@ -11,6 +12,8 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/tiny_models.py and friend
 # generation with 2 threads on a busy 2-core machine).
 torch.set_num_threads(1)
 os.environ.setdefault("SPECMUX_THREADS", "1")  # Composers keep to it (their default is "auto")
+# tree="auto" (the default) measures each tiny model's costs once: keep those profiles out of the home folder
+os.environ.setdefault("SPECMUX_COSTS", tempfile.mkdtemp(prefix="specmux-test-costs-"))
 
 # The full O(rows x V) checks of proposal distributions (docs/design.md "Verification rules"):
 # off by default for speed, on for every test.

@@ -149,7 +149,7 @@ def test_config_file_and_flags(tmp_path):
     assert config_from_args(build_parser().parse_args(["--config", str(path), "--all"])).limit is None
     defaults = config_from_args(build_parser().parse_args([]))
     assert defaults.limit == 1 and defaults.max_new_tokens == 32 and defaults.temperatures == [0.0, 1.0]
-    assert defaults.drafters is None and defaults.strategies is None and defaults.tree.depth == 3
+    assert defaults.drafters is None and defaults.strategies is None and defaults.tree.auto
     assert defaults.benchmarks == ["mtbench", "gsm8k", "humaneval", "math"]
     # one tree flag changes one field: the others keep the eval's default tree, not TreeOptions'
     equal = config_from_args(build_parser().parse_args(["--merge-budget", "equal"])).tree
