@@ -35,3 +35,4 @@ test-slow: install
 bench: install
 	$(BIN)/python benchmarks/bench_trees.py
 	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_drafting.py

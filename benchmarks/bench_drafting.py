@@ -111,9 +111,9 @@ def section_ar(composer: Composer, prompts: dict, n: int) -> None:
 
 # --- tree="auto" vs fixed trees ------------------------------------------------------------------
 def section_auto(composer: Composer, items: int, n: int) -> None:
-    strategies = {"single (first drafter)": dict(strategy="single", drafter=next(iter(composer.drafters))),
-                  "default strategy": {}}
-    for bench in ("gsm8k", "mtbench"):
+    for bench, domain in (("gsm8k", "math"), ("mtbench", "chat")):
+        specialist = domain if domain in composer.drafters else next(iter(composer.drafters))
+        strategies = {f"single {specialist}": dict(strategy="single", drafter=specialist), "default strategy": {}}
         prompts = [item.turns[0] for item in sample_items(load_benchmark(bench), items, seed=0)]
         ids = [chat_ids(composer, p) for p in prompts]
         plain = [timed_generate(composer, x, n, strategy="autoregressive") for x in ids]
