@@ -73,7 +73,7 @@ def test_cached_json_measures_once_and_writes_atomically(tmp_path):
 
 @pytest.mark.parametrize("kind, strategy", [("early-exit", "single"), ("self", "single"), ("mixed", "merged_tree")])
 def test_auto_tree_greedy_equals_plain_decoding(tmp_path, monkeypatch, kind, strategy):
-    monkeypatch.setenv("SPECMUX_HOME", str(tmp_path))
+    monkeypatch.setenv("SPECMUX_COSTS", str(tmp_path / "costs"))
     target = tiny_model("llama", layers=3, seed=1)
     drafters = {"ee": EarlyExitDrafter(target, 1)}
     if kind == "self":

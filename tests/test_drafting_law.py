@@ -35,13 +35,13 @@ def twins() -> dict[str, FeatureDrafter]:
 @pytest.mark.parametrize("strategy", ["merged_tree", "confidence"])
 def test_lockstep_sampling_law_matches_plain_sampling(strategy):
     composer = Composer(SMALL, drafters=twins())
-    steps = composer.generate([3, 1, 2], strategy=strategy, max_new_tokens=2).stats.steps
+    steps = composer.generate([3, 1, 2], strategy=strategy, max_new_tokens=2, tree=dict(depth=2, top_k=2, budget=3)).stats.steps
     assert steps[0].draft_groups == [["f0", "f1"]]  # both drafted in one lockstep call
     law_check(composer, strategy, SamplingSpec(0.9, 0, 1.0), dict(depth=3, top_k=2, budget=4, sampled=True))
 
 
 def test_auto_tree_sampling_law_matches_plain_sampling(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPECMUX_HOME", str(tmp_path))
+    monkeypatch.setenv("SPECMUX_COSTS", str(tmp_path))
     composer = Composer(SMALL, drafters={"ee": EarlyExitDrafter(SMALL, 1)})
     law_check(composer, "single", SamplingSpec(1.0, 0, 1.0), "auto")
     sizes = [s.tree_size for i in range(16) for s in composer.generate(
