@@ -156,8 +156,10 @@ class Online(_Composing):
     Every drafter advances every step (cheap: drafters queue accepted tokens until they draft).
 
     Weights are per turn. A turn starts from `prior` (log-weights) when given, else from the
-    share `carry` of the previous turn's final log-weights (kept in the Composer's strategy
-    cache), so a conversation or a run over one domain does not relearn its leader every turn."""
+    previous turn's final log-weights (kept in the Composer's strategy cache) with every gap to
+    its leader capped at `carry`: the last leader leads until this turn's first probe round says
+    otherwise, so a conversation does not relearn its leader every turn, yet a new domain does
+    not inherit a lead it must first unlearn."""
 
     name = "online"
     options = ("eta", "probe_every", "probe_tree", "prior", "carry")
@@ -165,12 +167,14 @@ class Online(_Composing):
 
     @classmethod
     def create(cls, drafters, tree, cache, prior: Mapping[str, float] | None = None, carry: float = 0.5, **options):
-        if not 0 <= carry <= 1:
-            raise ValueError(f"carry must be in [0, 1], got {carry}")
+        if not carry >= 0:
+            raise ValueError(f"carry must be >= 0 (log-weight units), got {carry}")
         last = cache.get(cls.CARRIED, {})
         if prior is None and last and set(last) == set(drafters):
+            # at most `carry` tokens' worth of gain behind: the last turn's leader leads, and one
+            # probe round of this turn can overturn it (the domain may have changed)
             top = max(last.values())
-            prior = {n: carry * (v - top) for n, v in last.items()}
+            prior = {n: max(-carry, v - top) for n, v in last.items()}
         strategy = cls(drafters, prior=prior, **options)
         strategy.carried = cache
         return strategy

@@ -1,5 +1,5 @@
 """`specmux route`: fit the `domain` strategy's classifier for a target from its drafters'
-training domains (drafters/data.py prompt sources), report its accuracy on held-out training
+training domains (the prompt sources drafters.suite trains on), report its accuracy on held-out training
 prompts and on the evaluation benchmarks (GSM8K -> math, MT-Bench -> chat), and store it beside
 the drafters."""
 from __future__ import annotations
@@ -31,12 +31,29 @@ def default_domains(target: str) -> dict[str, str]:
     return out
 
 
-def domain_features(model, tokenizer, domain: str, n: int, seed: int, layer: int) -> torch.Tensor:
-    from drafters.corpus import chat_prompt_ids
-    from drafters.data import domain_prompts
+def training_prompts(domain: str, n: int, seed: int) -> list:
+    """Prompts of a drafter training domain from the sources the shipped drafters were trained on
+    (drafters.suite): math = templated word problems (3/4) and reasoning-gym questions (1/4);
+    chat = ShareGPT turns (some with their conversation so far, as message lists)."""
+    from drafters.data import chat_turns, math_prompts
+    from drafters.word_problems import word_problems
 
-    ids = [torch.tensor(chat_prompt_ids(tokenizer, p)) for _, p in domain_prompts(domain, n, seed)]
-    return prompt_features(model, ids, layer)
+    if domain == "math":
+        return word_problems(n - n // 4, seed) + math_prompts(n // 4, seed)
+    if domain == "chat":
+        return chat_turns(n, seed)
+    raise ValueError(f"a domain router is fitted from 'math' or 'chat' prompts, got domain {domain!r}")
+
+
+def prompt_ids(tokenizer, prompt) -> torch.Tensor:
+    """A user prompt (text, or a conversation ending with the user's turn) through the chat template."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    return torch.tensor(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+
+def domain_features(model, tokenizer, domain: str, n: int, seed: int, layer: int) -> torch.Tensor:
+    return prompt_features(model, [prompt_ids(tokenizer, p) for p in training_prompts(domain, n, seed)], layer)
 
 
 def accuracy(router: DomainRouter, features: dict[str, torch.Tensor]) -> float:
@@ -49,19 +66,15 @@ def accuracy(router: DomainRouter, features: dict[str, torch.Tensor]) -> float:
     return hits / total if total else float("nan")
 
 
-def eval_features(model, tokenizer, domains: dict[str, str], layer: int) -> dict[str, torch.Tensor]:
-    """Router features of the evaluation benchmarks' first turns, by the drafter of their domain."""
-    from drafters.corpus import chat_prompt_ids
+def eval_accuracy(router: DomainRouter, model, tokenizer, domains: dict[str, str], layer: int) -> dict[str, float]:
+    """Per evaluation benchmark: the share of its prompts routed to the drafter of its domain."""
     from drafters.data import eval_prompts
 
     prompts = eval_prompts()
     by_domain = {d: n for n, d in domains.items()}
-    out = {}
-    for bench, domain in EVAL_DOMAINS.items():
-        if domain in by_domain and prompts.get(bench):
-            ids = [torch.tensor(chat_prompt_ids(tokenizer, p)) for p in prompts[bench]]
-            out[by_domain[domain]] = prompt_features(model, ids, layer)
-    return out
+    return {f"{bench} -> {by_domain[domain]}": accuracy(router, {by_domain[domain]: prompt_features(
+                model, [prompt_ids(tokenizer, p) for p in prompts[bench]], layer)})
+            for bench, domain in EVAL_DOMAINS.items() if domain in by_domain and prompts.get(bench)}
 
 
 def main(argv: list[str]) -> int:
@@ -96,7 +109,7 @@ def main(argv: list[str]) -> int:
     train = {n: f[[i for i in range(len(f)) if i not in set(held[n])]] for n, f in feats.items()}
     report = {"held_out_accuracy": accuracy(fit_domain_router(train, args.layer), {n: f[held[n]] for n, f in feats.items()})}
     router = fit_domain_router(feats, args.layer)
-    report["eval_accuracy"] = accuracy(router, eval_features(model, tokenizer, domains, args.layer))
+    report["eval_accuracy"] = eval_accuracy(router, model, tokenizer, domains, args.layer)
     router.save(out)
     print(json.dumps({"domains": domains, "prompts_per_domain": args.prompts, **report, "saved": str(out)}, indent=2))
     return 0

@@ -89,6 +89,7 @@ def test_route_command_fits_and_stores_a_router(tmp_path, capsys):
                     "--prompts", "12", "--out", str(out)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["domains"] == {"m": "math", "c": "chat"} and 0 <= report["held_out_accuracy"] <= 1
-    assert 0 <= report["eval_accuracy"] <= 1
+    assert set(report["eval_accuracy"]) == {"gsm8k -> m", "mt_bench -> c"}
+    assert all(0 <= v <= 1 for v in report["eval_accuracy"].values())
     assert DomainRouter.load(out).names == ["m", "c"]
     assert specmux(["route", "--target", str(target), "--drafter", "m=math", "--out", str(out)]) == 2

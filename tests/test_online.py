@@ -132,4 +132,4 @@ def test_the_next_turn_starts_from_the_carried_weights():
     fresh = composer.generate([2, 7], strategy="online", max_new_tokens=4, tree=tree, carry=0.0)
     assert fresh.stats.steps[0].drafter == "weak"
     with pytest.raises(ValueError, match="carry"):
-        composer.generate([2, 7], strategy="online", carry=2.0)
+        composer.generate([2, 7], strategy="online", carry=-1.0)
