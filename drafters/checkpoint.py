@@ -58,14 +58,7 @@ def read_config(path: str | Path) -> tuple[DrafterConfig, dict]:
     path = Path(path)
     recover_folder(path)  # finish a save a crash interrupted mid-swap (a no-op otherwise)
     cfg_path = path / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise ValueError(f"{path} is not a drafter checkpoint: {CONFIG_FILE} is missing")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    meta = read_meta(cfg_path, "a drafter checkpoint", FORMAT)
     try:
         fields = dict(meta["drafter"])
         if meta.get("version", 1) < 2 and fields.get("style", "eagle1") == "eagle1":
@@ -73,6 +66,20 @@ def read_config(path: str | Path) -> tuple[DrafterConfig, dict]:
         return DrafterConfig(**fields), meta
     except (ValidationError, KeyError, TypeError) as e:
         raise ValueError(f"{cfg_path}: invalid drafter config: {e}") from None
+
+
+def read_meta(cfg_path: Path, what: str, fmt: str) -> dict:
+    """A folder's config.json as a dict whose "format" is `fmt`, or a ValueError saying why not."""
+    if not cfg_path.is_file():
+        raise ValueError(f"{cfg_path.parent} is not {what}: {cfg_path.name} is missing")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if found != fmt:
+        raise ValueError(f"{cfg_path}: format {found!r} is not {fmt!r}")
+    return meta
 
 
 def check_target(cfg: DrafterConfig, meta: dict, target, target_name: str | None = None) -> None:

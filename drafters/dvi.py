@@ -14,7 +14,6 @@ Adapters are saved per domain as a folder: adapter.safetensors + config.json (va
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from transformers import PreTrainedModel
 from trees import StepFeedback
 
 from . import atomic
-from .checkpoint import read_weights, target_fingerprint
+from .checkpoint import read_meta, read_weights, target_fingerprint
 from .lm import EarlyExitDrafter
 from .online import Example, LearnConfig, OnlineLearner
 
@@ -305,14 +304,7 @@ class DVIDrafter(EarlyExitDrafter):
 
 def read_adapter_config(folder: Path) -> dict:
     path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise ValueError(f"{folder} is not a DVI adapter: {CONFIG_FILE} is missing")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format') if isinstance(meta, dict) else None!r} is not {ADAPTER_FORMAT!r}")
+    meta = read_meta(path, "a DVI adapter", ADAPTER_FORMAT)
     missing = [k for k in ("exit_layer", "target", "dvi") if k not in meta]
     if missing:
         raise ValueError(f"{path}: missing fields {missing}")

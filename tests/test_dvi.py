@@ -112,6 +112,15 @@ def test_learning_raises_acceptance_on_a_repeated_pattern():
     assert dvi.learner.phase == "rl"
 
 
+def optimizer_step(dvi: DVIDrafter, batch: Batch, phase: str, baseline: float) -> tuple[float, dict]:
+    with torch.enable_grad():
+        loss, parts = dvi_loss(dvi.train_logits(batch.features), batch, phase, baseline, dvi.config.learning)
+        dvi.learner.optimizer.zero_grad()
+        loss.backward()
+        dvi.learner.optimizer.step()
+    return float(loss.detach()), parts
+
+
 def test_kl_phase_moves_the_draft_towards_the_target():
     """One optimizer step on the KL loss lowers it (a sign error or a detached graph would not)."""
     target = MODELS[("qwen2", 1)]
@@ -121,14 +130,7 @@ def test_kl_phase_moves_the_draft_towards_the_target():
     target_logits = torch.randn(4, target.config.vocab_size) * 3
     batch = Batch(features, target_logits, torch.zeros(4, 1, dtype=torch.long), torch.zeros(4, 1),
                   torch.zeros(4, 1, dtype=torch.bool))
-    losses = []
-    for _ in range(3):
-        with torch.enable_grad():
-            loss, _ = dvi_loss(dvi.train_logits(features), batch, "kl", 0.0, dvi.config.learning)
-            dvi.learner.optimizer.zero_grad()
-            loss.backward()
-            dvi.learner.optimizer.step()
-        losses.append(float(loss.detach()))
+    losses = [optimizer_step(dvi, batch, "kl", 0.0)[0] for _ in range(3)]
     assert losses[2] < losses[0]
 
 
@@ -147,11 +149,7 @@ def test_rl_loss_raises_accepted_and_lowers_rejected_tokens():
     with torch.no_grad():
         before = logq()
     for _ in range(3):
-        with torch.enable_grad():
-            loss, parts = dvi_loss(dvi.train_logits(features), batch, "rl", 0.25, dvi.config.learning)
-            dvi.learner.optimizer.zero_grad()
-            loss.backward()
-            dvi.learner.optimizer.step()
+        _, parts = optimizer_step(dvi, batch, "rl", 0.25)
     with torch.no_grad():
         after = logq()
     assert set(parts) == {"kl", "ce", "pg"}
