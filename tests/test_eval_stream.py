@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from drafters.dvi import DVIDrafter
 from eval.cli import main
