@@ -72,10 +72,9 @@ def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:
             raise ValueError(f"drafter spec {spec!r}: expected dvi:<exit layer> or dvi:<exit layer>:<adapter folder>")
         from drafters.dvi import DVIDrafter
 
-        drafter = DVIDrafter(target.model, int(layer), name=name)
         if adapter:
-            drafter.load_adapter(adapter)
-        return drafter
+            return DVIDrafter.from_adapter(target.model, adapter, int(layer), name=name)
+        return DVIDrafter(target.model, int(layer), name=name)
     if kind == "lm":
         from drafters.lm import CausalLMDrafter
 

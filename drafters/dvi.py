@@ -297,6 +297,18 @@ class DVIDrafter(EarlyExitDrafter):
         self.learner.load_state(meta.get("state", {}))
         return meta
 
+    @classmethod
+    def from_adapter(cls, target: PreTrainedModel, folder: str | Path, exit_layer: int | None = None,
+                     name: str | None = None) -> "DVIDrafter":
+        """A drafter shaped and configured as the saved adapter, with its weights and learner
+        state (it goes on learning). `exit_layer`, when given, must be the adapter's."""
+        folder = atomic.recover_folder(Path(folder))
+        meta = read_adapter_config(folder)
+        layer = exit_layer if exit_layer is not None else meta["exit_layer"]
+        drafter = cls(target, layer, DVIConfig.model_validate(meta["dvi"]), name=name)
+        drafter.load_adapter(folder)
+        return drafter
+
     def _target_facts(self) -> dict:
         c = self.model.config
         return {"fingerprint": self.fingerprint, "vocab_size": int(c.vocab_size), "hidden_size": int(c.hidden_size)}

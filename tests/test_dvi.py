@@ -208,9 +208,9 @@ def test_adapter_round_trip(tmp_path, exit_adapter):
         trees.append(d.propose(3, spec, SamplingSpec()))
     assert torch.equal(trees[0].tokens, trees[1].tokens) and torch.allclose(trees[0].scores, trees[1].scores)
     # the spec string loads it too
-    if exit_adapter == DVIConfig().exit_adapter:  # the spec string builds the default shape
-        via_spec = Composer(target, drafters={"d": f"dvi:2:{folder}"})
-        assert torch.equal(via_spec.drafters["d"].head.lora.up, learned.head.lora.up)
+    via_spec = Composer(target, drafters={"d": f"dvi:2:{folder}"}).drafters["d"]  # shaped as saved
+    assert via_spec.config == learned.config and via_spec.learner.updates == learned.learner.updates
+    assert torch.equal(via_spec.head.lora.up, learned.head.lora.up)
 
 
 @pytest.mark.parametrize("exit_adapter", ["none", "lora", "translator"])
@@ -243,6 +243,8 @@ def test_mismatched_adapters_are_refused(tmp_path):
     folder = DVIDrafter(target, 1).save_adapter(tmp_path / "a")
     with pytest.raises(ValueError, match="adapter is for exit layer 1, this drafter exits at layer 2"):
         DVIDrafter(target, 2).load_adapter(folder)
+    with pytest.raises(ValueError, match="adapter is for exit layer 1, this drafter exits at layer 2"):
+        Composer(target, drafters={"d": f"dvi:2:{folder}"})
     with pytest.raises(ValueError, match="adapter shape"):
         DVIDrafter(target, 1, DVIConfig(rank=4)).load_adapter(folder)
     with pytest.raises(ValueError, match="learned for another target"):
