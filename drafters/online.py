@@ -33,7 +33,7 @@ class LearnConfig(BaseModel):
     kl_updates: int = Field(30, ge=0, description="optimizer steps in the KL phase before RL starts")
     kl_weight: float = Field(1.0, ge=0, description="weight of the KL term in the RL phase")
     ce_weight: float = Field(1.0, ge=0, description="reward-masked cross-entropy weight (RL phase)")
-    pg_weight: float = Field(0.5, ge=0, description="policy-gradient term weight (RL phase)")
+    pg_weight: float = Field(1.0, ge=0, description="policy-gradient term weight (RL phase)")
     baseline_decay: float = Field(0.9, ge=0, lt=1, description="EMA decay of the reward baseline")
     train_on: Literal["path", "tree"] = Field(
         "path", description="examples at the accepted path's nodes only, or at every verified node the drafter expanded")

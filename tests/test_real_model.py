@@ -49,3 +49,16 @@ def test_default_model_greedy_equality(composer, strategy, extra):
 def test_default_model_greedy_equality_every_strategy(composer, prompt, strategy, extra):
     extra = {"tree": dict(depth=5, top_k=4, budget=16), **extra}
     check(composer, prompt, strategy, 64, **extra)
+
+
+@pytest.mark.slow
+def test_default_model_greedy_equality_while_dvi_learns(composer):
+    """dvi:6 learning online (every verification updates it) keeps greedy output exact."""
+    from drafters.dvi import DVIConfig, DVIDrafter
+    from drafters.online import LearnConfig
+
+    dvi = DVIDrafter(composer.target.model, 6, DVIConfig(learning=LearnConfig(update_every=1, kl_updates=8)), name="dvi6")
+    composer.add_drafter("dvi6", dvi)
+    for prompt in PROMPTS:
+        check(composer, prompt, "single", 48, drafter="dvi6", tree=dict(depth=4, top_k=3, budget=10))
+    assert dvi.learner.updates > 50 and dvi.learner.phase == "rl"
