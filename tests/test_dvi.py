@@ -88,6 +88,15 @@ def test_merged_tree_with_a_learning_drafter_is_greedy_equal():
     assert dvi.learner.updates > 0
 
 
+def test_averaged_dvi_drafters_learn_on_their_average():
+    target = MODELS[("qwen2", 0)]
+    a, b = DVIDrafter(target, 1, eager()), DVIDrafter(target, 1, eager(), name="b")
+    composer = Composer(target, drafters={"a": a, "b": b})
+    result = composer.generate([3, 1, 4, 1, 5], strategy="averaged", max_new_tokens=16)
+    assert result.token_ids == reference_greedy(target, [3, 1, 4, 1, 5], 16)
+    assert a.learner.updates == b.learner.updates == 0  # the averaged copy learned, not the originals
+
+
 # --- learning helps ---------------------------------------------------------------------------
 def stream_tau(composer: Composer, drafter: str, prompts: list[list[int]], n: int = 32) -> list[float]:
     tree = dict(depth=4, top_k=2, budget=8)
