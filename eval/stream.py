@@ -68,13 +68,15 @@ class StreamConfig(BaseModel):
 
 def stream_prompts(domain: str, n: int) -> tuple[list[str], dict]:
     """n held-out prompts of the domain and the overlap report against the evaluation benchmarks."""
-    from drafters.data import chat_prompts, drop_overlapping, eval_prompts, math_prompts, overlap_report
+    from drafters.data import MATH_GENERATORS, chat_prompts, drop_overlapping, eval_prompts, math_prompts, overlap_report
 
     evals = eval_prompts()
-    if domain == "math":
-        seeds = range(STREAM_MATH_SEED, STREAM_MATH_SEED + 12)
+    if domain == "math":  # generator i is seeded with STREAM_MATH_SEED + i
+        seeds = range(STREAM_MATH_SEED, STREAM_MATH_SEED + len(MATH_GENERATORS))
         held = range(HELDOUT_MATH_SEED, HELDOUT_MATH_SEED + len(HELDOUT_MATH_TASKS))
-        assert not set(seeds) & (set(TRAINING_MATH_SEEDS[:0]) | set(held)) and seeds.start >= TRAINING_MATH_SEEDS.stop
+        for name, used in (("training", TRAINING_MATH_SEEDS), ("held-out benchmark", held)):
+            if seeds.start < used.stop and used.start < seeds.stop:
+                raise ValueError(f"stream math seeds {seeds} overlap the {name} seeds {used}")
         prompts = math_prompts(n, seed=STREAM_MATH_SEED)
     else:
         candidates = [("chat", p) for p in chat_prompts(2 * n, seed=STREAM_CHAT_SEED, max_chars=600)]
@@ -184,9 +186,8 @@ def run_stream(config: StreamConfig, progress: bool = True) -> dict:
     window_start = config.prompts - config.window
     for i, prompt in enumerate(tqdm(prompts, disable=not progress, desc=f"{config.domain} stream")):
         for run, drafter in runs.items():
-            if drafter is None or isinstance(drafter, EarlyExitDrafter) and not isinstance(drafter, DVIDrafter):
-                if i < window_start:
-                    continue
+            if run in (EARLY_EXIT, BASELINE) and i < window_start:  # their τ does not depend on the past
+                continue
             learned_before = getattr(drafter, "learn_seconds", 0.0)
             if drafter is None:
                 result = composer.generate(prompt, strategy="autoregressive", **options)
