@@ -92,7 +92,7 @@ def test_averaged_dvi_drafters_learn_on_their_average():
     target = MODELS[("qwen2", 0)]
     a, b = DVIDrafter(target, 1, eager()), DVIDrafter(target, 1, eager(), name="b")
     composer = Composer(target, drafters={"a": a, "b": b})
-    result = composer.generate([3, 1, 4, 1, 5], strategy="averaged", max_new_tokens=16)
+    result = composer.generate([3, 1, 4, 1, 5], strategy="averaged", max_new_tokens=16, tree=dict(depth=3, top_k=2, budget=6))
     assert result.token_ids == reference_greedy(target, [3, 1, 4, 1, 5], 16)
     assert a.learner.updates == b.learner.updates == 0  # the averaged copy learned, not the originals
     (averaged,) = [d for d in composer.strategy_cache.values() if isinstance(d, DVIDrafter)]
