@@ -15,6 +15,18 @@ import os
 import time
 
 
+# GSM8K-style chat questions (benchmarks/chain_acceptance.py runs the same ones through specmux)
+QUESTIONS = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?",
+    "What is 17 * 23 - 45? Show your steps.",
+    "A train travels 60 km in 45 minutes. What is its average speed in km per hour?",
+    "Simplify the fraction 84/126 and explain how.",
+    "If x + 7 = 19, what is 3x?",
+    "Tom has 3 boxes of 12 pencils and gives away 15. How many are left?",
+]
+
+
 def spec_metrics(llm) -> dict:
     """vLLM's speculative-decoding counters (drafts, draft tokens, accepted tokens, per position)."""
     out: dict = {}
@@ -46,15 +58,7 @@ def main() -> None:
         spec = {"method": args.method, "model": args.drafter, "num_speculative_tokens": args.tokens}
     llm = LLM(model=args.target, dtype="float32", enforce_eager=True, max_model_len=1024,
               speculative_config=spec, disable_log_stats=False)
-    questions = [
-        "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-        "How many clips did Natalia sell altogether in April and May?",
-        "What is 17 * 23 - 45? Show your steps.",
-        "A train travels 60 km in 45 minutes. What is its average speed in km per hour?",
-        "Simplify the fraction 84/126 and explain how.",
-        "If x + 7 = 19, what is 3x?",
-        "Tom has 3 boxes of 12 pencils and gives away 15. How many are left?",
-    ][: args.prompts]
+    questions = QUESTIONS[: args.prompts]
     prompts = [[{"role": "user", "content": q}] for q in questions]
     params = SamplingParams(temperature=0.0, max_tokens=args.max_new_tokens)
     start = time.perf_counter()
