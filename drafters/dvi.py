@@ -234,7 +234,7 @@ class DVIDrafter(EarlyExitDrafter):
         verified = _token_paths(feedback.tree)
         on_path = {tuple(tokens[: j + 1]): j for j in range(len(tokens))}
         mine = _children_by_path(self._drafted)
-        nodes = feedback.path.tolist() if self.learning_config.train_on == "path" else range(len(verified))
+        nodes = feedback.path.tolist() if self.config.learning.train_on == "path" else range(len(verified))
         out = []
         for node in nodes:
             key = verified[node]
@@ -248,10 +248,6 @@ class DVIDrafter(EarlyExitDrafter):
             out.append(Example({k: v.clone() for k, v in features.items()}, feedback.logits[node].clone(),
                                children, rewards))
         return out
-
-    @property
-    def learning_config(self) -> LearnConfig:
-        return self.config.learning
 
     # --- save / load ------------------------------------------------------------------------------
     def save_adapter(self, folder: str | Path, domain: str | None = None) -> Path:

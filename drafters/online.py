@@ -12,6 +12,7 @@ Nothing here touches verification: the learner only ever changes what the drafte
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -108,7 +109,7 @@ class OnlineLearner:
         self.updates = 0
         self.baseline = 0.0
         self.seconds = 0.0  # wall time spent learning (observe + optimizer steps)
-        self.log: list[dict] = []  # one record per optimizer step
+        self.log: deque[dict] = deque(maxlen=1000)  # the latest optimizer steps' records
 
     @property
     def phase(self) -> str:
