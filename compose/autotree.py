@@ -10,7 +10,8 @@
   level), scaled online by the ratio of observed to predicted times (load changes).
 - Choice: the (depth, top-k, budget) of the grid with the most expected tokens per second, or no
   drafting at all (root only) when plain decoding is faster; then every `explore_every`-th step
-  still drafts the best tree so the acceptance estimate keeps learning. Whether drafting beats
+  still drafts the best tree so the acceptance estimate keeps learning (the gap doubles, up to
+  MAX_EXPLORE_GAP, while drafting keeps measuring well below plain decoding). Whether drafting beats
   plain decoding is judged on measured throughput: the model's predicted rate for drafted steps
   is scaled by what drafted steps actually delivered against their prediction (`reality`), and
   plain decoding's rate comes from plain steps' own forward times.
@@ -33,6 +34,7 @@ RANKS = max(TOP_KS)
 PRIOR = (0.55, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)
 PRIOR_WEIGHT = 8.0
 DECAY = 0.995  # per observed node: the estimate follows drift over a few hundred steps
+MAX_EXPLORE_GAP = 64  # plain steps between two drafted ones, at most, while drafting keeps losing
 
 
 class PositionalAcceptance:
@@ -99,15 +101,24 @@ class AutoTree:
         self._steps = 0
         self._choice: TreeChoice | None = None
         self._best_tree: TreeChoice | None = None
+        self._explore_gap = explore_every  # doubles (to MAX_EXPLORE_GAP) while exploring keeps losing
+        self._since_explore = 0
 
     # --- choosing ---------------------------------------------------------------------------------
     def choose(self) -> TreeSpec | None:
         if self._choice is None or self._steps % self.refresh_every == 0:
             self._choice, self._best_tree = self._decide()
         self._steps += 1
-        if self._choice.spec is None and self._steps % self.explore_every == 0:
-            return self._best_tree.spec  # keep measuring the drafters while plain decoding wins
-        return self._choice.spec
+        if self._choice.spec is not None:
+            self._explore_gap = self.explore_every
+            return self._choice.spec
+        self._since_explore += 1
+        if self._since_explore >= self._explore_gap:  # keep measuring the drafters while plain decoding wins
+            self._since_explore = 0
+            gap_loses = self._best_tree.tokens_per_s * self.reality < 0.8 * self._choice.tokens_per_s
+            self._explore_gap = min(MAX_EXPLORE_GAP, 2 * self._explore_gap) if gap_loses else self.explore_every
+            return self._best_tree.spec
+        return None
 
     def step_ms(self, depth: int, top_k: int, budget: int) -> float:
         nodes = 1 + self.width * budget

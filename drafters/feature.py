@@ -8,11 +8,11 @@ entry (root, f_last) in one forward, then the tree build feeds each expanded fro
 KV is dropped (the cache is cut back to the committed length), so the cache only ever holds
 entries built from the target's own features.
 
-A group stacks its members' weights (torch.func.stack_module_state) and runs one vmapped
-forward per tree level for all of them; a head they share (the target's frozen head) runs once
-over the stacked frontiers. Members see the same committed tokens and target features, so the
-committed part of the cache has one length for all; frontiers of unequal size are padded with
-rows no node ever attends.
+A group stacks its members' weights (each linear a batched matmul over the members) and runs one
+forward per tree level for all of them, the members as the batch; a head they share (the
+target's frozen head) runs once over the stacked frontiers. Members see the same committed
+tokens and target features, so the committed part of the cache has one length for all;
+frontiers of unequal size are padded with rows no node ever attends.
 """
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ import copy
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
 
 from trees import (DraftTree, SamplingSpec, SparseLogits, TreeSpec, ancestor_matrix, attention_mask,
                    build_lockstep, new_build)
@@ -30,7 +28,7 @@ from trees import (DraftTree, SamplingSpec, SparseLogits, TreeSpec, ancestor_mat
 from .base import Drafter
 from .heads import TargetHead, TruncatedHead
 from .kv import KVCache
-from .model import FeatureDrafterModel
+from .model import FeatureDrafterModel, RMSNorm
 
 
 class _FeatureDrafting:
@@ -38,6 +36,7 @@ class _FeatureDrafting:
 
     def __init__(self, models: Sequence[FeatureDrafterModel]):
         self.models = [m.eval() for m in models]
+        self.runner = self.models[0]  # the module that runs all members (a group's: stacked weights)
         cfg = self.models[0].config
         self.feature_size = cfg.feature_size
         self.vocab_size = cfg.vocab_size
@@ -162,9 +161,10 @@ class _FeatureDrafting:
         [m, T, d], each member's logits at its last `last` rows (default all))."""
         n = ids.shape[1]
         self.cache.reserve(n)
-        out, _ = self.models[0](ids, feats, from_target, positions, mask[:, None], self.cache)
+        out, _ = self.runner(ids, feats, from_target, positions, mask[:, None], self.cache)
         self.cache.advance(n)
-        return out, [head_logits(self.models[0], out[0, -(last or n):])]
+        head_out = self.runner.logits(out[:, -(last or n):])  # one head call for every member
+        return out, [_as_logits(m, h) for m, h in zip(self.models, head_out)]
 
     def _queue(self, ids: torch.Tensor, feats: torch.Tensor) -> None:
         if ids.numel():
@@ -193,9 +193,11 @@ class FeatureDrafter(_FeatureDrafting, Drafter):
 
 
 class FeatureDrafterGroup(_FeatureDrafting):
-    """Feature drafters of one architecture drafting in lockstep: stacked weights, one vmapped
-    forward per tree level, the shared frozen head once over the stacked frontiers. The weights
-    are copied when the group is made (later changes to the members are not seen)."""
+    """Feature drafters of one architecture drafting in lockstep: one model whose linear and norm
+    weights are the members' stacked (each linear a batched matmul over the members), run with
+    the members as the batch, so a tree level is one forward for all of them and a head they
+    share (the target's frozen head) is one matmul over every member's frontier. The weights are
+    copied when the group is made (later changes to the members are not seen)."""
 
     def __init__(self, drafters: Sequence[FeatureDrafter]):
         keys = {d.architecture_key() for d in drafters}
@@ -204,44 +206,48 @@ class FeatureDrafterGroup(_FeatureDrafting):
         super().__init__([d.model for d in drafters])
         self.names = [d.name for d in drafters]
         self.name = "+".join(self.names)
-        self._shared_head = _shared_target_head(self.models)
-        self._base = _Level(copy.deepcopy(self.models[0]).to("meta"), head=self._shared_head is None)  # structure only
-        stacked, self._shared = _stack_weights(self.models)
-        self._stacked = {f"model.{k}": v for k, v in stacked.items()}
-        self._shared = {f"model.{k}": v for k, v in self._shared.items()}
-        self._batched = {flag: vmap(self._member_level(flag)) for flag in (True, False)}
-
-    def forward(self, ids, feats, from_target: bool, positions, mask, last: int | None = None) -> tuple[torch.Tensor, list]:
-        n, length = ids.shape[1], self.cache.length
-        self.cache.reserve(n)
-        past = (self.cache.keys[0, :, None, :, :length], self.cache.values[0, :, None, :, :length])
-        out, (k, v), head_in = self._batched[from_target](self._stacked, ids, feats, positions, mask, *past)
-        self.cache.write(0, k[:, 0], v[:, 0])
-        self.cache.advance(n)
-        rows = head_in[:, 0, -(last or n):]
-        if self._shared_head is not None:  # one matmul over every member's frontier
-            return out[:, 0], list(F.linear(rows, self._shared_head).float())
-        return out[:, 0], [_as_logits(m, r) for m, r in zip(self.models, rows)]
-
-    def _member_level(self, from_target: bool):
-        def one(weights, ids, feats, positions, mask, past_k, past_v):
-            args = (ids[None], feats[None], from_target, positions[None], mask[None, None], (past_k, past_v))
-            return functional_call(self._base, {**weights, **self._shared}, args)
-        return one
+        self.runner = stacked_model(self.models)
 
 
-class _Level(nn.Module):
-    """One drafting level of a model: its forward, the final norm and (unless the head is shared
-    and applied outside) the head, so a group's vmap covers all of it in one call."""
+class StackedLinear(nn.Module):
+    """Several Linears of one shape applied member by member: x [m, T, in] -> [m, T, out]."""
 
-    def __init__(self, model: FeatureDrafterModel, head: bool):
+    def __init__(self, linears: Sequence[nn.Linear]):
         super().__init__()
-        self.model, self.head = model, head
+        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in linears]).transpose(1, 2).contiguous(),
+                                   requires_grad=False)  # [m, in, out]
+        bias = [l.bias for l in linears]
+        self.bias = None if bias[0] is None else nn.Parameter(torch.stack([b.detach() for b in bias])[:, None],
+                                                              requires_grad=False)
 
-    def forward(self, ids, feats, from_target, positions, mask, past):
-        out, kv = self.model(ids, feats, from_target, positions, mask, past)
-        normed = self.model.norm(out)
-        return out, kv, (self.model.head(normed) if self.head else normed)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.bmm(x, self.weight)
+        return y if self.bias is None else y + self.bias
+
+
+def stacked_model(models: Sequence[FeatureDrafterModel]) -> FeatureDrafterModel:
+    """Member 0's module with every Linear a StackedLinear and every norm weight stacked
+    [m, 1, d]; the frozen target embedding and head stay shared. Any other weight must be equal
+    in all members (else ValueError: they then draft one after another); a truncated head's
+    vocabulary maps may differ, each member's own are read when its logits are mapped."""
+    frozen = [models[0].embed_weight] + ([models[0].head.weight] if isinstance(models[0].head, TargetHead) else [])
+    stacked = copy.deepcopy(models[0], memo={id(t): t for t in frozen})
+    for name, module in list(stacked.named_modules()):
+        members = [m.get_submodule(name) for m in models]
+        if isinstance(module, nn.Linear):
+            parent, _, leaf = name.rpartition(".")
+            setattr(stacked.get_submodule(parent), leaf, StackedLinear(members))
+        elif isinstance(module, RMSNorm):
+            module.weight = nn.Parameter(torch.stack([m.weight.detach() for m in members])[:, None], requires_grad=False)
+    for name, module in stacked.named_modules():
+        if isinstance(module, (StackedLinear, RMSNorm, TruncatedHead)):
+            continue
+        for leaf, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            others = [getattr(m.get_submodule(name), leaf) for m in models[1:]]
+            if not all(o is t or torch.equal(o, t) for o in others):
+                raise ValueError(f"cannot stack drafter weight {name}.{leaf}: it differs between members "
+                                 "and is neither a linear's nor a norm's")
+    return stacked
 
 
 def head_logits(model: FeatureDrafterModel, outputs: torch.Tensor) -> torch.Tensor | SparseLogits:
@@ -260,24 +266,6 @@ def _first_rows(out: torch.Tensor | SparseLogits, k: int) -> torch.Tensor | Spar
     if isinstance(out, SparseLogits):
         return SparseLogits(out.logits[:k], out.vocab_ids, out.vocab_size)
     return out[:k]
-
-
-def _stack_weights(models: Sequence[FeatureDrafterModel]) -> tuple[dict, dict]:
-    """(stacked: name -> [m, ...] for weights that differ between members, shared: name ->
-    tensor for those all members hold as the same tensor, e.g. the target's embedding)."""
-    params, buffers = stack_module_state(list(models))
-    first = dict(models[0].named_buffers())
-    shared = {k: t for k, t in first.items()
-              if all(dict(m.named_buffers())[k] is t for m in models[1:])}
-    stacked = {**params, **{k: v for k, v in buffers.items() if k not in shared}}
-    return {k: v.detach() for k, v in stacked.items()}, shared
-
-
-def _shared_target_head(models: Sequence[FeatureDrafterModel]) -> torch.Tensor | None:
-    heads = [m.head for m in models]
-    if all(isinstance(h, TargetHead) for h in heads) and all(h.weight is heads[0].weight for h in heads):
-        return heads[0].weight
-    return None
 
 
 def _as_rows(ids: torch.Tensor, hidden: torch.Tensor | None, feature_size: int):

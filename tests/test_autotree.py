@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from compose import Composer
-from compose.autotree import AutoTree, PositionalAcceptance
+from compose.autotree import PRIOR, AutoTree, PositionalAcceptance
 from compose.costs import CostProfile, cached_json
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from tiny_models import tiny_model
@@ -58,8 +58,9 @@ def test_choice_follows_costs_and_acceptance():
     assert spec is not None and spec.depth >= 6 and spec.budget >= 32  # forward cost flat: a big deep tree
     costly = flat_profile({1: 10.0, 2: 30.0, 64: 200.0}, level_ms=20.0, root_ms=20.0)
     auto = AutoTree(costly, acceptance=PositionalAcceptance(prior=(0.2,) + (0.01,) * 7, weight=100.0), explore_every=4)
-    choices = [auto.choose() for _ in range(8)]
-    assert [c is None for c in choices] == [True, True, True, False] * 2  # plain decoding, exploring every 4th
+    choices = [auto.choose() for _ in range(30)]
+    # plain decoding, exploring after 4 plain steps, then 8, then 16 (drafting keeps losing)
+    assert [i for i, c in enumerate(choices) if c is not None] == [3, 11, 27]
 
 
 def test_cached_json_measures_once_and_writes_atomically(tmp_path):
@@ -89,7 +90,7 @@ def test_auto_tree_greedy_equals_plain_decoding(tmp_path, monkeypatch, kind, str
     assert len(list((tmp_path / "costs").glob("*.json"))) == 2  # the forward and the drafter profiles
     if kind == "self":  # a perfect drafter: the top-ranked child is learnt to be always accepted
         auto = next(v for k, v in composer.strategy_cache.items() if isinstance(k, tuple) and k[0] == "autotree")
-        assert auto.acceptance.p[0] > 0.75  # up from the prior's 0.55
+        assert auto.acceptance.p[0] > PRIOR[0] + 0.05  # learnt upwards from the prior
 
 
 def test_bad_tree_option_is_named():
