@@ -150,9 +150,12 @@ class MergedTree(_Composing):
 class Online(_Composing):
     """Full-information online routing (routing.OnlineRouter): the leader drafts alone and its
     tree is verified; on probe rounds every drafter drafts, and after verification each is scored
-    by what its own tree would have had accepted along the verified continuation. Lossless as it
-    stands: the verified tree is chosen before anything is drawn (the leader's, or on probe rounds
-    with probe_tree="merged" the `sum` merge of all, which keeps every proposal row).
+    by what its own tree would have had accepted along the verified continuation. On probe rounds
+    the target verifies the `sum` merge of all trees (probe_tree="merged", the default: the
+    verified continuation is as long as the best drafter's, so every drafter's greedy gain is
+    exact) or the leader's tree alone (probe_tree="leader": fewer verified tokens). Lossless as
+    it stands: the verified tree is chosen before anything is drawn, and the merge keeps every
+    proposal row.
     Every drafter advances every step (cheap: drafters queue accepted tokens until they draft).
 
     Weights are per turn. A turn starts from `prior` (log-weights) when given, else from the
@@ -179,7 +182,7 @@ class Online(_Composing):
         strategy.carried = cache
         return strategy
 
-    def __init__(self, drafters, eta: float = 1.0, probe_every: int = 4, probe_tree: str = "leader",
+    def __init__(self, drafters, eta: float = 1.0, probe_every: int = 4, probe_tree: str = "merged",
                  prior: Mapping[str, float] | None = None):
         super().__init__(drafters)
         if probe_tree not in ("leader", "merged"):

@@ -93,7 +93,8 @@ def test_online_is_greedy_lossless(prompt, probe_every, probe_tree, depth, budge
     assert len(result.stats.routing) == result.stats.n_steps
 
 
-def test_online_follows_the_better_drafter_and_drafts_about_one_per_step():
+@pytest.mark.parametrize("probe_tree", ["leader", "merged"])
+def test_online_follows_the_better_drafter_and_drafts_about_one_per_step(probe_tree):
     drafters = pool()
     calls = {n: 0 for n in drafters}
     for name, d in drafters.items():
@@ -106,9 +107,11 @@ def test_online_follows_the_better_drafter_and_drafts_about_one_per_step():
         d.propose = counted
     composer = Composer(TARGET, drafters=drafters)
     result = composer.generate([3, 1, 4, 1, 5], strategy="online", max_new_tokens=48, probe_every=4,
-                               tree=dict(depth=4, top_k=1, budget=4))
+                               probe_tree=probe_tree, tree=dict(depth=4, top_k=1, budget=4))
     steps = result.stats.steps
-    assert [s.drafter for s in steps[1:]] == ["self"] * (len(steps) - 1)  # after the first probe round
+    assert result.stats.routing[1:] == ["self"] * (len(steps) - 1)  # the leader after the first probe round
+    verified = [s.drafter for s in steps[1:]]  # merged probe rounds verify no single drafter's tree
+    assert set(verified) == ({"self"} if probe_tree == "leader" else {"self", None})
     assert steps[-1].accepted == 4 or len(steps) * 5 >= 48  # the self-drafter has everything accepted
     probes = calls["weak"]
     assert calls["self"] == len(steps) and 1 <= probes <= 1 + len(steps) // 4
@@ -127,9 +130,9 @@ def test_the_next_turn_starts_from_the_carried_weights():
     composer = Composer(TARGET, drafters=pool())
     tree = dict(depth=3, top_k=1, budget=3)
     first = composer.generate([3, 1, 4], strategy="online", max_new_tokens=12, tree=tree)
-    assert first.stats.steps[0].drafter == "weak"  # no information yet: the first drafter leads
-    assert composer.generate([2, 7], strategy="online", max_new_tokens=4, tree=tree).stats.steps[0].drafter == "self"
+    assert first.stats.routing[0] == "weak"  # no information yet: the first drafter leads
+    assert composer.generate([2, 7], strategy="online", max_new_tokens=4, tree=tree).stats.routing[0] == "self"
     fresh = composer.generate([2, 7], strategy="online", max_new_tokens=4, tree=tree, carry=0.0)
-    assert fresh.stats.steps[0].drafter == "weak"
+    assert fresh.stats.routing[0] == "weak"
     with pytest.raises(ValueError, match="carry"):
         composer.generate([2, 7], strategy="online", carry=-1.0)
