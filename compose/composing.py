@@ -1,5 +1,6 @@
 """Strategies that combine several drafters (docs/design.md "Composition strategies"):
-averaged, confidence (per step), entropy (per prompt turn) and merged_tree."""
+averaged, confidence (per step), entropy (per prompt turn), merged_tree, online (per step,
+learnt from verified outcomes) and domain (per prompt turn, from the prompt alone)."""
 from __future__ import annotations
 
 import copy
