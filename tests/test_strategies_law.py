@@ -34,7 +34,7 @@ STRATEGY_CASES = [
     ("entropy", {}, {}, False),
     ("merged_tree", {}, dict(merge_budget="sum"), False),
     ("merged_tree", {}, dict(merge_budget="equal", budget=2), False),
-    ("online", dict(probe_every=2), {}, False),
+    ("online", dict(probe_every=2, probe_tree="leader"), {}, False),
     ("online", dict(probe_every=2, probe_tree="merged"), {}, False),
     ("domain", {}, {}, True),
 ]
