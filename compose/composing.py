@@ -159,38 +159,68 @@ class Online(_Composing):
     proposal row.
     Every drafter advances every step (cheap: drafters queue accepted tokens until they draft).
 
-    Weights are per turn. A turn starts from `prior` (log-weights) when given, else from the
-    previous turn's final log-weights (kept in the Composer's strategy cache) with every gap to
-    its leader capped at `carry`: the last leader leads until this turn's first probe round says
-    otherwise, so a conversation does not relearn its leader every turn, yet a new domain does
-    not inherit a lead it must first unlearn."""
+    Weights are per turn. A turn starts from `prior` (log-weights) when given; with
+    prior="domain", from the domain router's choice over the prompt (routing.DomainRouter, the
+    Composer's): every other drafter starts `carry` behind it, and the turn's first probe round
+    waits `probe_every` steps, since the leader is already informed; else from the previous turn's
+    final log-weights (kept in the Composer's strategy cache) with every gap to its leader capped
+    at `carry`: the last leader leads until this turn's first probe round says otherwise, so a
+    conversation does not relearn its leader every turn, yet a new domain does not inherit a lead
+    it must first unlearn."""
 
     name = "online"
     options = ("eta", "probe_every", "probe_tree", "prior", "carry")
     CARRIED = "online_log_weights"  # strategy-cache key
 
     @classmethod
-    def create(cls, drafters, tree, cache, prior: Mapping[str, float] | None = None, carry: float = 0.5, **options):
+    def create(cls, drafters, tree, cache, prior: Mapping[str, float] | str | None = None, carry: float = 0.5,
+               **options):
         if not carry >= 0:
             raise ValueError(f"carry must be >= 0 (log-weight units), got {carry}")
+        router = None
+        if prior == "domain":
+            router = cache.get(Domain.ROUTER)
+            reason = "no domain router is loaded" if router is None else Domain.missing(drafters, router)
+            if reason is not None:
+                raise ValueError(f"online with prior='domain' needs a domain router over its drafters: {reason} "
+                                 "(`specmux route` fits one; Composer(domain_router=...))")
+            prior = None
+        elif isinstance(prior, str):
+            raise ValueError(f"prior must be log-weights per drafter or 'domain', got {prior!r}")
         last = cache.get(cls.CARRIED, {})
-        if prior is None and last and set(last) == set(drafters):
+        if prior is None and router is None and last and set(last) == set(drafters):
             # at most `carry` tokens' worth of gain behind: the last turn's leader leads, and one
             # probe round of this turn can overturn it (the domain may have changed)
             top = max(last.values())
             prior = {n: max(-carry, v - top) for n, v in last.items()}
-        strategy = cls(drafters, prior=prior, **options)
+        strategy = cls(drafters, prior=prior, domain_router=router, carry=carry, **options)
         strategy.carried = cache
         return strategy
 
     def __init__(self, drafters, eta: float = 1.0, probe_every: int = 4, probe_tree: str = "merged",
-                 prior: Mapping[str, float] | None = None):
+                 prior: Mapping[str, float] | None = None, domain_router: DomainRouter | None = None,
+                 carry: float = 0.5):
         super().__init__(drafters)
         if probe_tree not in ("leader", "merged"):
             raise ValueError(f"probe_tree must be 'leader' or 'merged', got {probe_tree!r}")
         self.probe_tree = probe_tree
         self.router = OnlineRouter(list(self.drafters), eta=eta, probe_every=probe_every, prior=prior)
+        self.domain_router, self.carry = domain_router, carry
         self.carried: dict = {}
+
+    @property
+    def target_layers(self) -> list[int]:
+        layers = super().target_layers
+        if self.domain_router is None:
+            return layers
+        return list(dict.fromkeys(layers + [self.domain_router.layer]))  # the prefill must return them
+
+    def start(self, prompt_ids, hidden_states) -> None:
+        if self.domain_router is not None:
+            chosen = self.domain_router.choose(hidden_states)
+            self.router.restart({n: 0.0 if n == chosen else -self.carry for n in self.drafters},
+                                first_probe=self.router.probe_every)
+        super().start(prompt_ids, hidden_states)
 
     def propose(self, root, tree, sampling, generator) -> Proposal:
         leader = self.router.leader()

@@ -24,6 +24,23 @@ def _csv(kind):
     return parse
 
 
+def _labels(text: str) -> list[str]:
+    """Comma-separated strategy labels; commas inside a label's [options] do not split."""
+    labels, current, depth = [], "", 0
+    for ch in text + ",":
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if depth not in (0, 1):
+            raise argparse.ArgumentTypeError(f"unbalanced brackets in strategy labels {text!r}")
+        if ch == "," and depth == 0:
+            labels.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    if depth:
+        raise argparse.ArgumentTypeError(f"unbalanced brackets in strategy labels {text!r}")
+    return [label for label in labels if label]
+
+
 def _drafter(text: str) -> tuple[str, str]:
     name, sep, spec = text.partition("=")
     if not sep or not name or not spec:
@@ -44,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="built-in model name or a local transformers folder")
     p.add_argument("--drafter", dest="drafters", action="append", type=_drafter, metavar="NAME=SPEC",
                    help="a drafter, e.g. ee8=early-exit:8 (repeatable; default: the target's default drafters)")
-    p.add_argument("--strategies", type=_csv(str), metavar="S1,S2",
-                   help="strategy labels, e.g. single:ee8,merged_tree (default: every registered strategy)")
+    p.add_argument("--strategies", type=_labels, metavar="S1,S2",
+                   help="strategy labels, e.g. single:ee8,merged_tree,online[probe_every=2] (options in brackets; "
+                        "default: every registered strategy)")
     p.add_argument("--benchmarks", type=_csv(str), metavar="B1,B2", help=f"subset of {','.join(BENCHMARKS)}")
     limit = p.add_mutually_exclusive_group()
     limit.add_argument("--limit", type=int, help="items per benchmark, a fixed seeded subset (default 1)")

@@ -31,8 +31,9 @@ class EvalConfig(BaseModel):
     drafters: dict[str, str] | None = Field(
         None, description="name -> drafter spec (early-exit:K, lm:<model>, ...); None: default_drafters(target)")
     strategies: list[str] | None = Field(
-        None, description="strategy labels: a registered name, or name:drafter for strategies that take one "
-                          "(single:math); None: every registered strategy, expanded per drafter where needed")
+        None, description="strategy labels: a registered name, name:drafter for strategies that take one "
+                          "(single:math), options in brackets (online[probe_every=2]); None: every registered "
+                          "strategy, expanded per drafter where needed")
     benchmarks: list[str] = Field(default_factory=lambda: list(BENCHMARKS), description="benchmarks to run")
     limit: int | None = Field(1, ge=1, description="items per benchmark (a fixed seeded subset); None: all")
     sample_seed: int = Field(0, description="seed of the --limit subset")

@@ -158,6 +158,8 @@ def aggregate(records: Sequence[RunRecord], baseline: Sequence[RunRecord], max_d
         "routing_accuracy": routing_accuracy(turns),
         "phase_seconds": times,
         "ms_per_token": {p: 1000 * s / new_tokens for p, s in times.items()} if new_tokens else {},
+        # drafting cost per verifier forward: what a router's probing costs next to one drafter's
+        "draft_ms_per_forward": 1000 * times["draft"] / steps if steps else NAN,
     }
 
 

@@ -7,6 +7,7 @@ named drafter (`drafter=`, like `single`) is expanded into one label per drafter
 over drafters of different architectures) is skipped with the reason, which the report shows."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,19 +43,47 @@ def _probe(composer: Composer, run: StrategyRun, config: EvalConfig, chat: bool)
     composer.generate(prompt, strategy=run.name, **options, **run.options)
 
 
-def expand(name: str, drafter: str, drafter_names: list[str]) -> list[StrategyRun]:
+def parse_label(label: str) -> tuple[str, str, dict[str, Any]]:
+    """(strategy name, drafter, options) of a label: "single:math", "online[probe_every=2,prior=domain]".
+    Option values are read as JSON where they parse (numbers, true/false), else kept as text."""
+    head, bracket, tail = label.partition("[")
+    options: dict[str, Any] = {}
+    if bracket:
+        if not tail.endswith("]"):
+            raise ValueError(f"strategy label {label!r}: options go in brackets, e.g. online[probe_every=2]")
+        for item in filter(None, (x.strip() for x in tail[:-1].split(","))):
+            key, eq, text = item.partition("=")
+            if not eq or not key.strip():
+                raise ValueError(f"strategy label {label!r}: expected key=value options, got {item!r}")
+            try:
+                options[key.strip()] = json.loads(text)
+            except ValueError:
+                options[key.strip()] = text.strip()
+    name, _, drafter = head.partition(":")
+    if name in STRATEGIES:
+        unknown = sorted(set(options) - set(STRATEGIES[name].options))
+        if unknown:
+            raise ValueError(f"strategy {name!r} takes no option(s) {unknown} (in {label!r}); "
+                             f"its options: {list(STRATEGIES[name].options)}")
+    return name, drafter, options
+
+
+def expand(name: str, drafter: str, drafter_names: list[str], options: dict[str, Any] | None = None,
+           label: str | None = None) -> list[StrategyRun]:
     """The runs of one strategy label: a strategy that takes `drafter=` runs once per drafter
-    unless the label names one ("single:math"); any other runs as is."""
-    cls = STRATEGIES[name]
+    unless the label names one ("single:math"); any other runs as is. `options` (from the
+    label's brackets) go to every run; `label` names a run with options."""
+    cls, options = STRATEGIES[name], dict(options or {})
     if drafter:
         if not cls.takes_drafter:
             raise ValueError(f"strategy {name!r} takes no drafter (got {name}:{drafter})")
         if drafter not in drafter_names:
             raise ValueError(f"unknown drafter {drafter!r} in {name}:{drafter}; drafters: {drafter_names}")
-        return [StrategyRun(f"{name}:{drafter}", name, {"drafter": drafter})]
+        return [StrategyRun(label or f"{name}:{drafter}", name, {**options, "drafter": drafter})]
     if cls.takes_drafter:
-        return [StrategyRun(f"{name}:{d}", name, {"drafter": d}) for d in drafter_names]
-    return [StrategyRun(name, name)]
+        suffix = label[len(name):] if label and options else ""
+        return [StrategyRun(f"{name}:{d}{suffix}", name, {**options, "drafter": d}) for d in drafter_names]
+    return [StrategyRun(label or name, name, options)]
 
 
 def resolve_strategies(composer: Composer, config: EvalConfig, chat: bool) -> tuple[list[StrategyRun], dict[str, str]]:
@@ -69,7 +98,7 @@ def resolve_strategies(composer: Composer, config: EvalConfig, chat: bool) -> tu
     labels = list(dict.fromkeys(config.strategies)) if explicit else list(STRATEGIES)
     runs, skipped = [], {}
     for label in labels:
-        name, _, drafter = label.partition(":")
+        name, drafter, options = parse_label(label)
         if name not in STRATEGIES:
             raise ValueError(f"unknown strategy {name!r} in {label!r}; registered: {sorted(STRATEGIES)}")
         if name == BASELINE:
@@ -81,7 +110,7 @@ def resolve_strategies(composer: Composer, config: EvalConfig, chat: bool) -> tu
             skipped[name] = reason
             log.warning("skipping strategy %r: %s", name, reason)
             continue
-        for run in expand(name, drafter, drafter_names):
+        for run in expand(name, drafter, drafter_names, options, label if options else None):
             _probe(composer, run, config, chat)
             runs.append(run)
     return runs, skipped

@@ -121,9 +121,11 @@ def markdown_report(summary: dict) -> str:
         pooled_name = ALL_BENCHMARKS if any(r["benchmark"] == ALL_BENCHMARKS for r in at_t) else at_t[0]["benchmark"]
         pooled = [r for r in at_t if r["benchmark"] == pooled_name]
         out += ["### Time per phase (ms per generated token)", "",
-                _table(["benchmark", "strategy", "prefill", "draft", "verify", "forward", "other", "total"],
+                _table(["benchmark", "strategy", "prefill", "draft", "verify", "forward", "other", "total",
+                        "draft ms / forward"],
                        [[r["benchmark"], r["strategy"], *[_num(r["ms_per_token"].get(p), 1) for p in
-                                                         ("prefill", "draft", "verify", "forward", "other", "total")]]
+                                                         ("prefill", "draft", "verify", "forward", "other", "total")],
+                         _num(r.get("draft_ms_per_forward"), 1)]
                         for r in pooled]), ""]
         analysed = [r for r in at_t if r["routing_accuracy"]]
         if analysed:

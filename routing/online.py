@@ -32,15 +32,22 @@ class OnlineRouter:
             raise ValueError(
                 f"online routing needs eta > 0, 1 <= probe_every <= max_probe_every and 0 < confident < 1; "
                 f"got eta={eta}, probe_every={probe_every}, max_probe_every={max_probe_every}, confident={confident}")
-        unknown = set(prior or {}) - set(names)
-        if unknown:
-            raise ValueError(f"prior names unknown drafters {sorted(unknown)}; drafters: {list(names)}")
         self.names = list(names)
         self.eta, self.probe_every, self.max_probe_every, self.confident = eta, probe_every, max_probe_every, confident
+        self.restart(prior)
+
+    def restart(self, prior: Mapping[str, float] | None = None, first_probe: int = 0) -> None:
+        """Start a turn from `prior` log-weights (missing drafters: 0); the first probe round
+        comes at step `first_probe` (0: the turn's first step, when nothing says who leads)."""
+        unknown = set(prior or {}) - set(self.names)
+        if unknown:
+            raise ValueError(f"prior names unknown drafters {sorted(unknown)}; drafters: {self.names}")
+        if first_probe < 0:
+            raise ValueError(f"first_probe must be >= 0, got {first_probe}")
         self.log_weights = {n: float((prior or {}).get(n, 0.0)) for n in self.names}
         self.step = 0
-        self.interval = probe_every
-        self.next_probe = 0  # the first step of a turn is a probe round
+        self.interval = self.probe_every
+        self.next_probe = first_probe
 
     def weights(self) -> dict[str, float]:
         top = max(self.log_weights.values())

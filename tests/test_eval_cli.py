@@ -14,7 +14,7 @@ from compose.strategies import Autoregressive
 from routing import Calibration
 from eval.cli import build_parser, config_from_args, main
 from eval.config import EvalConfig
-from eval.plan import resolve_strategies
+from eval.plan import parse_label, resolve_strategies
 from eval.records import RunRecord
 from eval_helpers import one_thread, target  # noqa: F401 (fixtures)
 
@@ -173,6 +173,29 @@ def test_registered_strategies_are_discovered_and_expanded(target, monkeypatch):
         assert name in labels or name in skipped  # nothing silently dropped
     if "averaged" in STRATEGIES:  # early-exit drafters of different depths cannot be averaged
         assert "averaged" in skipped and "architecture" in skipped["averaged"]
+
+
+def test_strategy_labels_carry_options_in_brackets(target, tmp_path, capsys):
+    """"online[probe_every=2,probe_tree=leader]" runs online with those options under that label;
+    commas inside brackets do not split --strategies; unknown options are refused."""
+    config = config_from_args(build_parser().parse_args(
+        ["--strategies", "single:d1,online[probe_every=2,probe_tree=leader],single[drafter=d2]"]))
+    assert config.strategies == ["single:d1", "online[probe_every=2,probe_tree=leader]", "single[drafter=d2]"]
+    assert parse_label("online[probe_every=2,probe_tree=leader]") == ("online", "", {"probe_every": 2,
+                                                                                    "probe_tree": "leader"})
+    composer = Composer(str(target), drafters={"d1": "early-exit:1", "d2": "early-exit:2"})
+    config = EvalConfig(target=str(target), strategies=config.strategies, max_new_tokens=4,
+                        tree=dict(depth=2, budget=4, top_k=2))
+    runs, _ = resolve_strategies(composer, config, chat=True)
+    online = next(r for r in runs if r.name == "online")
+    assert online.label == "online[probe_every=2,probe_tree=leader]"
+    assert online.options == {"probe_every": 2, "probe_tree": "leader"}
+    with pytest.raises(ValueError, match="takes no option"):
+        parse_label("online[telepathy=1]")
+    assert main(args_for(target, tmp_path / "a", "--strategies", "online[telepathy=1]")) == 2
+    assert "takes no option" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--strategies", "online[probe_every=2"])
 
 
 def test_analysis_mode_scores_routing_against_the_oracle(target, tmp_path):

@@ -136,3 +136,37 @@ def test_the_next_turn_starts_from_the_carried_weights():
     assert fresh.stats.routing[0] == "weak"
     with pytest.raises(ValueError, match="carry"):
         composer.generate([2, 7], strategy="online", carry=-1.0)
+
+
+def test_a_domain_prior_lets_the_prompts_domain_lead_from_the_first_step():
+    """prior='domain': the domain router's choice drafts alone from the turn's first step, and
+    the first probe round waits probe_every steps; output stays greedy-lossless."""
+    from test_domain_router import counted, fitted_router
+
+    low = counted(EarlyExitDrafter(TARGET, 1, name="low"))
+    high = counted(CausalLMDrafter(tiny_model("llama", layers=1, seed=9), VOCAB, name="high"))
+    composer = Composer(TARGET, drafters={"low": low, "high": high}, domain_router=fitted_router())
+    tree = dict(depth=3, top_k=2, budget=5)
+    for prompt, expected in (([3, 5, 1, 7, 2], "low"), ([80, 91, 75, 88], "high")):
+        other = {"low": high, "high": low}[expected]
+        before = other.calls
+        result = composer.generate(prompt, strategy="online", prior="domain", probe_every=3, max_new_tokens=16,
+                                   tree=tree)
+        assert result.token_ids == plain_greedy(prompt, 16)
+        assert result.stats.routing[:3] == [expected] * 3
+        assert [s.drafter for s in result.stats.steps[:3]] == [expected] * 3
+        assert other.calls - before <= 1 + (len(result.stats.steps) - 3) // 3  # probes only from step 3 on
+        assert other.calls > before or len(result.stats.steps) <= 3
+
+
+def test_a_domain_prior_needs_a_domain_router_over_the_drafters():
+    composer = Composer(TARGET, drafters=pool())
+    with pytest.raises(ValueError, match="domain router"):
+        composer.generate([1, 2], strategy="online", prior="domain")
+    with pytest.raises(ValueError, match="prior must be"):
+        composer.generate([1, 2], strategy="online", prior="nonsense")
+    from test_domain_router import fitted_router
+
+    with pytest.raises(ValueError, match="not loaded"):
+        Composer(TARGET, drafters=pool(), domain_router=fitted_router()).generate([1, 2], strategy="online",
+                                                                                 prior="domain")

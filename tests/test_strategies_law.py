@@ -36,6 +36,7 @@ STRATEGY_CASES = [
     ("merged_tree", {}, dict(merge_budget="equal", budget=2), False),
     ("online", dict(probe_every=2, probe_tree="leader"), {}, False),
     ("online", dict(probe_every=2, probe_tree="merged"), {}, False),
+    ("online", dict(probe_every=2, prior="domain"), {}, True),  # the domain router's choice drafts the turn's start
     ("domain", {}, {}, True),
 ]
 
