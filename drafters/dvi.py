@@ -10,7 +10,8 @@ the verifier visited become training examples for the online learner (drafters/o
 adapters sit after the last drafted layer's attention, so the drafter's KV cache never goes
 stale: learning only moves the exit distribution.
 
-Adapters are saved per domain as a folder: adapter.safetensors + config.json (validated).
+Adapters are saved per domain as a folder: adapter.safetensors + config.json (validated) +
+learner.safetensors (optimizer moments and buffered examples: a reload goes on learning exactly).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from .lm import EarlyExitDrafter
 from .online import Example, LearnConfig, OnlineLearner
 
 ADAPTER_FORMAT = "specmux-dvi-adapter"
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "adapter.safetensors"
+CONFIG_FILE, WEIGHTS_FILE, LEARNER_FILE = "config.json", "adapter.safetensors", "learner.safetensors"
 
 
 class DVIConfig(BaseModel):
@@ -260,6 +261,7 @@ class DVIDrafter(EarlyExitDrafter):
         }
         with atomic.replaced_folder(folder, keep_others=False) as staged:
             atomic.save_tensors(staged / WEIGHTS_FILE, {k: p.detach() for k, p in self.adapter_parameters().items()})
+            atomic.save_tensors(staged / LEARNER_FILE, self.learner.pending_tensors())
             atomic.write_json(staged / CONFIG_FILE, meta)
         return folder
 
@@ -291,6 +293,8 @@ class DVIDrafter(EarlyExitDrafter):
             for k, p in params.items():
                 p.copy_(state[k].to(p.dtype))
         self.learner.load_state(meta.get("state", {}))
+        if (folder / LEARNER_FILE).exists():  # older adapters have none: fresh optimizer moments
+            self.learner.load_pending_tensors(read_weights(folder / LEARNER_FILE))
         return meta
 
     @classmethod

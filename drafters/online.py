@@ -146,6 +146,40 @@ class OnlineLearner:
     def state(self) -> dict:
         return {"verifications": self.verifications, "updates": self.updates, "baseline": self.baseline}
 
+    def pending_tensors(self) -> dict[str, torch.Tensor]:
+        """The optimizer's moments and the buffered examples, flat (for safetensors): with `state()`
+        and the parameters, everything a reload needs to go on learning exactly as if never stopped."""
+        out: dict[str, torch.Tensor] = {}
+        for i, p in enumerate(self.params):
+            for k, v in self.optimizer.state.get(p, {}).items():
+                out[f"optimizer.{i}.{k}"] = torch.as_tensor(v)
+        for j, e in enumerate(self.buffer):
+            out |= {f"buffer.{j}.features.{k}": v for k, v in e.features.items()}
+            out |= {f"buffer.{j}.target_logits": e.target_logits, f"buffer.{j}.children": e.children}
+            if e.rewards is not None:
+                out[f"buffer.{j}.rewards"] = e.rewards
+        return out
+
+    def load_pending_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what `pending_tensors` wrote (missing optimizer entries: fresh moments)."""
+        for i, p in enumerate(self.params):
+            moments = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"optimizer.{i}.")}
+            bad = [k for k, v in moments.items() if k != "step" and v.shape != p.shape]
+            if bad:
+                raise ValueError(f"saved optimizer moments {bad} of parameter {i} do not match its shape {tuple(p.shape)}")
+            if moments:
+                self.optimizer.state[p] = {k: v.clone() for k, v in moments.items()}
+        examples: dict[int, dict] = {}
+        for key, v in tensors.items():
+            if key.startswith("buffer."):
+                _, j, field = key.split(".", 2)
+                e = examples.setdefault(int(j), {"features": {}, "rewards": None})
+                if field.startswith("features."):
+                    e["features"][field.split(".", 1)[1]] = v
+                else:
+                    e[field] = v
+        self.buffer = [Example(**examples[j]) for j in sorted(examples)]
+
     def load_state(self, state: dict) -> None:
         self.verifications = int(state.get("verifications", 0))
         self.updates = int(state.get("updates", 0))

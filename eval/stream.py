@@ -7,6 +7,10 @@ by prompt so machine drift hits them alike, and every greedy output is checked a
 baseline's where both ran. Writes stream.jsonl (one record per prompt and run), summary.json,
 tau_over_time.png and the learned adapters (adapters/<domain>/<variant>/).
 
+A long stream runs in pieces: `max_minutes` stops it at a prompt boundary, and `--resume` goes on
+from the last checkpoint (checkpoint/: the adapters with their optimizer moments and buffered
+examples, so the learners continue exactly as if never stopped), keeping each piece's load average.
+
 Prompts are held out from every evaluation benchmark: math from reasoning-gym generators at
 seeds disjoint from the training seeds and the held-out math benchmark; chat from ShareGPT
 first turns sharing no word 8-gram with MT-Bench, GSM8K or HumanEval (overlap measured and
@@ -58,6 +62,12 @@ class StreamConfig(BaseModel):
     baseline: bool = Field(True, description="run the autoregressive baseline on the window (speed, greedy check)")
     threads: int = Field(1, ge=1)
     out: Path | None = None
+    max_minutes: float | None = Field(None, gt=0, description="stop at a prompt boundary after this long; go on with --resume")
+    checkpoint_every: int = Field(10, ge=1, description="prompts between checkpoints")
+
+    def measured(self) -> dict:
+        """The settings a resumed run must share with the run it continues."""
+        return self.model_dump(mode="json", exclude={"out", "max_minutes", "checkpoint_every"})
 
     @model_validator(mode="after")
     def _window_fits(self) -> "StreamConfig":
@@ -171,41 +181,82 @@ def plot_tau_over_time(records: list[dict], config: StreamConfig, path: Path, sm
     _save(fig, path)
 
 
-def run_stream(config: StreamConfig, progress: bool = True) -> dict:
+def run_stream(config: StreamConfig, progress: bool = True, resume: bool = False) -> dict:
+    """Run (or, with `resume`, continue) the stream. The summary has "complete": False when
+    `max_minutes` stopped it early."""
     torch.set_num_threads(config.threads)
     out = config.out or Path("runs") / f"stream-{config.domain}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(out / "config.json", config.model_dump(mode="json"))
     prompts, overlap = stream_prompts(config.domain, config.prompts)
     composer = Composer(config.target)
     runs = make_runs(config, composer)
+    records, pieces = restore(out, config, runs) if resume else ([], [])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(out / "config.json", config.model_dump(mode="json"))
     options = dict(max_new_tokens=config.max_new_tokens, chat=True, tree=config.tree.model_dump())
-    load_before = os.getloadavg()
-    records: list[dict] = []
-    lines = []
+    first = 1 + max([r["index"] for r in records], default=-1)
+    piece = {"from": first, "load_average_start": os.getloadavg()}
+    started = time.perf_counter()
     window_start = config.prompts - config.window
-    for i, prompt in enumerate(tqdm(prompts, disable=not progress, desc=f"{config.domain} stream")):
+    i = first
+    for i in tqdm(range(first, config.prompts), disable=not progress, desc=f"{config.domain} stream", initial=first,
+                  total=config.prompts):
         for run, drafter in runs.items():
             if run in (EARLY_EXIT, BASELINE) and i < window_start:  # their τ does not depend on the past
                 continue
             learned_before = getattr(drafter, "learn_seconds", 0.0)
             if drafter is None:
-                result = composer.generate(prompt, strategy="autoregressive", **options)
+                result = composer.generate(prompts[i], strategy="autoregressive", **options)
             else:
-                result = composer.generate(prompt, strategy="single", drafter=run, **options)
+                result = composer.generate(prompts[i], strategy="single", drafter=run, **options)
             records.append(record(i, run, result, drafter, getattr(drafter, "learn_seconds", 0.0) - learned_before))
-            lines.append(_json_line(records[-1]))
-        atomic.write_text(out / "stream.jsonl", "".join(lines))
-    summary = {"config": config.model_dump(mode="json"), "load_average": {"start": load_before, "end": os.getloadavg()},
+        atomic.write_text(out / "stream.jsonl", "".join(_json_line(r) for r in records))
+        done = i + 1 == config.prompts
+        stop = config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes
+        if done or stop or (i + 1) % config.checkpoint_every == 0:
+            checkpoint(out, i + 1, runs, [*pieces, {**piece, "to": i + 1, "load_average_end": os.getloadavg()}])
+        if stop and not done:
+            break
+    pieces.append({**piece, "to": i + 1 if first < config.prompts else first, "load_average_end": os.getloadavg()})
+    if 1 + max([r["index"] for r in records], default=-1) < config.prompts:
+        return {"complete": False, "next": i + 1, "out": str(out), "pieces": pieces}
+    summary = {"complete": True, "config": config.model_dump(mode="json"), "pieces": pieces,
+               "load_average": {"start": pieces[0]["load_average_start"], "end": pieces[-1]["load_average_end"]},
                "threads": torch.get_num_threads(), "overlap": overlap, **summarise(config, records, runs)}
     for run, drafter in runs.items():
         if isinstance(drafter, DVIDrafter):
             drafter.save_adapter(out / "adapters" / config.domain / run, domain=config.domain)
-            summary["runs"][run]["learner"] = {**drafter.learner.state(), "learn_seconds": drafter.learner.seconds}
+            summary["runs"][run]["learner"] = drafter.learner.state()
     atomic.write_json(out / "summary.json", summary)
     plot_tau_over_time(records, config, out / "tau_over_time.png")
     summary["out"] = str(out)
     return summary
+
+
+def checkpoint(out: Path, next_index: int, runs: dict, pieces: list[dict]) -> None:
+    """The learners' adapters and the stream position, replaced as one folder."""
+    with atomic.replaced_folder(out / "checkpoint", keep_others=False) as staged:
+        for run, drafter in runs.items():
+            if isinstance(drafter, DVIDrafter):
+                drafter.save_adapter(staged / run)
+        atomic.write_json(staged / "state.json", {"next": next_index, "pieces": pieces})
+
+
+def restore(out: Path, config: StreamConfig, runs: dict) -> tuple[list[dict], list[dict]]:
+    """Records and pieces up to the last checkpoint of the run in `out`; loads its adapters."""
+    folder = atomic.recover_folder(out / "checkpoint")
+    if not (folder / "state.json").is_file():
+        raise ValueError(f"--resume: {out} has no checkpoint to continue from")
+    saved = StreamConfig.model_validate(json.loads((out / "config.json").read_text()))
+    if saved.measured() != config.measured():
+        changed = sorted(k for k, v in config.measured().items() if saved.measured().get(k) != v)
+        raise ValueError(f"--resume: the settings differ from the run in {out}: {changed}")
+    state = json.loads((folder / "state.json").read_text())
+    for run, drafter in runs.items():
+        if isinstance(drafter, DVIDrafter):
+            drafter.load_adapter(folder / run)
+    lines = (out / "stream.jsonl").read_text().splitlines() if (out / "stream.jsonl").exists() else []
+    records = [r for r in map(json.loads, lines) if r["index"] < state["next"]]
+    return records, state["pieces"]
 
 
 def _json_line(rec: dict) -> str:
@@ -228,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dvi", help="JSON of DVIConfig fields, e.g. '{\"rank\": 8, \"learning\": {\"lr\": 0.001}}'")
     p.add_argument("--threads", type=int)
     p.add_argument("--out")
+    p.add_argument("--max-minutes", type=float, help="stop at a prompt boundary after this long (go on with --resume)")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -236,7 +290,8 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
     data = {k: v for k, v in {
         "target": args.target, "domain": args.domain, "prompts": args.prompts, "window": args.window,
         "exit_layer": args.exit_layer, "max_new_tokens": args.max_new_tokens, "baseline": args.baseline,
-        "threads": args.threads, "out": args.out,
+        "threads": args.threads, "out": args.out, "max_minutes": args.max_minutes,
+        "checkpoint_every": args.checkpoint_every,
         "variants": [v for v in args.variants.split(",") if v] if args.variants else None,
     }.items() if v is not None}
     tree = {k: v for k, v in {"depth": args.depth, "budget": args.budget, "top_k": args.tree_top_k}.items() if v is not None}
@@ -254,13 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary = run_stream(config_from_args(args), progress=not args.no_progress)
+        config = config_from_args(args)
+        if args.resume and config.out is None:
+            raise ValueError("--resume needs --out (the run to continue)")
+        summary = run_stream(config, progress=not args.no_progress, resume=args.resume)
     except ValidationError as e:
         print(f"specmux eval stream: error: invalid settings:\n{e}", file=sys.stderr)
         return 2
     except ValueError as e:
         print(f"specmux eval stream: error: {e}", file=sys.stderr)
         return 2
+    if not summary["complete"]:
+        print(f"stopped after {summary['next']} of the stream's prompts (--max-minutes); continue with "
+              f"--resume --out {summary['out']}")
+        return 0
     for run, figures in summary["runs"].items():
         w = figures["window"]
         print(f"{run:>16}: τ over the last {w['prompts']} prompts {w['tau']:.3f} "

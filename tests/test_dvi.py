@@ -204,7 +204,7 @@ def test_adapter_round_trip(tmp_path, exit_adapter):
     composer.generate([5, 6, 7, 8], strategy="single", max_new_tokens=24, tree=dict(depth=3, top_k=2, budget=6))
     assert learned.learner.updates > 0
     folder = learned.save_adapter(tmp_path / "adapters" / "math", domain="math")
-    assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "config.json"]  # no temp files left
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "config.json", "learner.safetensors"]
 
     fresh = DVIDrafter(target, 2, DVIConfig(exit_adapter=exit_adapter))
     meta = fresh.load_adapter(folder)
@@ -222,6 +222,22 @@ def test_adapter_round_trip(tmp_path, exit_adapter):
     via_spec = Composer(target, drafters={"d": f"dvi:2:{folder}"}).drafters["d"]  # shaped as saved
     assert via_spec.config == learned.config and via_spec.learner.updates == learned.learner.updates
     assert torch.equal(via_spec.head.lora.up, learned.head.lora.up)
+
+
+def test_reloaded_adapter_goes_on_learning_exactly(tmp_path):
+    """Optimizer moments and the examples buffered between updates travel with the adapter: a
+    drafter reloaded mid-stream learns as the one that never stopped."""
+    target = MODELS[("qwen2", 0)]
+    config = DVIConfig(learning=LearnConfig(update_every=4, kl_updates=2))
+    options = dict(strategy="single", max_new_tokens=20, tree=dict(depth=3, top_k=2, budget=6))
+    going = DVIDrafter(target, 2, config)
+    Composer(target, drafters={"d": going}).generate([5, 6, 7, 8], **options)
+    assert going.learner.buffer and going.learner.optimizer.state  # something pending to carry over
+    reloaded = DVIDrafter.from_adapter(target, going.save_adapter(tmp_path / "a"))
+    outputs = [Composer(target, drafters={"d": d}).generate([9, 4, 2], **options).token_ids for d in (going, reloaded)]
+    assert outputs[0] == outputs[1] and going.learner.updates == reloaded.learner.updates
+    for k, p in going.adapter_parameters().items():
+        assert torch.equal(p, reloaded.adapter_parameters()[k]), k
 
 
 @pytest.mark.parametrize("exit_adapter", ["none", "lora", "translator"])

@@ -39,6 +39,42 @@ def test_stream_end_to_end(tmp_path, capsys):
     assert "τ over the last 2 prompts" in printed and "x early-exit" in printed
 
 
+def test_stream_resumed_in_pieces_equals_one_run(tmp_path, capsys):
+    """Stopped after every prompt (--max-minutes) and resumed, the learners go on exactly: the
+    records match an uninterrupted run's, and each piece's load average is kept."""
+    target = tiny_target_folder(tmp_path / "model")
+    argv = ["stream", "--target", str(target), "--domain", "math", "--prompts", "3", "--window", "1",
+            "--exit-layer", "1", "--max-new-tokens", "10", "--depth", "2", "--budget", "4", "--tree-top-k", "2",
+            "--variants", "kl_rl", "--no-baseline", "--dvi", '{"learning": {"update_every": 3, "kl_updates": 1}}',
+            "--no-progress", "--checkpoint-every", "5"]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    pieces = [*argv, "--out", str(tmp_path / "pieces"), "--max-minutes", "1e-9"]
+    assert main(pieces) == 0
+    for _ in range(2):
+        assert "continue with --resume" in capsys.readouterr().out
+        assert not (tmp_path / "pieces" / "summary.json").exists()
+        assert main([*pieces, "--resume"]) == 0
+    summaries = [json.loads((tmp_path / run / "summary.json").read_text()) for run in ("whole", "pieces")]
+    assert [(p["from"], p["to"]) for p in summaries[1]["pieces"]] == [(0, 1), (1, 2), (2, 3)]
+    keys = ("index", "run", "tokens", "steps", "updates", "kl")
+    whole, pieced = ([{k: r[k] for k in keys if k in r} for r in map(json.loads, (tmp_path / run / "stream.jsonl")
+                      .read_text().splitlines())] for run in ("whole", "pieces"))
+    assert whole == pieced and any(r.get("updates") for r in whole)
+    assert summaries[0]["runs"]["dvi-kl_rl"]["window"]["tau"] == summaries[1]["runs"]["dvi-kl_rl"]["window"]["tau"]
+
+
+def test_resume_refuses_changed_settings(tmp_path, capsys):
+    target = tiny_target_folder(tmp_path / "model")
+    argv = ["stream", "--target", str(target), "--prompts", "2", "--window", "1", "--exit-layer", "1",
+            "--max-new-tokens", "4", "--variants", "kl", "--no-baseline", "--no-progress", "--out", str(tmp_path / "r")]
+    assert main([*argv, "--resume"]) == 2
+    assert "has no checkpoint" in capsys.readouterr().err
+    assert main([*argv, "--max-minutes", "1e-9"]) == 0
+    assert main([*argv, "--resume", "--max-new-tokens", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "settings differ" in err and "max_new_tokens" in err
+
+
 def _target(folder):
     from drafters.assets import load_target
 
