@@ -245,6 +245,9 @@ class DVIDrafter(EarlyExitDrafter):
             children = torch.tensor(mine.get(key, []), dtype=torch.long)
             j = on_path.get(key)
             rewards = None if j is None else (children == following[j]).float()
+            if rewards is not None and self.config.learning.reward_missed and not rewards.any():
+                children = torch.cat([children, torch.tensor([following[j]])])
+                rewards = torch.cat([rewards, torch.ones(1)])
             # clones: rows of this step's [N, V] tensors, which must not be kept alive until the update
             out.append(Example({k: v.clone() for k, v in features.items()}, feedback.logits[node].clone(),
                                children, rewards))

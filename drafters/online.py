@@ -38,6 +38,9 @@ class LearnConfig(BaseModel):
     baseline_decay: float = Field(0.9, ge=0, lt=1, description="EMA decay of the reward baseline")
     train_on: Literal["path", "tree"] = Field(
         "path", description="examples at the accepted path's nodes only, or at every verified node the drafter expanded")
+    reward_missed: bool = Field(
+        False, description="at a path node where no proposed child was the target's next token, add that token as a "
+                           "rewarded child (verification says which token it wanted, not only which it refused)")
     max_examples: int = Field(64, ge=1, description="newest examples kept per optimizer step")
     max_grad_norm: float = Field(1.0, gt=0)
 

@@ -2,7 +2,8 @@
 
 Each learning variant (KL->RL, KL-only) drafts the whole stream in order, learning as it goes.
 The same-K early-exit drafter (no learning) and the autoregressive baseline run on the last
-`window` prompts only: their τ does not depend on what came before. Runs are interleaved prompt
+`window` prompts only (or the last `frozen_prompts` of them): their τ does not depend on what
+came before. Runs are interleaved prompt
 by prompt so machine drift hits them alike, and every greedy output is checked against the
 baseline's where both ran. Writes stream.jsonl (one record per prompt and run), summary.json,
 tau_over_time.png and the learned adapters (adapters/<domain>/<variant>/).
@@ -60,6 +61,9 @@ class StreamConfig(BaseModel):
     tree: TreeOptions = Field(default_factory=lambda: TreeOptions(depth=3, top_k=3, budget=8))
     dvi: DVIConfig = Field(default_factory=DVIConfig, description="adapter and learning settings (schedule set per variant)")
     baseline: bool = Field(True, description="run the autoregressive baseline on the window (speed, greedy check)")
+    frozen_prompts: int | None = Field(
+        None, ge=0, description="the frozen runs (early-exit, autoregressive) take the last this many prompts (None: the "
+                                "window; 0: none): their τ does not depend on the past, so a subset measures a stationary stream")
     threads: int = Field(1, ge=1)
     out: Path | None = None
     max_minutes: float | None = Field(None, gt=0, description="stop at a prompt boundary after this long; go on with --resume")
@@ -73,7 +77,14 @@ class StreamConfig(BaseModel):
     def _window_fits(self) -> "StreamConfig":
         if self.window > self.prompts:
             raise ValueError(f"window ({self.window}) is longer than the stream ({self.prompts} prompts)")
+        if self.frozen > self.window:
+            raise ValueError(f"frozen_prompts ({self.frozen_prompts}) is longer than the window ({self.window})")
         return self
+
+    @property
+    def frozen(self) -> int:
+        """How many of the last prompts the frozen runs take."""
+        return self.window if self.frozen_prompts is None else self.frozen_prompts
 
 
 def stream_prompts(domain: str, n: int) -> tuple[list[str], dict]:
@@ -102,8 +113,9 @@ def make_runs(config: StreamConfig, composer: Composer) -> dict[str, DVIDrafter 
     for variant in config.variants:
         cfg = config.dvi.model_copy(update={"learning": config.dvi.learning.model_copy(update={"schedule": variant})})
         runs[f"dvi-{variant}"] = composer.add_drafter(f"dvi-{variant}", DVIDrafter(target, config.exit_layer, cfg))
-    runs[EARLY_EXIT] = composer.add_drafter(EARLY_EXIT, EarlyExitDrafter(target, config.exit_layer))
-    if config.baseline:
+    if config.frozen:
+        runs[EARLY_EXIT] = composer.add_drafter(EARLY_EXIT, EarlyExitDrafter(target, config.exit_layer))
+    if config.baseline and config.frozen:
         runs[BASELINE] = None
     return runs
 
@@ -138,18 +150,24 @@ def pooled(records: list[dict]) -> dict:
 def summarise(config: StreamConfig, records: list[dict], runs: dict) -> dict:
     first = set(range(config.window))
     last = set(range(config.prompts - config.window, config.prompts))
+    frozen = set(range(config.prompts - config.frozen, config.prompts))
     by_run = {run: [r for r in records if r["run"] == run] for run in runs}
     out = {}
     for run, recs in by_run.items():
         out[run] = {"window": pooled([r for r in recs if r["index"] in last])}
         if len({r["index"] for r in recs}) == config.prompts:
             out[run] |= {"first": pooled([r for r in recs if r["index"] in first]), "stream": pooled(recs)}
-    ee_tau = out[EARLY_EXIT]["window"]["tau"]
-    base = out.get(BASELINE, {}).get("window", {}).get("tokens_per_s")
-    for run in out:
-        out[run]["window"]["tau_vs_early_exit"] = out[run]["window"]["tau"] / ee_tau
-        if base:
-            out[run]["window"]["speed_vs_autoregressive"] = out[run]["window"]["tokens_per_s"] / base
+        if frozen != last:  # the prompts the frozen runs took: a paired comparison
+            out[run]["frozen"] = pooled([r for r in recs if r["index"] in frozen])
+    if EARLY_EXIT in out:
+        ee_tau = out[EARLY_EXIT]["window"]["tau"]
+        base = out.get(BASELINE, {}).get("window", {}).get("tokens_per_s")
+        for run in out:
+            paired = out[run].get("frozen", out[run]["window"])
+            out[run]["window"]["tau_vs_early_exit"] = out[run]["window"]["tau"] / ee_tau
+            paired["tau_vs_early_exit_paired"] = paired["tau"] / ee_tau
+            if base:
+                out[run]["window"]["speed_vs_autoregressive"] = paired["tokens_per_s"] / base
     mismatches = []
     if BASELINE in by_run:
         reference = {r["index"]: r["tokens"] for r in by_run[BASELINE]}
@@ -196,12 +214,12 @@ def run_stream(config: StreamConfig, progress: bool = True, resume: bool = False
     first = 1 + max([r["index"] for r in records], default=-1)
     piece = {"from": first, "load_average_start": os.getloadavg()}
     started = time.perf_counter()
-    window_start = config.prompts - config.window
+    frozen_start = config.prompts - config.frozen
     i = first
     for i in tqdm(range(first, config.prompts), disable=not progress, desc=f"{config.domain} stream", initial=first,
                   total=config.prompts):
         for run, drafter in runs.items():
-            if run in (EARLY_EXIT, BASELINE) and i < window_start:  # their τ does not depend on the past
+            if run in (EARLY_EXIT, BASELINE) and i < frozen_start:  # their τ does not depend on the past
                 continue
             learned_before = getattr(drafter, "learn_seconds", 0.0)
             if drafter is None:
@@ -276,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int)
     p.add_argument("--tree-top-k", type=int)
     p.add_argument("--no-baseline", dest="baseline", action="store_false", default=None)
+    p.add_argument("--frozen-prompts", type=int, help="early-exit and autoregressive on the last N prompts only (0: none)")
     p.add_argument("--dvi", help="JSON of DVIConfig fields, e.g. '{\"rank\": 8, \"learning\": {\"lr\": 0.001}}'")
     p.add_argument("--threads", type=int)
     p.add_argument("--out")
@@ -290,6 +309,7 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
     data = {k: v for k, v in {
         "target": args.target, "domain": args.domain, "prompts": args.prompts, "window": args.window,
         "exit_layer": args.exit_layer, "max_new_tokens": args.max_new_tokens, "baseline": args.baseline,
+        "frozen_prompts": args.frozen_prompts,
         "threads": args.threads, "out": args.out, "max_minutes": args.max_minutes,
         "checkpoint_every": args.checkpoint_every,
         "variants": [v for v in args.variants.split(",") if v] if args.variants else None,
@@ -326,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     for run, figures in summary["runs"].items():
         w = figures["window"]
         print(f"{run:>16}: τ over the last {w['prompts']} prompts {w['tau']:.3f} "
-              f"({w['tau_vs_early_exit']:.2f}x early-exit), learning overhead {w['learn_overhead']:.1%}"
+              + (f"({w['tau_vs_early_exit']:.2f}x early-exit)" if "tau_vs_early_exit" in w else "")
+              + f", learning overhead {w['learn_overhead']:.1%}"
               + (f", speed {w['speed_vs_autoregressive']:.2f}x autoregressive" if "speed_vs_autoregressive" in w else ""))
     print(f"results in {summary['out']}")
     if summary["greedy_mismatches"]:

@@ -40,14 +40,16 @@ def adapter_norm(d: DVIDrafter) -> float:
     prompt=st.lists(st.integers(0, 95), min_size=1, max_size=10),
     exit_adapter=st.sampled_from(["none", "lora", "translator"]),
     train_on=st.sampled_from(["path", "tree"]),
+    reward_missed=st.booleans(),
     depth=st.integers(1, 4),
     top_k=st.integers(1, 3),
     budget=st.integers(1, 10),
 )
-def test_greedy_equals_plain_decoding_while_learning(arch, seed, prompt, exit_adapter, train_on, depth, top_k, budget):
+def test_greedy_equals_plain_decoding_while_learning(arch, seed, prompt, exit_adapter, train_on, reward_missed, depth,
+                                                     top_k, budget):
     target = MODELS[(arch, seed)]
     before = {k: v.clone() for k, v in target.state_dict().items()}
-    drafter = DVIDrafter(target, 2, eager(exit_adapter, train_on=train_on))
+    drafter = DVIDrafter(target, 2, eager(exit_adapter, train_on=train_on, reward_missed=reward_missed))
     composer = Composer(target, drafters={"d": drafter})
     for _ in range(2):  # the second generation drafts with weights learned in the first
         result = composer.generate(prompt, strategy="single", max_new_tokens=16,
@@ -58,9 +60,10 @@ def test_greedy_equals_plain_decoding_while_learning(arch, seed, prompt, exit_ad
     assert all(torch.equal(before[k], after[k]) for k in before), "learning changed the target's weights"
 
 
-@pytest.mark.parametrize("sampled, temperature, top_k, exit_adapter", [(True, 0.8, 3, "translator"), (False, 1.0, 0, "lora")])
-def test_sampling_law_while_learning(sampled, temperature, top_k, exit_adapter):
-    drafter = DVIDrafter(SMALL, 1, eager(exit_adapter, update_every=2, lr=0.02))
+@pytest.mark.parametrize("sampled, temperature, top_k, exit_adapter, reward_missed",
+                         [(True, 0.8, 3, "translator", True), (False, 1.0, 0, "lora", False)])
+def test_sampling_law_while_learning(sampled, temperature, top_k, exit_adapter, reward_missed):
+    drafter = DVIDrafter(SMALL, 1, eager(exit_adapter, update_every=2, lr=0.02, reward_missed=reward_missed))
     composer = Composer(SMALL, drafters={"d": drafter})
     sampling = SamplingSpec(temperature, top_k, 1.0)
     prompt = [3, 1, 2]
@@ -193,6 +196,15 @@ def test_examples_follow_the_verified_path_by_tokens():
     # the accepted child: its rewards mark the children equal to the bonus token
     assert torch.equal(examples[1].target_logits, logits[2])
     assert torch.equal(examples[1].rewards, (examples[1].children == 77).float())
+    # reward_missed: a path node whose children all missed gets the target's token as a rewarded child
+    dvi.config.learning.reward_missed = True
+    assert 77 not in examples[1].children.tolist()
+    dvi.start(torch.tensor([1, 2, 3]), None)
+    assert torch.equal(dvi.propose(9, TreeSpec(depth=2, top_k=2, budget=4), SamplingSpec()).tokens, mine.tokens)
+    missed = dvi.examples(feedback)[1]
+    assert missed.children.tolist() == [*examples[1].children.tolist(), 77] and missed.rewards.tolist()[-1] == 1.0
+    assert missed.rewards.sum() == 1
+    assert torch.equal(dvi.examples(feedback)[0].rewards, root_example.rewards)  # a hit: nothing added
 
 
 # --- save / reload ------------------------------------------------------------------------------

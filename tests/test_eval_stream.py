@@ -63,6 +63,25 @@ def test_stream_resumed_in_pieces_equals_one_run(tmp_path, capsys):
     assert summaries[0]["runs"]["dvi-kl_rl"]["window"]["tau"] == summaries[1]["runs"]["dvi-kl_rl"]["window"]["tau"]
 
 
+def test_frozen_runs_on_a_subset_of_the_window(tmp_path):
+    """--frozen-prompts 1: early-exit and autoregressive take the last prompt only; the learner's
+    τ over those same prompts is reported beside its window τ (a paired ratio)."""
+    target = tiny_target_folder(tmp_path / "model")
+    out = tmp_path / "run"
+    argv = ["stream", "--target", str(target), "--prompts", "3", "--window", "2", "--frozen-prompts", "1",
+            "--exit-layer", "1", "--max-new-tokens", "6", "--variants", "kl", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (out / "stream.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in records if r["run"] in ("early-exit", "autoregressive")) == [2, 2]
+    runs = json.loads((out / "summary.json").read_text())["runs"]
+    learned = runs["dvi-kl"]
+    assert learned["window"]["prompts"] == 2 and learned["frozen"]["prompts"] == 1
+    assert learned["frozen"]["tau_vs_early_exit_paired"] == learned["frozen"]["tau"] / runs["early-exit"]["window"]["tau"]
+    assert main([*argv[:-2], "--out", str(tmp_path / "none"), "--frozen-prompts", "0"]) == 0  # learners only
+    runs = json.loads((tmp_path / "none" / "summary.json").read_text())["runs"]
+    assert set(runs) == {"dvi-kl"} and "tau_vs_early_exit" not in runs["dvi-kl"]["window"]
+
+
 def test_resume_refuses_changed_settings(tmp_path, capsys):
     target = tiny_target_folder(tmp_path / "model")
     argv = ["stream", "--target", str(target), "--prompts", "2", "--window", "1", "--exit-layer", "1",
@@ -85,6 +104,7 @@ def _target(folder):
     (["--prompts", "3", "--window", "5"], "window (5) is longer than the stream"),
     (["--dvi", "{not json"], "--dvi is not valid JSON"),
     (["--variants", "kl,sgd"], "variants"),
+    (["--window", "5", "--frozen-prompts", "6"], "longer than the window"),
 ])
 def test_stream_bad_settings(argv, message, capsys):
     assert main(["stream", *argv]) == 2
