@@ -42,6 +42,18 @@ STAGES = ("prompts", "written", "regenerate", "ablate", "final")
 DOMAINS = ("math", "chat", "mixed")
 
 
+class ExtraData(BaseModel):
+    """A second round of prompts (another seed, disjoint from the first round) whose answers join
+    the training sets only: the held-out sets stay those of the first round, so metrics stay
+    comparable when a later run adds data to a corpus already made."""
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 1000
+    n_math_templates: int = Field(default=0, ge=0)
+    n_math_gym: int = Field(default=0, ge=0)
+    n_chat: int = Field(default=0, ge=0)
+
+
 class SuiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +66,7 @@ class SuiteConfig(BaseModel):
     n_math_requests: int = Field(default=1500, ge=0)
     n_chat: int = Field(default=3500, ge=1)
     heldout_per_domain: int = Field(default=150, ge=1)
+    extra: ExtraData | None = None
     max_new_tokens: int = Field(default=256, ge=1)
     max_prompt_tokens: int = Field(default=768, ge=8)
     write_max_new_tokens: int = Field(default=96, ge=8)
@@ -89,17 +102,34 @@ def read_json(path: Path):
 def stage_prompts(cfg: SuiteConfig, work: Path) -> None:
     from .data import eval_prompts
 
-    if (work / "prompts.json").exists():
-        return
-    evals = eval_prompts()
-    math = [("math", p) for p in word_problems(cfg.n_math_templates, cfg.seed)]
-    math += [("math", p) for p in math_prompts(cfg.n_math_gym, cfg.seed)] if cfg.n_math_gym else []
-    chat = [("chat", p) for p in chat_turns(cfg.n_chat, cfg.seed)]
-    requests = [("write", p) for p in writing_requests(cfg.n_math_requests, cfg.seed)]
+    if not (work / "prompts.json").exists():
+        evals = eval_prompts()
+        math = [("math", p) for p in word_problems(cfg.n_math_templates, cfg.seed)]
+        math += [("math", p) for p in math_prompts(cfg.n_math_gym, cfg.seed)] if cfg.n_math_gym else []
+        chat = [("chat", p) for p in chat_turns(cfg.n_chat, cfg.seed)]
+        requests = [("write", p) for p in writing_requests(cfg.n_math_requests, cfg.seed)]
+        kept_math, kept_chat = drop_overlapping(math, evals), drop_overlapping(chat, evals)
+        write_json(work / "eval_prompts.json", evals)
+        write_json(work / "prompts.json", {"math": kept_math, "chat": kept_chat, "write": requests,
+                                            "dropped": {"math": len(math) - len(kept_math), "chat": len(chat) - len(kept_chat)}})
+    if cfg.extra and not (work / "prompts-extra.json").exists():
+        stage_extra_prompts(cfg, work)
+
+
+def stage_extra_prompts(cfg: SuiteConfig, work: Path) -> None:
+    """The extra round's prompts: drawn with its own seed, minus any prompt of the first round
+    (compared as JSON, so chat histories count too) and any sharing an 8-gram with evaluation."""
+    x, base = cfg.extra, read_json(work / "prompts.json")
+    seen = {json.dumps(p) for _, p in base["math"] + base["chat"]}
+    math = [("math", p) for p in word_problems(x.n_math_templates, x.seed)] if x.n_math_templates else []
+    math += [("math", p) for p in math_prompts(x.n_math_gym, x.seed)] if x.n_math_gym else []
+    chat = [("chat", p) for p in chat_turns(cfg.n_chat + x.n_chat, x.seed)] if x.n_chat else []
+    math = [(d, p) for d, p in math if json.dumps(p) not in seen]
+    chat = [(d, p) for d, p in chat if json.dumps(p) not in seen][: x.n_chat]
+    evals = read_json(work / "eval_prompts.json")
     kept_math, kept_chat = drop_overlapping(math, evals), drop_overlapping(chat, evals)
-    write_json(work / "eval_prompts.json", evals)
-    write_json(work / "prompts.json", {"math": kept_math, "chat": kept_chat, "write": requests,
-                                        "dropped": {"math": len(math) - len(kept_math), "chat": len(chat) - len(kept_chat)}})
+    write_json(work / "prompts-extra.json", {"math": kept_math, "chat": kept_chat,
+                                              "dropped": {"math": len(math) - len(kept_math), "chat": len(chat) - len(kept_chat)}})
 
 
 # --- stage: written (the target writes word problems) -------------------------------------------
@@ -125,30 +155,46 @@ def stage_regenerate(cfg: SuiteConfig, work: Path, target, tokenizer) -> dict[st
     split: dict[str, list[dict]] = {}
     for domain in ("math", "chat"):
         items = [tuple(p) for p in prompts[domain]] + (written if domain == "math" else [])
-        folder = work / "corpus" / domain
-        t0 = time.time()
-        regenerate_corpus(target, tokenizer, items, folder, cfg.regen_batch_size, cfg.max_new_tokens,
-                          seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens, desc=f"target answers {domain}")
-        timing = folder / "timing.json"
-        everything = load_corpus(folder)
-        if not timing.exists():  # measured on the run that generated the whole corpus
-            new = sum(len(r["input_ids"]) - r["prompt_len"] for r in everything)
-            write_json(timing, {"seconds": round(time.time() - t0, 1), "new_tokens": new,
-                                "tokens_per_s": round(new / max(time.time() - t0, 1e-9)),
-                                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"})
-        records = [r for r in everything if len(r["input_ids"]) > r["prompt_len"] + 2]
+        records = regenerate_timed(cfg, target, tokenizer, items, work / "corpus" / domain, f"target answers {domain}")
         random.Random(cfg.seed).shuffle(records)
         split[f"{domain}_heldout"] = records[: cfg.heldout_per_domain]
-        split[f"{domain}_train"] = records[cfg.heldout_per_domain :]
+        split[f"{domain}_train"] = records[cfg.heldout_per_domain :] + regenerate_extra(cfg, work, target, tokenizer, domain)
     evals = read_json(work / "eval_prompts.json")
     report = {name: overlap_report([prompt_text(r["prompt"]) for r in recs], evals)
               for name, recs in split.items() if name.endswith("_train")}
     report["dropped_before_generation"] = prompts["dropped"]
-    report["regeneration"] = {d: read_json(work / "corpus" / d / "timing.json") for d in ("math", "chat")}
+    report["regeneration"] = {d: read_json(timing) for d in ("math", "chat", "math-extra", "chat-extra")
+                              if (timing := work / "corpus" / d / "timing.json").exists()}
+    if (work / "prompts-extra.json").exists():
+        report["dropped_before_generation_extra"] = read_json(work / "prompts-extra.json")["dropped"]
     if (work / "written.json").exists():
         report["written_problems"] = read_json(work / "written.json")
     write_json(work / "data_report.json", report)
     return split
+
+
+def regenerate_timed(cfg: SuiteConfig, target, tokenizer, items: list[tuple], folder: Path, desc: str) -> list[dict]:
+    """Regenerate (resumably) into `folder`; the first run that makes the whole corpus records its
+    tokens/s in timing.json. Returns the records with a non-trivial answer."""
+    t0 = time.time()
+    regenerate_corpus(target, tokenizer, items, folder, cfg.regen_batch_size, cfg.max_new_tokens,
+                      seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens, desc=desc)
+    timing = folder / "timing.json"
+    everything = load_corpus(folder)
+    if not timing.exists():
+        new = sum(len(r["input_ids"]) - r["prompt_len"] for r in everything)
+        write_json(timing, {"seconds": round(time.time() - t0, 1), "new_tokens": new,
+                            "tokens_per_s": round(new / max(time.time() - t0, 1e-9)),
+                            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"})
+    return [r for r in everything if len(r["input_ids"]) > r["prompt_len"] + 2]
+
+
+def regenerate_extra(cfg: SuiteConfig, work: Path, target, tokenizer, domain: str) -> list[dict]:
+    path = work / "prompts-extra.json"
+    if not cfg.extra or not path.exists() or not read_json(path)[domain]:
+        return []
+    items = [tuple(p) for p in read_json(path)[domain]]
+    return regenerate_timed(cfg, target, tokenizer, items, work / "corpus" / f"{domain}-extra", f"target answers {domain} (extra)")
 
 
 def mixed_train(split: dict[str, list[dict]], seed: int) -> list[dict]:

@@ -152,3 +152,38 @@ def test_suite_cli_rejects_bad_input(tmp_path, capsys):
     assert suite_main(["--config", str(cfg), "--stages", "ablate", "--set", "target=no-such-model",
                        "--set", f"work_dir=\"{tmp_path}\""]) == 2
     assert "no-such-model" in capsys.readouterr().err
+
+
+def test_suite_extra_round_joins_training_only(tmp_path):
+    work = _suite_work(tmp_path)
+    extra_math = [["math", p] for p in word_problems(6, seed=7)]
+    (work / "prompts-extra.json").write_text(json.dumps({"math": extra_math, "chat": [], "dropped": {"math": 0, "chat": 0}}))
+    cfg = _suite_config(tmp_path, work, final_domains=["math"], ablations={"kl": {}},
+                        extra={"seed": 7, "n_math_templates": 6})
+    from drafters.suite import stage_regenerate, load_suite_target
+
+    target, tok = load_suite_target(cfg, "cpu")
+    split = stage_regenerate(cfg, work, target, tok)
+    base = stage_regenerate(cfg.model_copy(update={"extra": None}), work, target, tok)
+    extra_prompts = {json.dumps(p) for _, p in extra_math}
+    assert split["math_heldout"] == base["math_heldout"]  # held-out sets come from the first round only
+    assert len(split["math_train"]) > len(base["math_train"])
+    assert all(json.dumps(r["prompt"]) in extra_prompts for r in split["math_train"][len(base["math_train"]):])
+    report = json.loads((work / "data_report.json").read_text())
+    assert report["regeneration"]["math-extra"]["new_tokens"] > 0
+
+
+def test_extra_prompts_are_disjoint_from_the_first_round(tmp_path, monkeypatch):
+    import drafters.suite as suite
+
+    work = tmp_path / "w"
+    work.mkdir()
+    first = word_problems(5, seed=0)
+    (work / "prompts.json").write_text(json.dumps({"math": [["math", p] for p in first], "chat": [], "write": []}))
+    (work / "eval_prompts.json").write_text(json.dumps({"gsm8k": ["an unrelated evaluation question"]}))
+    # the extra draw repeats two first-round problems: they must not come back
+    monkeypatch.setattr(suite, "word_problems", lambda n, seed: first[:2] + word_problems(n, seed=seed)[: n - 2])
+    cfg = SuiteConfig(work_dir=str(work), extra={"seed": 3, "n_math_templates": 6}, n_chat=1)
+    suite.stage_extra_prompts(cfg, work)
+    got = json.loads((work / "prompts-extra.json").read_text())
+    assert len(got["math"]) == 4 and not {p for _, p in got["math"]} & set(first)
