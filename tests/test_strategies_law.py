@@ -155,3 +155,11 @@ def test_every_strategy_is_lossless_with_sampled_trees_hypothesis(data, case_ind
     logits, sampling = data.draw(targets(vocab, k, depth))
     case = composed_case(name, kwargs, tree_options, turn_start, vocab, k, depth, shapes, logits, sampling)
     assert_lossless(check_law(verify_batch, case))
+
+
+def test_every_registered_strategy_has_a_law_case():
+    """A newly registered strategy must join the cases above (autoregressive verifies the root
+    alone: every emitted token is a plain draw from the target)."""
+    from compose.registry import STRATEGIES
+
+    assert set(STRATEGIES) - {"autoregressive"} <= {case[0] for case in STRATEGY_CASES}
