@@ -169,7 +169,7 @@ class Online(_Composing):
     it must first unlearn."""
 
     name = "online"
-    options = ("eta", "probe_every", "probe_tree", "prior", "carry")
+    options = ("eta", "probe_every", "probe_tree", "prior", "carry", "confident")
     CARRIED = "online_log_weights"  # strategy-cache key
 
     @classmethod
@@ -199,14 +199,22 @@ class Online(_Composing):
 
     def __init__(self, drafters, eta: float = 1.0, probe_every: int = 4, probe_tree: str = "merged",
                  prior: Mapping[str, float] | None = None, domain_router: DomainRouter | None = None,
-                 carry: float = 0.5):
+                 carry: float = 0.5, confident: float = 0.95):
         super().__init__(drafters)
         if probe_tree not in ("leader", "merged"):
             raise ValueError(f"probe_tree must be 'leader' or 'merged', got {probe_tree!r}")
         self.probe_tree = probe_tree
-        self.router = OnlineRouter(list(self.drafters), eta=eta, probe_every=probe_every, prior=prior)
+        self.router = OnlineRouter(list(self.drafters), eta=eta, probe_every=probe_every, prior=prior,
+                                   confident=confident)
         self.domain_router, self.carry = domain_router, carry
         self.carried: dict = {}
+        # probe rounds draft feature drafters of one architecture in lockstep (one batched forward
+        # per level); the leader drafts alone. Both runners keep up with the accepted tokens.
+        self.probe_units = draft_units(self.drafters, lockstep=True)
+
+    def active_drafters(self) -> list:
+        runners = [u.runner for u in self.units + self.probe_units]
+        return list({id(r): r for r in runners}.values())
 
     @property
     def target_layers(self) -> list[int]:
@@ -228,10 +236,12 @@ class Online(_Composing):
         if not self.router.probing():
             draft = self.draft_all([leader], root, tree, sampling, generator)
             return Proposal(draft[leader], leader, draft)
-        trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
+        names = list(self.drafters)
+        trees = draft_with(self.probe_units, names, root, tree, sampling, generator)
+        groups = [u.names for u in self.probe_units]
         if self.probe_tree == "merged":
-            return Proposal(merge_trees(list(trees.values()), mode="sum"), None, trees)
-        return Proposal(trees[leader], leader, trees)
+            return Proposal(merge_trees(list(trees.values()), mode="sum"), None, trees, groups)
+        return Proposal(trees[leader], leader, trees, groups)
 
     def observe(self, feedback: StepFeedback) -> None:
         super().observe(feedback)

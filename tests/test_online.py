@@ -170,3 +170,35 @@ def test_a_domain_prior_needs_a_domain_router_over_the_drafters():
     with pytest.raises(ValueError, match="not loaded"):
         Composer(TARGET, drafters=pool(), domain_router=fitted_router()).generate([1, 2], strategy="online",
                                                                                  prior="domain")
+
+
+def test_probe_rounds_draft_feature_drafters_in_lockstep_and_agree_with_them_alone(monkeypatch):
+    """Feature drafters of one architecture draft probe rounds together (one lockstep call) and
+    the leader alone otherwise; both runners follow the accepted tokens, so a probe round's trees
+    equal what each drafter drafts alone at that point, and the output stays greedy-lossless."""
+    import compose.composing as composing
+    from drafter_fixtures import tiny_drafter_model, tiny_target
+    from drafters import FeatureDrafter
+
+    target = tiny_target(layers=3, seed=2)
+    drafters = {f"f{i}": FeatureDrafter(tiny_drafter_model(target, seed=30 + i), name=f"f{i}") for i in range(2)}
+    compared = []
+    original = composing.draft_with
+
+    def checked(units, names, root, tree, sampling, generator):
+        trees = original(units, names, root, tree, sampling, generator)
+        if len(names) > 1:
+            alone = {n: d.propose(root, tree, sampling, generator) for n, d in drafters.items()}
+            compared.extend(torch.equal(trees[n].tokens, alone[n].tokens) and torch.equal(trees[n].parents, alone[n].parents)
+                            for n in names)
+        return trees
+
+    monkeypatch.setattr(composing, "draft_with", checked)
+    prompt = [5, 9, 2, 7]
+    result = Composer(target, drafters=drafters).generate(prompt, strategy="online", probe_every=2, max_new_tokens=24,
+                                                          tree=dict(depth=3, top_k=2, budget=5))
+    plain = target.generate(torch.tensor([prompt]), max_new_tokens=24, min_new_tokens=24, do_sample=False)
+    assert result.token_ids == plain[0, len(prompt):].tolist()
+    groups = [s.draft_groups for s in result.stats.steps]
+    assert [["f0", "f1"]] in groups and any(len(g) == 1 and len(g[0]) == 1 for g in groups)
+    assert len(compared) >= 4 and all(compared)
