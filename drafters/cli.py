@@ -134,12 +134,9 @@ def main(argv: list[str] | None = None, load_target: Callable[[str], tuple] | No
 
 def export_main(argv: list[str] | None = None) -> int:
     """`specmux export CHECKPOINT OUT`: a specmux drafter as a folder vLLM / SGLang serve."""
-    p = argparse.ArgumentParser(
-        prog="specmux export",
-        description="Write a trained drafter in the format vLLM and SGLang serve: the speculators eagle3 folder "
-                    "for eagle3 drafters, vLLM's EAGLE folder for eagle1 ones (see docs/serving.md).")
-    p.add_argument("checkpoint", help="a specmux drafter checkpoint folder")
-    p.add_argument("out", help="output folder (replaced as a unit)")
+    p = folder_command("specmux export", "Write a trained drafter in the format vLLM and SGLang serve: the "
+                       "speculators eagle3 folder for eagle3 drafters, vLLM's EAGLE folder for eagle1 ones "
+                       "(see docs/serving.md).", "checkpoint", "a specmux drafter checkpoint folder")
     p.add_argument("--target", help="built-in name or folder of the target (default: the one it was trained for)")
     p.add_argument("--verifier", help="target name or path recorded for the server (default: the target's folder)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: the checkpoint's)")
@@ -161,12 +158,9 @@ def export_main(argv: list[str] | None = None) -> int:
 
 def import_main(argv: list[str] | None = None) -> int:
     """`specmux import FOLDER OUT --target T`: a speculators eagle3 / vLLM EAGLE drafter as a specmux checkpoint."""
-    p = argparse.ArgumentParser(
-        prog="specmux import",
-        description="Read a speculators eagle3 folder or a vLLM EAGLE (llama) drafter folder and write a specmux "
-                    "drafter checkpoint, validated against the target.")
-    p.add_argument("folder", help="the drafter folder to import")
-    p.add_argument("out", help="specmux checkpoint folder to write (replaced as a unit)")
+    p = folder_command("specmux import", "Read a speculators eagle3 folder or a vLLM EAGLE (llama) drafter folder "
+                       "and write a specmux drafter checkpoint, validated against the target.",
+                       "folder", "the drafter folder to import")
     p.add_argument("--target", default=assets.DEFAULT_TARGET, help="built-in name or folder of the target")
     args = p.parse_args(argv)
 
@@ -175,6 +169,14 @@ def import_main(argv: list[str] | None = None) -> int:
         return save_drafter(import_speculators(args.folder, target, target_name=args.target), args.out, target=target)
 
     return report_folder(p.prog, convert)
+
+
+def folder_command(prog: str, description: str, source: str, source_help: str) -> argparse.ArgumentParser:
+    """A parser for `prog SOURCE OUT ...` (OUT: a folder replaced as a unit)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument(source, help=source_help)
+    p.add_argument("out", help="output folder (replaced as a unit)")
+    return p
 
 
 def report_folder(prog: str, write: Callable[[], Path]) -> int:
