@@ -26,7 +26,7 @@ from .target import TargetModel, select_features
 FORWARD_SIZES = (1, 2, 4, 8, 16, 32, 64)
 FRONTIER_SIZES = (1, 2, 4, 8)
 CONTEXT = 256
-PROFILE_FORMAT = 1
+PROFILE_FORMAT = 2  # 2: linears on packed weights (drafters.packed) changed every cost
 
 
 class CostProfile(BaseModel):

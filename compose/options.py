@@ -15,11 +15,13 @@ class TreeOptions(BaseModel):
     top_k: int = Field(8, ge=1, description="children per expanded node and frontier width")
     budget: int = Field(32, ge=1, description="draft nodes per drafter tree (root excluded)")
     sampled: bool = Field(False, description="draw children from the drafter (rejection-verified) instead of top-k")
+    stop_below: float = Field(0.0, ge=0.0, lt=1.0, description="stop drafting deeper once no path's draft probability reaches this (0 = always depth levels; top-k trees only)")
     merge_budget: Literal["sum", "equal"] = Field("sum", description="merged_tree: keep every drafter's budget, or cut the union to one budget")
     auto: bool = Field(False, description="size each step's tree (depth, top_k, budget) to this machine's costs and the running acceptance; depth/top_k/budget are then ignored")
 
     def spec(self) -> TreeSpec:
-        return TreeSpec(depth=self.depth, top_k=self.top_k, budget=self.budget, sampled=self.sampled)
+        return TreeSpec(depth=self.depth, top_k=self.top_k, budget=self.budget, sampled=self.sampled,
+                        stop_below=self.stop_below)
 
 
 class GenerateOptions(BaseModel):

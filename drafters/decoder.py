@@ -14,11 +14,13 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import PreTrainedModel
 
 from trees import attention_mask, within_window
 
 from .kv import KVCache
+from .packed import linear
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -93,25 +95,25 @@ class Decoder:
             windowed = layer_masks.get(self.windows[i])
             layer_mask, layer_causal = (windowed, False) if windowed is not None else (attn_mask, causal)
             h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos, sin, cache, layer_mask, layer_causal)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + _mlp(layer.mlp, layer.post_attention_layernorm(h))
         cache.advance(n)
         h = body.norm(h)
         hidden.update(dict.fromkeys(wanted.get(self.num_layers, ()), h[0]))
         rows = h if logits_rows is None else h[:, logits_rows]
-        return DecoderOutput(logits=self.model.lm_head(rows)[0].float(), hidden_states=hidden)
+        return DecoderOutput(logits=linear(self.model.lm_head, rows)[0].float(), hidden_states=hidden)
 
     def _attention(self, i, attn, x, cos, sin, cache: KVCache, mask, causal: bool) -> torch.Tensor:
         n = x.shape[1]
-        q = attn.q_proj(x).view(1, n, self.n_heads, self.head_dim)
-        k = attn.k_proj(x).view(1, n, self.n_kv, self.head_dim)
-        v = attn.v_proj(x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+        q = linear(attn.q_proj, x).view(1, n, self.n_heads, self.head_dim)
+        k = linear(attn.k_proj, x).view(1, n, self.n_kv, self.head_dim)
+        v = linear(attn.v_proj, x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
         if hasattr(attn, "q_norm"):  # qwen3: RMSNorm over each head
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
         keys, values = cache.write(i, k, v)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal,
                                            scale=self.scale, enable_gqa=self.n_heads != self.n_kv)
-        return attn.o_proj(y.transpose(1, 2).reshape(1, n, -1))
+        return linear(attn.o_proj, y.transpose(1, 2).reshape(1, n, -1))
 
     def _window_masks(self, mask, causal: bool, query_positions, key_positions) -> dict[int, torch.Tensor]:
         """Sliding-window layers' masks, by window, where some key lies beyond a window (else the
@@ -127,6 +129,14 @@ class Decoder:
             allowed = torch.ones(n, n, dtype=torch.bool, device=self.device)
             mask = attention_mask(allowed.tril() if causal else allowed, k - n, self.dtype)[None, None]
         return {w: within_window(mask[0, 0], query_positions, key_positions, w)[None, None] for w in windows}
+
+
+def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The gated MLP of the Llama family (down(act(gate(x)) * up(x))) on packed linears; any
+    other MLP module (e.g. an adapted one) runs its own forward."""
+    if not all(hasattr(mlp, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+        return mlp(x)
+    return linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

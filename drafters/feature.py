@@ -8,7 +8,7 @@ entry (root, f_last) in one forward, then the tree build feeds each expanded fro
 KV is dropped (the cache is cut back to the committed length), so the cache only ever holds
 entries built from the target's own features.
 
-A group stacks its members' weights (each linear a batched matmul over the members) and runs one
+A group stacks its members' weights (each linear applies each member's weights to its rows) and runs one
 forward per tree level for all of them, the members as the batch; a head they share (the
 target's frozen head) runs once over the stacked frontiers. Members see the same committed
 tokens and target features, so the committed part of the cache has one length for all;
@@ -29,6 +29,7 @@ from .base import Drafter
 from .heads import TargetHead, TruncatedHead
 from .kv import KVCache
 from .model import FeatureDrafterModel, RMSNorm
+from .packed import linear
 
 
 class _FeatureDrafting:
@@ -193,8 +194,8 @@ class FeatureDrafter(_FeatureDrafting, Drafter):
 
 
 class FeatureDrafterGroup(_FeatureDrafting):
-    """Feature drafters of one architecture drafting in lockstep: one model whose linear and norm
-    weights are the members' stacked (each linear a batched matmul over the members), run with
+    """Feature drafters of one architecture drafting in lockstep: one model whose linears apply
+    each member's own weights to its row of the batch and whose norm weights are stacked, run with
     the members as the batch, so a tree level is one forward for all of them and a head they
     share (the target's frozen head) is one matmul over every member's frontier. The weights are
     copied when the group is made (later changes to the members are not seen)."""
@@ -210,19 +211,21 @@ class FeatureDrafterGroup(_FeatureDrafting):
 
 
 class StackedLinear(nn.Module):
-    """Several Linears of one shape applied member by member: x [m, T, in] -> [m, T, out]."""
+    """Several Linears of one shape applied member by member: x [m, T, in] -> [m, T, out]. One
+    linear per member on its packed weight (drafters.packed) beats one batched matmul over the
+    stacked weights (which repacks them every call) by 1.5-2x on the CPU."""
 
     def __init__(self, linears: Sequence[nn.Linear]):
         super().__init__()
-        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in linears]).transpose(1, 2).contiguous(),
-                                   requires_grad=False)  # [m, in, out]
-        bias = [l.bias for l in linears]
-        self.bias = None if bias[0] is None else nn.Parameter(torch.stack([b.detach() for b in bias])[:, None],
-                                                              requires_grad=False)
+        self.members = nn.ModuleList(copy.deepcopy(list(linears)))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The first member's weight (its dtype and device are everyone's)."""
+        return self.members[0].weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.bmm(x, self.weight)
-        return y if self.bias is None else y + self.bias
+        return torch.stack([linear(member, row) for member, row in zip(self.members, x)])
 
 
 def stacked_model(models: Sequence[FeatureDrafterModel]) -> FeatureDrafterModel:
@@ -239,8 +242,9 @@ def stacked_model(models: Sequence[FeatureDrafterModel]) -> FeatureDrafterModel:
             setattr(stacked.get_submodule(parent), leaf, StackedLinear(members))
         elif isinstance(module, RMSNorm):
             module.weight = nn.Parameter(torch.stack([m.weight.detach() for m in members])[:, None], requires_grad=False)
+    own = [n for n, m in stacked.named_modules() if isinstance(m, (StackedLinear, RMSNorm, TruncatedHead))]
     for name, module in stacked.named_modules():
-        if isinstance(module, (StackedLinear, RMSNorm, TruncatedHead)):
+        if any(name == n or name.startswith(n + ".") for n in own):  # per-member weights by design
             continue
         for leaf, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
             others = [getattr(m.get_submodule(name), leaf) for m in models[1:]]

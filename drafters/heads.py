@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .packed import linear, matmul
+
 
 class TargetHead(nn.Module):
     def __init__(self, weight: torch.Tensor):
@@ -25,7 +27,7 @@ class TargetHead(nn.Module):
         return int(self.weight.shape[0])
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(h, self.weight)
+        return matmul(h, self.weight)
 
     def to_target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         return logits
@@ -50,7 +52,7 @@ class TruncatedHead(nn.Module):
         return torch.arange(self.d2t.numel(), device=self.d2t.device) + self.d2t
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.proj(h)
+        return linear(self.proj, h)
 
     def to_target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         full = logits.new_full((*logits.shape[:-1], self.t2d.numel()), float("-inf"))
@@ -75,7 +77,7 @@ class LowRankHead(nn.Module):
         self.down.weight.copy_(root[:, None] * vh[:rank])
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(h))
+        return linear(self.up, linear(self.down, h))
 
     def to_target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
         return logits

@@ -19,6 +19,7 @@ from torch import nn
 from .config import DrafterConfig
 from .heads import LowRankHead, TargetHead, TruncatedHead
 from .kv import KVCache
+from .packed import linear
 from .repspec import apply_repspec, merge_repspec
 
 
@@ -84,9 +85,9 @@ class Attention(nn.Module):
         [B, n_kv, S-T, hd] (training), or a KVCache (inference: this call's entries are written
         in place at its length). Returns the output and this call's (k, v) (RoPE applied)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q = linear(self.q_proj, x).view(B, T, self.n_head, self.hd).transpose(1, 2)
+        k = linear(self.k_proj, x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = linear(self.v_proj, x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if past is None:
             keys, values = k, v
@@ -98,7 +99,7 @@ class Attention(nn.Module):
         if torch.is_grad_enabled() and rep > 1:  # training: the GQA path's backward is not on every device
             keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=keys.shape[1] != self.n_head)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1)), (k, v)
+        return linear(self.o_proj, y.transpose(1, 2).reshape(B, T, -1)), (k, v)
 
 
 class MLP(nn.Module):
@@ -109,7 +110,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return linear(self.down_proj, F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x))
 
 
 class DecoderLayer(nn.Module):
@@ -172,8 +173,8 @@ class FeatureDrafterModel(nn.Module):
         emb = F.embedding(input_ids, self.embed_weight).to(self.dtype)
         features = features.to(self.dtype)
         if self.config.style == "eagle1":
-            return self.fc(torch.cat([emb, features], dim=-1)), None
-        return (self.fc(features) if from_target else features), emb
+            return linear(self.fc, torch.cat([emb, features], dim=-1)), None
+        return (linear(self.fc, features) if from_target else features), emb
 
     def forward(self, input_ids, features, from_target: bool, positions, mask, past=None):
         """input_ids [B, T]; features [B, T, feature_size] (target) or [B, T, d] (own outputs);

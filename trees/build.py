@@ -135,8 +135,8 @@ def dense_logits(out: torch.Tensor | SparseLogits) -> torch.Tensor:
 class DynamicBuild:
     """EAGLE-2, one level per `expand`: expand the frontier's top-k children, keep the best k of
     the k^2 candidates by cumulative log q (temperature 1) as the next frontier; after `depth`
-    levels keep the best `budget` nodes overall (ancestor-closed, checked). `frontier` is None
-    once the build is done."""
+    levels (or earlier, once the best path probability is below `spec.stop_below`) keep the best
+    `budget` nodes overall (ancestor-closed, checked). `frontier` is None once the build is done."""
 
     def __init__(self, root_token: int, spec: TreeSpec, drafter_name: str = "draft"):
         self.grow, self.spec, self.level = GrowingTree(root_token, drafter_name), spec, 0
@@ -159,6 +159,9 @@ class DynamicBuild:
             self.frontier = None
             return
         best = torch.sort(grow.scores[new], descending=True, stable=True).indices[:k]
+        if math.exp(float(grow.scores[new[best[0]]])) < self.spec.stop_below:
+            self.frontier = None  # no path is likely enough to be worth another level
+            return
         self.frontier = new[best.sort().values]
 
     def tree(self) -> DraftTree:

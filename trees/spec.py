@@ -30,15 +30,22 @@ class SamplingSpec:
 class TreeSpec:
     """Shape of one drafter's tree. `budget` counts draft nodes, the root excluded, so the
     verifier sees budget + 1 tokens. `sampled` draws children without replacement from the
-    drafter's processed distribution (verified by rejection sampling) instead of taking top-k."""
+    drafter's processed distribution (verified by rejection sampling) instead of taking top-k.
+    `stop_below`: a top-k build stops before `depth` once no frontier node's path probability
+    (exp of its score) reaches it, so a drafter stops drafting where it stops being sure (0:
+    always `depth` levels). Sampled builds ignore it: a stop that looked at drawn values would
+    bias rejection sampling."""
 
     depth: int = 5
     top_k: int = 8
     budget: int = 32
     sampled: bool = False
+    stop_below: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("depth", "top_k", "budget"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"tree {name} must be an integer >= 1, got {v!r}")
+        if not 0.0 <= self.stop_below < 1.0:
+            raise ValueError(f"tree stop_below must be in [0, 1), got {self.stop_below!r}")

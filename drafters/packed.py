@@ -1,0 +1,75 @@
+"""Linear layers on prepacked weights at inference on the CPU (docs/design.md "The cost of a
+step").
+
+torch's `F.linear` hands float32 matmuls with a few rows (a draft tree's nodes, a drafter's
+frontier) to a GEMM that repacks the whole weight on every call: on this project's 2-core AMD
+machine a 4-row float32 matmul over weights read from memory costs 1.7-2x a 1-row one, and a
+bfloat16 linear reorders its weight on every call (half the speed it could have). oneDNN's
+linear on a weight reordered once for it (`torch.ops.mkldnn._reorder_linear_weight`, what
+torch.compile's CPU backend uses) reads the weight once per call at any row count: 4 rows cost
+0.8x of F.linear's 1 row, 16 rows about half of F.linear's 16. Its output row i depends on
+input row i alone (bitwise, whatever the row count), so a verify forward's row for a node is
+the very number a one-token forward gives.
+
+`linear(module, x)` is what the decoder and the feature drafters call. It takes the packed
+path for a plain `nn.Linear` on the CPU when gradients are off and the dtypes match, and the
+module's own forward otherwise (training, CUDA, a wrapper such as an adapted head, a torch
+without the oneDNN ops). Packed weights are made on first use and shared by every caller of the
+same weight tensor (the target and an early-exit drafter over its layers); they cost one more
+copy of the weights in memory, and are remade when the weight is changed in place.
+"""
+from __future__ import annotations
+
+import os
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BATCH_HINT = 8  # the row count the layout is tuned for; 1..64 rows all run well on it
+_PACKED: dict[int, tuple[weakref.ref, int, torch.Tensor | None]] = {}
+
+
+def enabled() -> bool:
+    """Packed linears are on unless $SPECMUX_PREPACK is 0 (e.g. to save the extra copy)."""
+    return os.environ.get("SPECMUX_PREPACK", "1") != "0" and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)`, on the packed weight where that is possible (a plain nn.Linear)."""
+    if type(module) is not nn.Linear:
+        return module(x)
+    return matmul(x, module.weight, module.bias)
+
+
+def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, weight, bias), on the packed weight where that is possible."""
+    if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != weight.dtype or not enabled():
+        return F.linear(x, weight, bias)
+    packed = _packed(weight)
+    if packed is None:
+        return F.linear(x, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+def _packed(weight: torch.Tensor) -> torch.Tensor | None:
+    key, version = id(weight), _version(weight)
+    hit = _PACKED.get(key)
+    if hit is not None and hit[0]() is weight and hit[1] == version:
+        return hit[2]
+    try:
+        with torch.inference_mode():
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), BATCH_HINT)
+    except (RuntimeError, NotImplementedError):  # a dtype or build oneDNN cannot pack: plain F.linear
+        packed = None
+    _PACKED[key] = (weakref.ref(weight, lambda _, k=key: _PACKED.pop(k, None)), version, packed)
+    return packed
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor has no version counter (it cannot change outside inference mode)
+        return -1
+

@@ -1,0 +1,78 @@
+"""Linears on prepacked weights (drafters/packed.py): the same function as nn.Linear, rows
+independent of the row count, repacked after an in-place change, never used where gradients flow."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from drafters.packed import _PACKED, enabled, linear, matmul
+
+pytestmark = pytest.mark.skipif(not enabled(), reason="this torch has no oneDNN packed linear")
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_packed_linear_equals_nn_linear(dtype, tol):
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 96, bias=True).to(dtype)
+    x = torch.randn(1, 7, 64, dtype=dtype)
+    with torch.inference_mode():
+        got = linear(layer, x)
+        want = F.linear(x, layer.weight, layer.bias)
+    assert id(layer.weight) in _PACKED and _PACKED[id(layer.weight)][2] is not None  # the packed path ran
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
+
+
+def test_a_row_does_not_depend_on_the_row_count():
+    """A verify forward's row for a node is what a one-token forward computes for it."""
+    torch.manual_seed(1)
+    weight = torch.randn(80, 48)
+    x = torch.randn(1, 9, 48)
+    with torch.inference_mode():
+        together = matmul(x, weight)
+        alone = torch.cat([matmul(x[:, i : i + 1], weight) for i in range(9)], dim=1)
+    torch.testing.assert_close(together, alone, rtol=1e-6, atol=1e-6)
+
+
+def test_in_place_change_repacks():
+    layer = nn.Linear(16, 8, bias=False)
+    x = torch.randn(3, 16)
+    with torch.inference_mode():
+        before = linear(layer, x)
+    with torch.no_grad():
+        layer.weight.mul_(2.0)
+    with torch.inference_mode():
+        after = linear(layer, x)
+    torch.testing.assert_close(after, 2 * before, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_take_the_plain_path():
+    layer = nn.Linear(16, 8)
+    x = torch.randn(2, 16, requires_grad=True)
+    y = linear(layer, x)
+    assert y.grad_fn is not None
+    y.sum().backward()
+    assert x.grad is not None and layer.weight.grad is not None
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("SPECMUX_PREPACK", "0")
+    layer = nn.Linear(16, 8)
+    _PACKED.pop(id(layer.weight), None)
+    with torch.inference_mode():
+        linear(layer, torch.randn(2, 16))
+    assert id(layer.weight) not in _PACKED
+
+
+def test_a_wrapper_runs_its_own_forward():
+    class Doubled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return 2 * self.inner(x)
+
+    module = Doubled()
+    x = torch.randn(2, 4)
+    with torch.inference_mode():
+        torch.testing.assert_close(linear(module, x), 2 * F.linear(x, module.inner.weight, module.inner.bias))
