@@ -169,9 +169,9 @@ def section_qwen(prompts: dict, n: int) -> None:
     print("|---|---:|---:|")
     for label, secs in totals.items():
         print(f"| {label} | {secs:.1f} | {totals['transformers assisted'] / secs:.2f}x |")
-    best = min(totals["ours single, tree auto"], totals["ours single, chain depth 4"])
-    goal("Qwen pair: our single / transformers assisted", f"{totals['transformers assisted'] / best:.2f}x", ">= 1.2x",
-         totals["transformers assisted"] / best >= 1.2)
+    ours = totals["ours single, tree auto"]  # the default tree, not the best of several
+    goal("Qwen pair: our single (tree auto) / transformers assisted", f"{totals['transformers assisted'] / ours:.2f}x",
+         ">= 1.2x", totals["transformers assisted"] / ours >= 1.2)
 
 
 # --- threads ---------------------------------------------------------------------------------------

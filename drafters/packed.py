@@ -32,7 +32,8 @@ _PACKED: dict[int, tuple[weakref.ref, int, torch.Tensor | None]] = {}
 
 
 def enabled() -> bool:
-    """Packed linears are on unless $SPECMUX_PREPACK is 0 (e.g. to save the extra copy)."""
+    """Packed linears are on unless $SPECMUX_PREPACK is 0 (e.g. to save the extra copy); read when
+    a weight is first packed."""
     return os.environ.get("SPECMUX_PREPACK", "1") != "0" and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
@@ -45,7 +46,7 @@ def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias), on the packed weight where that is possible."""
-    if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != weight.dtype or not enabled():
+    if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != weight.dtype:
         return F.linear(x, weight, bias)
     packed = _packed(weight)
     if packed is None:
@@ -58,11 +59,13 @@ def _packed(weight: torch.Tensor) -> torch.Tensor | None:
     hit = _PACKED.get(key)
     if hit is not None and hit[0]() is weight and hit[1] == version:
         return hit[2]
-    try:
-        with torch.inference_mode():
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), BATCH_HINT)
-    except (RuntimeError, NotImplementedError):  # a dtype or build oneDNN cannot pack: plain F.linear
-        packed = None
+    packed = None
+    if enabled():
+        try:
+            with torch.inference_mode():
+                packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), BATCH_HINT)
+        except (RuntimeError, NotImplementedError):  # a dtype or build oneDNN cannot pack: plain F.linear
+            packed = None
     _PACKED[key] = (weakref.ref(weight, lambda _, k=key: _PACKED.pop(k, None)), version, packed)
     return packed
 

@@ -60,7 +60,7 @@ def test_switched_off_by_the_environment(monkeypatch):
     _PACKED.pop(id(layer.weight), None)
     with torch.inference_mode():
         linear(layer, torch.randn(2, 16))
-    assert id(layer.weight) not in _PACKED
+    assert _PACKED[id(layer.weight)][2] is None  # remembered as not packed: plain F.linear
 
 
 def test_a_wrapper_runs_its_own_forward():
