@@ -8,11 +8,10 @@
   prod(p[rank] along the path) and sum the kept nodes' values.
 - Cost: the machine's cost profile (compose/costs.py: target forward for n nodes, one draft
   level), scaled online by the ratio of observed to predicted times (load changes).
-- Early stop: the chosen top-k tree stops drafting deeper once its best path's draft
-  probability falls below what one more level must deliver to pay for itself (level time x the
-  chosen rate: another level adds about that path's probability in accepted tokens), so deep
-  trees cost little where the drafter is unsure (transformers' assisted generation stops its
-  chain on a confidence threshold for the same reason).
+- No early stop (TreeSpec.stop_below): a drafter's raw path probability is no acceptance
+  estimate. With the Qwen2.5-Coder 0.5B drafter, greedy acceptance was 0.95 per token where the
+  drafter's own top probability was often 0.5-0.9, and stopping at the cost-derived threshold
+  cut τ from 4.8 (a fixed depth-4 chain) to 2.9.
 - Choice: the (depth, top-k, budget) of the grid with the most expected tokens per second, or no
   drafting at all (root only) when plain decoding is faster; then every `explore_every`-th step
   still drafts the best tree so the acceptance estimate keeps learning (the gap doubles, up to
@@ -23,7 +22,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +39,6 @@ PRIOR = (0.55, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)
 PRIOR_WEIGHT = 8.0
 DECAY = 0.995  # per observed node: the estimate follows drift over a few hundred steps
 MAX_EXPLORE_GAP = 64  # plain steps between two drafted ones, at most, while drafting keeps losing
-MAX_STOP = 0.5  # the early-stop threshold never asks more of a path than this probability
 
 
 class PositionalAcceptance:
@@ -153,10 +150,6 @@ class AutoTree:
                     rate = 1e3 * (1.0 + float(accepted[self.width * budget - 1])) / self.step_ms(depth, top_k, budget)
                     if rate > best.tokens_per_s:
                         best = TreeChoice(TreeSpec(depth=depth, top_k=top_k, budget=budget, sampled=self.sampled), rate)
-        if not self.sampled:  # stop a level early where its expected gain is below its cost
-            level_ms = self.draft_scale * self.width * self.costs.level(best.spec.top_k)
-            stop = min(MAX_STOP, level_ms * best.tokens_per_s / 1e3)
-            best = TreeChoice(dataclasses.replace(best.spec, stop_below=stop), best.tokens_per_s)
         return (best if best.tokens_per_s * self.reality > plain.tokens_per_s else plain), best
 
     # --- learning -----------------------------------------------------------------------------------
