@@ -228,8 +228,8 @@ def test_stop_below_ends_the_build_where_no_path_is_likely_enough():
     probability 4^-d, so stop_below=0.05 stops after the level that made depth-3 nodes (1/64),
     whatever `depth` allows; 0 drafts every level; a sampled build never stops early."""
     uniform = lambda tree, frontier: torch.zeros(frontier.numel(), 4)  # noqa: E731
-    full = build_tree(0, uniform, TreeSpec(depth=6, top_k=2, budget=12))
-    stopped = build_tree(0, uniform, TreeSpec(depth=6, top_k=2, budget=12, stop_below=0.05))
+    full = build_tree(0, uniform, TreeSpec(depth=6, top_k=2, budget=64))
+    stopped = build_tree(0, uniform, TreeSpec(depth=6, top_k=2, budget=64, stop_below=0.05))
     assert int(full.depths.max()) == 6 and int(stopped.depths.max()) == 3
     sampled = [build_tree(0, uniform, TreeSpec(depth=6, top_k=2, budget=12, sampled=True, stop_below=stop),
                           SamplingSpec(temperature=1.0), torch.Generator().manual_seed(0)) for stop in (0.0, 0.05)]
