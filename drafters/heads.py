@@ -11,7 +11,6 @@ Every head maps its own logits to the TARGET vocabulary with `to_target_vocab` (
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .packed import linear, matmul

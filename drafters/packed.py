@@ -13,8 +13,8 @@ the very number a one-token forward gives.
 
 `linear(module, x)` is what the decoder and the feature drafters call. It takes the packed
 path for a plain `nn.Linear` on the CPU when gradients are off and the dtypes match, and the
-module's own forward otherwise (training, CUDA, a wrapper such as an adapted head, a torch
-without the oneDNN ops). Packed weights are made on first use and shared by every caller of the
+module's own forward otherwise (training, CUDA, a wrapper such as an adapted head, a module
+with forward hooks, a torch without the oneDNN ops). Packed weights are made on first use and shared by every caller of the
 same weight tensor (the target and an early-exit drafter over its layers); they cost one more
 copy of the weights in memory, and are remade when the weight is changed in place.
 """
@@ -42,8 +42,9 @@ def enabled() -> bool:
 
 
 def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`module(x)`, on the packed weight where that is possible (a plain nn.Linear)."""
-    if type(module) is not nn.Linear:
+    """`module(x)`, on the packed weight where that is possible (a plain nn.Linear without
+    hooks: a forward hook, e.g. one that inspects or edits the output, runs as it would)."""
+    if type(module) is not nn.Linear or module._forward_hooks or module._forward_pre_hooks or _global_hooks():
         return module(x)
     return matmul(x, module.weight, module.bias)
 
@@ -61,6 +62,12 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         rows = torch.cat([rows, rows.new_zeros(MIN_ROWS - n, rows.shape[1])])
     out = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
     return out[:n].view(*x.shape[:-1], out.shape[-1])
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as torch_module
+
+    return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
 
 
 def _packed(weight: torch.Tensor) -> torch.Tensor | None:

@@ -76,3 +76,12 @@ def test_a_wrapper_runs_its_own_forward():
     x = torch.randn(2, 4)
     with torch.inference_mode():
         torch.testing.assert_close(linear(module, x), 2 * F.linear(x, module.inner.weight, module.inner.bias))
+
+
+def test_a_hooked_linear_runs_its_hooks():
+    layer = nn.Linear(4, 4)
+    handle = layer.register_forward_hook(lambda module, inputs, output: output + 1.0)
+    x = torch.randn(2, 4)
+    with torch.inference_mode():
+        torch.testing.assert_close(linear(layer, x), F.linear(x, layer.weight, layer.bias) + 1.0)
+    handle.remove()
