@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).parent.parent))  # measure the checkout this script is in, not the installed copy
 from bench_costs import transformers_forward_ms, twin  # noqa: E402
 from bench_threads import measure as measure_threads  # noqa: E402
 from prompts import PROMPTS, load_average  # noqa: E402
