@@ -70,8 +70,9 @@ class StreamConfig(BaseModel):
     checkpoint_every: int = Field(10, ge=1, description="prompts between checkpoints")
 
     def measured(self) -> dict:
-        """The settings a resumed run must share with the run it continues."""
-        return self.model_dump(mode="json", exclude={"out", "max_minutes", "checkpoint_every"})
+        """The settings a resumed run must share with the run it continues (threads may change:
+        each piece records its own)."""
+        return self.model_dump(mode="json", exclude={"out", "max_minutes", "checkpoint_every", "threads"})
 
     @model_validator(mode="after")
     def _window_fits(self) -> "StreamConfig":
@@ -212,7 +213,7 @@ def run_stream(config: StreamConfig, progress: bool = True, resume: bool = False
     atomic.write_json(out / "config.json", config.model_dump(mode="json"))
     options = dict(max_new_tokens=config.max_new_tokens, chat=True, tree=config.tree.model_dump())
     first = 1 + max([r["index"] for r in records], default=-1)
-    piece = {"from": first, "load_average_start": os.getloadavg()}
+    piece = {"from": first, "threads": config.threads, "load_average_start": os.getloadavg()}
     started = time.perf_counter()
     frozen_start = config.prompts - config.frozen
     i = first
