@@ -158,7 +158,7 @@ def summarise(config: StreamConfig, records: list[dict], runs: dict) -> dict:
         out[run] = {"window": pooled([r for r in recs if r["index"] in last])}
         if len({r["index"] for r in recs}) == config.prompts:
             out[run] |= {"first": pooled([r for r in recs if r["index"] in first]), "stream": pooled(recs)}
-        if frozen != last:  # the prompts the frozen runs took: a paired comparison
+        if frozen and frozen != last:  # the prompts the frozen runs took: a paired comparison
             out[run]["frozen"] = pooled([r for r in recs if r["index"] in frozen])
     if EARLY_EXIT in out:
         ee_tau = out[EARLY_EXIT]["window"]["tau"]
