@@ -1,5 +1,6 @@
 """The engine's law with this issue's drafting paths: feature drafters drafting in lockstep
-(merged_tree, confidence) with sampled trees, and tree="auto" choosing each step's tree (or none).
+(merged_tree, confidence, online's probe rounds) with sampled trees, and tree="auto" choosing
+each step's tree (or none).
 Same check and stated power as test_engine_law.py, on this file's own seed range (seeds
 0..1199 happen to give confidence p = 3.6e-4, sequential and lockstep alike: a 1-in-3000 draw;
 4800 generations at other seeds give p = 0.31)."""
@@ -32,7 +33,7 @@ def twins() -> dict[str, FeatureDrafter]:
     return {f"f{i}": FeatureDrafter(tiny_drafter_model(SMALL, seed=20 + i), name=f"f{i}") for i in range(2)}
 
 
-@pytest.mark.parametrize("strategy", ["merged_tree", "confidence"])
+@pytest.mark.parametrize("strategy", ["merged_tree", "confidence", "online"])
 def test_lockstep_sampling_law_matches_plain_sampling(strategy):
     composer = Composer(SMALL, drafters=twins())
     steps = composer.generate([3, 1, 2], strategy=strategy, max_new_tokens=2, tree=dict(depth=2, top_k=2, budget=3)).stats.steps
