@@ -83,17 +83,41 @@ class _SignalRouted(_Composing):
 class Confidence(_SignalRouted):
     """Every drafter drafts each step; the most confident tree (calibrated: the highest expected
     gain) is verified; all advance. The choice looks at the drawn values, so a sampled tree is
-    verified by the match rule."""
+    verified by the match rule.
+
+    turn_bias=True (calibrated only): each drafter's expected gain is corrected by its mean
+    residual over this turn's steps (realised gain minus predicted, shrunk toward 0 by `SHRINK`
+    pseudo-steps), so a drafter confident outside its domain is found out within the turn."""
 
     name = "confidence"
     router_type = ConfidenceRouter
     lockstep = True
+    options = ("calibrated", "turn_bias")
+    SHRINK = 2.0
+
+    def __init__(self, drafters, calibration: Calibration | None = None, turn_bias: bool = False):
+        super().__init__(drafters, calibration)
+        self.turn_bias = bool(turn_bias) and calibration is not None
+        self.residual = {n: 0.0 for n in self.drafters}
+        self.scored = 0
 
     def propose(self, root, tree, sampling, generator) -> Proposal:
         trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
-        choice = self.router.choose(trees)
+        if self.turn_bias:
+            scores = self.router.scores(trees)
+            choice = max(scores, key=lambda n: scores[n] + self.residual[n] / (self.scored + self.SHRINK))
+        else:
+            choice = self.router.choose(trees)
         self.routing_log.append(choice)
         return Proposal(match_rule(trees[choice]), choice, trees, self.draft_groups(list(self.drafters)))
+
+    def observe(self, feedback: StepFeedback) -> None:
+        if self.turn_bias and set(feedback.proposed) >= set(self.drafters):
+            predicted = self.router.scores(feedback.proposed)  # before this step updates the fits
+            for name, gain in proposed_gains(feedback).items():
+                self.residual[name] += gain - predicted[name]
+            self.scored += 1
+        super().observe(feedback)
 
 
 class Entropy(_SignalRouted):

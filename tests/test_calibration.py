@@ -106,3 +106,19 @@ def test_composer_starts_from_a_stored_calibration_and_saves_what_it_learnt(tmp_
     assert first.stats.routing[0] == "humble"
     cold = Composer(TARGET, drafters=drafters()).generate([5, 9], strategy="confidence", max_new_tokens=8, tree=tree)
     assert cold.stats.routing[0] == "sharp"
+
+
+def test_turn_bias_finds_out_a_drafter_the_stored_fit_over_rates_within_the_turn():
+    """A calibration that predicts 2 tokens for `sharp` whatever its signal (a fit from another
+    domain) keeps confidence on it all turn; turn_bias corrects each drafter by this turn's
+    residuals and moves to the drafter that gets accepted."""
+    stuck = Calibration({"confidence": {"sharp": LinearFit(a0=2.0, b0=0.0, strength=1e9)}})
+    tree = dict(depth=3, top_k=2, budget=6)
+    plain = Composer(TARGET, drafters=drafters(), calibration=copy.deepcopy(stuck)).generate(
+        [3, 1, 4], strategy="confidence", max_new_tokens=24, tree=tree)
+    assert set(plain.stats.routing) == {"sharp"}
+    biased = Composer(TARGET, drafters=drafters(), calibration=copy.deepcopy(stuck)).generate(
+        [3, 1, 4], strategy="confidence", turn_bias=True, max_new_tokens=24, tree=tree)
+    assert biased.stats.routing[0] == "sharp" and set(biased.stats.routing[4:]) == {"humble"}
+    assert biased.stats.tau > plain.stats.tau
+    assert biased.token_ids == plain.token_ids  # greedy: the choice never changes the output

@@ -30,6 +30,7 @@ STRATEGY_CASES = [
     ("single", dict(drafter="d1"), {}, False),
     ("averaged", {}, {}, False),
     ("confidence", {}, {}, False),
+    ("confidence", dict(turn_bias=True), {}, False),
     ("entropy", {}, {}, True),
     ("entropy", {}, {}, False),
     ("merged_tree", {}, dict(merge_budget="sum"), False),
@@ -115,7 +116,7 @@ def test_the_check_sees_a_routed_tree_that_keeps_its_proposal_rows(monkeypatch):
 def composed_case(name, kwargs, tree_options, turn_start, vocab, k, depth, shapes, target_logits, sampling):
     drafters = table_drafters(vocab, depth, shapes)
     tree = TreeOptions(depth=depth, top_k=2, budget=4, sampled=True).model_copy(update=tree_options)
-    learns = target_logits if name == "online" else None
+    learns = target_logits if name == "online" or kwargs.get("turn_bias") else None
     return strategy_case(vocab, k, depth, target_logits, sampling,
                          lambda: steps_of(name, drafters, tree, sampling, kwargs, turn_start, learns))
 
