@@ -184,9 +184,10 @@ class Online(_Composing):
     Every drafter advances every step (cheap: drafters queue accepted tokens until they draft).
 
     Weights are per turn. A turn starts from `prior` (log-weights) when given; with
-    prior="domain", from the domain router's choice over the prompt (routing.DomainRouter, the
-    Composer's): every other drafter starts `carry` behind it, and the turn's first probe round
-    waits `probe_every` steps, since the leader is already informed; else from the previous turn's
+    prior="domain" (what "auto", the default, picks when the Composer has a domain router over
+    these drafters), from the domain router's choice over the prompt (routing.DomainRouter):
+    every other drafter starts `carry` behind it, and the turn's first probe round waits
+    `probe_every` steps, since the leader is already informed; else ("carry") from the previous turn's
     final log-weights (kept in the Composer's strategy cache) with every gap to its leader capped
     at `carry`: the last leader leads until this turn's first probe round says otherwise, so a
     conversation does not relearn its leader every turn, yet a new domain does not inherit a lead
@@ -197,20 +198,24 @@ class Online(_Composing):
     CARRIED = "online_log_weights"  # strategy-cache key
 
     @classmethod
-    def create(cls, drafters, tree, cache, prior: Mapping[str, float] | str | None = None, carry: float = 0.5,
+    def create(cls, drafters, tree, cache, prior: Mapping[str, float] | str = "auto", carry: float = 0.5,
                **options):
         if not carry >= 0:
             raise ValueError(f"carry must be >= 0 (log-weight units), got {carry}")
-        router = None
+        router = cache.get(Domain.ROUTER)
+        reason = "no domain router is loaded" if router is None else Domain.missing(drafters, router)
+        if prior == "auto":  # measured: the domain prior routes turns better at equal τ (docs/design.md)
+            prior = "carry" if reason is not None else "domain"
         if prior == "domain":
-            router = cache.get(Domain.ROUTER)
-            reason = "no domain router is loaded" if router is None else Domain.missing(drafters, router)
             if reason is not None:
                 raise ValueError(f"online with prior='domain' needs a domain router over its drafters: {reason} "
                                  "(`specmux route` fits one; Composer(domain_router=...))")
+        else:
+            router = None
+        if isinstance(prior, str):
+            if prior not in ("domain", "carry"):
+                raise ValueError(f"prior must be log-weights per drafter, 'auto', 'domain' or 'carry', got {prior!r}")
             prior = None
-        elif isinstance(prior, str):
-            raise ValueError(f"prior must be log-weights per drafter or 'domain', got {prior!r}")
         last = cache.get(cls.CARRIED, {})
         if prior is None and router is None and last and set(last) == set(drafters):
             # at most `carry` tokens' worth of gain behind: the last turn's leader leads, and one

@@ -202,3 +202,19 @@ def test_probe_rounds_draft_feature_drafters_in_lockstep_and_agree_with_them_alo
     groups = [s.draft_groups for s in result.stats.steps]
     assert [["f0", "f1"]] in groups and any(len(g) == 1 and len(g[0]) == 1 for g in groups)
     assert len(compared) >= 4 and all(compared)
+
+
+def test_the_default_prior_is_the_domain_routers_when_one_covers_the_drafters():
+    from test_domain_router import fitted_router
+
+    drafters = {"low": EarlyExitDrafter(TARGET, 1, name="low"),
+                "high": CausalLMDrafter(tiny_model("llama", layers=1, seed=9), VOCAB, name="high")}
+    composer = Composer(TARGET, drafters=drafters, domain_router=fitted_router())
+    tree = dict(depth=3, top_k=2, budget=5)
+    default = composer.generate([80, 91, 75, 88], strategy="online", probe_every=3, max_new_tokens=12, tree=tree)
+    assert [s.drafter for s in default.stats.steps[:3]] == ["high"] * 3  # no probe round at the turn's start
+    carried = composer.generate([80, 91, 75, 88], strategy="online", prior="carry", probe_every=3, max_new_tokens=12,
+                                tree=tree)
+    assert carried.stats.steps[0].drafter is None  # the turn starts with a (merged) probe round
+    assert Composer(TARGET, drafters=pool()).generate([1, 2], strategy="online", max_new_tokens=4,
+                                                      tree=tree).stats.steps[0].drafter is None  # no router: carry
