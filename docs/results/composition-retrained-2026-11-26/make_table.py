@@ -16,7 +16,7 @@ for run in runs:
             name = "merged_tree (sum)"
         rows.setdefault((r["temperature"], name), {})[r["benchmark"]] = (r["tau"], r["speedup"])
 benches = ["gsm8k", "mtbench", "humaneval", "math", "all"]
-order = ["autoregressive", "single:math", "single:chat", "single:mixed", "averaged", "confidence", "entropy", "online",
+order = ["autoregressive", "single:math", "single:chat", "single:mixed", "averaged", "confidence", "entropy", "online", "domain",
          "merged_tree (sum)", "merged_tree (equal)"]
 for T in (0.0, 1.0):
     print(f"\n**T = {T:g}** — τ / speed-up over autoregressive (same run)\n")
