@@ -108,10 +108,8 @@ def stage_prompts(cfg: SuiteConfig, work: Path) -> None:
         math += [("math", p) for p in math_prompts(cfg.n_math_gym, cfg.seed)] if cfg.n_math_gym else []
         chat = [("chat", p) for p in chat_turns(cfg.n_chat, cfg.seed)]
         requests = [("write", p) for p in writing_requests(cfg.n_math_requests, cfg.seed)]
-        kept_math, kept_chat = drop_overlapping(math, evals), drop_overlapping(chat, evals)
         write_json(work / "eval_prompts.json", evals)
-        write_json(work / "prompts.json", {"math": kept_math, "chat": kept_chat, "write": requests,
-                                            "dropped": {"math": len(math) - len(kept_math), "chat": len(chat) - len(kept_chat)}})
+        write_json(work / "prompts.json", {**without_eval_overlap(math, chat, evals), "write": requests})
     if cfg.extra and not (work / "prompts-extra.json").exists():
         stage_extra_prompts(cfg, work)
 
@@ -126,10 +124,13 @@ def stage_extra_prompts(cfg: SuiteConfig, work: Path) -> None:
     chat = [("chat", p) for p in chat_turns(cfg.n_chat + x.n_chat, x.seed)] if x.n_chat else []
     math = [(d, p) for d, p in math if json.dumps(p) not in seen]
     chat = [(d, p) for d, p in chat if json.dumps(p) not in seen][: x.n_chat]
-    evals = read_json(work / "eval_prompts.json")
-    kept_math, kept_chat = drop_overlapping(math, evals), drop_overlapping(chat, evals)
-    write_json(work / "prompts-extra.json", {"math": kept_math, "chat": kept_chat,
-                                              "dropped": {"math": len(math) - len(kept_math), "chat": len(chat) - len(kept_chat)}})
+    write_json(work / "prompts-extra.json", without_eval_overlap(math, chat, read_json(work / "eval_prompts.json")))
+
+
+def without_eval_overlap(math: list, chat: list, evals) -> dict:
+    """{"math", "chat": the prompts sharing no word 8-gram with an evaluation prompt, "dropped": counts}."""
+    kept = {"math": drop_overlapping(math, evals), "chat": drop_overlapping(chat, evals)}
+    return {**kept, "dropped": {"math": len(math) - len(kept["math"]), "chat": len(chat) - len(kept["chat"])}}
 
 
 # --- stage: written (the target writes word problems) -------------------------------------------
@@ -191,9 +192,9 @@ def regenerate_timed(cfg: SuiteConfig, target, tokenizer, items: list[tuple], fo
 
 def regenerate_extra(cfg: SuiteConfig, work: Path, target, tokenizer, domain: str) -> list[dict]:
     path = work / "prompts-extra.json"
-    if not cfg.extra or not path.exists() or not read_json(path)[domain]:
+    items = [tuple(p) for p in read_json(path)[domain]] if cfg.extra and path.exists() else []
+    if not items:
         return []
-    items = [tuple(p) for p in read_json(path)[domain]]
     return regenerate_timed(cfg, target, tokenizer, items, work / "corpus" / f"{domain}-extra", f"target answers {domain} (extra)")
 
 
