@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 from pydantic import BaseModel
+from scipy.optimize import isotonic_regression
 
 from drafters.atomic import write_json
 from trees import DraftTree, SamplingSpec, TreeSpec, pack_tree
@@ -23,10 +24,12 @@ from trees import DraftTree, SamplingSpec, TreeSpec, pack_tree
 from .lockstep import DraftUnit
 from .target import TargetModel, select_features
 
-FORWARD_SIZES = (1, 2, 4, 8, 16, 32, 64)
+# every size up to 16 (kernels step at sizes no coarse grid sees: on 2 cores, SmolLM's forward
+# costs 48-50 ms for 1-6 nodes and 57 ms for 7), then coarser
+FORWARD_SIZES = tuple(range(1, 17)) + (20, 24, 32, 48, 64)
 FRONTIER_SIZES = (1, 2, 4, 8)
 CONTEXT = 256
-PROFILE_FORMAT = 2  # 2: linears on packed weights (drafters.packed) changed every cost
+PROFILE_FORMAT = 3  # 2: linears on packed weights (drafters.packed); 3: every forward size to 16, monotone
 
 
 class CostProfile(BaseModel):
@@ -62,20 +65,25 @@ def median_ms(fn: Callable[[], None], reps: int, warmup: int = 2) -> float:
 
 @torch.inference_mode()
 def measure_forward(target: TargetModel, sizes=FORWARD_SIZES, context: int = CONTEXT, reps: int = 5) -> dict[int, float]:
-    """ms of one target forward of n tree nodes (a chain: the mask path) after `context` tokens."""
+    """ms of one target forward of n tree nodes (a chain: the mask path) after `context` tokens.
+    Sizes are timed in interleaved rounds (a burst of load hits every size alike), each size's
+    lower quartile is kept (load only adds time), and the curve is made non-decreasing in n
+    (isotonic regression: a bigger forward never costs less)."""
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, target.vocab_size, (context,), generator=g)
     target.prefill(prompt, (), capacity=context + max(sizes))
-    out = {}
-    for n in sizes:
-        chain = DraftTree.from_lists(torch.randint(0, target.vocab_size, (n,), generator=g).tolist(), list(range(-1, n - 1)))
-
-        def one():
-            target.forward_tree(pack_tree(chain, context, target.dtype))
+    chains = {n: DraftTree.from_lists(torch.randint(0, target.vocab_size, (n,), generator=g).tolist(), list(range(-1, n - 1)))
+              for n in sizes}
+    times: dict[int, list[float]] = {n: [] for n in sizes}
+    for round_ in range(reps + 1):  # the first round warms up
+        for n in sizes:
+            t = time.perf_counter()
+            target.forward_tree(pack_tree(chains[n], context, target.dtype))
+            if round_:
+                times[n].append(1e3 * (time.perf_counter() - t))
             target.cache.crop(context)
-
-        out[n] = median_ms(one, reps)
-    return out
+    lower = [statistics.quantiles(times[n], n=4)[0] if len(times[n]) > 1 else times[n][0] for n in sizes]
+    return dict(zip(sizes, isotonic_regression(lower).x.tolist()))
 
 
 @torch.inference_mode()
@@ -94,7 +102,8 @@ def measure_levels(target: TargetModel, unit: DraftUnit, frontiers=FRONTIER_SIZE
         return lambda: unit.draft(root, TreeSpec(depth=depth, top_k=f, budget=f * depth), SamplingSpec(), None)
 
     one_level = median_ms(draft(1, 1), reps)
-    return one_level, {f: max(0.0, median_ms(draft(f, 2), reps) - one_level) for f in frontiers}
+    per_level = [max(0.0, median_ms(draft(f, 2), reps) - one_level) for f in frontiers]
+    return one_level, dict(zip(frontiers, isotonic_regression(per_level).x.tolist()))  # wider never costs less
 
 
 def machine_key() -> str:

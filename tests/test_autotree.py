@@ -15,14 +15,15 @@ from tiny_models import tiny_model
 from trees import DraftTree
 
 
-def brute_force_expected(p: list[float], depth: int, top_k: int, budget: int) -> float:
-    """EAGLE-2 on the positional model, by explicit node lists (ranks as paths)."""
+def brute_force_expected(p: list[list[float]], depth: int, top_k: int, budget: int) -> float:
+    """EAGLE-2 on the positional model, by explicit node lists (ranks as paths); p[0] for the
+    root's children, p[1] deeper."""
     value = {(): 1.0}
     frontier, made = [()], []
-    for _ in range(depth):
+    for d in range(depth):
         level = [path + (r,) for path in frontier for r in range(top_k)]
         for path in level:
-            value[path] = value[path[:-1]] * p[path[-1]]
+            value[path] = value[path[:-1]] * p[min(d, 1)][path[-1]]
         made += level
         frontier = sorted(level, key=lambda q: -value[q])[:top_k]
     return sum(sorted((value[q] for q in made), reverse=True)[:budget])
@@ -31,6 +32,9 @@ def brute_force_expected(p: list[float], depth: int, top_k: int, budget: int) ->
 @pytest.mark.parametrize("depth, top_k", [(1, 1), (3, 1), (2, 3), (4, 2), (3, 4)])
 def test_expected_accepted_is_the_eagle2_build_on_positional_values(depth, top_k):
     model = PositionalAcceptance(prior=(0.7, 0.2, 0.05, 0.02, 0.01, 0.01, 0.01, 0.01), weight=1.0)
+    model.hits[1] = 99 * torch.tensor([0.9, 0.05, 0.02, 0.01, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    model.trials[1] = 99.0  # deeper levels accept more than the root's children
+    assert model.p[1, 0] == pytest.approx(0.898)
     p = model.p.tolist()
     got = model.expected_accepted(depth, top_k)
     for budget in range(1, got.numel() + 1):
@@ -43,8 +47,12 @@ def test_observe_counts_the_accepted_rank_at_every_reached_node():
     model = PositionalAcceptance(prior=(0.0,) * 8, weight=1e-9, decay=1.0)
     model.observe(tree, torch.tensor([0, 2, 3]))  # rank 2 at the root, then rank 2 again (3 scores below 4)
     model.observe(tree, torch.tensor([0, 1]))  # rank 1; node 1 has no children: no trial there
-    assert model.trials[:3].round().tolist() == [3.0, 3.0, 0.0]
-    assert model.hits[:3].round().tolist() == [1.0, 2.0, 0.0]
+    # the root's children (level 0): two trials of ranks 1 and 2, hits at rank 2 and rank 1
+    assert model.trials[0, :3].round().tolist() == [2.0, 2.0, 0.0]
+    assert model.hits[0, :3].round().tolist() == [1.0, 1.0, 0.0]
+    # deeper (level 1): node 2's children, one trial, the hit at rank 2
+    assert model.trials[1, :3].round().tolist() == [1.0, 1.0, 0.0]
+    assert model.hits[1, :3].round().tolist() == [0.0, 1.0, 0.0]
 
 
 def flat_profile(forward_ms: dict[int, float], level_ms: float, root_ms: float) -> CostProfile:
@@ -90,7 +98,7 @@ def test_auto_tree_greedy_equals_plain_decoding(tmp_path, monkeypatch, kind, str
     assert len(list((tmp_path / "costs").glob("*.json"))) == 2  # the forward and the drafter profiles
     if kind == "self":  # a perfect drafter: the top-ranked child is learnt to be always accepted
         auto = next(v for k, v in composer.strategy_cache.items() if isinstance(k, tuple) and k[0] == "autotree")
-        assert auto.acceptance.p[0] > PRIOR[0] + 0.05  # learnt upwards from the prior
+        assert auto.acceptance.p[:, 0].min() > PRIOR[0] + 0.05, auto.acceptance.p  # learnt upwards from the prior
 
 
 def test_bad_tree_option_is_named():
