@@ -133,7 +133,7 @@ class Composer:
         stats = GenerationStats(strategy=strategy_name)
         tokens: list[int] = []
         text, finish = "", None
-        tree = self._tree_policy(strategy_name, plan, opts)  # a first tree="auto" measures the machine (not timed)
+        tree = self._tree_policy(strategy_name, plan, opts, strategy_args)  # a first tree="auto" measures the machine (not timed)
         start = time.perf_counter()
         capacity = int(prompt_ids.numel()) + opts.max_new_tokens + _max_tree_nodes(opts, len(self.drafters))
         steps = decode(self.target, plan, prompt_ids, tree, opts.sampling(), stats, generator, capacity,
@@ -173,15 +173,17 @@ class Composer:
                     text=text, token_ids=tokens, prompt_ids=prompt_ids.tolist(), finish_reason=finish, stats=stats
                 )
 
-    def _tree_policy(self, strategy_name: str, plan, opts: GenerateOptions) -> TreeSpec | AutoTree:
-        """The fixed tree, or (tree="auto") this Composer's AutoTree for the strategy and drafters,
-        kept across generations so what it learns carries over."""
+    def _tree_policy(self, strategy_name: str, plan, opts: GenerateOptions,
+                     strategy_args: Mapping[str, Any] = {}) -> TreeSpec | AutoTree:  # noqa: B006 (read only)
+        """The fixed tree, or (tree="auto") this Composer's AutoTree for the strategy, its options
+        (single:math and single:chat learn apart) and drafters, kept across generations so what it
+        learns carries over."""
         units = getattr(plan, "units", None) or [DraftUnit([d.name], d) for d in plan.active_drafters()]
         if not opts.tree.auto or not units:
             return opts.tree.spec()
         merged = strategy_name == "merged_tree" and opts.tree.merge_budget == "sum"
-        key = ("autotree", strategy_name, tuple(sorted(self.drafters)), opts.tree.merge_budget, opts.tree.sampled,
-               opts.temperature == 0)
+        key = ("autotree", strategy_name, tuple(sorted((k, str(v)) for k, v in strategy_args.items())),
+               tuple(sorted(self.drafters)), opts.tree.merge_budget, opts.tree.sampled, opts.temperature == 0)
         if key not in self.strategy_cache:
             costs = machine_profile(self.target, units[0])  # measured once per machine, then read
             self.strategy_cache[key] = AutoTree(costs, width=len(self.drafters) if merged else 1, sampled=opts.tree.sampled)

@@ -122,3 +122,16 @@ def test_drafting_that_delivers_less_than_predicted_yields_to_plain_decoding():
         auto.observe(spec, tree, torch.tensor([0]), draft_s, forward_s, 0.0)
     assert auto.reality < 0.6
     assert [auto.choose() is None for _ in range(8)].count(True) >= 7
+
+
+def test_single_drafters_learn_their_own_acceptance(tmp_path, monkeypatch):
+    """single:a and single:b keep apart AutoTrees: one drafter's acceptance never sizes the other's trees."""
+    monkeypatch.setenv("SPECMUX_COSTS", str(tmp_path / "costs"))
+    target = tiny_model("llama", layers=3, seed=1)
+    drafters = {"ee": EarlyExitDrafter(target, 1), "self": CausalLMDrafter(tiny_model("llama", layers=3, seed=1), 96, name="self")}
+    composer = Composer(target, drafters=drafters)
+    for name in ("ee", "self", "ee"):
+        composer.generate([3, 1, 4], strategy="single", drafter=name, max_new_tokens=8, tree="auto")
+    autos = {k: v for k, v in composer.strategy_cache.items() if isinstance(k, tuple) and k[0] == "autotree"}
+    assert sorted(dict(k[2])["drafter"] for k in autos) == ["ee", "self"]
+    assert len({id(v) for v in autos.values()}) == 2
