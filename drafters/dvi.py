@@ -10,11 +10,19 @@ the verifier visited become training examples for the online learner (drafters/o
 adapters sit after the last drafted layer's attention, so the drafter's KV cache never goes
 stale: learning only moves the exit distribution.
 
+The exit head may cover a draft vocabulary instead of the target's (`draft_vocab`: the shipped
+drafters' d2t, e.g. 3,584 of SmolLM2's 49,152 tokens): the frozen head is then the target's rows
+for those tokens, the LoRA is that narrow, the tree builder reads sparse logits, and the learner
+fits the target's distribution renormalised over them. On a small target the full head is the
+largest part of a draft level (docs/design.md "DVI: a drafter that learns while it serves").
+
 Adapters are saved per domain as a folder: adapter.safetensors + config.json (validated) +
 learner.safetensors (optimizer moments and buffered examples: a reload goes on learning exactly).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -25,15 +33,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 from transformers import PreTrainedModel
 
-from trees import StepFeedback
+from trees import SparseLogits, StepFeedback
 
 from . import atomic
-from .checkpoint import read_meta, read_weights, target_fingerprint
+from .checkpoint import WEIGHTS_FILE as DRAFTER_WEIGHTS
+from .checkpoint import check_target, read_config, read_meta, read_weights, target_fingerprint
+from .heads import TruncatedHead
 from .lm import EarlyExitDrafter
 from .online import Example, LearnConfig, OnlineLearner
+from .packed import linear
 
 ADAPTER_FORMAT = "specmux-dvi-adapter"
 CONFIG_FILE, WEIGHTS_FILE, LEARNER_FILE = "config.json", "adapter.safetensors", "learner.safetensors"
+DRAFT_IDS = "draft_ids"  # adapter.safetensors: the exit head's vocabulary (target ids), when not the full one
 
 
 class DVIConfig(BaseModel):
@@ -47,6 +59,11 @@ class DVIConfig(BaseModel):
         "translator", description="adapt the exit layer too: 'lora' on its MLP down projection, or 'translator', an "
                                   "affine map of its output h -> h + W h + b (tuned-lens style, zero at start)")
     learn: bool = Field(True, description="learn online from verification (False: a frozen adapter)")
+    draft_vocab: str = Field(
+        "full", description="the exit head's vocabulary: 'full' (the target's), 'shipped' (the draft vocabulary of "
+                            "the drafters shipped for this target in drafters/pretrained), 'auto' (shipped where "
+                            "there is one, else full), or a drafter checkpoint folder with a truncated head whose "
+                            "draft vocabulary (d2t) to use")
     seed: int = Field(0, description="seed of the LoRA down-projection init")
     learning: LearnConfig = Field(default_factory=LearnConfig)
 
@@ -78,7 +95,7 @@ class AdaptedLinear(nn.Module):
         self.tap: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        y = linear(self.base, x)
         if self.tapping:
             self.tap = (x, y)
         return y + self.lora(x)
@@ -97,7 +114,7 @@ class ExitNorm(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.tapping:
             self.tap = h
-        return self.norm(h if self.translator is None else h + self.translator(h))
+        return self.norm(h if self.translator is None else h + linear(self.translator, h))
 
 
 def shallow_clone(module: nn.Module) -> nn.Module:
@@ -112,7 +129,9 @@ class DVIDrafter(EarlyExitDrafter):
     """`dvi:K`: early-exit:K with exit adapters learned online from verification (see the module doc)."""
 
     def __init__(self, target: PreTrainedModel, exit_layer: int, config: DVIConfig | None = None,
-                 name: str | None = None):
+                 name: str | None = None, draft_ids: torch.Tensor | None = None):
+        """`draft_ids` (target ids, ascending) sets the exit head's vocabulary directly (a reload
+        passes the saved one); else `config.draft_vocab` says where to find it."""
         n_layers = int(target.config.num_hidden_layers)
         if not isinstance(exit_layer, int) or not 1 <= exit_layer < n_layers:
             raise ValueError(f"dvi exit layer must be an integer in [1, {n_layers - 1}] for this "
@@ -122,8 +141,15 @@ class DVIDrafter(EarlyExitDrafter):
         self.fingerprint = target_fingerprint(target)
         generator = torch.Generator().manual_seed(self.config.seed)
         body, c = self.model.model, self.model.config
-        self.head = AdaptedLinear(self.model.lm_head, LoRA(c.hidden_size, c.vocab_size, self.config.rank,
-                                                           self.config.alpha, generator, self.decoder.dtype))
+        self.draft_ids = draft_vocabulary(self.config.draft_vocab, target) if draft_ids is None else draft_ids.long()
+        base, width = self.model.lm_head, c.vocab_size
+        if self.draft_ids is not None:  # the target head's rows for the draft vocabulary (a copy: small)
+            truncated = TruncatedHead(c.hidden_size, self.draft_ids, c.vocab_size, init_weight=base.weight.detach())
+            base, width = truncated.proj.to(self.decoder.dtype).requires_grad_(False), truncated.proj.out_features
+            self._column = torch.full((c.vocab_size,), -1, dtype=torch.long)  # target id -> head column
+            self._column[self.draft_ids] = torch.arange(width)
+        self.head = AdaptedLinear(base, LoRA(c.hidden_size, width, self.config.rank, self.config.alpha, generator,
+                                             self.decoder.dtype))
         self.model.lm_head = self.head  # the drafter's own shallow model: the target keeps its head
         self.exit_mlp = self._adapt_exit_mlp(generator) if self.config.exit_adapter == "lora" else None
         self.exit_norm: ExitNorm | None = None
@@ -174,7 +200,8 @@ class DVIDrafter(EarlyExitDrafter):
         return self.head(self.exit_norm(h))
 
     def architecture_key(self) -> tuple:
-        return (*super().architecture_key(), self.exit_layer, tuple(self.config.shape().items()))
+        vocab = None if self.draft_ids is None else hashlib.sha1(self.draft_ids.numpy().tobytes()).hexdigest()
+        return (*super().architecture_key(), self.exit_layer, tuple(self.config.shape().items()), vocab)
 
     @property
     def learning(self) -> bool:
@@ -195,11 +222,20 @@ class DVIDrafter(EarlyExitDrafter):
             if m is not None:
                 m.tapping, m.tap = on, None
 
-    def _step(self, tree, frontier: torch.Tensor) -> torch.Tensor:
+    def _step(self, tree, frontier: torch.Tensor) -> torch.Tensor | SparseLogits:
         logits = super()._step(tree, frontier)
         if self.learning:
             self._record(tree, frontier)
         return logits
+
+    def _vocab_logits(self, logits: torch.Tensor) -> torch.Tensor | SparseLogits:
+        if self.draft_ids is None:
+            return super()._vocab_logits(logits)
+        return SparseLogits(logits, self.draft_ids, self.vocab_size)
+
+    def columns(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The exit head's logit column of each target token (-1: outside its draft vocabulary)."""
+        return tokens if self.draft_ids is None else self._column[tokens]
 
     def _record(self, tree, frontier: torch.Tensor) -> None:
         """Keep the adapter inputs of the frontier rows (the last F query rows of this forward)."""
@@ -246,11 +282,13 @@ class DVIDrafter(EarlyExitDrafter):
             j = on_path.get(key)
             rewards = None if j is None else (children == following[j]).float()
             if rewards is not None and self.config.learning.reward_missed and not rewards.any():
-                children = torch.cat([children, torch.tensor([following[j]])])
-                rewards = torch.cat([rewards, torch.ones(1)])
+                missed = torch.tensor([following[j]])
+                if self.columns(missed)[0] >= 0:  # a token outside the draft vocabulary cannot be learned
+                    children, rewards = torch.cat([children, missed]), torch.cat([rewards, torch.ones(1)])
+            target = feedback.logits[node] if self.draft_ids is None else feedback.logits[node, self.draft_ids]
             # clones: rows of this step's [N, V] tensors, which must not be kept alive until the update
-            out.append(Example({k: v.clone() for k, v in features.items()}, feedback.logits[node].clone(),
-                               children, rewards))
+            out.append(Example({k: v.clone() for k, v in features.items()}, target.clone(), self.columns(children),
+                               rewards))
         return out
 
     # --- save / load ------------------------------------------------------------------------------
@@ -262,8 +300,11 @@ class DVIDrafter(EarlyExitDrafter):
             "format": ADAPTER_FORMAT, "version": 1, "domain": domain, "exit_layer": self.exit_layer,
             "target": self._target_facts(), "dvi": self.config.model_dump(mode="json"), "state": self.learner.state(),
         }
+        weights = {k: p.detach() for k, p in self.adapter_parameters().items()}
+        if self.draft_ids is not None:
+            weights[DRAFT_IDS] = self.draft_ids
         with atomic.replaced_folder(folder, keep_others=False) as staged:
-            atomic.save_tensors(staged / WEIGHTS_FILE, {k: p.detach() for k, p in self.adapter_parameters().items()})
+            atomic.save_tensors(staged / WEIGHTS_FILE, weights)
             atomic.save_tensors(staged / LEARNER_FILE, self.learner.pending_tensors())
             atomic.write_json(staged / CONFIG_FILE, meta)
         return folder
@@ -284,6 +325,11 @@ class DVIDrafter(EarlyExitDrafter):
             raise ValueError(f"{folder}: the adapter was learned for another target ({meta['target']}); "
                              f"this target is {facts}")
         state = read_weights(folder / WEIGHTS_FILE)
+        saved_ids = state.pop(DRAFT_IDS, None)
+        if (saved_ids is None) != (self.draft_ids is None) or (
+                saved_ids is not None and not torch.equal(saved_ids.long(), self.draft_ids)):
+            raise ValueError(f"{folder}: the adapter's exit head covers another vocabulary than this drafter's "
+                             f"({_vocab_name(saved_ids)} vs {_vocab_name(self.draft_ids)})")
         params = self.adapter_parameters()
         if set(state) != set(params):
             raise ValueError(f"{folder / WEIGHTS_FILE}: tensors {sorted(state)}, expected {sorted(params)}")
@@ -308,7 +354,9 @@ class DVIDrafter(EarlyExitDrafter):
         folder = atomic.recover_folder(Path(folder))
         meta = read_adapter_config(folder)
         layer = exit_layer if exit_layer is not None else meta["exit_layer"]
-        drafter = cls(target, layer, DVIConfig.model_validate(meta["dvi"]), name=name)
+        saved_ids = read_weights(folder / WEIGHTS_FILE).get(DRAFT_IDS)  # the saved vocabulary, wherever it came from
+        drafter = cls(target, layer, DVIConfig.model_validate(meta["dvi"]), name=name,
+                      draft_ids=None if saved_ids is None else saved_ids.long())
         drafter.load_adapter(folder)
         return drafter
 
@@ -323,11 +371,47 @@ def read_adapter_config(folder: Path) -> dict:
     missing = [k for k in ("exit_layer", "target", "dvi") if k not in meta]
     if missing:
         raise ValueError(f"{path}: missing fields {missing}")
+    if isinstance(meta["dvi"], dict):
+        meta["dvi"].setdefault("draft_vocab", "full")  # adapters saved before draft vocabularies
     try:
         DVIConfig.model_validate(meta["dvi"])
     except ValidationError as e:
         raise ValueError(f"{path}: invalid adapter config: {e}") from None
     return meta
+
+
+def draft_vocabulary(spec: str, target: PreTrainedModel) -> torch.Tensor | None:
+    """Target ids of the exit head's vocabulary for `DVIConfig.draft_vocab` (None: the full one)."""
+    if spec == "full":
+        return None
+    if spec in ("shipped", "auto"):
+        from .pretrained import PRETRAINED_DIR
+
+        fingerprint = target_fingerprint(target)
+        folders = [p.parent for p in sorted(PRETRAINED_DIR.glob("*/*/config.json"))
+                   if json.loads(p.read_text()).get("target_fingerprint") == fingerprint]
+        truncated = [f for f in folders if read_config(f)[0].head == "truncated"]
+        if not truncated:
+            if spec == "auto":
+                return None
+            raise ValueError("draft_vocab='shipped': no drafter shipped in drafters/pretrained for this target has a "
+                             "draft vocabulary; use 'full' or a drafter checkpoint folder with a truncated head")
+        spec = str(truncated[0])  # a suite's drafters share one draft vocabulary
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise ValueError(f"draft_vocab must be 'full', 'shipped', 'auto' or a drafter checkpoint folder; {spec!r} is none")
+    cfg, meta = read_config(folder)
+    check_target(cfg, meta, target)
+    if cfg.head != "truncated":
+        raise ValueError(f"draft_vocab {spec!r}: that drafter's head covers the full vocabulary (head {cfg.head!r})")
+    d2t = read_weights(folder / DRAFTER_WEIGHTS).get("head.d2t")
+    if d2t is None:
+        raise ValueError(f"draft_vocab {spec!r}: {DRAFTER_WEIGHTS} has no head.d2t")
+    return torch.arange(d2t.numel()) + d2t.long()
+
+
+def _vocab_name(ids: torch.Tensor | None) -> str:
+    return "the full vocabulary" if ids is None else f"a {ids.numel()}-token draft vocabulary"
 
 
 def _token_paths(tree) -> list[tuple[int, ...]]:

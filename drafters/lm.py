@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from trees import DraftTree, SamplingSpec, TreeSpec, ancestor_matrix, attention_mask, build_tree
+from trees import DraftTree, SamplingSpec, SparseLogits, TreeSpec, ancestor_matrix, attention_mask, build_tree
 
 from .base import Drafter
 from .decoder import Decoder
@@ -95,7 +95,7 @@ class CausalLMDrafter(Drafter):
         return slots
 
     # --- one drafting forward over the frontier --------------------------------------------
-    def _step(self, tree: DraftTree, frontier: torch.Tensor) -> torch.Tensor:
+    def _step(self, tree: DraftTree, frontier: torch.Tensor) -> torch.Tensor | SparseLogits:
         """Feed the frontier (after the pending committed tokens at the first level) once."""
         pending, self.pending = self.pending, []
         nodes = frontier.tolist()
@@ -111,7 +111,11 @@ class CausalLMDrafter(Drafter):
         self._fed += nodes
         self._tree = tree
         out = self.decoder.forward(ids, positions, self.cache, mask, logits_rows=slice(len(pending), None))
-        return _fit_vocab(out.logits, self.vocab_size)
+        return self._vocab_logits(out.logits)
+
+    def _vocab_logits(self, logits: torch.Tensor) -> torch.Tensor | SparseLogits:
+        """The head's logits as the tree builder reads them (the target's vocabulary)."""
+        return _fit_vocab(logits, self.vocab_size)
 
 
 def _fit_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:

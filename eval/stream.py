@@ -206,7 +206,7 @@ def run_stream(config: StreamConfig, progress: bool = True, resume: bool = False
     torch.set_num_threads(config.threads)
     out = config.out or Path("runs") / f"stream-{config.domain}-{time.strftime('%Y%m%d-%H%M%S')}"
     prompts, overlap = stream_prompts(config.domain, config.prompts)
-    composer = Composer(config.target)
+    composer = Composer(config.target, threads=config.threads)  # fixed: "auto" would change it between pieces
     runs = make_runs(config, composer)
     records, pieces = restore(out, config, runs) if resume else ([], [])
     out.mkdir(parents=True, exist_ok=True)
@@ -294,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int)
     p.add_argument("--budget", type=int)
     p.add_argument("--tree-top-k", type=int)
+    p.add_argument("--tree-auto", action="store_true",
+                   help="tree=auto: each step's tree sized to this machine's costs and the running acceptance")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", default=None)
     p.add_argument("--frozen-prompts", type=int, help="early-exit and autoregressive on the last N prompts only (0: none)")
     p.add_argument("--dvi", help="JSON of DVIConfig fields, e.g. '{\"rank\": 8, \"learning\": {\"lr\": 0.001}}'")
@@ -315,7 +317,8 @@ def config_from_args(args: argparse.Namespace) -> StreamConfig:
         "checkpoint_every": args.checkpoint_every,
         "variants": [v for v in args.variants.split(",") if v] if args.variants else None,
     }.items() if v is not None}
-    tree = {k: v for k, v in {"depth": args.depth, "budget": args.budget, "top_k": args.tree_top_k}.items() if v is not None}
+    tree = {k: v for k, v in {"depth": args.depth, "budget": args.budget, "top_k": args.tree_top_k,
+                              "auto": args.tree_auto or None}.items() if v is not None}
     if tree:
         data["tree"] = {**StreamConfig.model_fields["tree"].default_factory().model_dump(), **tree}
     if args.dvi:

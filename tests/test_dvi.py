@@ -16,6 +16,7 @@ from drafters.dvi import DVIConfig, DVIDrafter
 from drafters.lm import EarlyExitDrafter
 from drafters.online import Batch, LearnConfig, dvi_loss
 from trees import DraftTree, SamplingSpec, TreeSpec
+from trees.build import GrowingTree
 from law import chi_square_power, chi_square_pvalue, exact_law
 from test_engine import MODELS, reference_greedy
 from test_engine_law import FAST_N, FAST_TV, SMALL
@@ -26,6 +27,11 @@ def eager(exit_adapter: str = "none", schedule: str = "kl_rl", **learning) -> DV
     """Updates after every verification with a large step, so weights move within a test."""
     params = dict(update_every=1, lr=0.05, kl_updates=3, schedule=schedule) | learning
     return DVIConfig(exit_adapter=exit_adapter, learning=LearnConfig(**params))
+
+
+def some_ids(vocab: int, n: int, seed: int = 0) -> torch.Tensor:
+    """A draft vocabulary: n target ids drawn at random, ascending."""
+    return torch.randperm(vocab, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
 def adapter_norm(d: DVIDrafter) -> float:
@@ -44,12 +50,14 @@ def adapter_norm(d: DVIDrafter) -> float:
     depth=st.integers(1, 4),
     top_k=st.integers(1, 3),
     budget=st.integers(1, 10),
+    draft_vocab=st.sampled_from([None, 5, 40]),
 )
 def test_greedy_equals_plain_decoding_while_learning(arch, seed, prompt, exit_adapter, train_on, reward_missed, depth,
-                                                     top_k, budget):
+                                                     top_k, budget, draft_vocab):
     target = MODELS[(arch, seed)]
     before = {k: v.clone() for k, v in target.state_dict().items()}
-    drafter = DVIDrafter(target, 2, eager(exit_adapter, train_on=train_on, reward_missed=reward_missed))
+    ids = None if draft_vocab is None else some_ids(target.config.vocab_size, draft_vocab, seed)
+    drafter = DVIDrafter(target, 2, eager(exit_adapter, train_on=train_on, reward_missed=reward_missed), draft_ids=ids)
     composer = Composer(target, drafters={"d": drafter})
     for _ in range(2):  # the second generation drafts with weights learned in the first
         result = composer.generate(prompt, strategy="single", max_new_tokens=16,
@@ -60,10 +68,16 @@ def test_greedy_equals_plain_decoding_while_learning(arch, seed, prompt, exit_ad
     assert all(torch.equal(before[k], after[k]) for k in before), "learning changed the target's weights"
 
 
-@pytest.mark.parametrize("sampled, temperature, top_k, exit_adapter, reward_missed",
-                         [(True, 0.8, 3, "translator", True), (False, 1.0, 0, "lora", False)])
-def test_sampling_law_while_learning(sampled, temperature, top_k, exit_adapter, reward_missed):
-    drafter = DVIDrafter(SMALL, 1, eager(exit_adapter, update_every=2, lr=0.02, reward_missed=reward_missed))
+@pytest.mark.parametrize("sampled, temperature, top_k, exit_adapter, reward_missed, draft_vocab",
+                         [(True, 0.8, 3, "translator", True, None), (False, 1.0, 0, "lora", False, None),
+                          (True, 1.0, 0, "translator", True, 0.5)])
+def test_sampling_law_while_learning(sampled, temperature, top_k, exit_adapter, reward_missed, draft_vocab):
+    """draft_vocab: the exit head covers that share of the vocabulary (the target's law still
+    holds: tokens outside are never proposed, the verifier still samples them)."""
+    vocab = SMALL.config.vocab_size
+    ids = None if draft_vocab is None else some_ids(vocab, int(draft_vocab * vocab))
+    drafter = DVIDrafter(SMALL, 1, eager(exit_adapter, update_every=2, lr=0.02, reward_missed=reward_missed),
+                         draft_ids=ids)
     composer = Composer(SMALL, drafters={"d": drafter})
     sampling = SamplingSpec(temperature, top_k, 1.0)
     prompt = [3, 1, 2]
@@ -109,15 +123,23 @@ def stream_tau(composer: Composer, drafter: str, prompts: list[list[int]], n: in
             for p in prompts]
 
 
-def test_learning_raises_acceptance_on_a_repeated_pattern():
+@pytest.mark.parametrize("draft_vocab", [False, True])
+def test_learning_raises_acceptance_on_a_repeated_pattern(draft_vocab):
     """A stream that keeps asking for the same continuations (a few prompts, each four times):
     early-exit:1 of a random target accepts little; dvi:1 must learn the target's continuations
-    from verification alone and accept at least 1.5x more by the last round."""
+    from verification alone and accept at least 1.5x more by the last round. With a draft
+    vocabulary (the target's continuations and as many other tokens), learning goes through the
+    truncated head: sparse logits, restricted targets, head columns."""
     target = tiny_model("llama", layers=3, seed=3)
     rng = random.Random(0)
     patterns = [[rng.randrange(96) for _ in range(6)] for _ in range(3)]
     stream = patterns * 4
-    dvi = DVIDrafter(target, 1, DVIConfig(learning=LearnConfig(update_every=2, lr=0.01, kl_updates=20)))
+    ids = None
+    if draft_vocab:
+        wanted = {t for p in patterns for t in reference_greedy(target, p, 33)}
+        others = [t for t in some_ids(96, 96, seed=1).tolist() if t not in wanted][:len(wanted)]
+        ids = torch.tensor(sorted(wanted | set(others)))
+    dvi = DVIDrafter(target, 1, DVIConfig(learning=LearnConfig(update_every=2, lr=0.01, kl_updates=20)), draft_ids=ids)
     composer = Composer(target, drafters={"dvi": dvi, "ee": EarlyExitDrafter(target, 1)})
     learned = stream_tau(composer, "dvi", stream)
     frozen = stream_tau(composer, "ee", patterns)
@@ -207,6 +229,54 @@ def test_examples_follow_the_verified_path_by_tokens():
     assert torch.equal(dvi.examples(feedback)[0].rewards, root_example.rewards)  # a hit: nothing added
 
 
+def test_examples_over_a_draft_vocabulary_use_head_columns():
+    """With a draft vocabulary, an example's children are head columns, its target logits the
+    draft vocabulary's, and a missed target token outside the vocabulary is not added."""
+    target = MODELS[("llama", 1)]
+    vocab = target.config.vocab_size
+    ids = some_ids(vocab, 30)
+    outside = next(t for t in range(vocab) if t not in ids.tolist())
+    dvi = DVIDrafter(target, 1, eager(update_every=1000, reward_missed=True), draft_ids=ids)
+    dvi.start(torch.tensor([1, 2, 3]), None)
+    mine = dvi.propose(9, TreeSpec(depth=2, top_k=2, budget=4), SamplingSpec())
+    assert set(mine.tokens[1:].tolist()) <= set(ids.tolist())
+    child = int(mine.tokens[mine.parents == 0][0])
+    verified = DraftTree.from_lists([9, child], [-1, 0])
+    logits = torch.randn(2, vocab)
+    for bonus, added in ((outside, False), (int(ids[0]), True)):
+        dvi.start(torch.tensor([1, 2, 3]), None)
+        dvi.propose(9, TreeSpec(depth=2, top_k=2, budget=4), SamplingSpec())
+        path = torch.tensor([0, 1])
+        root, leaf = dvi.examples(StepFeedback(tree=verified, path=path, tokens=verified.tokens[path], bonus=bonus,
+                                               logits=logits, sampling=SamplingSpec()))
+        assert torch.equal(root.target_logits, logits[0, ids])
+        root_children = mine.tokens[mine.children(0)]
+        assert torch.equal(ids[root.children], root_children)
+        assert torch.equal(root.rewards, (root_children == child).float())
+        grandchildren = ids[leaf.children].tolist()
+        assert (grandchildren[-1] == bonus) == added and len(leaf.children) == len(leaf.rewards)
+
+
+def test_fresh_dvi_over_a_draft_vocabulary_drafts_like_early_exit_restricted():
+    """A fresh dvi with a draft vocabulary scores exactly the early-exit head's logits at those
+    tokens (its frozen head is the target's rows), and proposes from them only."""
+    target = MODELS[("qwen2", 1)]
+    ids = some_ids(target.config.vocab_size, 24)
+    dvi, ee = DVIDrafter(target, 2, DVIConfig(learn=False), draft_ids=ids), EarlyExitDrafter(target, 2)
+    spec = TreeSpec(depth=1, top_k=3, budget=3)
+    for d in (dvi, ee):
+        d.start(torch.tensor([1, 2, 3, 4]), None)
+    with torch.inference_mode():
+        root = GrowingTree(5, "x").snapshot()
+        sparse, dense = dvi._step(root, torch.zeros(1, dtype=torch.long)), ee._step(root, torch.zeros(1, dtype=torch.long))
+    assert torch.equal(sparse.vocab_ids, ids)
+    torch.testing.assert_close(sparse.logits, dense[:, ids])
+    dvi.start(torch.tensor([1, 2, 3, 4]), None)
+    tree = dvi.propose(5, spec, SamplingSpec())
+    best = ids[dense[0, ids].topk(3).indices]
+    assert sorted(tree.tokens[1:].tolist()) == sorted(best.tolist())
+
+
 # --- save / reload ------------------------------------------------------------------------------
 @pytest.mark.parametrize("exit_adapter", ["none", "lora", "translator"])
 def test_adapter_round_trip(tmp_path, exit_adapter):
@@ -234,6 +304,50 @@ def test_adapter_round_trip(tmp_path, exit_adapter):
     via_spec = Composer(target, drafters={"d": f"dvi:2:{folder}"}).drafters["d"]  # shaped as saved
     assert via_spec.config == learned.config and via_spec.learner.updates == learned.learner.updates
     assert torch.equal(via_spec.head.lora.up, learned.head.lora.up)
+
+
+def test_adapter_over_a_draft_vocabulary_round_trip(tmp_path):
+    """The draft vocabulary travels with the adapter: a reload drafts over the same tokens
+    whatever `draft_vocab` named, and an adapter over another vocabulary is refused."""
+    target = MODELS[("qwen2", 0)]
+    ids = some_ids(target.config.vocab_size, 40)
+    learned = DVIDrafter(target, 2, eager("translator"), draft_ids=ids)
+    Composer(target, drafters={"d": learned}).generate([5, 6, 7, 8], strategy="single", max_new_tokens=24,
+                                                       tree=dict(depth=3, top_k=2, budget=6))
+    assert learned.learner.updates > 0
+    folder = learned.save_adapter(tmp_path / "a")
+    reloaded = DVIDrafter.from_adapter(target, folder)
+    assert torch.equal(reloaded.draft_ids, ids) and reloaded.head.lora.up.shape == (40, learned.config.rank)
+    for k, p in learned.adapter_parameters().items():
+        assert torch.equal(p, reloaded.adapter_parameters()[k]), k
+    with pytest.raises(ValueError, match="covers another vocabulary than this drafter's"):
+        DVIDrafter(target, 2, DVIConfig(exit_adapter="translator")).load_adapter(folder)
+    with pytest.raises(ValueError, match="covers another vocabulary than this drafter's"):
+        DVIDrafter(target, 2, DVIConfig(exit_adapter="translator"), draft_ids=some_ids(96, 40, seed=5)).load_adapter(folder)
+
+
+def test_draft_vocab_from_a_drafter_checkpoint(tmp_path):
+    """draft_vocab names a drafter checkpoint with a truncated head (its d2t); a full-head
+    checkpoint, a folder that is none, or 'shipped' for a target nothing was shipped for are
+    refused with the reason."""
+    from drafters.checkpoint import save_drafter
+    from drafter_fixtures import tiny_drafter_model
+
+    target = MODELS[("llama", 0)]
+    truncated = tiny_drafter_model(target, head="truncated")
+    save_drafter(truncated, tmp_path / "trunc", target=target)
+    dvi = DVIDrafter(target, 1, DVIConfig(draft_vocab=str(tmp_path / "trunc")))
+    assert torch.equal(dvi.draft_ids, truncated.head.draft_ids)
+    save_drafter(tiny_drafter_model(target), tmp_path / "full", target=target)
+    with pytest.raises(ValueError, match="covers the full vocabulary"):
+        DVIDrafter(target, 1, DVIConfig(draft_vocab=str(tmp_path / "full")))
+    with pytest.raises(ValueError, match="draft_vocab must be 'full', 'shipped', 'auto' or a drafter checkpoint folder"):
+        DVIDrafter(target, 1, DVIConfig(draft_vocab=str(tmp_path / "none")))
+    with pytest.raises(ValueError, match="no drafter shipped in drafters/pretrained for this target"):
+        DVIDrafter(target, 1, DVIConfig(draft_vocab="shipped"))
+    assert DVIDrafter(target, 1, DVIConfig(draft_vocab="auto")).draft_ids is None  # nothing shipped: the full head
+    with pytest.raises(ValueError, match="different target"):
+        DVIDrafter(MODELS[("llama", 1)], 1, DVIConfig(draft_vocab=str(tmp_path / "trunc")))
 
 
 def test_reloaded_adapter_goes_on_learning_exactly(tmp_path):

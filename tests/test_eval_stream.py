@@ -94,6 +94,23 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert "settings differ" in err and "max_new_tokens" in err
 
 
+def test_stream_keeps_its_threads_and_takes_tree_auto(tmp_path, monkeypatch):
+    """--threads is what the decode runs on, even where the Composer's "auto" policy would take
+    every free core; --tree-auto sizes the trees (recorded in the config)."""
+    import compose.threads
+
+    monkeypatch.setattr(compose.threads, "free_cores", lambda: 2)
+    target = tiny_target_folder(tmp_path / "model")
+    out = tmp_path / "run"
+    argv = ["stream", "--target", str(target), "--prompts", "2", "--window", "1", "--exit-layer", "1",
+            "--max-new-tokens", "6", "--variants", "kl", "--threads", "1", "--tree-auto", "--no-progress",
+            "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["threads"] == 1 and summary["config"]["tree"]["auto"] is True
+    assert summary["greedy_mismatches"] == []
+
+
 def _target(folder):
     from drafters.assets import load_target
 

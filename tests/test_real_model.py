@@ -52,13 +52,31 @@ def test_default_model_greedy_equality_every_strategy(composer, prompt, strategy
 
 
 @pytest.mark.slow
-def test_default_model_greedy_equality_while_dvi_learns(composer):
+@pytest.mark.parametrize("draft_vocab", ["full", "shipped"])
+def test_default_model_greedy_equality_while_dvi_learns(composer, draft_vocab):
     """dvi:6 learning online (every verification updates it) keeps greedy output exact."""
     from drafters.dvi import DVIConfig, DVIDrafter
     from drafters.online import LearnConfig
 
-    dvi = DVIDrafter(composer.target.model, 6, DVIConfig(learning=LearnConfig(update_every=1, kl_updates=8)), name="dvi6")
-    composer.add_drafter("dvi6", dvi)
+    config = DVIConfig(draft_vocab=draft_vocab, learning=LearnConfig(update_every=1, kl_updates=8))
+    dvi = DVIDrafter(composer.target.model, 6, config, name=f"dvi6-{draft_vocab}")
+    composer.add_drafter(dvi.name, dvi)
     for prompt in PROMPTS:
-        check(composer, prompt, "single", 48, drafter="dvi6", tree=dict(depth=4, top_k=3, budget=10))
+        check(composer, prompt, "single", 48, drafter=dvi.name, tree=dict(depth=4, top_k=3, budget=10))
     assert dvi.learner.updates > 50 and dvi.learner.phase == "rl"
+
+
+def test_dvi_over_the_shipped_draft_vocabulary(composer):
+    """draft_vocab='shipped' finds the shipped drafters' vocabulary for the default target (by its
+    fingerprint) and stays greedy-exact while it learns over it."""
+    from drafters.dvi import DVIConfig, DVIDrafter
+    from drafters.online import LearnConfig
+    from drafters.pretrained import load_pretrained
+
+    config = DVIConfig(draft_vocab="shipped", learning=LearnConfig(update_every=1, kl_updates=2))
+    dvi = DVIDrafter(composer.target.model, 6, config, name="dvi6-shipped-light")
+    shipped = load_pretrained("smollm2-135m-instruct", "math", composer.target.model)
+    assert torch.equal(dvi.draft_ids, shipped.model.head.draft_ids) and dvi.draft_ids.numel() < 49152
+    composer.add_drafter(dvi.name, dvi)
+    check(composer, PROMPTS[0], "single", 24, drafter=dvi.name, tree=dict(depth=3, top_k=3, budget=8))
+    assert dvi.learner.updates > 0
