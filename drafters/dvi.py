@@ -60,7 +60,7 @@ class DVIConfig(BaseModel):
                                   "affine map of its output h -> h + W h + b (tuned-lens style, zero at start)")
     learn: bool = Field(True, description="learn online from verification (False: a frozen adapter)")
     draft_vocab: str = Field(
-        "full", description="the exit head's vocabulary: 'full' (the target's), 'shipped' (the draft vocabulary of "
+        "auto", description="the exit head's vocabulary: 'full' (the target's), 'shipped' (the draft vocabulary of "
                             "the drafters shipped for this target in drafters/pretrained), 'auto' (shipped where "
                             "there is one, else full), or a drafter checkpoint folder with a truncated head whose "
                             "draft vocabulary (d2t) to use")

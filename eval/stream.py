@@ -265,7 +265,9 @@ def restore(out: Path, config: StreamConfig, runs: dict) -> tuple[list[dict], li
     folder = atomic.recover_folder(out / "checkpoint")
     if not (folder / "state.json").is_file():
         raise ValueError(f"--resume: {out} has no checkpoint to continue from")
-    saved = StreamConfig.model_validate(json.loads((out / "config.json").read_text()))
+    saved = json.loads((out / "config.json").read_text())
+    saved.get("dvi", {}).setdefault("draft_vocab", "full")  # runs from before draft vocabularies had the full head
+    saved = StreamConfig.model_validate(saved)
     if saved.measured() != config.measured():
         changed = sorted(k for k, v in config.measured().items() if saved.measured().get(k) != v)
         raise ValueError(f"--resume: the settings differ from the run in {out}: {changed}")

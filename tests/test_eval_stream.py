@@ -111,6 +111,23 @@ def test_stream_keeps_its_threads_and_takes_tree_auto(tmp_path, monkeypatch):
     assert summary["greedy_mismatches"] == []
 
 
+def test_resume_of_a_run_from_before_draft_vocabularies(tmp_path, capsys):
+    """A run whose config predates `draft_vocab` had the full head: resuming it with today's
+    default ('auto') is refused as a changed setting, with 'full' it goes on."""
+    target = tiny_target_folder(tmp_path / "model")
+    out = tmp_path / "r"
+    argv = ["stream", "--target", str(target), "--prompts", "2", "--window", "1", "--exit-layer", "1",
+            "--max-new-tokens", "4", "--variants", "kl", "--no-baseline", "--no-progress", "--out", str(out)]
+    assert main([*argv, "--max-minutes", "1e-9", "--dvi", '{"draft_vocab": "full"}']) == 0
+    config = json.loads((out / "config.json").read_text())
+    del config["dvi"]["draft_vocab"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert main([*argv, "--resume"]) == 2
+    assert "settings differ" in capsys.readouterr().err
+    assert main([*argv, "--resume", "--dvi", '{"draft_vocab": "full"}']) == 0
+    assert json.loads((out / "summary.json").read_text())["complete"]
+
+
 def _target(folder):
     from drafters.assets import load_target
 
