@@ -39,7 +39,7 @@ LEVELS = 2  # acceptance learnt separately for the root's children and for deepe
 # prior for p[r] (a weak, fairly optimistic drafter) and its weight in verified nodes
 PRIOR = (0.55, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)
 PRIOR_WEIGHT = 8.0
-DECAY = 0.995  # per observed node: the estimate follows drift over a few hundred steps
+DECAY = 0.99  # per verified step: the estimate follows a new prompt's domain within about a hundred steps
 MAX_EXPLORE_GAP = 64  # plain steps between two drafted ones, at most, while drafting keeps losing
 
 
@@ -69,14 +69,17 @@ class PositionalAcceptance:
         the child taken next (if any) is a hit at its rank."""
         path = path.tolist()
         parents, scores = tree.parents, tree.scores
+        # forget per verified step, at every level alike: deeper trials are rare where the first
+        # level mostly misses, and per-trial forgetting kept a previous prompt's deep acceptance
+        # (GSM8K's, when MT-Bench followed) for hundreds of steps
+        self.hits *= self.decay
+        self.trials *= self.decay
         for i, node in enumerate(path):
             children = (parents == node).nonzero().flatten()
             if children.numel() == 0:
                 continue
             ranked = children[torch.sort(scores[children], descending=True, stable=True).indices][:RANKS].tolist()
             level = min(i, LEVELS - 1)
-            self.hits[level] *= self.decay
-            self.trials[level] *= self.decay
             self.trials[level, : len(ranked)] += 1
             if i + 1 < len(path) and path[i + 1] in ranked:
                 self.hits[level, ranked.index(path[i + 1])] += 1
