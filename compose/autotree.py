@@ -22,6 +22,7 @@
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,7 @@ LEVELS = 2  # acceptance learnt separately for the root's children and for deepe
 PRIOR = (0.55, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)
 PRIOR_WEIGHT = 8.0
 DECAY = 0.99  # per verified step: the estimate follows a new prompt's domain within about a hundred steps
+REALITY_STEPS = 32  # drafted steps whose measured throughput checks the model's
 MAX_EXPLORE_GAP = 64  # plain steps between two drafted ones, at most, while drafting keeps losing
 
 
@@ -123,7 +125,8 @@ class AutoTree:
         self.forward_scale = self.draft_scale = 1.0
         self.plain_scale: float | None = None  # one-token forwards' observed / profiled time
         self.overhead_ms = 0.0  # pack + verify + bookkeeping per step, learnt online
-        self._observed = self._predicted = None  # (tokens, seconds) of drafted steps, averaged
+        # the last drafted steps: (spec, tokens delivered, seconds taken, seconds predicted)
+        self._drafted: deque[tuple[TreeSpec, float, float, float]] = deque(maxlen=REALITY_STEPS)
         self._steps = 0
         self._choice: TreeChoice | None = None
         self._best_tree: TreeChoice | None = None
@@ -151,12 +154,23 @@ class AutoTree:
         draft = self.costs.root_ms + (depth - 1) * self.costs.level(top_k)
         return self.forward_scale * self.costs.forward(nodes) + self.draft_scale * self.width * draft + self.overhead_ms
 
+    def expected_tokens(self, spec: TreeSpec) -> float:
+        """Tokens per step the acceptance model expects of `spec` (bonus included)."""
+        expected = self.acceptance.expected_accepted(spec.depth, spec.top_k * self.width)
+        return 1.0 + float(expected[min(self.width * spec.budget, expected.numel()) - 1])
+
     @property
     def reality(self) -> float:
-        """Measured / predicted throughput of the drafted steps so far (1 before any)."""
-        if self._observed is None:
+        """Measured / predicted throughput of the last drafted steps (1 before any). The tokens
+        are predicted by today's acceptance model, not the one of the step's time: a model
+        still at its prior when the steps ran (at T = 1 it expected twice what the first steps
+        delivered) is lag the model has since learnt away, and counting it again locked auto
+        into plain decoding; what is left is the model's own error (e.g. correlated depths)."""
+        if not self._drafted:
             return 1.0
-        (tokens, secs), (p_tokens, p_secs) = self._observed, self._predicted
+        predicted = {spec: self.expected_tokens(spec) for spec in {d[0] for d in self._drafted}}
+        tokens, secs, p_secs = (sum(d[i] for d in self._drafted) for i in (1, 2, 3))
+        p_tokens = sum(predicted[d[0]] for d in self._drafted)
         return min(2.0, max(0.05, (tokens / secs) / (p_tokens / p_secs)))
 
     def _decide(self) -> tuple[TreeChoice, TreeChoice]:
@@ -194,13 +208,9 @@ class AutoTree:
             return
         predicted = self.width * (self.costs.root_ms + (spec.depth - 1) * self.costs.level(spec.top_k))
         self.draft_scale = _ema(self.draft_scale, 1e3 * t_draft / max(predicted, 1e-6))
-        expected = self.acceptance.expected_accepted(spec.depth, spec.top_k * self.width)
-        p_tokens = 1.0 + float(expected[min(self.width * spec.budget, expected.numel()) - 1])
         p_secs = self.step_ms(spec.depth, spec.top_k, spec.budget) / 1e3
         self.acceptance.observe(tree, path)
-        seen = (float(path.numel()), t_draft + t_forward + t_other)
-        self._observed = seen if self._observed is None else tuple(map(_ema, self._observed, seen))
-        self._predicted = (p_tokens, p_secs) if self._predicted is None else tuple(map(_ema, self._predicted, (p_tokens, p_secs)))
+        self._drafted.append((spec, float(path.numel()), t_draft + t_forward + t_other, p_secs))
 
 
 def _ema(old: float, new: float, weight: float = 0.1) -> float:

@@ -12,7 +12,7 @@ from compose.autotree import PRIOR, AutoTree, PositionalAcceptance
 from compose.costs import CostProfile, cached_json
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from tiny_models import tiny_model
-from trees import DraftTree
+from trees import DraftTree, TreeSpec
 
 
 def brute_force_expected(p: list[list[float]], depth: int, top_k: int, budget: int) -> float:
@@ -135,3 +135,24 @@ def test_single_drafters_learn_their_own_acceptance(tmp_path, monkeypatch):
     autos = {k: v for k, v in composer.strategy_cache.items() if isinstance(k, tuple) and k[0] == "autotree"}
     assert sorted(dict(k[2])["drafter"] for k in autos) == ["ee", "self"]
     assert len({id(v) for v in autos.values()}) == 2
+
+
+def test_reality_judges_past_steps_by_the_model_of_now():
+    """Drafted steps that delivered what the acceptance model now expects measure reality 1,
+    however much the model of their time promised: the start's optimism is lag the model learns
+    away (at T = 1 the prior promised twice what the first steps delivered, and counting it again
+    locked auto into plain decoding), not evidence against drafting."""
+    profile = CostProfile(forward_ms={1: 48.0, 6: 50.0, 7: 57.0, 16: 76.0, 64: 210.0}, level_ms={1: 2.0, 8: 2.3}, root_ms=2.2)
+    auto = AutoTree(profile, acceptance=PositionalAcceptance(prior=(0.9,) + (0.05,) * 7, weight=8.0, decay=1.0))
+    spec = TreeSpec(depth=1, top_k=1, budget=1)
+    tree = DraftTree.from_lists([1, 2], [-1, 0], scores=[0.0, -0.1])
+    for step in range(12):  # the drafted child accepted on every other step
+        path = torch.tensor([0, 1] if step % 2 else [0])
+        auto.observe(spec, tree, path, profile.root_ms / 1e3, profile.forward(2) / 1e3, 0.0)
+    model_now = auto.expected_tokens(spec)  # (0.9 * 8 + 6) / 20 = 0.66 accepted per step
+    assert model_now == pytest.approx(1.66)
+    assert auto.reality == pytest.approx(1.5 / model_now, rel=1e-6)  # delivered 1.5 per step, on time
+    auto.acceptance.hits[0, 0], auto.acceptance.trials[0, 0] = 50.0, 100.0  # the model learns 0.5
+    assert auto.reality == pytest.approx(1.0, rel=1e-6)
+
+
