@@ -17,8 +17,9 @@
   still drafts the best tree so the acceptance estimate keeps learning (the gap doubles, up to
   MAX_EXPLORE_GAP, while drafting keeps measuring well below plain decoding). Whether drafting beats
   plain decoding is judged on measured throughput: the model's predicted rate for drafted steps
-  is scaled by what drafted steps actually delivered against their prediction (`reality`), and
-  plain decoding's rate comes from plain steps' own forward times.
+  is scaled by what the last drafted steps actually delivered against what today's model
+  predicts for them (`reality`), and plain decoding's rate comes from plain steps' own forward
+  times.
 """
 from __future__ import annotations
 
