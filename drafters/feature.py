@@ -21,9 +21,9 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
-from trees import (DraftTree, SamplingSpec, SparseLogits, TreeSpec, ancestor_matrix, attention_mask,
-                   build_lockstep, new_build)
+from trees import DraftTree, SamplingSpec, SparseLogits, TreeSpec, attention_mask, build_lockstep, new_build
 
 from .base import Drafter
 from .heads import TargetHead, TruncatedHead
@@ -95,8 +95,11 @@ class _FeatureDrafting:
         if self._last_feature is None:
             raise ValueError("propose() before start()")
         self._root_token = int(root_token)
-        self._fed: list[list[int]] = [[] for _ in self.models]  # member -> node at slot committed + j (-1: padding)
-        self._outputs: list[dict[int, torch.Tensor]] = [{} for _ in self.models]  # member -> node -> output [d]
+        # the tree part of the cache, every member at once (slot j sits at cache position committed + j):
+        self._slot_of = torch.zeros(self.size, 0, dtype=torch.long)  # [m, nodes] member's node -> its slot (-1: not fed)
+        self._sees = torch.zeros(self.size, 0, 0, dtype=torch.bool)  # [m, slots, slots] slot -> the slots it attends
+        self._slot_outputs: torch.Tensor | None = None  # [m, slots, d] each slot's output (its children's feature)
+        self._vocab_ids = [_vocab_ids(m) for m in self.models]  # read once per tree, not per level
         self._committed = None
 
     def end_tree(self) -> None:
@@ -115,16 +118,12 @@ class _FeatureDrafting:
         sizes = [0 if f is None else f.numel() for f in frontiers]
         if self._committed is None:
             outputs, logits = self._feed_root()
-            nodes = [[0] for _ in trees]
-        else:
-            width = max(sizes)
-            nodes = [(f.tolist() if f is not None else []) + [-1] * (width - k) for f, k in zip(frontiers, sizes)]
-            outputs, logits = self._feed_nodes(trees, nodes)  # -1: a padding row no node ever attends
-        for b, row_nodes in enumerate(nodes):
-            self._fed[b] += row_nodes
-            for n, o in zip(row_nodes, outputs[b]):
-                if n >= 0:
-                    self._outputs[b][n] = o
+            nodes = torch.zeros(self.size, 1, dtype=torch.long)
+        else:  # -1: a padding row no node ever attends
+            nodes = pad_sequence([f.reshape(-1).cpu() if f is not None else torch.zeros(0, dtype=torch.long)
+                                  for f in frontiers], batch_first=True, padding_value=-1)
+            outputs, logits = self._feed_nodes(trees, nodes)
+        self._record_slots(nodes, outputs)
         return [_first_rows(out, k) if k else None for out, k in zip(logits, sizes)]
 
     def _feed_root(self) -> tuple[torch.Tensor, list]:
@@ -139,22 +138,42 @@ class _FeatureDrafting:
         out, logits = self.forward(ids.expand(m, n), feats.expand(m, n, -1), True, positions.expand(m, n),
                                    mask.expand(m, -1, -1), last=1)
         self._committed = start + n - 1  # the root is slot 0 of the tree part
+        self._sees = torch.ones(m, 1, 1, dtype=torch.bool)
         return out[:, -1:], logits
 
-    def _feed_nodes(self, trees: Sequence[DraftTree], nodes: list[list[int]]) -> tuple[torch.Tensor, list]:
-        dev, committed = self.device, self._committed
-        ids, feats, positions, masks = [], [], [], []
-        for b, (tree, row_nodes) in enumerate(zip(trees, nodes)):
-            rows = torch.tensor([max(n, 0) for n in row_nodes])  # a padding row repeats the root's inputs
-            cols = torch.tensor(self._fed[b] + row_nodes)
-            allowed = ancestor_matrix(tree.parents, tree.depths)[rows][:, cols.clamp(min=0)] & (cols >= 0)
-            masks.append(attention_mask(allowed, committed, self.dtype))
-            ids.append(tree.tokens[rows])
-            parents = [int(tree.parents[n]) if n >= 0 else 0 for n in row_nodes]  # padding: the root's output
-            feats.append(torch.stack([self._outputs[b][p] for p in parents]))
-            positions.append(committed + tree.depths[rows])
-        stack = lambda xs: torch.stack(xs).to(dev)  # noqa: E731
-        return self.forward(stack(ids), stack(feats), False, stack(positions), stack(masks))
+    def _feed_nodes(self, trees: Sequence[DraftTree], nodes: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """Feed `nodes` [m, W] (member b's frontier in row b, -1 padding) after the fed slots, all
+        members in one forward. A node attends its parent's slots and its own (its parent's
+        row of `_sees` plus itself: the tree's ancestor rows, built incrementally); a padding
+        row repeats the root's inputs and attends the root alone, and nothing attends it."""
+        m, width = nodes.shape
+        real = nodes >= 0
+        rows = nodes.clamp(min=0)
+        member = torch.arange(m)[:, None]
+        tokens, parents, depths = (pad_sequence([getattr(t, f) for t in trees], batch_first=True).gather(1, rows)
+                                   for f in ("tokens", "parents", "depths"))
+        self._grow_slot_map(max(len(t) for t in trees))
+        parent_slots = self._slot_of.gather(1, parents.clamp(min=0))  # padding rows: the root's parent -1 -> slot 0
+        if bool((parent_slots < 0).any()):
+            raise ValueError("a frontier node's parent was never fed: feed parents before their children")
+        sees = torch.cat([self._sees[member, parent_slots], torch.diag_embed(real)], dim=-1)  # [m, W, slots + W]
+        self._sees = torch.cat([nn.functional.pad(self._sees, (0, width)), sees], dim=1)
+        dev = self.device
+        mask = attention_mask(sees.reshape(m * width, -1), self._committed, self.dtype).view(m, width, -1)
+        feats = self._slot_outputs[member.to(dev), parent_slots.to(dev)]
+        return self.forward(tokens.to(dev), feats, False, (self._committed + depths).to(dev), mask.to(dev))
+
+    def _record_slots(self, nodes: torch.Tensor, outputs: torch.Tensor) -> None:
+        """The fed rows take the next slots: their outputs (children's features) and node -> slot."""
+        first = 0 if self._slot_outputs is None else self._slot_outputs.shape[1]
+        self._slot_outputs = outputs if self._slot_outputs is None else torch.cat([self._slot_outputs, outputs], 1)
+        self._grow_slot_map(int(nodes.max()) + 1)
+        member, column = (nodes >= 0).nonzero(as_tuple=True)
+        self._slot_of[member, nodes[member, column]] = first + column
+
+    def _grow_slot_map(self, n_nodes: int) -> None:
+        if self._slot_of.shape[1] < n_nodes:
+            self._slot_of = nn.functional.pad(self._slot_of, (0, n_nodes - self._slot_of.shape[1]), value=-1)
 
     def forward(self, ids, feats, from_target: bool, positions, mask, last: int | None = None) -> tuple[torch.Tensor, list]:
         """Every member's forward after the cache's live entries, which the new ones join.
@@ -165,7 +184,7 @@ class _FeatureDrafting:
         out, _ = self.runner(ids, feats, from_target, positions, mask[:, None], self.cache)
         self.cache.advance(n)
         head_out = self.runner.logits(out[:, -(last or n):])  # one head call for every member
-        return out, [_as_logits(m, h) for m, h in zip(self.models, head_out)]
+        return out, [_as_logits(m, h, v) for m, h, v in zip(self.models, head_out, self._vocab_ids)]
 
     def _queue(self, ids: torch.Tensor, feats: torch.Tensor) -> None:
         if ids.numel():
@@ -257,12 +276,17 @@ def stacked_model(models: Sequence[FeatureDrafterModel]) -> FeatureDrafterModel:
 def head_logits(model: FeatureDrafterModel, outputs: torch.Tensor) -> torch.Tensor | SparseLogits:
     """Float logits at `outputs`: over the draft vocabulary (with its target ids) for a
     truncated head, so that top-k never touches the full vocabulary; else over the target's."""
-    return _as_logits(model, model.logits(outputs))
+    return _as_logits(model, model.logits(outputs), _vocab_ids(model))
 
 
-def _as_logits(model: FeatureDrafterModel, head_out: torch.Tensor) -> torch.Tensor | SparseLogits:
-    if isinstance(model.head, TruncatedHead):
-        return SparseLogits(head_out.float(), model.head.draft_ids, model.config.vocab_size)
+def _vocab_ids(model: FeatureDrafterModel) -> torch.Tensor | None:
+    """The target id of each column of the model's head output (None: the target's vocabulary)."""
+    return model.head.draft_ids if isinstance(model.head, TruncatedHead) else None
+
+
+def _as_logits(model: FeatureDrafterModel, head_out: torch.Tensor, vocab_ids: torch.Tensor | None) -> torch.Tensor | SparseLogits:
+    if vocab_ids is not None:
+        return SparseLogits(head_out.float(), vocab_ids, model.config.vocab_size)
     return head_out.float()
 
 
