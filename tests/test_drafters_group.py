@@ -96,3 +96,52 @@ def test_unequal_frontiers_are_padded_without_changing_any_member(target):
             else:
                 torch.testing.assert_close(dense_logits(outs[b]), alone[b][level], atol=1e-4, rtol=1e-4)
     group.end_tree()
+
+
+@pytest.mark.parametrize("head", ["target", "truncated"])
+def test_group_trees_are_bit_identical_to_members_alone(target, head):
+    """Scores too, to the bit: every member's rows go through the same kernels alone and together."""
+    drafters = members(target, head=head)
+    group = FeatureDrafterGroup(drafters)
+    seq = torch.randint(0, 96, (30,), generator=torch.Generator().manual_seed(8))
+    feats = target_features(target, seq, group.target_layers)
+    for d in [*drafters, group]:
+        d.start(seq[:20], feats[:20])
+    spec = TreeSpec(depth=5, top_k=4, budget=16)
+    together = group.draft(int(seq[20]), spec, SamplingSpec(), None, group.names)
+    for d, tree in zip(drafters, together):
+        alone = d.propose(int(seq[20]), spec, SamplingSpec())
+        for field in ("tokens", "parents", "scores", "depths"):
+            assert torch.equal(getattr(tree, field), getattr(alone, field)), field
+
+
+def test_incremental_masks_are_the_tree_ancestor_masks(target, monkeypatch):
+    """The masks a group builds level by level (parent's row plus itself, padding rows seeing the
+    root alone) are the ancestor-matrix masks over the fed nodes."""
+    from drafters import feature
+    from trees import DraftTree, ancestor_matrix, attention_mask
+
+    group = FeatureDrafterGroup(members(target))
+    seq = torch.randint(0, 96, (10,), generator=torch.Generator().manual_seed(9))
+    group.start(seq[:9], target_features(target, seq[:9], group.target_layers))
+    tree = DraftTree.from_lists([int(seq[9]), 4, 8, 15, 16, 23, 42], [-1, 0, 0, 2, 1, 3, 3])
+    levels = [[[0], [0], [0]], [[1, 2], [2], [1]], [[3, 4], [3], None], [[5, 6], [6], None]]
+    seen = []
+    real_forward = feature._FeatureDrafting.forward
+    monkeypatch.setattr(feature._FeatureDrafting, "forward",
+                        lambda self, *a, **kw: seen.append(a[4]) or real_forward(self, *a, **kw))
+    group.begin_tree(int(seq[9]))
+    fed = [[0], [0], [0]]
+    anc = ancestor_matrix(tree.parents, tree.depths)
+    for level, frontiers in enumerate(levels):
+        group.step_many([tree] * 3, [None if f is None else torch.tensor(f) for f in frontiers])
+        if level == 0:
+            continue
+        width = max(len(f or []) for f in frontiers)
+        for b, f in enumerate(frontiers):
+            rows = (f or []) + [-1] * (width - len(f or []))
+            fed[b] += rows
+            cols = torch.tensor(fed[b])
+            allowed = anc[torch.tensor(rows).clamp(min=0)][:, cols.clamp(min=0)] & (cols >= 0)
+            assert torch.equal(seen[-1][b], attention_mask(allowed, group._committed, group.dtype))
+    group.end_tree()
