@@ -236,3 +236,31 @@ def test_stop_below_ends_the_build_where_no_path_is_likely_enough():
     assert torch.equal(sampled[0].depths, sampled[1].depths) and int(sampled[1].depths.max()) > 3
     with pytest.raises(ValueError, match="stop_below"):
         TreeSpec(stop_below=1.0)
+
+
+def test_lockstep_builds_over_one_vocabulary_equal_each_build_alone_to_the_bit(monkeypatch):
+    """build_lockstep runs one softmax and one top-k over the rows of every dynamic build whose
+    logits cover one vocabulary (here two sparse drafters over one draft vocabulary and two dense
+    ones, of two widths); each tree is still exactly the tree its drafter builds alone."""
+    from trees import build, build_lockstep, new_build
+
+    ids = torch.tensor([1, 3, 4, 8, 9, 12, 15, 20, 21, 30])
+
+    def sparse(d: RecordingDrafter):
+        return lambda tree, frontier: SparseLogits(d(tree, frontier)[:, ids], ids, d.vocab)
+
+    def fresh():
+        return [sparse(RecordingDrafter(40, seed=1)), sparse(RecordingDrafter(40, seed=2)),
+                RecordingDrafter(40, seed=3), RecordingDrafter(40, seed=4), RecordingDrafter(33, seed=5)]
+
+    spec = TreeSpec(depth=4, top_k=3, budget=10)
+    alone = [build_tree(5, fn, spec, drafter_name=f"d{i}") for i, fn in enumerate(fresh())]
+    fns, batches = fresh(), []
+    real_top_children = build.top_children
+    monkeypatch.setattr(build, "top_children", lambda outs, k: batches.append(len(outs)) or real_top_children(outs, k))
+    together = build_lockstep([new_build(5, spec, None, None, f"d{i}") for i in range(len(fns))],
+                              lambda trees, frontiers: [fn(t, f) for fn, t, f in zip(fns, trees, frontiers)])
+    for a, b in zip(alone, together):
+        for field in ("tokens", "parents", "scores", "depths", "entropies"):  # entropies: NaN where not expanded
+            torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=0, atol=0, equal_nan=True)
+    assert batches[:3] == [2, 2, 1]  # the sparse pair, the dense pair of width 40, the width-33 one

@@ -64,10 +64,12 @@ class GrowingTree:
         return torch.arange(start, len(self))
 
     def record_entropy(self, nodes: torch.Tensor, logp: torch.Tensor) -> None:
-        """Entropy of the drafter's distribution (log-probs `logp`) at the expanded `nodes`.
-        It is NaN exactly when the drafter's logits row held NaN or inf or nothing finite, so it
-        doubles as the drafter's non-finite check at no extra cost."""
-        entropy = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+        """Entropy of the drafter's distribution (log-probs `logp`) at the expanded `nodes`."""
+        self.record_entropies(nodes, row_entropy(logp))
+
+    def record_entropies(self, nodes: torch.Tensor, entropy: torch.Tensor) -> None:
+        """An entropy is NaN exactly when the drafter's logits row held NaN or inf or nothing
+        finite, so it doubles as the drafter's non-finite check at no extra cost."""
         require_finite_rows(entropy, f"drafter {self.drafter_name!r}")
         self.entropies[nodes] = entropy
 
@@ -108,10 +110,37 @@ def build_lockstep(builds: list, step_many) -> list[DraftTree]:
     while any(b.frontier is not None for b in builds):
         frontiers = [b.frontier for b in builds]
         outs = step_many([b.grow.snapshot() for b in builds], frontiers)
-        for b, frontier, out in zip(builds, frontiers, outs):
-            if frontier is not None:
-                b.expand(checked(out, frontier))
+        live = [(b, checked(out, f)) for b, f, out in zip(builds, frontiers, outs) if f is not None]
+        for batch in _same_vocabulary(live):
+            if isinstance(batch[0][0], DynamicBuild):  # one softmax / entropy / top-k for all their rows
+                for (b, _), top in zip(batch, top_children([out for _, out in batch], batch[0][0].spec.top_k)):
+                    b.add_level(*top)
+            else:
+                for b, out in batch:
+                    b.expand(out)
     return [b.tree() for b in builds]
+
+
+def _same_vocabulary(live: list) -> list[list]:
+    """Consecutive runs of dynamic builds with one top-k whose logits cover one vocabulary (dense
+    of one width, or sparse over equal ids); every other build alone."""
+    batches: list[list] = []
+    for b, out in live:
+        if batches and isinstance(b, DynamicBuild) and _batchable(batches[-1][-1], (b, out)):
+            batches[-1].append((b, out))
+        else:
+            batches.append([(b, out)])
+    return batches
+
+
+def _batchable(first: tuple, second: tuple) -> bool:
+    (a, x), (b, y) = first, second
+    if not (isinstance(a, DynamicBuild) and a.spec.top_k == b.spec.top_k and type(x) is type(y)):
+        return False
+    if isinstance(x, SparseLogits):
+        return x.logits.shape[1] == y.logits.shape[1] and x.logits.device == y.logits.device and x.vocab_size == y.vocab_size and (
+            x.vocab_ids is y.vocab_ids or torch.equal(x.vocab_ids, y.vocab_ids))
+    return x.shape[1] == y.shape[1] and x.device == y.device
 
 
 def build_chain(root_token: int, step_fn: StepFn, depth: int, drafter_name: str = "draft") -> DraftTree:
@@ -143,13 +172,12 @@ class DynamicBuild:
         self.frontier: torch.Tensor | None = torch.zeros(1, dtype=torch.long)
 
     def expand(self, out: torch.Tensor | SparseLogits) -> None:
+        self.add_level(*top_children([out], self.spec.top_k)[0])
+
+    def add_level(self, entropy: torch.Tensor, top_logq: torch.Tensor, top_tokens: torch.Tensor) -> None:
+        """Grow the frontier's top-k children (`top_children` of its logits)."""
         grow, frontier, k = self.grow, self.frontier, self.spec.top_k
-        logits, vocab = (out.logits, out.vocab_ids) if isinstance(out, SparseLogits) else (out, None)
-        logq = torch.log_softmax(logits.float(), dim=-1)
-        grow.record_entropy(frontier, logq)
-        top_logq, top_tokens = logq.topk(min(k, logq.shape[-1]), dim=-1)
-        if vocab is not None:
-            top_tokens = vocab.to(top_tokens.device)[top_tokens]
+        grow.record_entropies(frontier, entropy)
         cand_scores = (grow.scores[frontier][:, None] + top_logq.cpu()).flatten()
         finite = torch.isfinite(cand_scores)  # a truncated draft head gives -inf outside its vocabulary
         cand_parents = frontier.repeat_interleave(top_tokens.shape[1])[finite]
@@ -167,6 +195,26 @@ class DynamicBuild:
     def tree(self) -> DraftTree:
         tree = self.grow.snapshot()
         return tree.select(top_scoring_closed(tree, self.spec.budget))
+
+
+def row_entropy(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of each row of log-probabilities."""
+    return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+
+
+def top_children(outs: list, k: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(entropy [F], top log q [F, k], their target tokens [F, k]) for each step output in `outs`
+    (all over one vocabulary), from one log-softmax and one top-k over all their rows: each
+    row's numbers are those it gets alone."""
+    sparse = isinstance(outs[0], SparseLogits)
+    rows = [out.logits if sparse else out for out in outs]
+    logq = torch.log_softmax((rows[0] if len(rows) == 1 else torch.cat(rows)).float(), dim=-1)
+    entropy = row_entropy(logq)
+    top_logq, top_tokens = logq.topk(min(k, logq.shape[-1]), dim=-1)
+    if sparse:
+        top_tokens = outs[0].vocab_ids.to(top_tokens.device)[top_tokens]
+    sizes = [r.shape[0] for r in rows]
+    return list(zip(entropy.split(sizes), top_logq.split(sizes), top_tokens.split(sizes)))
 
 
 def split_quota(quota: int, frontier_size: int, cap: int) -> torch.Tensor:
