@@ -29,7 +29,7 @@ from .base import Drafter
 from .heads import TargetHead, TruncatedHead
 from .kv import KVCache
 from .model import FeatureDrafterModel, RMSNorm
-from .packed import linear
+from .packed import linear, plain_linears, stacked_matmul
 
 
 class _FeatureDrafting:
@@ -244,6 +244,10 @@ class StackedLinear(nn.Module):
         return self.members[0].weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if plain_linears(self.members):
+            out = stacked_matmul(x, [m.weight for m in self.members], [m.bias for m in self.members])
+            if out is not None:
+                return out
         return torch.stack([linear(member, row) for member, row in zip(self.members, x)])
 
 

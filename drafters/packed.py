@@ -64,6 +64,29 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out[:n].view(*x.shape[:-1], out.shape[-1])
 
 
+def stacked_matmul(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """Member b's F.linear(x[b], weights[b], biases[b]) for every member, x [m, ..., in] -> [m, ...,
+    out], on the packed weights with the checks made once for all members (a lockstep group's
+    linears); None where the packed path does not apply (the caller then runs each member's own)."""
+    if torch.is_grad_enabled() or x.device.type != "cpu" or any(w.dtype != x.dtype for w in weights):
+        return None
+    packed = [_packed(w) for w in weights]
+    if any(p is None for p in packed):
+        return None
+    rows = x.reshape(len(weights), -1, x.shape[-1])
+    n = rows.shape[1]
+    if n < MIN_ROWS:  # as in matmul: padding rows are computed and dropped
+        rows = torch.cat([rows, rows.new_zeros(rows.shape[0], MIN_ROWS - n, rows.shape[2])], dim=1)
+    out = torch.stack([torch.ops.mkldnn._linear_pointwise(r, p, b, "none", [], "") for r, p, b in zip(rows, packed, biases)])
+    return out[:, :n].reshape(*x.shape[:-1], out.shape[-1])
+
+
+def plain_linears(modules) -> bool:
+    """True when every module is a plain nn.Linear whose forward no hook watches (packed-path ready)."""
+    return not _global_hooks() and all(
+        type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks for m in modules)
+
+
 def _global_hooks() -> bool:
     from torch.nn.modules import module as torch_module
 

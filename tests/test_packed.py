@@ -91,3 +91,18 @@ def test_a_hooked_linear_runs_its_hooks():
     with torch.inference_mode():
         torch.testing.assert_close(linear(layer, x), F.linear(x, layer.weight, layer.bias) + 1.0)
     handle.remove()
+
+
+def test_stacked_matmul_is_each_members_matmul_to_the_bit():
+    from drafters.packed import stacked_matmul
+
+    torch.manual_seed(2)
+    weights = [torch.randn(24, 16) for _ in range(3)]
+    biases = [torch.randn(24), None, torch.randn(24)]
+    for rows in (1, 2, 5):
+        x = torch.randn(3, rows, 16)
+        with torch.inference_mode():
+            together = stacked_matmul(x, weights, biases)
+            alone = torch.stack([matmul(x[b], w, bias) for b, (w, bias) in zip(range(3), zip(weights, biases))])
+        assert torch.equal(together, alone)
+    assert stacked_matmul(torch.randn(3, 2, 16), weights, biases) is None  # gradients on: the caller's own path
