@@ -35,7 +35,6 @@ from .costs import CostProfile
 DEPTHS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16)  # deep narrow trees pay off for near-perfect drafters
 TOP_KS = (1, 2, 3, 4, 6, 8)
 MAX_NODES = 64  # draft nodes in the verified tree, all drafters together; every budget up to it is tried
-BUDGETS = tuple(range(1, MAX_NODES + 1))
 RANKS = max(TOP_KS)
 LEVELS = 2  # acceptance learnt separately for the root's children and for deeper nodes
 # prior for p[r] (a weak, fairly optimistic drafter) and its weight in verified nodes
@@ -152,8 +151,11 @@ class AutoTree:
 
     def step_ms(self, depth: int, top_k: int, budget: int) -> float:
         nodes = 1 + self.width * budget
-        draft = self.costs.root_ms + (depth - 1) * self.costs.level(top_k)
-        return self.forward_scale * self.costs.forward(nodes) + self.draft_scale * self.width * draft + self.overhead_ms
+        return self.forward_scale * self.costs.forward(nodes) + self.draft_scale * self.draft_ms(depth, top_k) + self.overhead_ms
+
+    def draft_ms(self, depth: int, top_k: int) -> float:
+        """Profiled ms of drafting a (depth, top_k) tree with every merged drafter (unscaled)."""
+        return self.width * (self.costs.root_ms + (depth - 1) * self.costs.level(top_k))
 
     def expected_tokens(self, spec: TreeSpec) -> float:
         """Tokens per step the acceptance model expects of `spec` (bonus included)."""
@@ -186,7 +188,7 @@ class AutoTree:
             for depth in DEPTHS:
                 accepted = torch.cat(levels[:depth]).sort(descending=True).values.cumsum(0)
                 budgets = torch.arange(1, min(accepted.numel(), MAX_NODES) // w + 1)
-                draft_ms = self.draft_scale * w * (self.costs.root_ms + (depth - 1) * self.costs.level(top_k))
+                draft_ms = self.draft_scale * self.draft_ms(depth, top_k)
                 step = self.forward_scale * self._forward_ms[w * budgets] + draft_ms + self.overhead_ms
                 rates = 1e3 * (1.0 + accepted[w * budgets - 1]) / step
                 i = int(rates.argmax())
@@ -207,7 +209,7 @@ class AutoTree:
             ratio = 1e3 * t_forward / self.costs.forward(1)
             self.plain_scale = ratio if self.plain_scale is None else _ema(self.plain_scale, ratio)
             return
-        predicted = self.width * (self.costs.root_ms + (spec.depth - 1) * self.costs.level(spec.top_k))
+        predicted = self.draft_ms(spec.depth, spec.top_k)
         self.draft_scale = _ema(self.draft_scale, 1e3 * t_draft / max(predicted, 1e-6))
         p_secs = self.step_ms(spec.depth, spec.top_k, spec.budget) / 1e3
         self.acceptance.observe(tree, path)

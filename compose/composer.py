@@ -12,8 +12,8 @@ from drafters.base import Drafter
 from routing import Calibration, DomainRouter
 from trees import TreeSpec
 
-from .autotree import BUDGETS as AUTO_BUDGETS
 from .autotree import DEPTHS as AUTO_DEPTHS
+from .autotree import MAX_NODES as AUTO_MAX_NODES
 from .autotree import AutoTree
 from .costs import machine_profile
 from .engine import decode
@@ -174,7 +174,7 @@ class Composer:
                 )
 
     def _tree_policy(self, strategy_name: str, plan, opts: GenerateOptions,
-                     strategy_args: Mapping[str, Any] = {}) -> TreeSpec | AutoTree:  # noqa: B006 (read only)
+                     strategy_args: Mapping[str, Any]) -> TreeSpec | AutoTree:
         """The fixed tree, or (tree="auto") this Composer's AutoTree for the strategy, its options
         (single:math and single:chat learn apart) and drafters, kept across generations so what it
         learns carries over."""
@@ -252,7 +252,7 @@ class Composer:
 
 def _max_tree_nodes(opts: GenerateOptions, n_drafters: int) -> int:
     """Most nodes one verified tree can have (a `sum` merge keeps every drafter's budget)."""
-    return 1 + (max(AUTO_BUDGETS) if opts.tree.auto else opts.tree.budget) * max(1, n_drafters)
+    return 1 + (AUTO_MAX_NODES if opts.tree.auto else opts.tree.budget) * max(1, n_drafters)
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer) -> set[int]:
