@@ -13,7 +13,6 @@ stated; the load average is printed next to every section.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -71,13 +70,7 @@ EVICT = torch.zeros(64 << 20, dtype=torch.uint8)  # twice the dev machine's 32 M
 def cold_median_ms(fn, reps: int) -> float:
     """Median ms of fn with the CPU caches emptied before each call, as a decode step finds them
     after the target's forward has streamed its weights (the eviction itself is not timed)."""
-    times = []
-    for _ in range(reps + 1):
-        EVICT.add_(1)
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times[1:])
+    return median_ms(fn, reps, warmup=1, before=lambda: EVICT.add_(1))
 
 
 def kernel_ms(fn, reps: int) -> float:
@@ -86,7 +79,7 @@ def kernel_ms(fn, reps: int) -> float:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(reps):
             fn()
-    kernels = ("_linear_pointwise", "scaled_dot_product", "aten::linear", "aten::addmm", "aten::mm")
+    kernels = ("_linear_pointwise", "scaled_dot_product", "aten::addmm", "aten::mm")
     spent = sum(e.self_cpu_time_total for e in prof.key_averages() if any(k in e.key for k in kernels))
     return spent / 1e3 / reps
 
@@ -96,14 +89,15 @@ def section_costs(composer: Composer, reps: int) -> None:
     name, drafter = next(iter(composer.drafters.items()))
     ours = measure_forward(target, (1, 16), reps=reps)
     theirs = transformers_forward_ms(target.model, (1, 16), 256, reps)
-    root, level = measure_levels(target, DraftUnit([name], drafter), frontiers=(4,), reps=reps)
+    one = DraftUnit([name], drafter)
+    root, level = measure_levels(target, one, frontiers=(4,), reps=reps)
     trio = [drafter, twin(drafter, 1), twin(drafter, 2)]
     group = DraftUnit([d.name for d in trio], FeatureDrafterGroup(trio))
     _, level3 = measure_levels(target, group, frontiers=(4,), reps=reps)
     spec = TreeSpec(depth=5, top_k=4, budget=16)
-    tree1 = median_ms(lambda: DraftUnit([name], drafter).draft(7, spec, SamplingSpec(), None), reps)
+    tree1 = median_ms(lambda: one.draft(7, spec, SamplingSpec(), None), reps)
     tree3 = median_ms(lambda: group.draft(7, spec, SamplingSpec(), None), reps)
-    cold1 = cold_median_ms(lambda: DraftUnit([name], drafter).draft(7, spec, SamplingSpec(), None), reps)
+    cold1 = cold_median_ms(lambda: one.draft(7, spec, SamplingSpec(), None), reps)
     cold3 = cold_median_ms(lambda: group.draft(7, spec, SamplingSpec(), None), reps)
     kernels3 = kernel_ms(lambda: group.draft(7, spec, SamplingSpec(), None), reps)
     dtype = next(drafter.model.parameters()).dtype

@@ -53,9 +53,12 @@ def _interpolate(table: dict[int, float], x: int) -> float:
     return table[lo] + (table[hi] - table[lo]) * (x - lo) / (hi - lo)
 
 
-def median_ms(fn: Callable[[], None], reps: int, warmup: int = 2) -> float:
+def median_ms(fn: Callable[[], None], reps: int, warmup: int = 2, before: Callable[[], None] | None = None) -> float:
+    """Median ms of fn over `reps` calls after `warmup`; `before` (untimed) runs ahead of each call."""
     times = []
     for i in range(warmup + reps):
+        if before is not None:
+            before()
         t = time.perf_counter()
         fn()
         if i >= warmup:

@@ -103,6 +103,6 @@ def test_stacked_matmul_is_each_members_matmul_to_the_bit():
         x = torch.randn(3, rows, 16)
         with torch.inference_mode():
             together = stacked_matmul(x, weights, biases)
-            alone = torch.stack([matmul(x[b], w, bias) for b, (w, bias) in zip(range(3), zip(weights, biases))])
+            alone = torch.stack([matmul(row, w, bias) for row, w, bias in zip(x, weights, biases)])
         assert torch.equal(together, alone)
     assert stacked_matmul(torch.randn(3, 2, 16), weights, biases) is None  # gradients on: the caller's own path
