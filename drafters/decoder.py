@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 
 from trees import attention_mask, within_window
 
+from .invariant import invariant_attention, key_blocks
 from .kv import KVCache
 from .packed import linear
 
@@ -33,9 +34,11 @@ class DecoderOutput:
 
 class Decoder:
     """`Decoder(model)`: runs `model` (its modules are looked up at every forward, so a wrapper
-    that swaps one of them, e.g. an adapted head, is honoured)."""
+    that swaps one of them, e.g. an adapted head, is honoured). invariant: attention through
+    drafters/invariant.py, whose rows are bit-identical whatever the rows and masked keys beside
+    them (default: for a bfloat16 model on the CPU, where SDPA is not; docs/design.md "Exact bf16")."""
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, invariant: bool | None = None):
         config = model.config
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
@@ -51,6 +54,7 @@ class Decoder:
         self.windows = _layer_windows(config, self.num_layers)
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
+        self.invariant = (self.dtype == torch.bfloat16 and self.device.type == "cpu") if invariant is None else invariant
 
     @property
     def num_layers(self) -> int:
@@ -78,10 +82,11 @@ class Decoder:
         key_positions = cache.place(positions)
         attn_mask = None if mask is None else mask.to(self.device, self.dtype)[None, None]
         causal = mask is None and n > 1
-        if causal and cache.length:  # SDPA's is_causal aligns to the top left: spell it out
+        if causal and (cache.length or self.invariant):  # SDPA's is_causal aligns to the top left: spell it out
             allowed = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
             attn_mask, causal = attention_mask(allowed, cache.length, self.dtype)[None, None], False
         layer_masks = self._window_masks(attn_mask, causal, positions.view(-1), key_positions)
+        blocks = key_blocks(key_positions) if self.invariant else None
         body = self.model.model
         pos = positions.view(1, n).to(self.device)
         h = body.embed_tokens(input_ids.view(1, n).to(self.device))
@@ -94,7 +99,8 @@ class Decoder:
             hidden.update(dict.fromkeys(wanted.get(i, ()), h[0]))
             windowed = layer_masks.get(self.windows[i])
             layer_mask, layer_causal = (windowed, False) if windowed is not None else (attn_mask, causal)
-            h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos, sin, cache, layer_mask, layer_causal)
+            h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos, sin, cache, layer_mask,
+                                    layer_causal, blocks)
             h = h + _mlp(layer.mlp, layer.post_attention_layernorm(h))
         cache.advance(n)
         h = body.norm(h)
@@ -102,7 +108,7 @@ class Decoder:
         rows = h if logits_rows is None else h[:, logits_rows]
         return DecoderOutput(logits=linear(self.model.lm_head, rows)[0].float(), hidden_states=hidden)
 
-    def _attention(self, i, attn, x, cos, sin, cache: KVCache, mask, causal: bool) -> torch.Tensor:
+    def _attention(self, i, attn, x, cos, sin, cache: KVCache, mask, causal: bool, blocks) -> torch.Tensor:
         n = x.shape[1]
         q = linear(attn.q_proj, x).view(1, n, self.n_heads, self.head_dim)
         k = linear(attn.k_proj, x).view(1, n, self.n_kv, self.head_dim)
@@ -111,6 +117,9 @@ class Decoder:
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
         keys, values = cache.write(i, k, v)
+        if blocks is not None:
+            y = invariant_attention(q, keys, values, None if mask is None else mask[0, 0], blocks, self.scale)
+            return linear(attn.o_proj, y.transpose(1, 2).reshape(1, n, -1))
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal,
                                            scale=self.scale, enable_gqa=self.n_heads != self.n_kv)
         return linear(attn.o_proj, y.transpose(1, 2).reshape(1, n, -1))
