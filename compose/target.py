@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from drafters.decoder import Decoder
+from drafters.hf_decoder import make_decoder
 from drafters.kv import KVCache
 from trees import PackedTree
 
@@ -21,7 +21,7 @@ class TargetOutput:
 class TargetModel:
     def __init__(self, model: PreTrainedModel, tokenizer=None):
         self.model = model.eval().requires_grad_(False)
-        self.decoder = Decoder(self.model)
+        self.decoder = make_decoder(self.model)
         self.tokenizer = tokenizer
         self.config = model.config
         self.dtype = self.decoder.dtype

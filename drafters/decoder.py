@@ -38,6 +38,8 @@ class Decoder:
     drafters/invariant.py, whose rows are bit-identical whatever the rows and masked keys beside
     them (default: for a bfloat16 model on the CPU, where SDPA is not; docs/design.md "Exact bf16")."""
 
+    kind = "fast"  # drafters.hf_decoder.make_decoder picks it for SUPPORTED_MODEL_TYPES ("general" otherwise)
+
     def __init__(self, model: PreTrainedModel, invariant: bool | None = None):
         config = model.config
         if config.model_type not in SUPPORTED_MODEL_TYPES:

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from trees import DraftTree, SamplingSpec, SparseLogits, TreeSpec, ancestor_matrix, attention_mask, build_tree
 
 from .base import Drafter
-from .decoder import Decoder
+from .hf_decoder import make_decoder
 
 
 class CausalLMDrafter(Drafter):
@@ -28,7 +28,7 @@ class CausalLMDrafter(Drafter):
 
     def __init__(self, model: PreTrainedModel, vocab_size: int, name: str = "lm"):
         self.model = model.eval().requires_grad_(False)
-        self.decoder = Decoder(self.model)
+        self.decoder = make_decoder(self.model)
         self.vocab_size = vocab_size  # the target's logit width; ours is padded/sliced to it
         self.name = name
         self.cache = None
@@ -130,7 +130,8 @@ def _fit_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 def early_exit_model(target: PreTrainedModel, exit_layer: int) -> PreTrainedModel:
     """A causal LM made of the target's first `exit_layer` decoder layers, its final norm and
-    its LM head, sharing the target's weights (no copy)."""
+    its LM head, sharing the target's modules (no copy), for any transformers causal LM whose
+    decoder layers sit in one module list."""
     n_layers = target.config.num_hidden_layers
     if not 1 <= exit_layer < n_layers:
         raise ValueError(f"early-exit layer must be in [1, {n_layers - 1}] for this target, got {exit_layer}")
@@ -142,16 +143,25 @@ def early_exit_model(target: PreTrainedModel, exit_layer: int) -> PreTrainedMode
         del config.quantization_config
     with torch.device("meta"):
         shallow = type(target)(config)
-    body, target_body = shallow.model, target.model
-    body.embed_tokens = target_body.embed_tokens
-    body.layers = nn.ModuleList(list(target_body.layers[:exit_layer]))
-    body.norm = target_body.norm
-    body.rotary_emb = target_body.rotary_emb
-    shallow.lm_head = target.lm_head
+    _share_modules(shallow, target)
     leftover = [n for n, t in [*shallow.named_parameters(), *shallow.named_buffers()] if t.is_meta]
     if leftover:
         raise ValueError(f"early exit for {type(target).__name__} left tensors unshared: {leftover[:3]}")
     return shallow.eval()
+
+
+def _share_modules(shallow: nn.Module, target: nn.Module) -> None:
+    """Point each submodule of `shallow` (same class, fewer layers) at `target`'s module of the
+    same name: a module list (the decoder layers) takes the target's first entries, a module
+    holding one is walked into, any other (embedding, norm, rotary embedding, head) is shared."""
+    for name, child in list(shallow.named_children()):
+        source = getattr(target, name)
+        if isinstance(child, nn.ModuleList):
+            setattr(shallow, name, nn.ModuleList(list(source)[: len(child)]))
+        elif any(isinstance(m, nn.ModuleList) for m in child.modules()):
+            _share_modules(child, source)
+        else:
+            setattr(shallow, name, source)
 
 
 class EarlyExitDrafter(CausalLMDrafter):
