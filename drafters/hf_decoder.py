@@ -13,9 +13,9 @@ Sliding windows: the cache holds every layer in full (a sliding-window cache lay
 entries by slot count, which a tree's siblings would push out of the window early), and each
 layer's window is applied in its mask by position, as plain decoding hides keys (a query at p
 sees a key at k only if p - k < W). Which layers slide, and by how much, is what transformers'
-own DynamicCache(config=...) decides for plain decoding. Models with one kind of layer get one
-mask; models with `layer_types` get a dict {layer type: mask}, which their forward routes to
-each layer. A layer whose cache is not per-token keys and values (recurrent or linear attention,
+own DynamicCache(config=...) decides for plain decoding. Models whose layers share one window
+(or none) get one mask; hybrid models (`layer_types` with sliding and full layers) get a dict
+{layer type: mask}, which their forward routes to each layer. A layer whose cache is not per-token keys and values (recurrent or linear attention,
 chunked attention, shared KV) has no tree forward here and is refused with its type named."""
 from __future__ import annotations
 
@@ -157,11 +157,11 @@ class GeneralDecoder:
         return DecoderOutput(logits=logits.float(), hidden_states=hidden)
 
     def _layer_masks(self, mask: torch.Tensor, query_positions, key_positions) -> torch.Tensor | dict:
-        """The 4D mask every layer gets: one tensor, or {layer type: tensor} for a model with
-        `layer_types` (its forward picks each layer's by type)."""
+        """The 4D mask every layer gets: one tensor where every layer has the same window, else
+        {layer type: tensor} (a hybrid model's forward picks each layer's by its type)."""
         by_window = {w: (mask if w is None else within_window(mask, query_positions, key_positions, w))[None, None]
                      for w in set(self.windows)}
-        if self.layer_types is None:
+        if len(by_window) == 1:  # one window for all (models whose forward takes one mask: llama, mistral, phi3, ...)
             return by_window[self.windows[0]]
         return {t: by_window[self.windows[self.layer_types.index(t)]] for t in set(self.layer_types)}
 
