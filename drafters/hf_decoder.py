@@ -31,6 +31,7 @@ from trees import attention_mask, within_window
 from .decoder import SUPPORTED_MODEL_TYPES, Decoder, DecoderOutput
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")  # they take an additive float 4D mask as given
+SIBLINGS = 16  # children of the root in the tree every GeneralDecoder checks its model on
 
 
 def make_decoder(model: PreTrainedModel, **fast_options) -> "Decoder | GeneralDecoder":
@@ -113,6 +114,7 @@ class GeneralDecoder:
         self.num_layers = int(config.get_text_config(decoder=True).num_hidden_layers)
         self.windows, self.layer_types = layer_windows(model)
         self._keeps_rows = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._check_tree_forward(name)
 
     def new_cache(self, capacity: int = 256) -> ModelCache:
         """A fresh cache (`capacity` is the fast decoder's preallocation; this one grows as it goes)."""
@@ -155,6 +157,45 @@ class GeneralDecoder:
         for i in hidden_layers:
             hidden[i] = out.hidden_states[self.num_layers if i == -1 else i][0]
         return DecoderOutput(logits=logits.float(), hidden_states=hidden)
+
+    def _check_tree_forward(self, name: str) -> None:
+        """Refuse a model whose forward does not take a tree as given (ALiBi biases built from
+        cache slots or from a 2D padding mask, positions counted from the cache length, ...):
+        after a 3-token prefix, a tree of a root, SIBLINGS children and one grandchild under the
+        last child (so its path's slots run SIBLINGS - 1 past its positions); keep that path and
+        feed one more token. Every row on the path must match a plain causal forward of the same
+        tokens: exactly but for rounding (float32), within the rounding of 16-bit types, which a
+        slot-for-position error of SIBLINGS - 1 exceeds by far."""
+        vocab = int(self.model.config.get_text_config(decoder=True).vocab_size)
+        n = SIBLINGS + 2  # tree nodes: root, the children, the grandchild
+        ids = (torch.arange(3 + n + 1) * 7 + 3) % vocab
+        parents = [-1] + [0] * SIBLINGS + [SIBLINGS]
+        allowed = torch.eye(n, dtype=torch.bool)
+        for node, parent in enumerate(parents):
+            if parent >= 0:
+                allowed[node] |= allowed[parent]
+        depths = allowed.sum(1) - 1
+        path = torch.tensor([0, SIBLINGS, SIBLINGS + 1])
+        try:
+            with torch.inference_mode():
+                cache, plain = self.new_cache(), self.new_cache()
+                self.forward(ids[:3], torch.arange(3), cache, None)
+                tree = self.forward(ids[3:3 + n], 3 + depths, cache, attention_mask(allowed, 3, self.dtype))
+                cache.keep(3, path)
+                after = self.forward(ids[-1:], torch.tensor([6]), cache, None)
+                tokens = torch.cat([ids[:3], ids[3 + path], ids[-1:]])
+                want = self.forward(tokens, torch.arange(7), plain, None, logits_rows=slice(3, None)).logits
+        except Exception as e:  # the model's own forward, e.g. an ALiBi built from a 2D mask
+            raise ValueError(f"{name}: its forward cannot run a draft tree (an additive 4D mask and position ids "
+                             f"against its cache), so specmux cannot verify trees on it: {type(e).__name__}: {e}") from e
+        got = torch.cat([tree.logits[path], after.logits])
+        error, scale = float((got - want).abs().max()), float(want.abs().max())
+        tolerance = 1e-3 if torch.finfo(self.dtype).bits >= 32 else 5e-2  # of the logits' scale
+        if not error <= tolerance * scale:
+            raise ValueError(
+                f"{name}: a draft tree through its forward does not give the logits of plain decoding (they differ by "
+                f"{error:.3g} on a scale of {scale:.3g}): it does not take positions from position_ids and the 4D mask "
+                "alone (e.g. ALiBi biases by cache slot), so specmux cannot verify trees on it losslessly")
 
     def _layer_masks(self, mask: torch.Tensor, query_positions, key_positions) -> torch.Tensor | dict:
         """The 4D mask every layer gets: one tensor where every layer has the same window, else

@@ -153,7 +153,12 @@ def early_exit_model(target: PreTrainedModel, exit_layer: int) -> PreTrainedMode
 def _share_modules(shallow: nn.Module, target: nn.Module) -> None:
     """Point each submodule of `shallow` (same class, fewer layers) at `target`'s module of the
     same name: a module list (the decoder layers) takes the target's first entries, a module
-    holding one is walked into, any other (embedding, norm, rotary embedding, head) is shared."""
+    holding one is walked into, any other (embedding, norm, rotary embedding, head) is shared,
+    and so are the tensors held directly by a walked module (e.g. a causal-mask buffer)."""
+    for store in ("_parameters", "_buffers"):
+        own = getattr(shallow, store)
+        for name in own:
+            own[name] = getattr(target, store)[name]
     for name, child in list(shallow.named_children()):
         source = getattr(target, name)
         if isinstance(child, nn.ModuleList):

@@ -6,6 +6,8 @@ decoding; the general path equals the fast decoder where both run; a model that 
 LM is refused by name."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, BertConfig, BertForMaskedLM, BertModel
@@ -75,22 +77,25 @@ def plain_greedy(model, ids: list[int], n: int = NEW) -> list[int]:
 
 def every_strategy(target) -> dict[str, list[int]]:
     """Tokens of every registered strategy (merged_tree with both budget modes) on prompt(1):
-    an early-exit drafter and two independent LMs of the target's family (the same shape, so
-    `averaged` can average them)."""
+    an early-exit drafter, the target itself as an LM drafter (`single` drafts with it), and two
+    independent LMs of the target's family (the same shape, so `averaged` can average them)."""
     model_type = target.config.model_type
     pool = {"ee": EarlyExitDrafter(target, 1, name="ee"),
+            "self": CausalLMDrafter(copy.deepcopy(target), VOCAB, name="self"),  # always right: deep paths
             "lm": CausalLMDrafter(tiny(model_type, layers=1, seed=3), VOCAB, name="lm"),
             "lm2": CausalLMDrafter(tiny(model_type, layers=1, seed=4), VOCAB, name="lm2")}
-    router = DomainRouter(list(pool), torch.randn(3, HIDDEN), torch.zeros(3), torch.zeros(HIDDEN), torch.ones(HIDDEN))
+    router = DomainRouter(list(pool), torch.randn(4, HIDDEN), torch.zeros(4), torch.zeros(HIDDEN), torch.ones(HIDDEN))
     composer = Composer(target, drafters=pool, domain_router=router)
     averaged = Composer(target, drafters={n: pool[n] for n in ("lm", "lm2")})
-    tokens = {}
+    tokens, deepest = {}, 0
     for strategy in STRATEGIES:
         for merge_budget in ("sum", "equal") if strategy == "merged_tree" else ("sum",):
-            options = {"drafter": "ee"} if strategy == "single" else {}
+            options = {"drafter": "self"} if strategy == "single" else {}
             result = (averaged if strategy == "averaged" else composer).generate(
                 prompt(1), strategy=strategy, max_new_tokens=NEW, tree=dict(TREE, merge_budget=merge_budget), **options)
             tokens[f"{strategy}/{merge_budget}"] = result.token_ids
+            deepest = max([deepest, *(s.accepted for s in result.stats.steps)])
+    assert deepest >= 2  # drafts were accepted, past the first level
     return tokens
 
 
@@ -173,6 +178,49 @@ def test_the_kept_cache_equals_a_fresh_prefill():
         torch.testing.assert_close(kept.values, want.values, rtol=1e-4, atol=1e-5)
     cache.crop(PROMPT)
     assert cache.length == PROMPT and all(layer.keys.shape[-2] == PROMPT for layer in cache.hf.layers)
+
+
+# more families on the general path, a lighter check: learned absolute positions (gpt2, opt,
+# gpt_bigcode), every layer sliding without layer_types (starcoder2), a hybrid (olmo3), falcon
+MORE = {"gpt2": {}, "opt": {}, "gpt_bigcode": {}, "falcon": {}, "starcoder2": dict(sliding_window=WINDOW),
+        "olmo3": dict(sliding_window=WINDOW, layer_types=[SLIDING, FULL, SLIDING])}
+
+MORE_WINDOWS = {"starcoder2": [WINDOW] * 3, "olmo3": [WINDOW, None, WINDOW]}
+
+
+def tiny_other(model_type: str, layers: int = 3, seed: int = 0, **extra):
+    config = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
+                  tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None, **extra)
+    if "layer_types" in config:
+        config["layer_types"] = config["layer_types"][:layers]
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config)).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("model_type", MORE)
+def test_more_families_on_the_general_path(model_type):
+    target = tiny_other(model_type, **MORE[model_type])
+    pool = {"ee": EarlyExitDrafter(target, 1, name="ee"),
+            "lm": CausalLMDrafter(tiny_other(model_type, layers=1, seed=3, **MORE[model_type]), VOCAB, name="lm")}
+    composer = Composer(target, drafters=pool)
+    assert composer.target.decoder.kind == "general"
+    assert composer.target.decoder.windows == MORE_WINDOWS.get(model_type, [None] * 3)
+    want = plain_greedy(target, prompt(1))
+    for strategy in ("single", "merged_tree"):
+        result = composer.generate(prompt(1), strategy=strategy, max_new_tokens=NEW, tree=TREE,
+                                   **({"drafter": "ee"} if strategy == "single" else {}))
+        assert result.token_ids == want, (model_type, strategy)
+
+
+@pytest.mark.parametrize("model_type, message", [
+    ("mpt", "does not give the logits of plain decoding"),  # ALiBi by cache slot: would be silently lossy
+    ("bloom", "cannot run a draft tree"),  # ALiBi built from a 2D padding mask
+    ("mamba", "layer 0 is 'linear_attention'"),  # a recurrent state, no per-token keys and values
+])
+def test_a_causal_lm_whose_forward_cannot_verify_trees_is_refused(model_type, message):
+    with pytest.raises(ValueError, match=message):
+        make_decoder(tiny_other(model_type))
 
 
 @pytest.mark.parametrize("model", [
