@@ -34,12 +34,17 @@ ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")  # they take an additive float 4D 
 SIBLINGS = 16  # children of the root in the tree every GeneralDecoder checks its model on
 
 
-def make_decoder(model: PreTrainedModel, **fast_options) -> "Decoder | GeneralDecoder":
+def make_decoder(model: PreTrainedModel, invariant: bool | None = None) -> "Decoder | GeneralDecoder":
     """The fast Decoder for the families it knows (drafters.decoder.SUPPORTED_MODEL_TYPES), the
     general path through the model's own forward for every other causal LM. `.kind` says which
-    ("fast" or "general"); a model that is not a causal LM is refused (GeneralDecoder)."""
+    ("fast" or "general"); a model that is not a causal LM is refused (GeneralDecoder).
+    invariant: the fast decoder's batch-invariant attention (None: its default); the general
+    path has none, so asking it for one is an error."""
     if model.config.model_type in SUPPORTED_MODEL_TYPES:
-        return Decoder(model, **fast_options)
+        return Decoder(model, invariant=invariant)
+    if invariant:
+        raise ValueError(f"a batch-invariant forward exists for model types {', '.join(SUPPORTED_MODEL_TYPES)} only, "
+                         f"not {model.config.model_type!r} (it runs on the general path)")
     return GeneralDecoder(model)
 
 
@@ -190,7 +195,9 @@ class GeneralDecoder:
                              f"against its cache), so specmux cannot verify trees on it: {type(e).__name__}: {e}") from e
         got = torch.cat([tree.logits[path], after.logits])
         error, scale = float((got - want).abs().max()), float(want.abs().max())
-        tolerance = 1e-3 if torch.finfo(self.dtype).bits >= 32 else 5e-2  # of the logits' scale
+        # of the logits' scale; seen on tiny models of 11 families: float32 <= 3.4e-6, bfloat16 <= 0.016,
+        # MPT's slot-for-position error 0.39 in either
+        tolerance = 1e-3 if torch.finfo(self.dtype).bits >= 32 else 0.1
         if not error <= tolerance * scale:
             raise ValueError(
                 f"{name}: a draft tree through its forward does not give the logits of plain decoding (they differ by "

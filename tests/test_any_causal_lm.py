@@ -238,3 +238,9 @@ def test_an_attention_implementation_without_4d_masks_is_refused():
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="attn_implementation='flash_attention_2'.*'sdpa' or 'eager'"):
         make_decoder(model)
+
+
+def test_a_batch_invariant_forward_is_not_offered_on_the_general_path():
+    with pytest.raises(ValueError, match="batch-invariant forward exists for model types llama"):
+        make_decoder(target_of("olmo2"), invariant=True)
+    assert make_decoder(target_of("llama"), invariant=True).invariant
