@@ -1,9 +1,13 @@
 """Any transformers causal LM (docs/design.md "The fast decoder and the general path"): tiny
 random models of eleven families, the four the fast decoder knows and seven on the general path
-(the model's own forward and cache), one with sliding-window layers only and two hybrids
-(alternating sliding / full layers). Every strategy is greedy-equal to transformers' plain
-decoding; the general path equals the fast decoder where both run; a model that is not a causal
-LM is refused by name."""
+(the model's own forward and cache), among them sliding-window layers only (gemma3_text) and
+hybrids of sliding and full layers (gemma2, cohere2; qwen2 on the fast path). Every strategy is
+greedy-equal to transformers' plain decoding, with deep accepted paths; the general path forced
+onto the fast families too. Six more families on the general path with two strategies (learned
+absolute positions, a sliding model without layer_types, another hybrid). The general path
+computes what the fast decoder does; its kept cache equals a fresh prefill. Refused by name: a
+model that is not a causal LM, one whose forward cannot verify a tree (MPT, BLOOM: ALiBi; Mamba:
+recurrent layers), an attention implementation that does not take a 4D mask as given."""
 from __future__ import annotations
 
 import copy
