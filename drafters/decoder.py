@@ -45,7 +45,8 @@ class Decoder:
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
                 f"model type {config.model_type!r} is not supported by specmux's decoder; "
-                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (drafters.hf_decoder.make_decoder runs any other causal "
+                "LM on the general path)"
             )
         self.model = model
         attn = model.model.layers[0].self_attn
