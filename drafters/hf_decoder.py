@@ -23,12 +23,15 @@ import inspect
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from trees import attention_mask, within_window
 
 from .decoder import SUPPORTED_MODEL_TYPES, Decoder, DecoderOutput
+from .packed import matmul
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")  # they take an additive float 4D mask as given
 SIBLINGS = 16  # children of the root in the tree every GeneralDecoder checks its model on
@@ -150,12 +153,13 @@ class GeneralDecoder:
         if self._keeps_rows:  # the head over the asked-for rows only (the last k as an int: every model takes it)
             suffix = rows.numel() > 0 and torch.equal(rows, torch.arange(n - rows.numel(), n))
             options["logits_to_keep"] = int(rows.numel()) if suffix else rows.to(self.device)
-        out = self.model(
-            input_ids=input_ids.reshape(1, n).to(self.device),
-            position_ids=query_positions.view(1, n).to(self.device),
-            attention_mask=self._layer_masks(mask, query_positions, key_positions),
-            past_key_values=cache.hf, use_cache=True, output_hidden_states=bool(hidden_layers), **options,
-        )
+        with PackedLinears():
+            out = self.model(
+                input_ids=input_ids.reshape(1, n).to(self.device),
+                position_ids=query_positions.view(1, n).to(self.device),
+                attention_mask=self._layer_masks(mask, query_positions, key_positions),
+                past_key_values=cache.hf, use_cache=True, output_hidden_states=bool(hidden_layers), **options,
+            )
         cache.append(query_positions)
         logits = out.logits[0] if self._keeps_rows else out.logits[0, rows.to(self.device)]
         hidden = {}
@@ -212,6 +216,19 @@ class GeneralDecoder:
         if len(by_window) == 1:  # one window for all (models whose forward takes one mask: llama, mistral, phi3, ...)
             return by_window[self.windows[0]]
         return {t: by_window[self.windows[self.layer_types.index(t)]] for t in set(self.layer_types)}
+
+
+class PackedLinears(TorchFunctionMode):
+    """Within it, every F.linear (the model's own nn.Linear layers) runs drafters.packed.matmul:
+    on a weight reordered once, at inference on the CPU (else F.linear itself), as the fast
+    decoder's linears do (docs/design.md "The cost of a step")."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            given = {**dict(zip(("input", "weight", "bias"), args)), **kwargs}
+            return matmul(given["input"], given["weight"], given.get("bias"))
+        return func(*args, **kwargs)
 
 
 def layer_windows(model: PreTrainedModel) -> tuple[list[int | None], list[str] | None]:
