@@ -43,12 +43,24 @@ def make_decoder(model: PreTrainedModel, invariant: bool | None = None) -> "Deco
     ("fast" or "general"); a model that is not a causal LM is refused (GeneralDecoder).
     invariant: the fast decoder's batch-invariant attention (None: its default); the general
     path has none, so asking it for one is an error."""
+    require_causal_lm(model)
     if model.config.model_type in SUPPORTED_MODEL_TYPES:
         return Decoder(model, invariant=invariant)
     if invariant:
         raise ValueError(f"a batch-invariant forward exists for model types {', '.join(SUPPORTED_MODEL_TYPES)} only, "
                          f"not {model.config.model_type!r} (it runs on the general path)")
     return GeneralDecoder(model)
+
+
+def require_causal_lm(model) -> str:
+    """`model`'s name for messages; a ValueError unless it is a decoder-only LM with a head."""
+    config = getattr(model, "config", None)
+    name = f"{type(model).__name__} (model type {getattr(config, 'model_type', None)!r})"
+    if (not isinstance(model, PreTrainedModel) or not model.can_generate()
+            or getattr(config, "is_encoder_decoder", False)):
+        raise ValueError(f"{name} is not a causal LM: specmux needs a decoder-only model with an LM head "
+                         "(e.g. loaded with transformers' AutoModelForCausalLM)")
+    return name
 
 
 class ModelCache:
@@ -108,10 +120,7 @@ class GeneralDecoder:
 
     def __init__(self, model: PreTrainedModel):
         config = model.config
-        name = f"{type(model).__name__} (model type {config.model_type!r})"
-        if not (isinstance(model, PreTrainedModel) and model.can_generate()) or getattr(config, "is_encoder_decoder", False):
-            raise ValueError(f"{name} is not a causal LM: specmux needs a decoder-only model with an LM head "
-                             "(e.g. loaded with transformers' AutoModelForCausalLM)")
+        name = require_causal_lm(model)
         attn = getattr(config, "_attn_implementation", None)
         if attn not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"{name} uses attn_implementation={attn!r}; specmux's tree forward needs one that takes an "

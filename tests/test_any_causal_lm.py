@@ -231,7 +231,8 @@ def test_a_causal_lm_whose_forward_cannot_verify_trees_is_refused(model_type, me
     BertModel(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)),
     BertForMaskedLM(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=64)),
-], ids=["encoder", "masked-lm"])
+    tiny("llama").model,  # the decoder body without its head, of a family the fast decoder runs
+], ids=["encoder", "masked-lm", "llama-without-head"])
 def test_a_model_that_is_not_a_causal_lm_is_refused(model):
     with pytest.raises(ValueError, match="is not a causal LM"):
         Composer(model.eval())
