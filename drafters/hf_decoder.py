@@ -15,8 +15,11 @@ layer's window is applied in its mask by position, as plain decoding hides keys 
 sees a key at k only if p - k < W). Which layers slide, and by how much, is what transformers'
 own DynamicCache(config=...) decides for plain decoding. Models whose layers share one window
 (or none) get one mask; hybrid models (`layer_types` with sliding and full layers) get a dict
-{layer type: mask}, which their forward routes to each layer. A layer whose cache is not per-token keys and values (recurrent or linear attention,
-chunked attention, shared KV) has no tree forward here and is refused with its type named."""
+{layer type: mask}, which their forward routes to each layer. A layer whose cache is not
+per-token keys and values (recurrent or linear attention, chunked attention, shared KV) has no
+tree forward here and is refused with its type named; so is a model whose forward fails the
+tree check every GeneralDecoder runs when it is built (e.g. ALiBi biases by cache slot).
+The model's own linears run on prepacked weights (PackedLinears), as the fast decoder's do."""
 from __future__ import annotations
 
 import inspect
