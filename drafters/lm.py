@@ -137,8 +137,9 @@ def early_exit_model(target: PreTrainedModel, exit_layer: int) -> PreTrainedMode
         raise ValueError(f"early-exit layer must be in [1, {n_layers - 1}] for this target, got {exit_layer}")
     config = copy.deepcopy(target.config)
     config.num_hidden_layers = exit_layer
-    if getattr(config, "layer_types", None) is not None and not isinstance(getattr(type(config), "layer_types", None), property):
-        config.layer_types = list(config.layer_types[:exit_layer])  # (a property follows num_hidden_layers itself)
+    derived = isinstance(getattr(type(config), "layer_types", None), property)  # follows num_hidden_layers itself
+    if getattr(config, "layer_types", None) is not None and not derived:
+        config.layer_types = list(config.layer_types[:exit_layer])
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     with torch.device("meta"):
