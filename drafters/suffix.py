@@ -14,7 +14,7 @@ continuations become a tree, expanded best first by score, the cumulative log of
     alpha = smoothing / (matched tokens + depth),
 
 an empirical next-token frequency that trusts a long match more than a short one (one earlier
-occurrence after a 20-token match scores 0.9; after a 1-token match 0.5). Children per node are
+occurrence after a 20-token match scores 0.91, after a 1-token match 0.33). Children per node are
 capped by the tree's top_k, nodes by its budget, levels by its depth; a path whose probability
 falls below `min_prob` (or the tree's stop_below) is not drafted, so a weak match costs the
 verifier a node or two, not a full budget.
@@ -53,7 +53,7 @@ class SuffixDrafter(Drafter):
     almost_free = True  # drafting costs well under 1% of a target forward (tree="auto" profiles a network's)
 
     def __init__(self, vocab_size: int, corpus: str | Path | None = None, tokenizer=None, name: str = "suffix",
-                 min_match: int = 2, min_prob: float = 0.1, smoothing: float = 2.0,
+                 min_match: int = 1, min_prob: float = 0.1, smoothing: float = 2.0,
                  max_corpus_tokens: int = 2_000_000):
         if min_match < 1:
             raise ValueError(f"suffix drafter min_match must be >= 1, got {min_match}")

@@ -89,16 +89,16 @@ def test_drafts_the_continuation_of_a_repeated_phrase():
 
 
 def test_nothing_matched_means_the_root_alone():
-    d = SuffixDrafter(50)
+    d = SuffixDrafter(50, min_match=2)
     d.start(torch.tensor([1, 2, 3, 4]), None)
     assert len(d.propose(9, WIDE, GREEDY)) == 1
     d.advance(torch.tensor([9]), None)
     assert len(d.propose(7, WIDE, GREEDY)) == 1  # "4 9 7": "7" never occurred
 
 
-def test_a_one_token_match_drafts_only_with_min_match_1():
+def test_a_one_token_match_drafts_unless_min_match_asks_for_more():
     prompt = torch.tensor([1, 2, 7, 8])
-    strict, loose = SuffixDrafter(50), SuffixDrafter(50, min_match=1)
+    strict, loose = SuffixDrafter(50, min_match=2), SuffixDrafter(50)
     for d in (strict, loose):
         d.start(prompt, None)
     assert len(strict.propose(1, WIDE, GREEDY)) == 1
@@ -192,7 +192,7 @@ def test_corpus_folder_of_text_and_jsonl(tmp_path):
     v = tok.vocab
     assert docs == [[v["the"], v["cat"], v["sat"], v["on"], v["the"], v["mat"]], [42, 43, 44],
                     [v["dog"], v["ran"]], [v["cat"], v["sat"]]]
-    d = SuffixDrafter(64, corpus=tmp_path, tokenizer=tok)
+    d = SuffixDrafter(64, corpus=tmp_path, tokenizer=tok, min_match=2)
     d.start(torch.tensor([60, v["the"]]), None)
     tree = d.propose(v["cat"], WIDE, GREEDY)  # "the cat" is in the corpus: "sat on the mat" follows
     assert tree.tokens[1:5].tolist() == [v["sat"], v["on"], v["the"], v["mat"]]
