@@ -3,7 +3,7 @@ composition benchmarks and on a repetitive workload, in one run with its own pla
 baseline; every greedy output is checked against plain decoding.
 
     python benchmarks/bench_suffix.py [--items 2] [--new-tokens 64] [--threads 1]
-        [--depth 6 --top-k 4 --budget 12] [--benchmarks gsm8k mtbench humaneval math code-edit]
+        [--depth 6 --top-k 4 --budget 12] [--benchmarks gsm8k mtbench humaneval math code-edit] [--equal]
 
 Workloads: the first user turn of `--items` seeded items of each composition benchmark (eval's
 datasets), and `code-edit`: HumanEval functions quoted whole (signature, docstring and canonical
@@ -39,11 +39,15 @@ EDITS = ("with type hints on every argument and on the return value",
          "with a comment above every line that says what the line does",
          "with more descriptive names for its local variables",
          "so that it raises ValueError when an argument has the wrong type")
-STRATEGIES = {  # label -> (strategy, drafter names)
-    "autoregressive": ("autoregressive", ()),
-    "single:suffix": ("single", ("suffix",)),
-    "merged_tree (math+chat)": ("merged_tree", ("math", "chat")),
-    "merged_tree (math+chat+suffix)": ("merged_tree", ("math", "chat", "suffix")),
+STRATEGIES = {  # label -> (strategy, drafter names, tree options)
+    "autoregressive": ("autoregressive", (), {}),
+    "single:suffix": ("single", ("suffix",), {}),
+    "merged_tree (math+chat)": ("merged_tree", ("math", "chat"), {}),
+    "merged_tree (math+chat+suffix)": ("merged_tree", ("math", "chat", "suffix"), {}),
+}
+EQUAL = {  # --equal: the union cut to one drafter's budget
+    "merged_tree equal (math+chat)": ("merged_tree", ("math", "chat"), {"merge_budget": "equal"}),
+    "merged_tree equal (math+chat+suffix)": ("merged_tree", ("math", "chat", "suffix"), {"merge_budget": "equal"}),
 }
 
 
@@ -93,7 +97,9 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=4)
     p.add_argument("--budget", type=int, default=12, help="draft nodes per drafter tree (merges: `sum`)")
     p.add_argument("--benchmarks", nargs="+", default=[*COMPOSITION, REPETITIVE])
+    p.add_argument("--equal", action="store_true", help="also the `equal` merges (the union cut to one budget)")
     args = p.parse_args()
+    strategies = {**STRATEGIES, **(EQUAL if args.equal else {})}
     os.environ["SPECMUX_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
     print(f"torch threads {args.threads}; load average at start {load_average()}", flush=True)
@@ -104,11 +110,11 @@ def main() -> None:
         raise SystemExit(f"the shipped {sorted(missing)} drafters are missing (drafters/pretrained)")
     timer = Timed(base.drafters["suffix"])
     composers = {label: Composer(base.target.model, drafters={n: base.drafters[n] for n in names}, tokenizer=base.tokenizer,
-                                 threads=args.threads) for label, (_, names) in STRATEGIES.items()}
+                                 threads=args.threads) for label, (_, names, _) in strategies.items()}
     tree = dict(depth=args.depth, top_k=args.top_k, budget=args.budget)
     warm = base.encode([{"role": "user", "content": PROMPTS["code"]}])
-    for label, (strategy, _) in STRATEGIES.items():  # first calls (allocation, kernels) are not timed
-        composers[label].generate(warm, strategy=strategy, max_new_tokens=16, tree=tree)
+    for label, (strategy, _, extra) in strategies.items():  # first calls (allocation, kernels) are not timed
+        composers[label].generate(warm, strategy=strategy, max_new_tokens=16, tree={**tree, **extra})
     timer.ms.clear()
 
     results: dict[tuple[str, str], list] = {}  # (workload, label) -> [seconds, tokens, steps, emitted]
@@ -118,8 +124,8 @@ def main() -> None:
         for i, text in enumerate(workload_prompts(bench, args.items)):
             ids = base.encode([{"role": "user", "content": text}])
             reference = None
-            for label, (strategy, _) in STRATEGIES.items():  # interleaved prompt by prompt: load hits all alike
-                r = composers[label].generate(ids, strategy=strategy, max_new_tokens=args.new_tokens, tree=tree)
+            for label, (strategy, _, extra) in strategies.items():  # interleaved prompt by prompt: load hits all alike
+                r = composers[label].generate(ids, strategy=strategy, max_new_tokens=args.new_tokens, tree={**tree, **extra})
                 s = r.stats
                 acc = results.setdefault((bench, label), [0.0, 0, 0, 0])
                 acc[0] += s.total_time
@@ -138,7 +144,7 @@ def main() -> None:
     benches = args.benchmarks
     print("| strategy | " + " | ".join(benches) + " |")
     print("|---|" + "---|" * len(benches))
-    for label in STRATEGIES:
+    for label in strategies:
         cells = []
         for bench in benches:
             secs, toks, steps, emitted = results[(bench, label)]
