@@ -119,3 +119,33 @@ def test_engine_sampling_law_with_the_suffix_drafter(n, tv, strategy, drafters):
     pvalue, cells = chi_square_pvalue(samples, law)
     assert chi_square_power(n, cells, tv=tv, alpha=1e-3) >= 0.99, "sample size too small for the stated power"
     assert pvalue > 1e-3, f"{strategy} with the suffix drafter: sampling law differs from the target's (p={pvalue:.2e})"
+
+
+def test_the_check_sees_suffix_children_verified_as_if_sampled(monkeypatch):
+    """Power on this drafter's trees: its top children verified by the p/q ratio, as if they were
+    draws from its empirical law, emit the most frequent continuation too often; the same check
+    must reject that."""
+    from trees import Proposals
+
+    made = {}  # the history is fixed, so is the tree: build its rows once
+
+    def with_rows(self, root_token, tree, sampling, generator=None):
+        if root_token in made:
+            return made[root_token]
+        draft = made[root_token] = SuffixDrafter.propose(self, root_token, tree, sampling, generator)
+        kids = torch.arange(1, len(draft))
+        parents = draft.parents[kids]
+        q = torch.zeros(len(kids), self.vocab_size)
+        for row, (parent, child) in enumerate(zip(parents.tolist(), kids.tolist())):
+            siblings = (draft.parents == parent).nonzero().flatten()
+            weights = (draft.scores[siblings] - draft.scores[parent]).exp()  # the drafter's conditional law
+            q[row, draft.tokens[siblings]] = weights / weights.sum()
+        draft.proposals = Proposals(parent=parents, child=kids, q=q)
+        return draft
+
+    case = suffix_case("single", dict(drafter="sfx"), {}, False, 2, 2, 2, HISTORY, SHAPES,
+                       random_logits(2, 2, 9, 1.2), SamplingSpec(temperature=0.9))
+    assert_lossless(check_law(verify_batch, case))
+    monkeypatch.setattr(ReadSuffix, "propose", with_rows)
+    wrong = check_law(verify_batch, case)
+    assert wrong.rejects, f"the law check missed suffix children verified by the ratio rule: {wrong}"
