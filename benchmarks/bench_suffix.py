@@ -3,7 +3,7 @@ composition benchmarks and on a repetitive workload, in one run with its own pla
 baseline; every greedy output is checked against plain decoding.
 
     python benchmarks/bench_suffix.py [--items 2] [--new-tokens 64] [--threads 1]
-        [--depth 6 --top-k 4 --budget 12] [--benchmarks gsm8k mtbench humaneval math code-edit] [--equal]
+        [--depth 6 --top-k 4 --budget 12] [--benchmarks gsm8k mtbench humaneval math code-edit] [--equal] [--auto]
 
 Workloads: the first user turn of `--items` seeded items of each composition benchmark (eval's
 datasets), and `code-edit`: HumanEval functions quoted whole (signature, docstring and canonical
@@ -98,6 +98,7 @@ def main() -> None:
     p.add_argument("--budget", type=int, default=12, help="draft nodes per drafter tree (merges: `sum`)")
     p.add_argument("--benchmarks", nargs="+", default=[*COMPOSITION, REPETITIVE])
     p.add_argument("--equal", action="store_true", help="also the `equal` merges (the union cut to one budget)")
+    p.add_argument("--auto", action="store_true", help='tree="auto" instead of the fixed tree (each strategy sizes its own)')
     args = p.parse_args()
     strategies = {**STRATEGIES, **(EQUAL if args.equal else {})}
     os.environ["SPECMUX_THREADS"] = str(args.threads)
@@ -111,7 +112,7 @@ def main() -> None:
     timer = Timed(base.drafters["suffix"])
     composers = {label: Composer(base.target.model, drafters={n: base.drafters[n] for n in names}, tokenizer=base.tokenizer,
                                  threads=args.threads) for label, (_, names, _) in strategies.items()}
-    tree = dict(depth=args.depth, top_k=args.top_k, budget=args.budget)
+    tree = dict(auto=True) if args.auto else dict(depth=args.depth, top_k=args.top_k, budget=args.budget)
     warm = base.encode([{"role": "user", "content": PROMPTS["code"]}])
     for label, (strategy, _, extra) in strategies.items():  # first calls (allocation, kernels) are not timed
         composers[label].generate(warm, strategy=strategy, max_new_tokens=16, tree={**tree, **extra})
