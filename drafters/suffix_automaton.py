@@ -12,8 +12,9 @@ Counts (endpos sizes) are kept online: appending the token at position n adds n 
 every state on the suffix-link chain of the new last state (exactly the states of T's suffixes).
 That chain is short in natural text (about the number of distinct occurrence counts among T's
 repeated suffixes) but as long as the run in a run of one repeated token, so the walk stops
-after COUNT_WALK states: past it, the shortest and most frequent suffixes are undercounted, which
-only flattens the scores of one-or-two-token contexts and never changes what a path proposes.
+after COUNT_WALK states: past it, the shortest and most frequent suffixes are undercounted (their
+scores, and the order of their children, may be off). Every drafted path is still a continuation
+the text holds, and verification keeps any proposal lossless.
 """
 from __future__ import annotations
 

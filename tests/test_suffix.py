@@ -141,6 +141,23 @@ def test_incremental_state_equals_a_fresh_build(prompt, steps):
     assert torch.allclose(a.scores, b.scores)
 
 
+def test_start_forgets_the_previous_request():
+    """A new request (or turn) drafts from its own prompt only, as a fresh drafter would."""
+    d = SuffixDrafter(50)
+    d.start(torch.tensor([1, 2, 3, 4, 1, 2]), None)
+    d.propose(3, WIDE, GREEDY)
+    d.advance(torch.tensor([3, 4, 1, 2, 3]), None)
+    d.propose(4, WIDE, GREEDY)  # pending root, never advanced: the request stopped here
+    d.start(torch.tensor([7, 8, 9, 7]), None)
+    assert d.committed == [7, 8, 9, 7] and d.pending is None
+    fresh = SuffixDrafter(50)
+    fresh.start(torch.tensor([7, 8, 9, 7]), None)
+    for root in (8, 1):
+        a, b = d.propose(root, WIDE, GREEDY), fresh.propose(root, WIDE, GREEDY)
+        assert a.tokens.tolist() == b.tokens.tolist() and torch.equal(a.scores, b.scores)
+    assert d.propose(1, WIDE, GREEDY).tokens.tolist() == [1]  # "1 2 3 4" belonged to the last request
+
+
 def test_drafting_again_from_another_root_without_an_advance():
     """The cost profiler drafts repeatedly without advancing; another root must not leave the
     first one in the text."""
