@@ -193,6 +193,9 @@ class Composer:
         (single:math and single:chat learn apart) and drafters, kept across generations so what it
         learns carries over."""
         units = getattr(plan, "units", None) or [DraftUnit([d.name], d) for d in plan.active_drafters()]
+        # the profile times one unit's drafting: a network's, when there is one beside a drafter
+        # whose drafting is almost free (the suffix drafter), else auto thinks every drafter is free
+        units = sorted(units, key=lambda u: bool(getattr(u.runner, "almost_free", False)))
         if not opts.tree.auto or not units:
             return opts.tree.spec()
         merged = strategy_name == "merged_tree" and opts.tree.merge_budget == "sum"
