@@ -16,10 +16,11 @@
   drafting at all (root only) when plain decoding is faster; then every `explore_every`-th step
   still drafts the best tree so the acceptance estimate keeps learning (the gap doubles, up to
   MAX_EXPLORE_GAP, while drafting keeps measuring well below plain decoding). Whether drafting beats
-  plain decoding is judged on measured throughput: the model's predicted rate for drafted steps
-  is scaled by what the last drafted steps actually delivered against what today's model
-  predicts for them (`reality`), and plain decoding's rate comes from plain steps' own forward
-  times.
+  plain decoding is judged on measured tokens and times: the model's predicted rate for drafted
+  steps is scaled by the tokens the last drafted steps delivered against what today's model
+  predicts for them (`reality`); times come from the profile scaled by the load every step
+  measures (one outlier-robust scale, with plain steps' cost kept relative to it), so a busy
+  spell slows both sides of the comparison alike.
 """
 from __future__ import annotations
 
@@ -122,11 +123,11 @@ class AutoTree:
         self._forward_ms = torch.tensor([costs.forward(1 + n) for n in range(MAX_NODES + 1)], dtype=torch.float64)
         self.acceptance = acceptance or PositionalAcceptance()
         self.explore_every, self.refresh_every = explore_every, refresh_every
-        self.forward_scale = self.draft_scale = 1.0
-        self.plain_scale: float | None = None  # one-token forwards' observed / profiled time
+        self.forward_scale = self.draft_scale = 1.0  # observed / profiled: the load (every step's forward)
+        self.plain_shape = 1.0  # one-token forwards' observed / profiled time, over forward_scale
         self.overhead_ms = 0.0  # pack + verify + bookkeeping per step, learnt online
-        # the last drafted steps: (spec, tokens delivered, seconds taken, seconds predicted)
-        self._drafted: deque[tuple[TreeSpec, float, float, float]] = deque(maxlen=REALITY_STEPS)
+        # the last drafted steps: (spec, tokens delivered)
+        self._drafted: deque[tuple[TreeSpec, float]] = deque(maxlen=REALITY_STEPS)
         self._steps = 0
         self._choice: TreeChoice | None = None
         self._best_tree: TreeChoice | None = None
@@ -164,23 +165,24 @@ class AutoTree:
 
     @property
     def reality(self) -> float:
-        """Measured / predicted throughput of the last drafted steps (1 before any). The tokens
-        are predicted by today's acceptance model, not the one of the step's time: a model
-        still at its prior when the steps ran (at T = 1 it expected twice what the first steps
-        delivered) is lag the model has since learnt away, and counting it again locked auto
-        into plain decoding; what is left is the model's own error (e.g. correlated depths)."""
+        """Tokens the last drafted steps delivered over what today's acceptance model expects of
+        them (1 before any): the model's own error (e.g. correlated depths). Tokens only, not
+        throughput: a burst of load that slows a few drafted steps is the cost scales' business
+        (robust, shared with plain steps), and counting it here too locked auto into plain
+        decoding on a busy machine. The tokens are predicted by today's model, not the one of the
+        step's time: a model still at its prior when the steps ran (at T = 1 it expected twice
+        what the first steps delivered) is lag the model has since learnt away."""
         if not self._drafted:
             return 1.0
         predicted = {spec: self.expected_tokens(spec) for spec in {d[0] for d in self._drafted}}
-        tokens, secs, p_secs = (sum(d[i] for d in self._drafted) for i in (1, 2, 3))
+        tokens = sum(d[1] for d in self._drafted)
         p_tokens = sum(predicted[d[0]] for d in self._drafted)
-        return min(2.0, max(0.05, (tokens / secs) / (p_tokens / p_secs)))
+        return min(2.0, max(0.05, tokens / p_tokens))
 
     def _decide(self) -> tuple[TreeChoice, TreeChoice]:
         """Every (depth, top-k, budget) of the grid at once: expected tokens per step over
         predicted ms per step, budgets as a vector (the forward's cost is looked up per node count)."""
-        scale = self.plain_scale if self.plain_scale is not None else self.forward_scale
-        plain = TreeChoice(None, 1e3 / (scale * self.costs.forward(1) + self.overhead_ms))
+        plain = TreeChoice(None, 1e3 / (self.forward_scale * self.plain_shape * self.costs.forward(1) + self.overhead_ms))
         best = TreeChoice(TreeSpec(depth=1, top_k=1, budget=1, sampled=self.sampled), 0.0)
         w = self.width
         for top_k in TOP_KS:
@@ -203,18 +205,26 @@ class AutoTree:
         """After a verification: the acceptance on the tree, and the observed times (seconds)
         against the profile's prediction (exponential averages)."""
         nodes = len(tree)
-        self.forward_scale = _ema(self.forward_scale, 1e3 * t_forward / self.costs.forward(nodes))
-        self.overhead_ms = _ema(self.overhead_ms, 1e3 * t_other)
-        if spec is None:
-            ratio = 1e3 * t_forward / self.costs.forward(1)
-            self.plain_scale = ratio if self.plain_scale is None else _ema(self.plain_scale, ratio)
+        ratio = 1e3 * t_forward / self.costs.forward(nodes)
+        self.forward_scale = _robust_ema(self.forward_scale, ratio)
+        self.overhead_ms = _robust_ema(self.overhead_ms, 1e3 * t_other)
+        if spec is None:  # plain steps keep their cost relative to the load all steps measure
+            self.plain_shape = _robust_ema(self.plain_shape, ratio / self.forward_scale)
             return
         predicted = self.draft_ms(spec.depth, spec.top_k)
-        self.draft_scale = _ema(self.draft_scale, 1e3 * t_draft / max(predicted, 1e-6))
-        p_secs = self.step_ms(spec.depth, spec.top_k, spec.budget) / 1e3
+        self.draft_scale = _robust_ema(self.draft_scale, 1e3 * t_draft / max(predicted, 1e-6))
         self.acceptance.observe(tree, path)
-        self._drafted.append((spec, float(path.numel()), t_draft + t_forward + t_other, p_secs))
+        self._drafted.append((spec, float(path.numel())))
 
 
 def _ema(old: float, new: float, weight: float = 0.1) -> float:
     return (1 - weight) * old + weight * new
+
+
+def _robust_ema(old: float, new: float, weight: float = 0.1, step: float = 1.5) -> float:
+    """An exponential average that one outlier cannot drag: the new value is clipped to within
+    `step`x of the current one, so a single 10x-slow step moves the estimate 5%, while a lasting
+    change of load is followed within tens of steps."""
+    if old > 0:
+        new = min(max(new, old / step), old * step)
+    return _ema(old, new, weight)

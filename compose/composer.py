@@ -19,6 +19,7 @@ from .costs import machine_profile
 from .engine import decode
 from .lockstep import DraftUnit
 from .options import GenerateOptions
+from .precision import require_exact_bf16, resolve_dtype
 from .registry import default_strategy, make_drafter, make_strategy, strategy_class, strategy_options
 from .target import TargetModel
 from .threads import ThreadPolicy, default_threads
@@ -41,7 +42,13 @@ class Composer:
     every verified step of the confidence and entropy strategies (`save_calibration`).
     threads: torch intra-op threads while generating: "auto" (the cores no other process is
     running on, rechecked during the run; compose/threads.py), a number, or None (leave torch's
-    setting); default $SPECMUX_THREADS, else "auto"."""
+    setting); default $SPECMUX_THREADS, else "auto".
+    dtype: the target's arithmetic: "auto" (default: bfloat16 where the hardware multiplies it
+    natively and the batch-invariant forward holds, which keeps greedy output token-identical to
+    plain decoding; float32 elsewhere), "float32" or "bfloat16" (refused where it would not be
+    exact). A loaded model passed as `target` keeps its dtype under "auto" and is converted in
+    place when another is asked for.
+    Drafters keep their own dtype (compose/registry.py)."""
 
     def __init__(
         self,
@@ -52,16 +59,23 @@ class Composer:
         domain_router=None,
         calibration=None,
         threads: int | str | None = "default",
+        dtype: str | torch.dtype = "auto",
         **defaults: Any,
     ):
         self.threads = default_threads() if threads == "default" else threads
         ThreadPolicy(self.threads)  # validates
         if isinstance(target, PreTrainedModel):
             model = target
+            param = next(model.parameters())
+            want = param.dtype if dtype == "auto" else resolve_dtype(dtype, param.device)
+            if want == torch.bfloat16:
+                require_exact_bf16(param.device)
+            if param.dtype != want:
+                model.to(want)
         else:
             from drafters.assets import load_target
 
-            model, loaded_tokenizer = load_target(target)
+            model, loaded_tokenizer = load_target(target, dtype=resolve_dtype(dtype))
             tokenizer = tokenizer or loaded_tokenizer
         self.target = TargetModel(model, tokenizer)
         self.tokenizer = tokenizer
@@ -179,6 +193,9 @@ class Composer:
         (single:math and single:chat learn apart) and drafters, kept across generations so what it
         learns carries over."""
         units = getattr(plan, "units", None) or [DraftUnit([d.name], d) for d in plan.active_drafters()]
+        # the profile times one unit's drafting: a network's, when there is one beside a drafter
+        # whose drafting is almost free (the suffix drafter), else auto thinks every drafter is free
+        units = sorted(units, key=lambda u: bool(getattr(u.runner, "almost_free", False)))
         if not opts.tree.auto or not units:
             return opts.tree.spec()
         merged = strategy_name == "merged_tree" and opts.tree.merge_budget == "sum"

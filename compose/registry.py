@@ -53,7 +53,9 @@ def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:
     """Spec strings: "early-exit:K" (target's first K layers), "dvi:K[:<adapter folder>]" (early
     exit at K with adapters learned online from verification), "lm:<built-in name or folder>"
     (an independent LM with the target's tokenizer), "eagle:<folder>" (a trained feature-level
-    drafter checkpoint, validated against this target). Independent LM and feature drafters run
+    drafter checkpoint, validated against this target), "suffix[:<corpus folder or file>]" (a
+    training-free suffix-automaton drafter over the prompt, the generated tokens and optionally a
+    corpus of past outputs: drafters/suffix.py). Independent LM and feature drafters run
     in bfloat16 where the hardware multiplies it natively (drafters.model.fast_draft_dtype:
     drafting cost is mostly reading weights); early exit shares the target's weights as they are."""
     kind, _, arg = spec.partition(":")
@@ -91,4 +93,11 @@ def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:
         from drafters import load_drafter
 
         return load_drafter(arg, target.model, name=name, dtype=draft_dtype)
-    raise ValueError(f"unknown drafter spec {spec!r}; expected 'early-exit:K', 'dvi:K', 'lm:<model>' or 'eagle:<checkpoint folder>'")
+    if kind == "suffix":
+        from drafters.suffix import SuffixDrafter
+
+        if spec.startswith("suffix:") and not arg:
+            raise ValueError(f"drafter spec {spec!r}: expected suffix or suffix:<corpus folder or file>")
+        return SuffixDrafter(target.vocab_size, corpus=arg or None, tokenizer=target.tokenizer, name=name)
+    raise ValueError(f"unknown drafter spec {spec!r}; expected 'early-exit:K', 'dvi:K', 'lm:<model>', "
+                     "'eagle:<checkpoint folder>' or 'suffix[:<corpus>]'")

@@ -27,10 +27,24 @@ CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
 def target_fingerprint(target) -> str:
-    """sha256 of a few rows of the target's input embedding (identifies the weights, cheaply)."""
+    """sha256 of a few rows of the target's input embedding (identifies the weights, cheaply),
+    rounded to bfloat16 first, so the same target loaded in float32 or bfloat16 has one
+    fingerprint (a drafter trained for it loads onto either)."""
     emb = target.get_input_embeddings().weight.detach()
-    rows = torch.cat([emb[:4], emb[-4:]]).float().contiguous().cpu()
+    rows = torch.cat([emb[:4], emb[-4:]]).to(torch.bfloat16).float().contiguous().cpu()
     return hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
+
+
+def fingerprint_matches(recorded: str, target) -> bool:
+    """`recorded` is this target's fingerprint, or the float32 form written before 2026-12-04
+    (checkable only while the target is in float32)."""
+    if recorded == target_fingerprint(target):
+        return True
+    emb = target.get_input_embeddings().weight.detach()
+    if emb.dtype != torch.float32:
+        return False
+    rows = torch.cat([emb[:4], emb[-4:]]).contiguous().cpu()
+    return recorded == hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
 
 
 def save_drafter(model: FeatureDrafterModel, path: str | Path, target=None, dtype: torch.dtype | None = None,
@@ -100,10 +114,11 @@ def check_target(cfg: DrafterConfig, meta: dict, target, target_name: str | None
     if int(tc.num_hidden_layers) != cfg.target_num_layers:
         raise ValueError(f"the drafter was trained on a {cfg.target_num_layers}-layer target, this one has {tc.num_hidden_layers}")
     want = meta.get("target_fingerprint")
-    if want is not None and want != target_fingerprint(target):
+    if want is not None and not fingerprint_matches(want, target):
         raise ValueError(
             f"different target: the drafter was trained for {cfg.target_name!r} whose embedding fingerprint "
-            f"is {want}, this target's is {target_fingerprint(target)}"
+            f"is {want}, this target's is {target_fingerprint(target)} (a checkpoint written before "
+            "2026-12-04 carries the float32 form: load the target in float32 or re-save the drafter)"
         )
 
 

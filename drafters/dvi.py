@@ -37,7 +37,7 @@ from trees import SparseLogits, StepFeedback
 
 from . import atomic
 from .checkpoint import WEIGHTS_FILE as DRAFTER_WEIGHTS
-from .checkpoint import check_target, read_config, read_meta, read_weights, target_fingerprint
+from .checkpoint import check_target, fingerprint_matches, read_config, read_meta, read_weights, target_fingerprint
 from .heads import TruncatedHead
 from .lm import EarlyExitDrafter
 from .online import Example, LearnConfig, OnlineLearner
@@ -387,9 +387,8 @@ def draft_vocabulary(spec: str, target: PreTrainedModel) -> torch.Tensor | None:
     if spec in ("shipped", "auto"):
         from .pretrained import PRETRAINED_DIR
 
-        fingerprint = target_fingerprint(target)
         folders = [p.parent for p in sorted(PRETRAINED_DIR.glob("*/*/config.json"))
-                   if json.loads(p.read_text()).get("target_fingerprint") == fingerprint]
+                   if fingerprint_matches(json.loads(p.read_text()).get("target_fingerprint", ""), target)]
         truncated = [f for f in folders if read_config(f)[0].head == "truncated"]
         if not truncated:
             if spec == "auto":

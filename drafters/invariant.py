@@ -15,9 +15,12 @@ facts that `check_kernels` verifies on the running machine:
 - max (exact in any order), exp (elementwise), the weights rounded to bf16;
 - numerator and normaliser in ONE bf16 matmul against [V | 1]: the AMX kernel accumulates the
   key axis in order, so masked keys (exact zero weights) change nothing wherever they sit,
-  as long as one call's key axis stays inside one kernel block. So the key axis is cut into
-  blocks of BLOCK absolute positions (a node's ancestors land in the block their position says,
-  whatever their slot) and the blocks' partial sums are added in block order in float32.
+  as long as one call's key axis stays inside one kernel block (measured: up to 1024 keys;
+  past that the kernel splits the key axis at places that depend on its length). So the key
+  axis is cut into blocks of BLOCK absolute positions (a node's ancestors land in the block
+  their position says, whatever their slot) and the blocks' partial sums are added in block
+  order in float32. A block holds at most BLOCK - 1 prefix keys plus the tree's nodes, so trees
+  up to KERNEL_KEYS - BLOCK + 1 nodes are exact; a larger one is refused.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ import functools
 
 import torch
 
-BLOCK = 1024  # key positions per matmul call: well inside one AMX kernel block (measured: 2048+)
+BLOCK = 512  # key positions per block of the key axis
+KERNEL_KEYS = 1024  # the longest key axis one bf16 matmul sums in order (measured; check_kernels probes it)
 MIN_ROWS = 4  # fewer score rows are padded (a 1-3 row float32 matmul takes a GEMV)
 
 
@@ -50,10 +54,18 @@ def invariant_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     extended = torch.cat([values[0], values.new_ones(kv, s, 1)], dim=-1)  # [KV, S, hd + 1]
     total = None
     for cols in blocks:
+        width = s if isinstance(cols, slice) and cols == slice(None) else _width(cols, s)
+        if width > KERNEL_KEYS:
+            raise ValueError(f"{width} keys in one block of the exact bf16 attention (at most {KERNEL_KEYS}): "
+                             f"a tree of more than {KERNEL_KEYS - BLOCK + 1} nodes is too large for it")
         part = torch.matmul(weights[:, :, cols], extended[:, cols]).float()
         total = part if total is None else total + part
     out = total[..., :hd] / total[..., hd:]
     return out.view(1, heads, n, hd).to(q.dtype)
+
+
+def _width(cols: slice | torch.Tensor, total: int) -> int:
+    return len(range(*cols.indices(total))) if isinstance(cols, slice) else int(cols.numel())
 
 
 def key_blocks(key_positions: torch.Tensor) -> list[slice | torch.Tensor]:
@@ -80,7 +92,7 @@ def check_kernels(device: str = "cpu") -> str | None:
     tensors shaped like a small target's attention, every row count 1..40 and masked keys
     inserted between the visible ones). None when they hold, else what failed."""
     gen = torch.Generator().manual_seed(0)
-    heads, kv, hd, prefix = 6, 2, 64, 300
+    heads, kv, hd, prefix = 6, 2, 64, 980  # the last block: 468 prefix keys + up to 40 tree slots
     keys = torch.randn(1, kv, prefix + 64, hd, generator=gen).to(torch.bfloat16).to(device)
     values = torch.randn(1, kv, prefix + 64, hd, generator=gen).to(torch.bfloat16).to(device)
     q = torch.randn(1, heads, 40, hd, generator=gen).to(torch.bfloat16).to(device)

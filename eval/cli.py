@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain-router", help="the domain strategy's classifier file (default: the shipped one)")
     p.add_argument("--calibration", help="starting fits of the calibrated routing signals (default: the shipped ones)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: auto, the cores no other process is running on)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"],
+                   help="the target's arithmetic (default auto: bfloat16 where it is fast and exact here, else float32)")
     p.add_argument("--out", help="output folder (default runs/eval-<timestamp>); an existing one resumes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -95,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         "target": args.target, "strategies": args.strategies, "benchmarks": args.benchmarks,
         "sample_seed": args.sample_seed, "temperatures": args.temperatures, "seeds": args.seeds,
         "max_new_tokens": args.max_new_tokens, "top_p": args.top_p, "top_k": args.top_k, "chat": args.chat,
-        "analysis": args.analysis, "threads": args.threads, "out": args.out,
+        "analysis": args.analysis, "threads": args.threads, "out": args.out, "dtype": args.dtype,
         "domain_router": args.domain_router, "calibration": args.calibration,
         "drafters": dict(args.drafters) if args.drafters else None,
         "limit": args.limit,

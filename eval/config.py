@@ -2,6 +2,8 @@
 default drafter set."""
 from __future__ import annotations
 
+from typing import Literal
+
 import json
 import logging
 import tomllib
@@ -55,6 +57,9 @@ class EvalConfig(BaseModel):
                                                        "shipped ones, else unfitted (the run writes calibration.json)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None: auto (the cores no other process "
                                                          "is running on, compose/threads.py)")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="the target's arithmetic: auto (bfloat16 where the CPU multiplies it natively and the "
+                            "batch-invariant forward holds, else float32), float32 or bfloat16")
     out: Path | None = Field(None, description="output folder; None: runs/eval-<timestamp>; an existing one resumes")
 
     @field_validator("benchmarks")
@@ -77,7 +82,7 @@ class EvalConfig(BaseModel):
     def result_settings(self) -> dict:
         """The settings every stored record depends on: a resumed run must match them."""
         return self.model_dump(mode="json", include={"target", "drafters", "max_new_tokens", "top_p", "top_k", "tree", "chat",
-                                                       "domain_router"})
+                                                       "domain_router", "dtype"})
 
     def thread_setting(self) -> int | str:
         return self.threads or "auto"

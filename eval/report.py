@@ -35,12 +35,14 @@ def _clean(value):
 
 
 def build_summary(config, records: list[RunRecord], strategies: list[str], skipped: dict[str, str],
-                  benchmarks: dict[str, dict], wall_seconds: float, cpu_seconds: float) -> dict:
+                  benchmarks: dict[str, dict], wall_seconds: float, cpu_seconds: float,
+                  target_dtype: str | None = None) -> dict:
     checked, failures = greedy_mismatches(records)
     return _clean({
         "schema": SUMMARY_SCHEMA,
         "config": config.model_dump(mode="json"),
         "target": config.target,
+        "target_dtype": target_dtype,  # what ran (config.dtype is what was asked: "auto" resolves per machine)
         "drafters": config.drafters,
         "strategies": [BASELINE, *strategies],
         "skipped_strategies": skipped,
@@ -86,7 +88,7 @@ def markdown_report(summary: dict) -> str:
     out = [
         "# specmux eval",
         "",
-        f"Target `{summary['target']}`; drafters " + ", ".join(f"`{k}` = `{v}`" for k, v in summary["drafters"].items()) + ".",
+        f"Target `{summary['target']}` ({summary.get('target_dtype') or 'dtype not recorded'}); drafters " + ", ".join(f"`{k}` = `{v}`" for k, v in summary["drafters"].items()) + ".",
         f"Tree: depth {tree['depth']}, top-k {tree['top_k']}, budget {tree['budget']}"
         f"{', sampled' if tree['sampled'] else ''}, merge budget `{tree['merge_budget']}`. "
         f"Max new tokens {cfg['max_new_tokens']} per turn; seeds {cfg['seeds']}; "

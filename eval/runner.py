@@ -156,7 +156,8 @@ def _run_eval(config: EvalConfig, progress: bool, echo: Callable[[str], None]) -
     echo(f"specmux eval -> {out_dir}")
     echo(f"target {config.target}; drafters {drafters} ({source})")
     composer = Composer(config.target, drafters=drafters, domain_router=config.domain_router,
-                        calibration=config.calibration, threads=config.thread_setting())
+                        calibration=config.calibration, threads=config.thread_setting(), dtype=config.dtype)
+    echo(f"target dtype {str(composer.target.dtype).removeprefix('torch.')} (asked: {config.dtype})")
     chat = config.chat if config.chat is not None else bool(getattr(composer.tokenizer, "chat_template", None))
     runs, skipped = resolve_strategies(composer, config, chat)
     echo("strategies: " + ", ".join([BASELINE] + [r.label for r in runs])
@@ -179,7 +180,7 @@ def _run_eval(config: EvalConfig, progress: bool, echo: Callable[[str], None]) -
     benchmarks = {b: {"selected": len(items[b]), "total": len(full[b]), "ids": [it.id for it in items[b]],
                       "description": BENCHMARKS[b].description} for b in config.benchmarks}
     summary = build_summary(config, records, [r.label for r in runs], skipped, benchmarks, time.perf_counter() - started,
-                            time.process_time() - started_cpu)
+                            time.process_time() - started_cpu, target_dtype=str(composer.target.dtype).removeprefix("torch."))
     write_json(out_dir / SUMMARY_FILE, summary)
     write_plots(summary, out_dir)
     write_text(out_dir / REPORT_FILE, markdown_report(summary))

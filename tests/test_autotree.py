@@ -156,3 +156,28 @@ def test_reality_judges_past_steps_by_the_model_of_now():
     assert auto.reality == pytest.approx(1.0, rel=1e-6)
 
 
+
+
+def test_a_busy_spell_does_not_lock_auto_into_plain_decoding():
+    """Drafting truly pays (a near-perfect drafter, a cheap verify), but after 30 quiet steps the
+    machine turns busy: every step takes 3x the profile and one step in five 10x (another
+    process's bursts). Auto keeps drafting: load slows both sides of its comparison alike, and
+    single slow steps move its cost scales by a bounded amount."""
+    profile = flat_profile({1: 10.0, 8: 11.0, 64: 14.0}, level_ms=0.5, root_ms=0.5)
+    auto = AutoTree(profile, acceptance=PositionalAcceptance(prior=(0.9,) + (0.02,) * 7, weight=50.0), refresh_every=1)
+    chain = DraftTree.from_lists(list(range(9)), list(range(-1, 8)), scores=[-0.1 * i for i in range(9)])
+    drafted = 0
+    for step in range(200):
+        spec = auto.choose()
+        slow = 1.0 if step < 30 else 3.0 * (10.0 if step % 5 == 4 else 1.0)
+        if spec is None:
+            auto.observe(None, DraftTree.root_only(1), torch.tensor([0]), 0.0, slow * profile.forward(1) / 1e3, 0.0)
+            continue
+        drafted += 1
+        tree = DraftTree.from_lists(chain.tokens[: spec.depth + 1].tolist(), chain.parents[: spec.depth + 1].tolist(),
+                                    scores=chain.scores[: spec.depth + 1].tolist())
+        path = torch.arange(min(spec.depth, 5) + 1)  # five draft tokens of each chain accepted
+        auto.observe(spec, tree, path, slow * auto.draft_ms(spec.depth, spec.top_k) / 1e3,
+                     slow * profile.forward(len(tree)) / 1e3, 0.0)
+    assert drafted >= 190, drafted
+    assert 2.0 < auto.forward_scale < 6.0  # the load is followed, the bursts are not

@@ -9,6 +9,7 @@ import pytest
 
 import eval.runner
 from compose import Composer
+from compose.precision import resolve_dtype
 from compose.registry import STRATEGIES
 from compose.strategies import Autoregressive
 from routing import Calibration
@@ -73,6 +74,7 @@ def test_end_to_end_writes_every_output_and_resumes(target, tmp_path, capsys):
     assert summary["schema"] == "specmux-eval-summary/1"
     assert summary["strategies"] == ["autoregressive", "single:d1", "merged_tree"]
     assert summary["greedy_check"] == {"records_checked": 4, "mismatches": 0} and summary["failures"] == []
+    assert summary["config"]["dtype"] == "auto" and summary["target_dtype"] == str(resolve_dtype("auto"))[6:]
     assert summary["benchmarks"]["gsm8k"]["selected"] == 2 and summary["benchmarks"]["gsm8k"]["total"] == 100
     rows = {(r["benchmark"], r["temperature"], r["strategy"]): r for r in summary["rows"]}
     assert set(rows) == {("gsm8k", t, s) for t in (0.0, 1.0) for s in summary["strategies"]}
@@ -85,6 +87,7 @@ def test_end_to_end_writes_every_output_and_resumes(target, tmp_path, capsys):
     assert set(rows[("gsm8k", 0.0, "single:d1")]["routing_shares"]) <= {"d1"}
 
     report = (out / "report.md").read_text()
+    assert f"({summary['target_dtype']})" in report
     assert "### τ and speed" in report and "| gsm8k | merged_tree |" in report and "![tau](tau.png)" in report
     console = capsys.readouterr().out
     assert "T = 0 (greedy): τ / speed-up" in console and "greedy token equality with the baseline: OK" in console
@@ -218,3 +221,14 @@ def test_analysis_mode_scores_routing_against_the_oracle(target, tmp_path):
     assert "Routing against the oracle" in report and "accuracy per turn" in report
     assert set(Calibration.load(out / "calibration.json").observations("confidence")) == {"d1", "d2"}
     assert (out / "routing.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_dtype_flag_runs_and_reports_that_dtype(target, tmp_path, capsys):
+    out = tmp_path / "f32"
+    assert main(args_for(target, out, "--dtype", "float32", "--temperatures", "0")) == 0
+    summary = strict_json(out / "summary.json")
+    assert summary["config"]["dtype"] == "float32" and summary["target_dtype"] == "float32"
+    assert "target dtype float32 (asked: float32)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses a dtype it does not offer
+        main(args_for(target, tmp_path / "bad", "--dtype", "float16"))
+    assert exit_info.value.code == 2 and "invalid choice: 'float16'" in capsys.readouterr().err

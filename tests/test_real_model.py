@@ -1,12 +1,15 @@
-"""Greedy token equality with transformers' own generate on the real default target
-(SmolLM2-135M-Instruct, converted once into the model cache). A light pass runs by default;
-the full pass over every strategy and more prompts is marked slow."""
+"""Greedy token equality on the real default target (SmolLM2-135M-Instruct, converted once into
+the model cache), in both target dtypes: in float32 against transformers' own generate; in
+bfloat16 (the default on CPUs with native bf16) against our plain decoding in bfloat16, since
+transformers' bf16 forward is not batch-invariant (docs/design.md "Exact bf16"). A light pass
+runs by default; the full pass over every strategy and more prompts is marked slow."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from compose import Composer
+from compose.precision import bf16_unavailable
 
 PROMPTS = [
     "What is 17 * 23? Answer briefly.",
@@ -16,12 +19,19 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def composer():
-    return Composer("smollm2-135m-instruct", drafters={"ee6": "early-exit:6", "ee12": "early-exit:12"})
+DTYPES = ["float32", pytest.param("bfloat16", marks=pytest.mark.skipif(
+    bf16_unavailable() is not None, reason=f"no exact bf16 here: {bf16_unavailable()}"))]
+
+
+@pytest.fixture(scope="module", params=DTYPES)
+def composer(request):
+    return Composer("smollm2-135m-instruct", drafters={"ee6": "early-exit:6", "ee12": "early-exit:12"},
+                    dtype=request.param)
 
 
 def reference(composer: Composer, ids: torch.Tensor, n: int) -> list[int]:
+    if composer.target.dtype == torch.bfloat16:  # plain decoding, one token per forward
+        return composer.generate(ids, strategy="autoregressive", max_new_tokens=n).token_ids
     out = composer.target.model.generate(ids[None], max_new_tokens=n, do_sample=False)
     return out[0, ids.numel():].tolist()
 
