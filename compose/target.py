@@ -21,7 +21,7 @@ class TargetOutput:
 class TargetModel:
     def __init__(self, model: PreTrainedModel, tokenizer=None):
         self.model = model.eval().requires_grad_(False)
-        self.decoder = make_decoder(self.model)
+        self.decoder = make_decoder(self.model, target=True)
         self.tokenizer = tokenizer
         self.config = model.config
         self.dtype = self.decoder.dtype

@@ -40,18 +40,25 @@ ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")  # they take an additive float 4D 
 SIBLINGS = 16  # children of the root in the tree every GeneralDecoder checks its model on
 
 
-def make_decoder(model: PreTrainedModel, invariant: bool | None = None) -> "Decoder | GeneralDecoder":
+def make_decoder(model: PreTrainedModel, invariant: bool | None = None, target: bool = False) -> "Decoder | GeneralDecoder":
     """The fast Decoder for the families it knows (drafters.decoder.SUPPORTED_MODEL_TYPES), the
     general path through the model's own forward for every other causal LM. `.kind` says which
-    ("fast" or "general"); a model that is not a causal LM is refused (GeneralDecoder).
+    ("fast" or "general"); a model that is not a causal LM is refused.
     invariant: the fast decoder's batch-invariant attention (None: its default); the general
-    path has none, so asking it for one is an error."""
-    require_causal_lm(model)
+    path has none, so asking it for one is an error. target: the forward verifies trees, so a
+    16-bit model on the general path is refused (its rows move with the rows beside them by an
+    ulp, and near-ties flip: docs/design.md "Exact bf16"); a drafter's forward may be inexact."""
+    name = require_causal_lm(model)
     if model.config.model_type in SUPPORTED_MODEL_TYPES:
         return Decoder(model, invariant=invariant)
     if invariant:
         raise ValueError(f"a batch-invariant forward exists for model types {', '.join(SUPPORTED_MODEL_TYPES)} only, "
                          f"not {model.config.model_type!r} (it runs on the general path)")
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    if target and torch.finfo(dtype).bits < 32:
+        raise ValueError(f"{name} in {dtype} as the target: the general path has no batch-invariant forward, so "
+                         f"greedy output would not always equal plain decoding; load it in float32 "
+                         f"(a {dtype} target is exact on the fast path only: {', '.join(SUPPORTED_MODEL_TYPES)})")
     return GeneralDecoder(model)
 
 

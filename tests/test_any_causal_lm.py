@@ -119,8 +119,9 @@ def test_every_strategy_is_greedy_equal_to_plain_decoding(model_type):
 def test_the_general_path_on_the_fast_families(model_type, monkeypatch):
     """The general path forced onto families the fast decoder runs (every layer sliding, a
     hybrid, none): every strategy is still greedy-equal to plain decoding."""
-    monkeypatch.setattr(compose.target, "make_decoder", GeneralDecoder)
-    monkeypatch.setattr(drafters.lm, "make_decoder", GeneralDecoder)
+    general = lambda model, **options: GeneralDecoder(model)  # noqa: E731 (float32 models: nothing to refuse)
+    monkeypatch.setattr(compose.target, "make_decoder", general)
+    monkeypatch.setattr(drafters.lm, "make_decoder", general)
     target = target_of(model_type)
     assert Composer(target).target.decoder.kind == "general"
     want = plain_greedy(target, prompt(1))
@@ -249,3 +250,12 @@ def test_a_batch_invariant_forward_is_not_offered_on_the_general_path():
     with pytest.raises(ValueError, match="batch-invariant forward exists for model types llama"):
         make_decoder(target_of("olmo2"), invariant=True)
     assert make_decoder(target_of("llama"), invariant=True).invariant
+
+
+def test_a_16_bit_target_on_the_general_path_is_refused():
+    """The general path is not batch-invariant: a bf16 target there could flip near-ties, so it is
+    refused (a drafter's forward need not be exact: a bf16 LM drafter runs)."""
+    model = tiny("olmo2").to(torch.bfloat16)
+    with pytest.raises(ValueError, match="in torch.bfloat16 as the target.*load it in float32"):
+        make_decoder(model, target=True)
+    assert make_decoder(model).kind == "general"
