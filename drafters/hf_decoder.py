@@ -57,7 +57,7 @@ def make_decoder(model: PreTrainedModel, invariant: bool | None = None, target: 
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
     if target and torch.finfo(dtype).bits < 32:
         raise ValueError(f"{name} in {dtype} as the target: the general path has no batch-invariant forward, so "
-                         f"greedy output would not always equal plain decoding; load it in float32 "
+                         f"greedy output would not always equal plain decoding; load it in float32 (Composer(..., dtype='float32')) "
                          f"(a {dtype} target is exact on the fast path only: {', '.join(SUPPORTED_MODEL_TYPES)})")
     return GeneralDecoder(model)
 
