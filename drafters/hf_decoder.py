@@ -40,7 +40,8 @@ ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")  # they take an additive float 4D 
 SIBLINGS = 16  # children of the root in the tree every GeneralDecoder checks its model on
 
 
-def make_decoder(model: PreTrainedModel, invariant: bool | None = None, target: bool = False) -> "Decoder | GeneralDecoder":
+def make_decoder(model: PreTrainedModel, invariant: bool | None = None,
+                 target: bool = False) -> "Decoder | GeneralDecoder":
     """The fast Decoder for the families it knows (drafters.decoder.SUPPORTED_MODEL_TYPES), the
     general path through the model's own forward for every other causal LM. `.kind` says which
     ("fast" or "general"); a model that is not a causal LM is refused.
@@ -57,8 +58,9 @@ def make_decoder(model: PreTrainedModel, invariant: bool | None = None, target: 
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
     if target and torch.finfo(dtype).bits < 32:
         raise ValueError(f"{name} in {dtype} as the target: the general path has no batch-invariant forward, so "
-                         f"greedy output would not always equal plain decoding; load it in float32 (Composer(..., dtype='float32')) "
-                         f"(a {dtype} target is exact on the fast path only: {', '.join(SUPPORTED_MODEL_TYPES)})")
+                         "greedy output would not always equal plain decoding; load it in float32 "
+                         f"(Composer(..., dtype='float32')); a {dtype} target is exact on the fast path only "
+                         f"({', '.join(SUPPORTED_MODEL_TYPES)})")
     return GeneralDecoder(model)
 
 
@@ -122,8 +124,8 @@ class ModelCache:
 class GeneralDecoder:
     """`GeneralDecoder(model)`: the Decoder interface (new_cache, forward -> DecoderOutput) over
     `model`'s own forward. Not batch-invariant: a bfloat16 model's rows may differ with the
-    number of rows beside them (docs/design.md "Exact bf16"), so greedy equality with plain
-    decoding is exact in float32 (the fast decoder's invariant mode covers bf16 on the CPU)."""
+    number of rows beside them (docs/design.md "Exact bf16"), so a target runs it in float32
+    (make_decoder(..., target=True) refuses 16-bit ones); a drafter may run it in any dtype."""
 
     kind = "general"
     invariant = False
