@@ -75,7 +75,12 @@ class Composer:
         else:
             from drafters.assets import load_target
 
-            model, loaded_tokenizer = load_target(target, dtype=resolve_dtype(dtype))
+            from transformers import AutoConfig
+
+            from drafters.assets import resolve_model_dir
+
+            model_type = AutoConfig.from_pretrained(resolve_model_dir(target)).model_type
+            model, loaded_tokenizer = load_target(target, dtype=resolve_dtype(dtype, model_type=model_type))
             tokenizer = tokenizer or loaded_tokenizer
         self.target = TargetModel(model, tokenizer)
         self.tokenizer = tokenizer

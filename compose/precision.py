@@ -32,15 +32,21 @@ def bf16_unavailable(device: torch.device | str = "cpu") -> str | None:
     return None if failed is None else f"the batch-invariant bf16 forward does not hold on this machine: {failed}"
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu") -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu", model_type: str | None = None) -> torch.dtype:
     """"auto" -> bfloat16 where it is fast and exact, else float32; "float32" / "bfloat16" (or
-    the torch dtypes) as asked, bfloat16 only where it is exact (ValueError naming why not)."""
+    the torch dtypes) as asked, bfloat16 only where it is exact (ValueError naming why not).
+    model_type: the target's family; only the fast decoder's families have a batch-invariant
+    bf16 forward (drafters.decoder.SUPPORTED_MODEL_TYPES), so "auto" is float32 for others."""
     if isinstance(dtype, torch.dtype):
         name = {v: k for k, v in DTYPES.items()}.get(dtype)
         if name is None:
             raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
         dtype = name
+    from drafters.decoder import SUPPORTED_MODEL_TYPES
+
     if dtype == "auto":
+        if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:
+            return torch.float32
         return torch.bfloat16 if bf16_unavailable(device) is None else torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")

@@ -259,3 +259,20 @@ def test_a_16_bit_target_on_the_general_path_is_refused():
     with pytest.raises(ValueError, match="in torch.bfloat16 as the target.*load it in float32"):
         make_decoder(model, target=True)
     assert make_decoder(model).kind == "general"
+
+
+def test_auto_dtype_is_float32_for_a_family_without_an_exact_bf16_forward(tmp_path):
+    """A folder of another family under dtype="auto": float32 (the general path has no
+    batch-invariant bf16 forward), where a fast family's folder gets bf16 on a bf16 machine."""
+    from compose.precision import bf16_unavailable
+    from eval_helpers import char_tokenizer
+
+    for model_type in ("phi3", "llama"):
+        folder = tmp_path / model_type
+        tiny(model_type).save_pretrained(folder)
+        char_tokenizer().save_pretrained(folder)
+        composer = Composer(str(folder))
+        fast_bf16 = model_type == "llama" and bf16_unavailable() is None
+        assert composer.target.dtype == (torch.bfloat16 if fast_bf16 else torch.float32), model_type
+    with pytest.raises(ValueError, match="float32"):
+        Composer(str(tmp_path / "phi3"), dtype="bfloat16")
