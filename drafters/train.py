@@ -242,7 +242,9 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    acc = Accelerator(cpu=not torch.cuda.is_available())
+    # every process trains its share of the same global batch, so the schedule steps once per
+    # step (accelerate's default steps it once per process: N processes decayed N times faster)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False)
     torch.manual_seed(cfg.seed)
     model.train()
     optimizer = make_optimizer(model, cfg)
