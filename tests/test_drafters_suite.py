@@ -215,3 +215,11 @@ def test_suite_training_reads_cached_states_or_runs_the_target_per_step(tmp_path
             assert man["features_are_last"] and man["target_fingerprint"]
     else:
         assert forwards["n"] > 0 and layer_sets == []
+
+
+def test_mixed_draw_picks_the_same_records_from_a_parallel_split():
+    from drafters.suite_training import mixed_train
+
+    split = {"math_train": list(range(7)), "chat_train": list(range(100, 105))}
+    with_states = {k: [("states of", x) for x in v] for k, v in split.items()}  # the cached split: same order
+    assert mixed_train(with_states, 3) == [("states of", x) for x in mixed_train(split, 3)]
