@@ -28,6 +28,7 @@ from .losses import LOSSES, acceptance_rate, distillation_loss, unroll_weights
 from .model import FeatureDrafterModel
 from .precision import Precision, autocast
 from .target_side import target_side
+from .ttt_attention import TTTMask
 
 
 class TrainConfig(BaseModel):
@@ -110,7 +111,7 @@ class Unroll(nn.Module):
         positions = torch.arange(n, device=ids.device).expand(B, n)
         past, out_logits = None, []
         for j in range(steps):
-            mask = ttt_mask(n, j, self.model.dtype, ids.device)
+            mask = TTTMask(n, j)  # = ttt_mask(n, j), computed without the dense mask
             out, (k, v) = self.model(x, h, from_target, positions, mask, past)
             past = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
             step_rows = rows.clone()

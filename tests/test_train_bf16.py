@@ -133,3 +133,26 @@ def test_bf16_training_resumes_to_the_same_weights(tmp_path):
         torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
     assert any(not torch.equal(a, b) for a, b in zip(straight.state_dict().values(),
                                                      tiny_drafter_model(target, seed=7).state_dict().values()))
+
+
+@pytest.mark.parametrize("step", [0, 1, 2, 3])
+def test_structured_unroll_attention_equals_the_dense_mask(step):
+    import torch.nn.functional as F
+
+    from drafters.train import ttt_mask
+    from drafters.ttt_attention import ttt_attention
+
+    g = torch.Generator().manual_seed(step)
+    B, H, Hkv, n, hd = 2, 4, 2, 7, 8
+    q = torch.randn(B, H, n, hd, generator=g, requires_grad=True)
+    k = torch.randn(B, Hkv, (step + 1) * n, hd, generator=g, requires_grad=True)
+    v = torch.randn(B, Hkv, (step + 1) * n, hd, generator=g, requires_grad=True)
+    w = torch.randn(B, H, n, hd, generator=g)
+    dense = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                                           attn_mask=ttt_mask(n, step, torch.float32))
+    grads_dense = torch.autograd.grad((dense * w).sum(), (q, k, v))
+    ours = ttt_attention(q, k, v, step)
+    grads_ours = torch.autograd.grad((ours * w).sum(), (q, k, v))
+    torch.testing.assert_close(ours, dense, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads_ours, grads_dense):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
