@@ -77,8 +77,9 @@ def bench_cache(target, records, dtype, batch_tokens: int, folder: Path) -> dict
 
 
 def bench_train(target, records, precision: str, args, work: Path) -> dict:
+    # suite.json's recipe: lr 6e-4 after a 30-step warm-up (RepSpec diverges without one)
     cfg = TrainConfig(drafter="eagle1", head="truncated", draft_vocab_size=3584, loss="kl", unroll_steps=3,
-                      step_weights=[1.0, 0.8, 0.64], lr=6e-4, warmup_steps=2, batch_size=args.batch, max_len=args.seq,
+                      step_weights=[1.0, 0.8, 0.64], lr=6e-4, warmup_steps=30, batch_size=args.batch, max_len=args.seq,
                       repspec="repspec" if args.recipe == "suite" else "off", precision=precision,
                       epochs=1000, max_steps=args.warmup + args.steps, checkpoint_every=10**6)
     dcfg = make_drafter_config(cfg, target)
