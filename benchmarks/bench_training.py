@@ -19,7 +19,6 @@ Run it alone: on 2 cores another busy process changes the figures several-fold.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
