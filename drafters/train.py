@@ -111,7 +111,9 @@ class Unroll(nn.Module):
         positions = torch.arange(n, device=ids.device).expand(B, n)
         past, out_logits = None, []
         for j in range(steps):
-            mask = TTTMask(n, j)  # = ttt_mask(n, j), computed without the dense mask
+            # on the CPU the structured attention (drafters/ttt_attention.py) replaces the dense
+            # mask; a GPU keeps SDPA's fused kernels (the structured form holds n x n scores)
+            mask = TTTMask(n, j) if ids.device.type == "cpu" else ttt_mask(n, j, self.model.dtype, ids.device)
             out, (k, v) = self.model(x, h, from_target, positions, mask, past)
             past = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
             step_rows = rows.clone()
