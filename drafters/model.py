@@ -21,6 +21,7 @@ from .heads import LowRankHead, TargetHead, TruncatedHead
 from .kv import KVCache
 from .packed import linear
 from .repspec import apply_repspec, merge_repspec
+from .ttt_attention import TTTMask, ttt_attention
 
 
 class RMSNorm(nn.Module):
@@ -98,7 +99,10 @@ class Attention(nn.Module):
         rep = self.n_head // self.n_kv
         if torch.is_grad_enabled() and rep > 1:  # training: the GQA path's backward is not on every device
             keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=keys.shape[1] != self.n_head)
+        if isinstance(mask, TTTMask):  # the training unroll's structured mask (drafters/ttt_attention.py)
+            y = ttt_attention(q, keys, values, mask.step)
+        else:
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=keys.shape[1] != self.n_head)
         return linear(self.o_proj, y.transpose(1, 2).reshape(B, T, -1)), (k, v)
 
 

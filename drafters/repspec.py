@@ -37,20 +37,48 @@ class RepSpecLinear(nn.Module):
         return self.main.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.folding_pays(x.numel() // max(1, self.in_features)):
+            return self.folded_forward(x)
+        return self.branches_forward(x)
+
+    def folding_pays(self, rows: int) -> bool:
+        """Folding the branches first costs out x in x (in + out) multiply-adds per call; running
+        them costs in^2 + k out in + out^2 more per row than the plain linear. A training batch
+        (thousands of rows) makes folding several times cheaper: with a 576 -> 1,536 MLP linear it
+        pays from about 420 rows."""
+        n_in, n_out = self.in_features, self.out_features
+        per_row = n_in * n_in + len(self.bypass) * n_out * n_in + n_out * n_out
+        return rows * per_row > n_out * n_in * (n_in + n_out)
+
+    def branches_forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.linear(x, self.pre)
         y = self.main(x)
         for b in self.bypass:
             y = y + F.linear(x, b)
         return F.linear(y, self.post)
 
+    def folded_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function (and, by the chain rule, the same gradients) as `branches_forward`,
+        through the folded weight."""
+        w, bias = self.folded()
+        return F.linear(x, w, bias)
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(Post (W + sum_k B_k) Pre, Post b): the one linear the branches add up to."""
+        w = self.main.weight
+        for b in self.bypass:
+            w = w + b
+        bias = self.post @ self.main.bias if self.main.bias is not None else None
+        return self.post @ w @ self.pre, bias
+
     @torch.no_grad()
     def merge(self) -> nn.Linear:
-        w = self.main.weight + sum((b for b in self.bypass), torch.zeros_like(self.main.weight))
-        merged = nn.Linear(self.in_features, self.out_features, bias=self.main.bias is not None)
+        w, bias = self.folded()
+        merged = nn.Linear(self.in_features, self.out_features, bias=bias is not None)
         merged = merged.to(device=w.device, dtype=w.dtype)
-        merged.weight.copy_(self.post @ w @ self.pre)
-        if self.main.bias is not None:
-            merged.bias.copy_(self.post @ self.main.bias)
+        merged.weight.copy_(w)
+        if bias is not None:
+            merged.bias.copy_(bias)
         return merged
 
 

@@ -8,11 +8,14 @@ Stages (each resumes from what it wrote under work_dir):
               stages filter without the asset packages (run this stage where they are installed)
   written     the target writes math word problems from the requests
   regenerate  the target answers every prompt (greedy); held-out split per domain
+  states      the target's states for every record, cached once per layer set the ablations and
+              the final use (bf16 on a CPU with bf16 matrix units; `states`: cache, the CPU
+              default, or online; drafters/suite_training.py); later stages cache what is missing
   ablate      each recipe variant trained on the mixed train set for the same number of steps,
               scored by greedy chain tau on the held-out math and chat sets
   final       the best variant trained on math, chat and mixed (1:1, reused, not regenerated);
               each checkpoint gets a manifest (sha256, recipe, data, overlap, metrics, command)
-On a GPU the whole suite takes minutes; target states are computed per batch, never cached.
+On a GPU the whole suite takes minutes; there target states are computed per batch by default.
 """
 from __future__ import annotations
 
@@ -33,12 +36,11 @@ from .atomic import write_json
 from .checkpoint import save_drafter
 from .corpus import load_corpus, regenerate_corpus
 from .data import chat_turns, drop_overlapping, math_prompts, overlap_report, prompt_text
-from .heads import most_frequent_tokens
-from .model import build_drafter_model
-from .train import TrainConfig, evaluate_drafter, train_drafter
+from .suite_training import SuiteStates, drafter_layers, mixed_train, train_one
+from .train import TrainConfig
 from .word_problems import clean_written_problem, word_problems, writing_requests
 
-STAGES = ("prompts", "written", "regenerate", "ablate", "final")
+STAGES = ("prompts", "written", "regenerate", "states", "ablate", "final")
 DOMAINS = ("math", "chat", "mixed")
 
 
@@ -71,6 +73,11 @@ class SuiteConfig(BaseModel):
     max_prompt_tokens: int = Field(default=768, ge=8)
     write_max_new_tokens: int = Field(default=96, ge=8)
     regen_batch_size: int = Field(default=256, ge=1)
+    # target states for training: "cache" (computed once, read back memory-mapped), "online"
+    # (a target forward per step); "auto": online on a GPU, cached on the CPU
+    states: Literal["auto", "cache", "online"] = "auto"
+    states_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 where it is native
+    states_batch_tokens: int = Field(default=4096, ge=1)  # padded tokens per caching forward
     eval_depth: int = Field(default=5, ge=1)
     base: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields shared by every run
     ablations: dict[str, dict[str, Any]] = Field(default_factory=dict)  # variant name -> overrides
@@ -198,51 +205,7 @@ def regenerate_extra(cfg: SuiteConfig, work: Path, target, tokenizer, domain: st
     return regenerate_timed(cfg, target, tokenizer, items, work / "corpus" / f"{domain}-extra", f"target answers {domain} (extra)")
 
 
-def mixed_train(split: dict[str, list[dict]], seed: int) -> list[dict]:
-    """1:1 draw from the math and chat train sets (as many of each as the smaller has)."""
-    n = min(len(split["math_train"]), len(split["chat_train"]))
-    rng = random.Random(seed)
-    out = rng.sample(split["math_train"], n) + rng.sample(split["chat_train"], n)
-    rng.shuffle(out)
-    return out
-
-
 # --- training one drafter --------------------------------------------------------------------------
-def shared_vocabulary_records(split: dict[str, list[dict]], seed: int) -> list[dict]:
-    """Every drafter of a suite takes its draft vocabulary from the same 1:1 math+chat records,
-    so the specialists share d2t: weight averaging and lockstep drafting need one vocabulary."""
-    return mixed_train(split, seed)
-
-
-def train_one(cfg: SuiteConfig, tcfg: TrainConfig, target, records: list[dict], split, log) -> tuple[Any, dict]:
-    from .cli import make_drafter_config  # one place decides the drafter's shape
-
-    dcfg = make_drafter_config(tcfg, target)
-    draft_ids = None
-    if dcfg.head == "truncated":
-        vocab_records = shared_vocabulary_records(split, cfg.seed)
-        tokens = torch.cat([torch.tensor(r["input_ids"][r["prompt_len"]:]) for r in vocab_records])
-        draft_ids = most_frequent_tokens(tokens, dcfg.vocab_size, dcfg.draft_vocab_size)
-    torch.manual_seed(tcfg.seed)
-    model = build_drafter_model(dcfg, target, draft_ids).float()
-    head = target.get_output_embeddings().weight
-    t0 = time.time()
-    train_drafter(model, head, records, tcfg, tcfg.work_dir, target=target, progress=False)
-    seconds = time.time() - t0
-    n_tokens = sum(json.loads(line)["tokens"] for line in (Path(tcfg.work_dir) / "metrics.jsonl").read_text().splitlines())
-    metrics = {"train_seconds": round(seconds, 3), "train_tokens": n_tokens,
-               "train_tokens_per_s": round(n_tokens / max(seconds, 1e-9)), "steps": tcfg.max_steps,
-               "train_records": len(records)}
-    if dcfg.head == "truncated":
-        resp = torch.cat([torch.tensor(r["input_ids"][r["prompt_len"]:]) for r in records])
-        metrics["draft_vocab_coverage"] = round(float(torch.isin(resp, draft_ids).float().mean()), 4)
-    for domain in ("math", "chat"):
-        m = evaluate_drafter(model, head, split[f"{domain}_heldout"], tcfg, target=target, steps=cfg.eval_depth)
-        metrics[f"heldout_{domain}"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
-    log(f"{tcfg.name}: {json.dumps(metrics)}")
-    return model, metrics
-
-
 def score(metrics: dict) -> float:
     return (metrics["heldout_math"]["chain_tau"] + metrics["heldout_chat"]["chain_tau"]) / 2
 
@@ -267,10 +230,18 @@ class Clock:
         return int((self.left() - runs * overhead_s) / (runs * self.step_s))
 
 
-def stage_ablate(cfg: SuiteConfig, work: Path, target, split, log, clock: Clock) -> dict[str, dict]:
+def stage_states(cfg: SuiteConfig, target, states: SuiteStates) -> None:
+    """Cache the states of every layer set the ablations and the final variant read."""
+    variants = dict(cfg.ablations)
+    if cfg.final_variant:
+        variants.setdefault(cfg.final_variant, {})
+    for name, overrides in (variants or {"base": {}}).items():
+        states.split_for(drafter_layers(cfg.train_config(name, "mixed", overrides, 1), target))
+
+
+def stage_ablate(cfg: SuiteConfig, work: Path, target, split, log, clock: Clock, states: SuiteStates) -> dict[str, dict]:
     results_path = work / "ablations.json"
     results = read_json(results_path) if results_path.exists() else {}
-    records = mixed_train(split, cfg.seed)
     for name, overrides in cfg.ablations.items():
         if name in results:
             clock.observe(results[name])
@@ -281,7 +252,7 @@ def stage_ablate(cfg: SuiteConfig, work: Path, target, split, log, clock: Clock)
             continue
         tcfg = cfg.train_config(f"ablate-{name}", "mixed", overrides, cfg.ablation_max_steps)
         try:
-            _, metrics = train_one(cfg, tcfg, target, records, split, log)
+            _, metrics = train_one(cfg, tcfg, target, "mixed", split, log, states, cfg.eval_depth)
         except Exception as e:  # one broken variant must not cost the others; recorded, never hidden
             log(f"ablation {name} FAILED: {type(e).__name__}: {e}")
             metrics = {"error": f"{type(e).__name__}: {e}"}
@@ -300,11 +271,13 @@ def pick_variant(cfg: SuiteConfig, results: dict[str, dict]) -> str:
     return max(ok, key=lambda k: score(ok[k]))
 
 
-def stage_final(cfg: SuiteConfig, work: Path, target, split, results, log, clock: Clock) -> dict[str, dict]:
+def stage_final(cfg: SuiteConfig, work: Path, target, split, results, log, clock: Clock,
+                states: SuiteStates) -> dict[str, dict]:
     variant = pick_variant(cfg, results)
     log(f"final recipe: {variant}")
     overrides = cfg.ablations.get(variant, {})
-    train_sets = {"math": split["math_train"], "chat": split["chat_train"], "mixed": mixed_train(split, cfg.seed)}
+    train_records = {"math": len(split["math_train"]), "chat": len(split["chat_train"]),
+                     "mixed": len(mixed_train(split, cfg.seed))}
     data_report = read_json(work / "data_report.json")
     out = {}
     for domain in cfg.final_domains:
@@ -318,7 +291,7 @@ def stage_final(cfg: SuiteConfig, work: Path, target, split, results, log, clock
         floor = min(50, cfg.final_max_steps)  # a budget overrun still ships a usable drafter
         steps = cfg.final_max_steps if affordable is None else max(floor, min(cfg.final_max_steps, affordable))
         tcfg = cfg.train_config(f"final-{domain}", domain, overrides, steps)
-        model, metrics = train_one(cfg, tcfg, target, train_sets[domain], split, log)
+        model, metrics = train_one(cfg, tcfg, target, domain, split, log, states, cfg.eval_depth)
         if tcfg.repspec != "off":
             model.merge_repspec()
         model = model.cpu()
@@ -330,7 +303,7 @@ def stage_final(cfg: SuiteConfig, work: Path, target, split, results, log, clock
         manifest = {
             "domain": domain, "variant": variant, "recipe": json.loads(tcfg.model_dump_json()),
             "sha256": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.glob("*.safetensors"))},
-            "bytes": size, "data": {"train_records": len(train_sets[domain]),
+            "bytes": size, "data": {"train_records": train_records[domain],
                                     "heldout_records": {d: len(split[f"{d}_heldout"]) for d in ("math", "chat")},
                                     "sources": SOURCES[domain]},
             "overlap": data_report, "metrics": metrics, "command": cfg.command,
@@ -393,10 +366,14 @@ def run(cfg: SuiteConfig, stages: tuple[str, ...] = STAGES, device: str | None =
     target, tokenizer = load_suite_target(cfg, device, load_target)
     split = stage_regenerate(cfg, work, target, tokenizer)
     log(f"corpus: {json.dumps({k: len(v) for k, v in split.items()})}")
-    results = stage_ablate(cfg, work, target, split, log, clock) if "ablate" in stages else {}
+    states = SuiteStates(cfg.states, cfg.states_dtype, work, target, split, log, device,
+                         batch_tokens=cfg.states_batch_tokens)
+    if "states" in stages:
+        stage_states(cfg, target, states)
+    results = stage_ablate(cfg, work, target, split, log, clock, states) if "ablate" in stages else {}
     if "final" in stages and not results and (work / "ablations.json").exists():
         results = read_json(work / "ablations.json")
-    finals = stage_final(cfg, work, target, split, results, log, clock) if "final" in stages else {}
+    finals = stage_final(cfg, work, target, split, results, log, clock, states) if "final" in stages else {}
     return {"ablations": results, "finals": finals}
 
 

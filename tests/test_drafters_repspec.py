@@ -76,3 +76,21 @@ def test_whole_drafter_gives_same_logits_after_merge():
         assert not any(isinstance(m, (RepSpecLinear, HybridRepSpecLinear)) for m in model.modules())
         torch.testing.assert_close(logits(), before, atol=1e-5, rtol=1e-5)
         merge_repspec(model)  # idempotent: nothing left to merge
+
+
+def test_folded_training_forward_has_the_branches_outputs_and_gradients():
+    """Over many rows RepSpec folds its branches before the matmul (cheaper in training); the
+    output and every parameter's gradient are those of the branch-by-branch forward."""
+    rep = RepSpecLinear(nn.Linear(12, 20, bias=True), branches=2)
+    _randomise(rep, 3)
+    assert rep.folding_pays(4096) and not rep.folding_pays(2)
+    x = torch.randn(64, 12, generator=torch.Generator().manual_seed(4))
+    grads = []
+    for forward in (rep.branches_forward, rep.folded_forward):
+        rep.zero_grad()
+        y = forward(x)
+        (y * torch.linspace(-1, 1, 20)).sum().backward()
+        grads.append((y.detach(), {n: p.grad.clone() for n, p in rep.named_parameters()}))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-5, rtol=1e-5)
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][name], g, atol=1e-4, rtol=1e-4, msg=name)

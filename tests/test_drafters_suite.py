@@ -187,3 +187,39 @@ def test_extra_prompts_are_disjoint_from_the_first_round(tmp_path, monkeypatch):
     suite.stage_extra_prompts(cfg, work)
     got = json.loads((work / "prompts-extra.json").read_text())
     assert len(got["math"]) == 4 and not {p for _, p in got["math"]} & set(first)
+
+
+@pytest.mark.parametrize("mode", ["cache", "online"])
+def test_suite_training_reads_cached_states_or_runs_the_target_per_step(tmp_path, monkeypatch, mode):
+    import drafters.train as train
+
+    work = _suite_work(tmp_path)
+    cfg = _suite_config(tmp_path, work, states=mode, final_domains=["mixed"], ablations={"kl": {}, "e3": {"drafter": "eagle3"}})
+    forwards = {"n": 0}
+    real = train.add_target_states
+
+    def counted(*args, **kwargs):
+        forwards["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "add_target_states", counted)
+    run_suite(cfg, ("regenerate", "states", "ablate", "final"), device="cpu")
+    manifest = json.loads((tmp_path / "out" / "mixed" / "manifest.json").read_text())
+    assert manifest["metrics"]["states"] == mode
+    layer_sets = sorted(p.name for p in (work / "states").iterdir()) if (work / "states").exists() else []
+    if mode == "cache":
+        assert forwards["n"] == 0  # no target forward in any training or scoring step
+        assert layer_sets == ["layers-0-1", "layers-2"]  # eagle3 (layers 0, 1 of 2) and eagle1 (-1 = 2)
+        for name in ("math_train", "math_heldout", "chat_train", "chat_heldout"):
+            man = json.loads((work / "states" / "layers-2" / name / "manifest.json").read_text())
+            assert man["features_are_last"] and man["target_fingerprint"]
+    else:
+        assert forwards["n"] > 0 and layer_sets == []
+
+
+def test_mixed_draw_picks_the_same_records_from_a_parallel_split():
+    from drafters.suite_training import mixed_train
+
+    split = {"math_train": list(range(7)), "chat_train": list(range(100, 105))}
+    with_states = {k: [("states of", x) for x in v] for k, v in split.items()}  # the cached split: same order
+    assert mixed_train(with_states, 3) == [("states of", x) for x in mixed_train(split, 3)]

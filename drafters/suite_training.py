@@ -1,0 +1,135 @@
+"""Training one drafter of the suite (drafters/suite.py) and the target states it reads.
+
+States come from one of two places (`SuiteConfig.states`):
+  cache   the target's states for every record of the corpus, computed once per layer set by a
+          copy of the target in `states_dtype` (bf16 on a CPU with bf16 matrix units), stored
+          under work_dir/states/<layer set>/<split set> (drafters/hidden_cache.py: sharded,
+          memory-mapped, resumable, rebuilt when the target, the records or the dtype change);
+          every ablation and final of that layer set reads the same cache, `mixed` included
+          (its records are views of the math and chat sets' shards). The CPU default.
+  online  one batched target forward per training step (the GPU default: there the forward is
+          cheaper than reading states from disk).
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .heads import most_frequent_tokens
+from .hidden_cache import cache_hidden_states, load_hidden_cache
+from .model import build_drafter_model
+from .precision import compute_dtype
+from .train import TrainConfig, evaluate_drafter, train_drafter
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def mixed_train(split: dict[str, list], seed: int) -> list:
+    """1:1 draw from the math and chat train sets (as many of each as the smaller has). Which
+    records are drawn depends only on the sets' lengths and the seed, so the same draw from a
+    parallel split (records with cached states) gives the same records."""
+    n = min(len(split["math_train"]), len(split["chat_train"]))
+    rng = random.Random(seed)
+    out = rng.sample(split["math_train"], n) + rng.sample(split["chat_train"], n)
+    rng.shuffle(out)
+    return out
+
+
+def train_set(split: dict[str, list], name: str, seed: int) -> list:
+    """The training records of `name` (math, chat or mixed)."""
+    return mixed_train(split, seed) if name == "mixed" else split[f"{name}_train"]
+
+
+def shared_vocabulary_records(split: dict[str, list[dict]], seed: int) -> list[dict]:
+    """Every drafter of a suite takes its draft vocabulary from the same 1:1 math+chat records,
+    so the specialists share d2t: weight averaging and lockstep drafting need one vocabulary."""
+    return mixed_train(split, seed)
+
+
+class SuiteStates:
+    """The split's records with their target states for a layer set: cached (computed on first
+    use, then read back) or the plain records (online: the target runs per step)."""
+
+    def __init__(self, mode: str, dtype: str, work: Path, target, split: dict[str, list[dict]],
+                 log: Callable[[str], None], device: str | torch.device = "cpu", shard_records: int = 64,
+                 batch_tokens: int = 4096):
+        dev = torch.device(device)
+        if mode == "auto":
+            mode = "online" if dev.type == "cuda" else "cache"
+        if mode not in ("cache", "online"):
+            raise ValueError(f"unknown states mode {mode!r}; choose auto, cache or online")
+        self.cached = mode == "cache"
+        self.dtype = compute_dtype(dev, "auto") if dtype == "auto" else DTYPES[dtype]
+        self.work, self.target, self.split, self.log = work, target, split, log
+        self.shard_records, self.batch_tokens = shard_records, batch_tokens
+        self._loaded: dict[str, dict[str, list[dict]]] = {}
+
+    def split_for(self, layers: list[int]) -> dict[str, list[dict]]:
+        """The split (same names, same record order) whose records carry states for `layers`."""
+        if not self.cached:
+            return self.split
+        n = int(self.target.config.num_hidden_layers) + 1
+        key = "layers-" + "-".join(str(i % n) for i in layers)
+        if key not in self._loaded:
+            folder = self.work / "states" / key
+            for name in sorted(self.split):
+                t0 = time.time()
+                cache_hidden_states(self.target, self.split[name], layers, folder / name,
+                                    shard_records=self.shard_records, dtype=self.dtype, compute_dtype=self.dtype,
+                                    batch_tokens=self.batch_tokens, on_change="rebuild", progress=False)
+                timing = folder / name / "timing.json"
+                if time.time() - t0 > 1 and timing.exists():
+                    self.log(f"states {key}/{name}: {timing.read_text().strip()}")
+            self._loaded[key] = {name: load_hidden_cache(folder / name, self.target) for name in self.split}
+        return self._loaded[key]
+
+    def online_target(self):
+        """What train_drafter / evaluate_drafter take as `target`: None when states are cached."""
+        return None if self.cached else self.target
+
+
+def drafter_layers(tcfg: TrainConfig, target) -> list[int]:
+    from .cli import make_drafter_config  # one place decides the drafter's shape
+
+    return list(make_drafter_config(tcfg, target).target_layers)
+
+
+def train_one(cfg, tcfg: TrainConfig, target, set_name: str, split, log, states: SuiteStates,
+              eval_depth: int) -> tuple[Any, dict]:
+    """Train the drafter of `tcfg` on the train set `set_name` (math, chat, mixed) and score it
+    on both held-out sets (chain tau at `eval_depth`)."""
+    from .cli import make_drafter_config
+
+    dcfg = make_drafter_config(tcfg, target)
+    raw = train_set(split, set_name, cfg.seed)
+    draft_ids = None
+    if dcfg.head == "truncated":
+        vocab_records = shared_vocabulary_records(split, cfg.seed)
+        tokens = torch.cat([torch.tensor(r["input_ids"][r["prompt_len"]:]) for r in vocab_records])
+        draft_ids = most_frequent_tokens(tokens, dcfg.vocab_size, dcfg.draft_vocab_size)
+    data = states.split_for(list(dcfg.target_layers))
+    records = train_set(data, set_name, cfg.seed)
+    torch.manual_seed(tcfg.seed)
+    model = build_drafter_model(dcfg, target, draft_ids).float()
+    head = target.get_output_embeddings().weight
+    t0 = time.time()
+    train_drafter(model, head, records, tcfg, tcfg.work_dir, target=states.online_target(), progress=False)
+    seconds = time.time() - t0
+    n_tokens = sum(json.loads(line)["tokens"] for line in (Path(tcfg.work_dir) / "metrics.jsonl").read_text().splitlines())
+    metrics = {"train_seconds": round(seconds, 3), "train_tokens": n_tokens,
+               "train_tokens_per_s": round(n_tokens / max(seconds, 1e-9)), "steps": tcfg.max_steps,
+               "train_records": len(records), "states": "cache" if states.cached else "online"}
+    if dcfg.head == "truncated":
+        resp = torch.cat([torch.tensor(r["input_ids"][r["prompt_len"]:]) for r in raw])
+        metrics["draft_vocab_coverage"] = round(float(torch.isin(resp, draft_ids).float().mean()), 4)
+    for domain in ("math", "chat"):
+        m = evaluate_drafter(model, head, data[f"{domain}_heldout"], tcfg, target=states.online_target(),
+                             steps=eval_depth)
+        metrics[f"heldout_{domain}"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+    log(f"{tcfg.name}: {json.dumps(metrics)}")
+    return model, metrics
