@@ -1,7 +1,7 @@
 """The target's dtype: `Composer(dtype="auto" | "float32" | "bfloat16")` (docs/design.md "Exact bf16").
 
 bfloat16 is chosen only where it is both fast and exact: the hardware multiplies it natively
-(AMX or AVX512-BF16 on the CPU: bf16 matmuls run about 10x float32 there) and the kernels the
+(AMX or AVX512-BF16 on the CPU: bf16 matmuls run 5-10x float32 there) and the kernels the
 batch-invariant forward relies on pass their self-check on this machine
 (drafters.invariant.check_kernels). Elsewhere "auto" is float32, and an explicit "bfloat16"
 is refused with the reason rather than run inexactly."""

@@ -13,7 +13,7 @@ facts that `check_kernels` verifies on the running machine:
   reduction runs over the head dimension only, with at least MIN_ROWS rows (a 1-row matmul
   takes a GEMV with another reduction order);
 - max (exact in any order), exp (elementwise), the weights rounded to bf16;
-- numerator and normaliser in ONE bf16 matmul against [V | 1]: the AMX kernel accumulates the
+- numerator and normaliser in ONE bf16 matmul against [V | 1]: the oneDNN bf16 kernel accumulates the
   key axis in order, so masked keys (exact zero weights) change nothing wherever they sit,
   as long as one call's key axis stays inside one kernel block (measured: up to 1024 keys;
   past that the kernel splits the key axis at places that depend on its length). So the key
