@@ -78,8 +78,9 @@ def test_averaged_of_one_drafter_is_that_drafter():
     for name, w in a.model.state_dict().items():
         assert torch.equal(avg.model.state_dict()[name], w)
     one = Composer(TARGET, drafters={"a": a})
-    r_single = one.generate([7, 8], strategy="single", max_new_tokens=12)
-    r_avg = one.generate([7, 8], strategy="averaged", max_new_tokens=12)
+    tree = dict(depth=3, top_k=2, budget=5)  # fixed: tree="auto" would size each strategy's trees by its own timings
+    r_single = one.generate([7, 8], strategy="single", max_new_tokens=12, tree=tree)
+    r_avg = one.generate([7, 8], strategy="averaged", max_new_tokens=12, tree=tree)
     assert r_avg.token_ids == r_single.token_ids
     assert [s.accepted for s in r_avg.stats.steps] == [s.accepted for s in r_single.stats.steps]
 
