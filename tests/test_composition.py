@@ -13,7 +13,6 @@ from compose.composing import average_drafters
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from routing import ConfidenceRouter, EntropyRouter
 from trees import DraftTree, SamplingSpec
-from test_engine_law import FAST_N, FAST_TV, SLOW_N, SLOW_TV, run_law_check
 from tiny_models import tiny_model
 
 TARGET = tiny_model("llama", layers=3, seed=3)
@@ -141,25 +140,7 @@ def test_entropy_router_picks_the_lowest_mean_entropy():
     assert EntropyRouter().choose({"x": _tree([-1.0], [1.0, 1.0]), "y": _tree([-1.0], [1.0, 1.0])}) == "x"
 
 
-# --- the sampling law through merged_tree -------------------------------------------------------
-SMALL = tiny_model("llama", vocab=4, layers=2, seed=11, init_std=0.1)
-
-
-@pytest.mark.parametrize("n, tv, sampled", [
-    (FAST_N, FAST_TV, False), (FAST_N, FAST_TV, True),
-    pytest.param(SLOW_N, SLOW_TV, False, marks=pytest.mark.slow),
-    pytest.param(SLOW_N, SLOW_TV, True, marks=pytest.mark.slow),
-])
-def test_merged_tree_sampling_law_matches_the_target(n, tv, sampled):
-    """First 3 tokens of merged_tree (3 drafters with overlapping proposals on a 4-token
-    vocabulary) against the exact target law."""
-    drafters = {
-        "ee": EarlyExitDrafter(SMALL, 1, name="ee"),
-        "self": CausalLMDrafter(copy.deepcopy(SMALL), 4, name="self"),
-        "lm": CausalLMDrafter(tiny_model("llama", vocab=4, layers=1, seed=12, init_std=0.1), 4, name="lm"),
-    }
-    run_law_check(Composer(SMALL, drafters=drafters), "merged_tree", n, tv,
-                  SamplingSpec(temperature=0.9, top_k=0, top_p=0.95), dict(depth=2, top_k=2, budget=4, sampled=sampled))
+# the sampling law of merged_tree (and every other strategy): tests/test_e2e_law.py
 
 
 # --- bad input ------------------------------------------------------------------------------------
