@@ -64,9 +64,9 @@ def test_averaged_is_greedy_lossless_and_averages():
     a = CausalLMDrafter(tiny_model("llama", layers=1, seed=30), vocab, name="a")
     b = CausalLMDrafter(tiny_model("llama", layers=1, seed=31), vocab, name="b")
     composer = Composer(TARGET, drafters={"a": a, "b": b})
-    result = composer.generate([4, 5, 6], strategy="averaged", max_new_tokens=16, weights=[0.25, 0.75])
+    result = composer.generate([4, 5, 6], strategy="averaged", max_new_tokens=16, weights=[1.0, 3.0])
     assert result.token_ids == plain_greedy(TARGET, [4, 5, 6], 16)
-    avg = average_drafters({"a": a, "b": b}, [0.25, 0.75])
+    avg = average_drafters({"a": a, "b": b}, [1.0, 3.0])  # normalised: 1/4 and 3/4
     for name, w in avg.model.state_dict().items():
         torch.testing.assert_close(w, 0.25 * a.model.state_dict()[name] + 0.75 * b.model.state_dict()[name])
 
