@@ -231,3 +231,20 @@ def test_analysis_mode_scores_routing_against_the_oracle(target, tmp_path):
     assert "Routing against the oracle" in report and "accuracy per turn" in report
     assert set(Calibration.load(out / "calibration.json").observations("confidence")) == {"d1", "d2"}
     assert (out / "routing.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_eval_runs_with_its_default_tree_auto(target, tmp_path, capsys):
+    """No tree flag: the eval's default tree="auto" sizes every step's tree (on the injected cost
+    profile, tests/conftest.py), greedy output still equals the baseline's."""
+    out = tmp_path / "auto"
+    argv = ["--target", str(target), "--drafter", "d1=early-exit:1", "--drafter", "d2=early-exit:2",
+            "--strategies", "single:d1,merged_tree", "--benchmarks", "gsm8k", "--max-new-tokens", "16", "--limit", "1",
+            "--temperatures", "0,1", "--threads", "1", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    summary = strict_json(out / "summary.json")
+    assert summary["config"]["tree"]["auto"] is True
+    assert summary["greedy_check"] == {"records_checked": 2, "mismatches": 0} and summary["failures"] == []
+    records = [RunRecord.model_validate_json(line) for line in result_lines(out)]
+    drafted = [size for r in records if r.strategy != "autoregressive" for t in r.turns for size in t.tree_sizes]
+    assert max(drafted) > 1  # auto drafted trees (not only the root)
+    assert "greedy token equality with the baseline: OK" in capsys.readouterr().out
