@@ -98,6 +98,8 @@ def sample_law(composer: Composer, strategy: str, sampling: SamplingSpec, tree, 
 
 
 def assert_law(run: LawRun, tv: float, what: str) -> None:
+    print(f"{what}: n={run.n}, {run.cells} cells, power {run.power:.4f} at TV {tv}, p={run.pvalue:.3g}, "
+          f"steps per generation {dict(sorted(run.steps.items()))}, drafted steps {run.drafted_share:.0%}")
     assert run.power >= POWER, f"{what}: power {run.power:.4f} < {POWER} at TV {tv} (n={run.n}, {run.cells} cells)"
     assert run.drafted_share >= MIN_DRAFTED_SHARE, f"{what}: only {run.drafted_share:.0%} of the steps drafted"
     assert run.share_with_steps(2) >= MIN_SHARE_TWO_STEPS, f"{what}: too few later steps under law: {run.steps}"
