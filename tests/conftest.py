@@ -1,6 +1,6 @@
 """Test isolation: every test run gets its own SPECMUX_HOME, cost-profile folder and thread count,
-whatever the environment says; tree="auto" runs on an injected cost profile (no timing of this
-machine enters a test unless it is marked `measured_costs`); Hypothesis is derandomised (its
+whatever the environment says; tree="auto" runs on an injected cost profile and on the profile's
+time (no timing of this machine enters a test unless it is marked `measured_costs`); Hypothesis is derandomised (its
 profile is printed in the header; HYPOTHESIS_PROFILE=explore draws fresh examples)."""
 import atexit
 import os
@@ -54,7 +54,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
 def injected_cost_profile():
     """A machine where drafting pays: a forward of n nodes costs 10 ms + 0.25 ms per extra node,
     one draft level 1-2 ms. tree="auto" then drafts, learns and sizes trees without timing
-    anything (its online reality check still sees the real step times)."""
+    anything."""
     from compose.costs import CostProfile
 
     return CostProfile(forward_ms={1: 10.0, 2: 10.25, 4: 10.75, 8: 11.75, 16: 13.75, 32: 17.75, 64: 25.75},
@@ -62,16 +62,27 @@ def injected_cost_profile():
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "measured_costs: tree=\"auto\" measures this machine (no injected cost profile)")
+    config.addinivalue_line("markers", "measured_costs: tree=\"auto\" as on a real machine: its measured cost profile and the real clock")
 
 
 @pytest.fixture(autouse=True)
-def _injected_costs(request):
+def _injected_costs(request, monkeypatch):
+    """tree="auto" on the injected profile, and on the profile's time: each step is observed to
+    take what the profile predicts for it, so what auto chooses depends on the acceptance alone
+    (the same trees, hence the same samples, on every machine and under any load)."""
     if request.node.get_closest_marker("measured_costs"):
         yield None
         return
+    from compose.autotree import AutoTree
     from compose.costs import fixed_profile
 
+    observe = AutoTree.observe
+
+    def observe_on_profile_time(self, spec, tree, path, t_draft, t_forward, t_other):
+        draft_s = self.draft_ms(spec.depth, spec.top_k) / 1e3 if spec is not None else 0.0
+        return observe(self, spec, tree, path, draft_s, self.costs.forward(len(tree)) / 1e3, 0.0)
+
+    monkeypatch.setattr(AutoTree, "observe", observe_on_profile_time)
     with fixed_profile(injected_cost_profile()) as profile:
         yield profile
 

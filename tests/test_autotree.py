@@ -131,6 +131,7 @@ def test_bad_tree_option_is_named():
         Composer(target).generate([1, 2], strategy="autoregressive", tree="big")
 
 
+@pytest.mark.measured_costs  # observes the times it gives, not the injected profile's
 def test_drafting_that_delivers_less_than_predicted_yields_to_plain_decoding():
     """The model predicts drafting wins (its acceptance estimate is stuck high); the drafted
     steps deliver only their bonus token in the predicted time: auto goes back to plain
@@ -160,6 +161,7 @@ def test_single_drafters_learn_their_own_acceptance():
     assert len({id(v) for v in autos.values()}) == 2
 
 
+@pytest.mark.measured_costs  # observes the times it gives, not the injected profile's
 def test_reality_judges_past_steps_by_the_model_of_now():
     """Drafted steps that delivered what the acceptance model now expects measure reality 1,
     however much the model of their time promised: the start's optimism is lag the model learns
