@@ -44,7 +44,7 @@ BUGS = [
     Bug("wrong-sibling-order", "trees/verifying.py",
         "self.order = torch.sort(props.parent, stable=True).indices",
         "self.order = torch.sort(props.parent * len(props) - torch.arange(len(props)), stable=True).indices",
-        ("tests/test_trees_law.py::test_draws_without_replacement_are_verified_in_draw_order",)),
+        ("tests/test_draw_order_law.py::test_draws_without_replacement_are_verified_in_draw_order",)),
     Bug("greedy-bonus-at-the-root", "trees/verifying.py",
         "return paths_to(batch, end, draws[end])", "return paths_to(batch, end, draws[batch.starts[:-1]])",
         ("tests/test_trees_verify.py",)),
