@@ -21,7 +21,7 @@ install: $(STAMP)
 eval: install
 	$(BIN)/specmux eval $(ARGS)
 
-# in random order (pytest-randomly prints its seed; rerun that order with ARGS="--randomly-seed=N")
+# in random order (pytest-randomly; the seed is printed at the end: rerun that order with ARGS="--randomly-seed=N")
 test: install
 	$(BIN)/python -m pytest -n 2 -q $(ARGS)
 

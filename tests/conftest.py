@@ -91,3 +91,11 @@ def pytest_report_header(config):
     return [f"specmux tests: SPECMUX_HOME={TEST_HOME} (models linked from the user cache), SPECMUX_THREADS=1, "
             f"injected cost profile, hypothesis profile {settings.get_current_profile_name()!r} "
             f"(derandomize={settings.default.derandomize})"]
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The run's order and example seeds, also under -q (which hides the header)."""
+    seed = getattr(config.option, "randomly_seed", None)
+    order = f"random order: rerun it with --randomly-seed={seed}" if seed is not None else "file order"
+    terminalreporter.write_line(f"specmux tests: {order}; hypothesis profile {settings.get_current_profile_name()!r} "
+                                f"(derandomize={settings.default.derandomize})")
