@@ -5,7 +5,7 @@ against the target's exact law at a stated and asserted power (tests/e2e_law.py)
 total variation 0.05 in the default run, 0.02 with `-m slow`.
 
 Failures seen, and how they were decided (never by moving seeds):
-- 2026-11, the former tests/test_drafting_law.py: confidence over lockstep feature drafters on
+- 2026-11, the earlier check in tests/test_drafting_law.py: confidence over lockstep feature drafters on
   seeds 0..1199 gave p = 3.6e-4 (n = 1,200); rerun on sampled trees at n = 150,000: p = 0.44, so
   chance. That case is `confidence-eagle3-twins` here, at seeds from 0 and the planned n.
 """
