@@ -21,9 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--depth", type=int, default=5)
-    p.add_argument("--budget", type=int, default=32)
-    p.add_argument("--tree-top-k", type=int, default=8)
+    fixed = " (default: tree=\"auto\", sized to this machine and the running acceptance; any of --depth, --budget, " \
+            "--tree-top-k fixes the tree, the others then take the TreeOptions defaults)"
+    p.add_argument("--depth", type=int, default=None, help="draft levels below the root" + fixed)
+    p.add_argument("--budget", type=int, default=None, help="draft nodes per drafter tree" + fixed)
+    p.add_argument("--tree-top-k", type=int, default=None, help="children per expanded node" + fixed)
     p.add_argument("--merge-budget", choices=["sum", "equal"], default="sum")
     p.add_argument("--chat", action="store_true")
     p.add_argument("--stats", action="store_true", help="print generation statistics as JSON")
@@ -35,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     drafters = dict(d.split("=", 1) for d in args.drafter) if args.drafter else None
     try:
         composer = Composer(args.target, drafters=drafters if drafters is not None else default_drafters(args.target))
+        shape = {k: v for k, v in dict(depth=args.depth, budget=args.budget, top_k=args.tree_top_k).items()
+                 if v is not None}
         options = dict(
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-            seed=args.seed, chat=args.chat,
-            tree=dict(depth=args.depth, budget=args.budget, top_k=args.tree_top_k, merge_budget=args.merge_budget),
+            seed=args.seed, chat=args.chat, tree=dict(shape, merge_budget=args.merge_budget, auto=not shape),
         )
         if args.use_drafter:
             options["drafter"] = args.use_drafter

@@ -2,9 +2,12 @@
 over a cached context, and one draft level of a drafter (or lockstep group) per frontier size.
 tree="auto" (compose/autotree.py) combines them with the running acceptance; the benchmarks print
 them. A profile is measured once per machine, target, drafter and thread count, and cached under
-$SPECMUX_HOME/costs/ (written atomically)."""
+$SPECMUX_HOME/costs/ (written atomically). `fixed_profile(profile)` replaces every measured profile
+while it is active (tests and reproducible runs: tree="auto" then depends on no timing of this
+machine's past)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,7 +15,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from pydantic import BaseModel
@@ -143,10 +146,28 @@ def cached_json(path: Path, measure: Callable[[], dict]) -> dict:
     return value
 
 
+_FIXED: list[CostProfile] = []  # the innermost fixed_profile() in force, if any
+
+
+@contextlib.contextmanager
+def fixed_profile(profile: CostProfile) -> Iterator[CostProfile]:
+    """While active, machine_profile() returns `profile` for every target and drafter and
+    measures nothing (nestable)."""
+    _FIXED.append(profile)
+    try:
+        yield profile
+    finally:
+        _FIXED.pop()
+
+
 def machine_profile(target: TargetModel, unit: DraftUnit) -> CostProfile:
     """The cost profile of `target` with the drafter (or group) `unit` on this machine: measured
-    on first use (seconds), then read from $SPECMUX_HOME/costs/."""
+    on first use (seconds), then read from $SPECMUX_HOME/costs/; the fixed profile instead while
+    one is in force (fixed_profile)."""
     from drafters.checkpoint import target_fingerprint
+
+    if _FIXED:
+        return _FIXED[-1]
 
     target_key = f"{target_fingerprint(target.model)}|{target.num_layers}|{target.dtype}"
     forward = cached_json(profile_path("forward", target_key), lambda: {str(k): v for k, v in measure_forward(target).items()})

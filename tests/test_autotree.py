@@ -81,8 +81,8 @@ def test_cached_json_measures_once_and_writes_atomically(tmp_path):
 
 
 @pytest.mark.parametrize("kind, strategy", [("early-exit", "single"), ("self", "single"), ("mixed", "merged_tree")])
-def test_auto_tree_greedy_equals_plain_decoding(tmp_path, monkeypatch, kind, strategy):
-    monkeypatch.setenv("SPECMUX_COSTS", str(tmp_path / "costs"))
+def test_auto_tree_greedy_equals_plain_decoding(kind, strategy):
+    """On the injected cost profile (conftest.py), where drafting pays."""
     target = tiny_model("llama", layers=3, seed=1)
     drafters = {"ee": EarlyExitDrafter(target, 1)}
     if kind == "self":
@@ -95,10 +95,34 @@ def test_auto_tree_greedy_equals_plain_decoding(tmp_path, monkeypatch, kind, str
     for _ in range(2):  # the second generation starts from what the first learnt
         result = composer.generate(prompt, strategy=strategy, max_new_tokens=48, tree="auto")
         assert result.token_ids == plain
-    assert len(list((tmp_path / "costs").glob("*.json"))) == 2  # the forward and the drafter profiles
+        assert max(s.tree_size for s in result.stats.steps) > 1  # auto drafted
     if kind == "self":  # a perfect drafter: the top-ranked child is learnt to be always accepted
         auto = next(v for k, v in composer.strategy_cache.items() if isinstance(k, tuple) and k[0] == "autotree")
         assert auto.acceptance.p[:, 0].min() > PRIOR[0] + 0.05, auto.acceptance.p  # learnt upwards from the prior
+
+
+@pytest.mark.measured_costs
+def test_machine_profile_is_measured_once_then_read(tmp_path, monkeypatch):
+    """The real measurement (no injected profile): the forward and the drafter profiles are
+    written once; a second Composer reads them; an injected profile replaces them."""
+    from compose.costs import fixed_profile, machine_profile
+    from compose.lockstep import DraftUnit
+
+    monkeypatch.setenv("SPECMUX_COSTS", str(tmp_path / "costs"))
+    target = tiny_model("llama", layers=2, seed=1)
+    composer = Composer(target, drafters={"ee": EarlyExitDrafter(target, 1)})
+    unit = DraftUnit(["ee"], composer.drafters["ee"])
+    measured = machine_profile(composer.target, unit)
+    files = sorted((tmp_path / "costs").glob("*.json"))
+    assert len(files) == 2  # the forward and the drafter profiles
+    assert all(b >= a for a, b in zip(list(measured.forward_ms.values()), list(measured.forward_ms.values())[1:]))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert machine_profile(composer.target, unit) == measured  # read back, not measured again
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    injected = flat_profile({1: 5.0, 64: 9.0}, level_ms=1.0, root_ms=1.0)
+    with fixed_profile(injected):
+        assert machine_profile(composer.target, unit) is injected
+    assert machine_profile(composer.target, unit) == measured
 
 
 def test_bad_tree_option_is_named():
@@ -107,6 +131,7 @@ def test_bad_tree_option_is_named():
         Composer(target).generate([1, 2], strategy="autoregressive", tree="big")
 
 
+@pytest.mark.measured_costs  # observes the times it gives, not the injected profile's
 def test_drafting_that_delivers_less_than_predicted_yields_to_plain_decoding():
     """The model predicts drafting wins (its acceptance estimate is stuck high); the drafted
     steps deliver only their bonus token in the predicted time: auto goes back to plain
@@ -124,9 +149,8 @@ def test_drafting_that_delivers_less_than_predicted_yields_to_plain_decoding():
     assert [auto.choose() is None for _ in range(8)].count(True) >= 7
 
 
-def test_single_drafters_learn_their_own_acceptance(tmp_path, monkeypatch):
+def test_single_drafters_learn_their_own_acceptance():
     """single:a and single:b keep apart AutoTrees: one drafter's acceptance never sizes the other's trees."""
-    monkeypatch.setenv("SPECMUX_COSTS", str(tmp_path / "costs"))
     target = tiny_model("llama", layers=3, seed=1)
     drafters = {"ee": EarlyExitDrafter(target, 1), "self": CausalLMDrafter(tiny_model("llama", layers=3, seed=1), 96, name="self")}
     composer = Composer(target, drafters=drafters)
@@ -137,6 +161,7 @@ def test_single_drafters_learn_their_own_acceptance(tmp_path, monkeypatch):
     assert len({id(v) for v in autos.values()}) == 2
 
 
+@pytest.mark.measured_costs  # observes the times it gives, not the injected profile's
 def test_reality_judges_past_steps_by_the_model_of_now():
     """Drafted steps that delivered what the acceptance model now expects measure reality 1,
     however much the model of their time promised: the start's optimism is lag the model learns
@@ -158,6 +183,7 @@ def test_reality_judges_past_steps_by_the_model_of_now():
 
 
 
+@pytest.mark.measured_costs  # observes the times it gives, not the injected profile's
 def test_a_busy_spell_does_not_lock_auto_into_plain_decoding():
     """Drafting truly pays (a near-perfect drafter, a cheap verify), but after 30 quiet steps the
     machine turns busy: every step takes 3x the profile and one step in five 10x (another

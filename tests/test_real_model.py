@@ -24,9 +24,24 @@ DTYPES = ["float32", pytest.param("bfloat16", marks=pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module", params=DTYPES)
-def composer(request):
-    return Composer("smollm2-135m-instruct", drafters={"ee6": "early-exit:6", "ee12": "early-exit:12"},
-                    dtype=request.param)
+def loaded_target(request):
+    """The default target in each dtype, loaded once per module (read only: nothing here trains it)."""
+    from drafters.assets import load_target
+
+    return load_target("smollm2-135m-instruct", dtype=getattr(torch, request.param))
+
+
+@pytest.fixture
+def composer(loaded_target):
+    """A Composer of each test's own: drafters one test adds, and the routing state and
+    calibration its strategies learn, never reach another test."""
+    from compose.defaults import CALIBRATION_FILE, DOMAIN_ROUTER_FILE, shipped_routing_file
+
+    model, tokenizer = loaded_target
+    name = "smollm2-135m-instruct"  # the routing assets a Composer of the built-in's name reads
+    return Composer(model, tokenizer=tokenizer, drafters={"ee6": "early-exit:6", "ee12": "early-exit:12"},
+                    domain_router=shipped_routing_file(name, DOMAIN_ROUTER_FILE),
+                    calibration=shipped_routing_file(name, CALIBRATION_FILE))
 
 
 def reference(composer: Composer, ids: torch.Tensor, n: int) -> list[int]:

@@ -162,30 +162,40 @@ def test_interrupted_checkpoint_overwrite_keeps_the_old_checkpoint(tmp_path, mon
 
 
 def test_recover_folder_finishes_or_undoes_any_interrupted_swap(tmp_path):
+    """The commit point is the first rename (staged -> ready): a crash before it keeps the old
+    version, a crash after any rename ends, once recovered, with the new one."""
     from drafters.atomic import commit_folder, recover_folder, staging_folder
 
     def version(folder):
         return (folder / "v").read_text()
 
     path = tmp_path / "state"
-    for step, crash_after in enumerate([1, 2, 3, None]):
+    # (version to write, crash before the n-th rename or after it, the version recovery must leave)
+    cases = [("0", ("after", 1), "0"), ("1", ("before", 1), "0"), ("2", ("after", 1), "2"), ("3", ("after", 2), "3"),
+             ("4", ("after", 3), "4"), ("5", ("before", 2), "5"), ("6", ("before", 3), "6"), ("7", None, "7")]
+    for written, crash, expected in cases:
         staged = staging_folder(path)
-        (staged / "v").write_text(str(step))
+        (staged / "v").write_text(written)
         renames = {"n": 0}
         real_replace = os.replace
 
         def counting_replace(src, dst):
-            real_replace(src, dst)
             renames["n"] += 1
-            if renames["n"] == crash_after:
+            if crash == ("before", renames["n"]):
+                raise Crash()
+            real_replace(src, dst)
+            if crash == ("after", renames["n"]):
                 raise Crash()
 
         os.replace = counting_replace
         try:
             commit_folder(path)
         except Crash:
-            pass
+            assert crash is not None
+        else:
+            assert crash is None
         finally:
             os.replace = real_replace
         recover_folder(path)
-        assert version(path) in {str(step), str(step - 1)} and sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+        assert version(path) == expected, (written, crash)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]

@@ -7,7 +7,7 @@ Each check is test_trees_law.check_law: n sized for power >= 0.99 at total varia
 alpha 1e-3 (asserted per check); see test_trees_law.py for the derivation. The drafting is
 simulated (strategy_law.TableDrafter) so that the ~20-35k decode steps a check needs take
 seconds; the strategy objects are the real ones from the compose registry. The engine-level
-tests (test_engine_law.py) run the same strategies end to end on tiny transformers models."""
+tests (test_e2e_law.py) run the same strategies end to end on tiny transformers models."""
 from __future__ import annotations
 
 import pytest

@@ -46,7 +46,35 @@ def test_environment_default(monkeypatch):
         th.default_threads()
 
 
-def test_run_queue_reading_counts_others():
-    busy = th.others_running()
-    assert busy is None or busy >= 0
-    assert 1 <= th.free_cores() <= th.cores()
+def fake_proc_stat(monkeypatch, readings):
+    """/proc/stat as th.Path reads it: procs_running takes the given values in turn (None: unreadable)."""
+    values = iter(readings)
+
+    class FakePath:
+        def __init__(self, path):
+            assert path == "/proc/stat"
+
+        def read_text(self):
+            value = next(values)
+            if value is None:
+                raise OSError("no /proc here")
+            return f"cpu  1 2 3\nprocs_running {value}\nprocs_blocked 0\n"
+
+    monkeypatch.setattr(th, "Path", FakePath)
+    monkeypatch.setattr(th.time, "sleep", lambda s: None)
+
+
+def test_run_queue_reading_counts_others(monkeypatch):
+    fake_proc_stat(monkeypatch, [4, 2, 3])  # this process is one of the running: the least other count is 1
+    assert th.others_running() == 1
+    fake_proc_stat(monkeypatch, [1, 1, 1])
+    assert th.others_running() == 0
+    fake_proc_stat(monkeypatch, [None])
+    assert th.others_running() is None
+
+
+def test_free_cores_are_the_cores_less_the_busy_ones(monkeypatch):
+    monkeypatch.setattr(th, "cores", lambda: 4)
+    for busy, free in ((0, 4), (1, 3), (3, 1), (9, 1), (None, 4)):
+        monkeypatch.setattr(th, "others_running", lambda busy=busy: busy)
+        assert th.free_cores() == free

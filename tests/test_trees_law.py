@@ -498,3 +498,4 @@ def test_sample_size_meets_the_power_requirement():
     for df in (1, 3, 8, 26):
         n = required_samples(df, TV)
         assert power_at(n, df, TV) >= POWER > power_at(n - 50, df, TV)
+

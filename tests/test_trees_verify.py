@@ -94,14 +94,20 @@ def test_batched_greedy_equals_one_tree_at_a_time(data):
         assert batch[b].bonus == single.bonus
 
 
-def test_sampling_on_a_batch_of_one_equals_verify():
-    tree = DraftTree.from_lists([0, 1, 2, 1, 0], [-1, 0, 0, 1, 1])
-    logits = torch.randn(5, 3)
-    spec = SamplingSpec(temperature=0.8, top_p=0.9)
-    for seed in range(20):
-        a = verify(tree, logits, spec, torch.Generator().manual_seed(seed))
-        b = verify_batch(TreeBatch.from_trees([tree]), logits, spec, torch.Generator().manual_seed(seed))[0]
-        assert (a.path.tolist(), a.bonus) == (b.path.tolist(), b.bonus)
+@FAST
+@given(st.data())
+def test_sampling_a_batch_follows_each_trees_own_rows(data):
+    """Sampling over a batch of several trees with a one-hot target (top_k=1: every draw is
+    certain) takes, in every tree, the path its own logits rows dictate: a row offset or a
+    neighbour's rows used by mistake changes some tree's path or bonus."""
+    vocab = data.draw(st.integers(2, 5))
+    forest = [data.draw(random_trees(vocab, max_nodes=12)) for _ in range(data.draw(st.integers(2, 5)))]
+    logits = [torch.randn(len(t), vocab, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 999)))) * 3
+              for t in forest]
+    spec = SamplingSpec(temperature=0.8, top_k=1)
+    batch = verify_batch(TreeBatch.from_trees(forest), torch.cat(logits), spec, torch.Generator().manual_seed(0))
+    for b, (tree, rows) in enumerate(zip(forest, logits)):
+        assert (batch[b].path.tolist(), batch[b].bonus) == greedy_reference(tree, rows)
 
 
 def test_a_sure_target_accepts_the_whole_chain_in_sampling_mode():

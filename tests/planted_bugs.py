@@ -1,0 +1,153 @@
+"""Planted bugs: every test can fail. Applies small bugs one at a time to a scratch copy of the
+repository and runs, for each, default-run tests that should catch it; prints a table and exits 1
+unless every bug was caught (and the clean copy passed the same tests first).
+
+    python tests/planted_bugs.py              # every bug (CI: `make planted-bugs`)
+    python tests/planted_bugs.py --list       # the bugs and the tests aimed at them
+    python tests/planted_bugs.py mask-off-by-one stale-cache   # some of them
+
+Each bug is one edit (an exact snippet replaced) in the product code; a snippet that no longer
+matches is reported as "stale" (the bug list must follow the code) and counts as not caught."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("compose", "drafters", "trees", "routing", "eval")
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files, all in the default run
+
+
+BUGS = [
+    Bug("accept-all", "trees/verifying.py",
+        "ok = rows.uniform[r] * q.gather(1, x[:, None]).squeeze(1) < p[at, x]",
+        "ok = torch.ones_like(x, dtype=torch.bool)",
+        ("tests/test_trees_law.py::test_rejection_sampling_is_lossless_for_sampled_children",)),
+    Bug("no-residual", "trees/verifying.py",
+        "p[at[~ok]] = residual(p[at[~ok]], q[~ok])", "pass",
+        ("tests/test_trees_law.py::test_rejection_sampling_is_lossless_for_sampled_children",)),
+    Bug("wrong-sibling-order", "trees/verifying.py",
+        "self.order = torch.sort(props.parent, stable=True).indices",
+        "self.order = torch.sort(props.parent * len(props) - torch.arange(len(props)), stable=True).indices",
+        ("tests/test_draw_order_law.py::test_draws_without_replacement_are_verified_in_draw_order",)),
+    Bug("greedy-bonus-at-the-root", "trees/verifying.py",
+        "return paths_to(batch, end, draws[end])", "return paths_to(batch, end, draws[batch.starts[:-1]])",
+        ("tests/test_trees_verify.py",)),
+    Bug("mask-off-by-one", "trees/pack.py",
+        "for d in range(1, int(depths.max()) + 1 if n else 0):",
+        "for d in range(1, int(depths.max()) if n else 0):",
+        ("tests/test_trees_pack.py", "tests/test_engine.py")),
+    Bug("position-ids-off-by-one", "trees/pack.py",
+        "position_ids=tree.depths + prefix_len,", "position_ids=tree.depths + prefix_len + 1,",
+        ("tests/test_trees_pack.py", "tests/test_engine.py")),
+    Bug("cut-keeps-child-without-parent", "trees/tree.py",
+        "    order = torch.sort(eff, descending=True, stable=True).indices[:budget] + 1\n"
+        "    keep = torch.zeros(len(tree), dtype=torch.bool)\n"
+        "    keep[0] = True\n"
+        "    keep[order] = True\n"
+        "    check_ancestor_closed(tree.parents, keep)\n",
+        "    order = (eff.numel() - 1 - torch.sort(eff.flip(0), descending=True, stable=True).indices)[:budget] + 1\n"
+        "    keep = torch.zeros(len(tree), dtype=torch.bool)\n"
+        "    keep[0] = True\n"
+        "    keep[order] = True\n",
+        ("tests/test_trees_merge.py",)),
+    Bug("merge-keyed-on-token-and-depth", "trees/merge.py",
+        "keys = ids[parents[level]] * base + tokens[level]", "keys = tokens[level]",
+        ("tests/test_trees_merge.py",)),
+    Bug("top-p-ignored", "trees/sampling.py",
+        "    if sampling.top_p < 1.0:\n        probs = keep_top_p(probs, sampling.top_p)\n", "",
+        ("tests/test_trees_verify.py",)),
+    Bug("routed-tree-keeps-proposal-rows", "compose/composing.py",
+        "return Proposal(match_rule(trees[choice]), choice, trees, self.draft_groups(list(self.drafters)))",
+        "return Proposal(trees[choice], choice, trees, self.draft_groups(list(self.drafters)))",
+        ("tests/test_strategies_law.py::test_routing_over_sampled_trees_is_lossless",)),
+    Bug("stale-cache-after-rejection", "drafters/kv.py",
+        "if not torch.equal(tail.cpu(), torch.arange(n)):", "if False:",
+        ("tests/test_engine.py",)),
+    Bug("averaging-weights-not-normalised", "compose/composing.py",
+        "    w = w / w.sum()\n", "",
+        ("tests/test_composition.py::test_averaged_is_greedy_lossless_and_averages",)),
+    Bug("draft-vocabulary-map-off-by-one", "drafters/heads.py",
+        "d2t = draft_ids - torch.arange(draft_ids.numel())", "d2t = draft_ids - torch.arange(1, draft_ids.numel() + 1)",
+        ("tests/test_drafters_model.py",)),
+]
+
+
+def scratch_copy() -> Path:
+    """The product packages and tests/ (no .git, no pretrained weights beyond what tests read)."""
+    where = Path(tempfile.mkdtemp(prefix="specmux-planted-"))
+    for name in (*PACKAGES, "tests"):
+        shutil.copytree(ROOT / name, where / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "pyproject.toml", where / "pyproject.toml")
+    return where
+
+
+def run_tests(where: Path, tests: tuple[str, ...]) -> tuple[int, float, str]:
+    env = dict(os.environ, PYTHONPATH=str(where), OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                           *tests], cwd=where, env=env, capture_output=True, text=True)
+    lines = [l for l in done.stdout.splitlines() if l.startswith(("FAILED", "ERROR"))] or done.stdout.splitlines()[-1:]
+    return done.returncode, time.perf_counter() - started, (lines[0] if lines else "")[:90]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="bugs to plant (default: all)")
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args(argv)
+    bugs = [b for b in BUGS if not args.names or b.name in args.names]
+    if args.list or not bugs:
+        for b in BUGS:
+            print(f"{b.name:34s} {b.path:22s} {' '.join(b.tests)}")
+        return 0 if bugs else 2
+    where = scratch_copy()
+    try:
+        clean = tuple(dict.fromkeys(t for b in bugs for t in b.tests))
+        rc, seconds, summary = run_tests(where, clean)
+        print(f"clean copy, the same tests: rc={rc} in {seconds:.0f} s {summary}")
+        if rc != 0:
+            print("the clean copy fails its tests: no bug can be shown caught")
+            return 1
+        rows, caught = [], 0
+        for bug in bugs:
+            path = where / bug.path
+            original = path.read_text()
+            if original.count(bug.old) != 1:
+                rows.append((bug.name, "STALE", 0.0, f"snippet found {original.count(bug.old)} times in {bug.path}"))
+                continue
+            path.write_text(original.replace(bug.old, bug.new))
+            try:
+                rc, seconds, summary = run_tests(where, bug.tests)
+            finally:
+                path.write_text(original)
+            verdict = "caught" if rc == 1 else ("MISSED" if rc == 0 else f"rc={rc}")
+            caught += rc == 1
+            rows.append((bug.name, verdict, seconds, summary))
+            print(f"{bug.name:34s} {verdict:7s} {seconds:5.0f} s  {summary}", flush=True)
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+    print(f"\n| bug | verdict | seconds | first failure |\n|---|---|---|---|")
+    for name, verdict, seconds, summary in rows:
+        print(f"| {name} | {verdict} | {seconds:.0f} | {summary} |")
+    print(f"\n{caught} of {len(bugs)} planted bugs caught")
+    return 0 if caught == len(bugs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
