@@ -1,0 +1,162 @@
+"""Continuous batching (serve/batch.py, serve/scheduler.py): one target forward over several
+requests' rows gives each request what its own forward gives; greedy output under any batch
+equals single-stream plain decoding; a seeded request's sampled output does not depend on what
+else is batched; a request failing inside decoding fails alone."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from compose import Composer
+from drafters.lm import CausalLMDrafter, EarlyExitDrafter
+from serve.batch import Segment, forward_segments
+from serve.scheduler import QueueFull, Scheduler
+from serve.slot import Event, new_slot
+from trees import DraftTree, pack_tree
+from tiny_models import tiny_model
+
+TARGET = tiny_model("llama", vocab=96, layers=3, seed=1)
+
+
+def composer() -> Composer:
+    lm = CausalLMDrafter(tiny_model("llama", vocab=96, layers=1, seed=8), 96, name="lm")
+    return Composer(TARGET, drafters={"ee": EarlyExitDrafter(TARGET, 1), "lm": lm,
+                                      "self": CausalLMDrafter(copy.deepcopy(TARGET), 96, name="self")})
+
+
+def reference_greedy(prompt: list[int], n: int) -> list[int]:
+    out = TARGET.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    return out[0, len(prompt):].tolist()
+
+
+class Collector:
+    def __init__(self):
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    @property
+    def error(self):
+        return next((e.error for e in self.events if e.kind == "error"), None)
+
+
+def run_batch(c: Composer, requests: list[tuple[list[int], str | None, dict]], max_batch: int = 8):
+    """Submit every request at once and serve them to the end; -> (slots, collectors)."""
+    scheduler = Scheduler(c, max_batch=max_batch, max_queue=len(requests))
+    slots, sinks = [], []
+    for prompt, strategy, options in requests:
+        sink = Collector()
+        slot = new_slot(c, prompt, strategy, sink, options)
+        scheduler.submit(slot)
+        slots.append(slot)
+        sinks.append(sink)
+    scheduler.run_until_idle()
+    return slots, sinks
+
+
+def test_batched_forward_equals_each_requests_own_forward():
+    c = composer()
+    decoder = c.target.decoder
+    prompts = [[5, 9, 2, 7], [1, 2, 3], [40, 41, 42, 43, 44, 45]]
+    alone, batched = [], []
+    for p in prompts:  # prefill each cache alone, then one more forward over a small tree
+        for out in (alone, batched):
+            cache = decoder.new_cache(32)
+            decoder.forward(torch.tensor(p), torch.arange(len(p)), cache, None)
+            out.append(cache)
+    tree = DraftTree.from_lists([3, 4, 5, 6], [-1, 0, 0, 1])  # branching: the mask matters
+    segments = []
+    for i, p in enumerate(prompts):
+        packed = pack_tree(tree, len(p), decoder.dtype)
+        ref = decoder.forward(packed.input_ids, packed.position_ids, alone[i], packed.attention_mask, (1, -1))
+        segments.append((ref, Segment(packed.input_ids, packed.position_ids, batched[i], packed.attention_mask,
+                                      None, (1, -1))))
+    outs = forward_segments(decoder, [s for _, s in segments])
+    for (ref, seg), out, cache in zip(segments, outs, alone):
+        torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
+        for i in (1, -1):
+            torch.testing.assert_close(out.hidden_states[i], ref.hidden_states[i], rtol=1e-5, atol=1e-5)
+        assert seg.cache.length == cache.length
+        torch.testing.assert_close(seg.cache.keys[:, :, :, : cache.length], cache.keys[:, :, :, : cache.length])
+
+
+def test_greedy_batch_of_mixed_strategies_equals_plain_decoding():
+    c = composer()
+    tree = dict(depth=3, top_k=2, budget=6)
+    requests = [
+        ([5, 9, 2, 7], "autoregressive", dict(max_new_tokens=17)),
+        ([1, 2, 3], "single", dict(drafter="ee", max_new_tokens=23, tree=tree)),
+        ([40, 41, 42, 43, 44, 45, 46, 47], "single", dict(drafter="lm", max_new_tokens=11, tree=tree)),
+        ([7], "merged_tree", dict(max_new_tokens=20, tree=tree)),
+        ([3, 3, 3, 3], "confidence", dict(max_new_tokens=15, tree=tree)),
+        ([8, 1], "single", dict(drafter="self", max_new_tokens=19, tree=tree)),
+    ]
+    slots, sinks = run_batch(c, requests, max_batch=4)  # 4 at once: the last two join as others leave
+    for (prompt, _, options), slot, sink in zip(requests, slots, sinks):
+        assert sink.error is None
+        assert slot.finish == "length"
+        assert slot.tokens == reference_greedy(prompt, options["max_new_tokens"])
+        assert sink.events[-1].kind == "done"
+    assert sum(s.accepted for s in slots[5].stats.steps) > 0  # the perfect drafter was verified in the batch
+
+
+@pytest.mark.parametrize("tree", [dict(depth=3, top_k=2, budget=5), dict(depth=3, top_k=2, budget=5, sampled=True)])
+def test_seeded_sampling_does_not_depend_on_the_batch(tree):
+    c = composer()
+    options = dict(max_new_tokens=16, temperature=0.9, top_p=0.95, seed=1234, tree=tree)
+    alone = c.generate([5, 9, 2], strategy="single", drafter="lm", **options).token_ids
+    others = [([1, 2, 3, 4], "merged_tree", dict(max_new_tokens=12, temperature=1.0, seed=7, tree=tree)),
+              ([9], "autoregressive", dict(max_new_tokens=30, temperature=0.7))]
+    for batch in ([], others[:1], others):
+        slots, _ = run_batch(c, batch + [([5, 9, 2], "single", dict(drafter="lm", **options))])
+        assert slots[-1].tokens == alone
+
+
+class Broken(EarlyExitDrafter):
+    def propose(self, *args, **kwargs):
+        raise RuntimeError("drafter exploded")
+
+
+def test_a_request_failing_inside_decoding_fails_alone():
+    c = composer()
+    c.add_drafter("broken", Broken(TARGET, 1))
+    requests = [([5, 9, 2, 7], "single", dict(drafter="ee", max_new_tokens=12)),
+                ([1, 2], "single", dict(drafter="broken", max_new_tokens=12)),
+                ([4, 4], "autoregressive", dict(max_new_tokens=9))]
+    slots, sinks = run_batch(c, requests)
+    assert sinks[1].error is not None and sinks[1].error.status == 500
+    assert "drafter exploded" in str(sinks[1].error)
+    for i in (0, 2):
+        assert sinks[i].error is None
+        assert slots[i].tokens == reference_greedy(requests[i][0], requests[i][2]["max_new_tokens"])
+
+
+def test_cancelled_request_leaves_the_batch():
+    c = composer()
+    scheduler = Scheduler(c, max_batch=2, max_queue=0)
+    keep = new_slot(c, [5, 9], "autoregressive", Collector(), dict(max_new_tokens=10))
+    gone = new_slot(c, [1, 2], "autoregressive", Collector(), dict(max_new_tokens=400))
+    scheduler.submit(keep)
+    scheduler.submit(gone)
+    with pytest.raises(QueueFull):
+        scheduler.submit(new_slot(c, [3], None, Collector(), dict(max_new_tokens=3)))
+    gone.cancelled = True
+    scheduler.run_until_idle()
+    assert gone.finish == "cancelled" and len(gone.tokens) <= 1
+    assert keep.tokens == reference_greedy([5, 9], 10)
+
+
+def test_bad_requests_are_refused_before_queueing():
+    c = composer()
+    sink = Collector()
+    with pytest.raises(ValueError, match="unknown strategy"):
+        new_slot(c, [1], "fastest", sink, {})
+    with pytest.raises(ValueError, match="unknown drafter"):
+        new_slot(c, [1], "single", sink, dict(drafter="nope"))
+    with pytest.raises(ValueError, match="context"):
+        new_slot(c, list(range(90)) * 6, None, sink, {})
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        new_slot(c, [1], None, sink, dict(max_new_tokens=0))
