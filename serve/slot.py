@@ -6,12 +6,14 @@ single stream, so a request's tokens, and with a seed its random draws, are thos
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
+from compose.autotree import DEPTHS as AUTO_DEPTHS
 from compose.autotree import AutoTree
 from compose.composer import Composer, _cut_at_eos, _find_stop, _max_tree_nodes, _tokens_covering
 from compose.lockstep import DraftUnit
@@ -24,6 +26,10 @@ from drafters.base import Drafter
 from trees import DraftTree, StepFeedback, pack_tree, process_logits, require_finite_logits, sample, verify
 
 from .batch import Segment, SegmentOutput
+
+# Hugging Face fast tokenizers are not safe to call from two threads at once ("Already borrowed"):
+# the HTTP side encodes prompts while the scheduler thread decodes outputs
+TOKENIZER_LOCK = threading.Lock()
 
 
 class RequestError(Exception):
@@ -140,12 +146,13 @@ class Slot:
             self.finish = "eos"
         elif len(tokens) >= opts.max_new_tokens:
             self.finish = "length"
-        new_text = self.composer._decode(tokens)
-        if opts.stop:
-            cut = _find_stop(new_text, opts.stop, len(self.text))
-            if cut is not None:
-                new_text, self.finish = new_text[:cut], "stop"
-                self.tokens = _tokens_covering(tokens, cut, self.composer._decode)
+        with TOKENIZER_LOCK:
+            new_text = self.composer._decode(tokens)
+            if opts.stop:
+                cut = _find_stop(new_text, opts.stop, len(self.text))
+                if cut is not None:
+                    new_text, self.finish = new_text[:cut], "stop"
+                    self.tokens = _tokens_covering(tokens, cut, self.composer._decode)
         if new_text.startswith(self.text) and len(new_text) > len(self.text):
             self.emit(Event("text", new_text[len(self.text) :]))
         self.text = new_text
@@ -196,10 +203,12 @@ def own_drafter_state(plan: Strategy) -> Strategy:
 
 
 def new_slot(composer: Composer, prompt, strategy: str | None, emit: Callable[[Event], None],
-             options: dict[str, Any]) -> Slot:
+             options: dict[str, Any], fit_context: bool = False) -> Slot:
     """A request validated as `Composer.generate` validates its arguments (ValueError: the
     request is malformed): strategy name and options, generate options over the Composer's
-    defaults, the prompt (text, chat messages or ids) and its length against the context."""
+    defaults, the prompt (text, chat messages or ids) and its length against the context.
+    fit_context: max_new_tokens was not asked for, so the default is cut to what the context
+    leaves after the prompt (an explicit one past the context is an error)."""
     from compose.registry import default_strategy, strategy_class, strategy_options
 
     name = strategy or composer.strategy or default_strategy(composer.drafters)
@@ -212,7 +221,14 @@ def new_slot(composer: Composer, prompt, strategy: str | None, emit: Callable[[E
     if drafter is not None and drafter not in composer.drafters:
         raise ValueError(f"unknown drafter {drafter!r}; this server's drafters: {sorted(composer.drafters)}")
     opts = GenerateOptions(**{**composer.defaults, **generate_args})
-    prompt_ids = composer.encode(prompt, opts.chat)
+    with TOKENIZER_LOCK:
+        prompt_ids = composer.encode(prompt, opts.chat)
+    ctx = composer.target.context_length
+    if fit_context and ctx is not None:
+        depth = max(AUTO_DEPTHS) if opts.tree.auto else opts.tree.depth
+        room = ctx - int(prompt_ids.numel()) - depth - 1
+        if 1 <= room < opts.max_new_tokens:
+            opts = opts.model_copy(update={"max_new_tokens": room})
     composer._check_length(prompt_ids, opts)
     seed = opts.seed if opts.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
     return Slot(prompt_ids, name, strategy_args, opts, emit, seed)
