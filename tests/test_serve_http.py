@@ -227,3 +227,52 @@ def test_disconnect_frees_the_slot_and_full_queue_answers_429(composer):
         for name in ("specmux_request_tau_bucket", "specmux_step_seconds_count", "specmux_queue_length",
                      "specmux_drafted_tokens_total", "specmux_accepted_tokens_total", "specmux_completion_tokens_total"):
             assert name in metrics
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path):
+    """`specmux serve` as its own process: SIGTERM while a stream is running lets it finish."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    folder = tiny_target_folder(tmp_path / "target")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "SPECMUX_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "eval.commands", "serve", "--target", str(folder), "--drafters",
+                             "ee=early-exit:1", "--port", str(port), "--tree", "3,2,6", "--served-model-name", MODEL,
+                             "--log-level", "warning"], env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.2)
+        with httpx.stream("POST", url + "/v1/completions", timeout=60,
+                          json={"model": MODEL, "prompt": "count", "max_tokens": 400, "temperature": 0,
+                                "stream": True}) as r:
+            lines = r.iter_lines()
+            assert next(lines).startswith("data: ")
+            proc.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]" and '"finish_reason":"length"' in rest[-2]
+        # uvicorn re-raises the captured SIGTERM after its graceful shutdown, so the exit status is
+        # the signal's (as for any process SIGTERM ends), reached only after the stream completed
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        with pytest.raises(httpx.TransportError):  # no longer listening
+            httpx.get(url + "/health")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
