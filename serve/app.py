@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from compose.composer import Composer
 
 from .metrics import ServeMetrics
-from .scheduler import Scheduler
+from .scheduler import BatchTrees, Scheduler
 from .schemas import ChatRequest, CompletionRequest, error_body, validation_message
 from .slot import Event, RequestError, Slot, new_slot
 
@@ -45,11 +45,14 @@ class ServerConfig:
     default_temperature: float = 1.0  # the OpenAI API's default
     default_max_tokens: int = 256  # cut to what the context leaves when a request names none
     drain_seconds: float = 30.0
+    draft_max_batch: int = 2  # serve/scheduler.py BatchTrees
+    row_budget: int = 24
 
 
 def create_app(composer: Composer, config: ServerConfig) -> FastAPI:
     metrics = ServeMetrics()
-    scheduler = Scheduler(composer, config.max_batch, config.max_queue, metrics)
+    scheduler = Scheduler(composer, config.max_batch, config.max_queue, metrics,
+                          BatchTrees(config.draft_max_batch, config.row_budget))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

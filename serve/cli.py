@@ -32,6 +32,11 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--served-model-name", default=None, help="the model id clients send (default: the target)")
     p.add_argument("--max-batch", type=int, default=8, help="requests decoded together in one step")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the batch before 429")
+    p.add_argument("--draft-max-batch", type=int, default=2,
+                   help="requests with top-k trees draft only while at most this many share a step "
+                        "(past it, batching pays more than speculating)")
+    p.add_argument("--row-budget", type=int, default=24,
+                   help="verified tree rows per step shared by the drafting requests of a batch")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
     p.add_argument("--max-tokens", type=int, default=256, help="max_tokens of requests that name none")
     p.add_argument("--temperature", type=float, default=1.0, help="temperature of requests that name none")
@@ -83,7 +88,7 @@ def build(args):
         model_name=args.served_model_name or os.path.basename(str(args.target).rstrip("/")),
         api_key=args.api_key or None, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
         max_queue=args.max_queue, default_temperature=args.temperature, default_max_tokens=args.max_tokens,
-        drain_seconds=args.drain_seconds)
+        drain_seconds=args.drain_seconds, draft_max_batch=args.draft_max_batch, row_budget=args.row_budget)
     return composer, create_app(composer, config)
 
 

@@ -41,14 +41,38 @@ class StepObserver:
     def finished(self, slot: Slot) -> None: ...
 
 
+class BatchTrees:
+    """How big each request's top-k tree may be when B requests share a step. Drafting runs per
+    request and every drafted node is a row of the shared forward, while plain decoding of B
+    requests costs about one forward: past a few requests, batching pays more than speculating
+    (vLLM's `speculative_disable_by_batch_size` makes the same call). So: a lone request drafts
+    as it asks; up to `draft_max_batch` requests share `row_budget` verified rows per step; past
+    that, requests verify their root alone (no drafting). Sampled trees are never cut (see
+    serve/slot.py cap_tree), so seeded outputs never depend on the batch."""
+
+    def __init__(self, draft_max_batch: int = 2, row_budget: int = 24):
+        if draft_max_batch < 1 or row_budget < 1:
+            raise ValueError(f"draft_max_batch and row_budget must be >= 1, got {draft_max_batch}, {row_budget}")
+        self.draft_max_batch, self.row_budget = draft_max_batch, row_budget
+
+    def node_cap(self, batch: int) -> int | None:
+        """Draft nodes allowed per request (None: no cap; 0: no drafting)."""
+        if batch <= 1:
+            return None
+        if batch > self.draft_max_batch:
+            return 0
+        return max(0, self.row_budget // batch - 1)
+
+
 class Scheduler:
     def __init__(self, composer: Composer, max_batch: int = 8, max_queue: int = 64,
-                 observer: StepObserver | None = None):
+                 observer: StepObserver | None = None, trees: BatchTrees | None = None):
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.composer = composer
         self.max_batch, self.max_queue = max_batch, max_queue
         self.observer = observer or StepObserver()
+        self.trees = trees or BatchTrees()
         self.threads = ThreadPolicy(composer.threads)
         self._waiting: collections.deque[Slot] = collections.deque()
         self._active: list[Slot] = []
@@ -159,8 +183,11 @@ class Scheduler:
         t0 = time.perf_counter()
         self.threads.apply()
         slots, segments = [], []
+        batch = len(self._active)
+        cap = self.trees.node_cap(batch)
         with torch.inference_mode():
             for slot in self._active:
+                slot.node_cap, slot.batched = cap, batch
                 try:
                     segments.append(slot.segment())
                     slots.append(slot)

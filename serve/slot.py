@@ -6,6 +6,7 @@ single stream, so a request's tokens, and with a seed its random draws, are thos
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from compose.strategies import Proposal, Strategy
 from compose.types import GenerationStats, StepRecord
 from drafters import FeatureDrafterGroup
 from drafters.base import Drafter
-from trees import DraftTree, StepFeedback, pack_tree, process_logits, require_finite_logits, sample, verify
+from trees import DraftTree, StepFeedback, TreeSpec, pack_tree, process_logits, require_finite_logits, sample, verify
 
 from .batch import Segment, SegmentOutput
 
@@ -83,6 +84,11 @@ class Slot:
         self.cache = self.target.decoder.new_cache(max(capacity, n + 64))
         self.root: int | None = None
         self.start = time.perf_counter()
+        # a `sum` merge verifies every drafter's tree: a cap on the verified nodes splits between them
+        merged = self.strategy_name == "merged_tree" and self.opts.tree.merge_budget == "sum"
+        self.width = len(composer.drafters) if merged else 1
+        self.node_cap: int | None = None  # set by the scheduler each step (serve/scheduler.py BatchTrees)
+        self.batched = 1
 
     @property
     def prefilled(self) -> bool:
@@ -94,7 +100,12 @@ class Slot:
             n = int(self.prompt_ids.numel())
             return Segment(self.prompt_ids, torch.arange(n), self.cache, None, slice(n - 1, n), self.layers)
         t0 = time.perf_counter()
-        self.spec = self.auto.choose() if self.auto is not None else self.tree
+        chosen = self.auto.choose() if self.auto is not None else self.tree
+        self.spec = cap_tree(chosen, self.node_cap // self.width) if self.node_cap is not None else chosen
+        # tree="auto" learns acceptance and costs from single-stream steps only: a capped tree is
+        # not one it chose, and a batched forward's time is not its own
+        self.chosen = chosen
+        self.learn = self.auto is not None and self.spec is chosen and self.batched == 1
         if self.spec is None:
             self.proposal = Proposal(DraftTree.root_only(self.root))
         else:
@@ -124,8 +135,10 @@ class Slot:
             sampling=self.sampling, proposed=self.proposal.proposed, hidden_states=hidden,
             prefix_length=self.prefix_len))
         t_verify = time.perf_counter() - t0
-        if self.auto is not None:
+        if self.learn:
             self.auto.observe(self.spec, tree, result.path, self.t_draft, t_forward, t_verify)
+        elif self.auto is not None and self.spec is not None and self.spec is self.chosen:
+            self.auto.acceptance.observe(tree, result.path)  # acceptance does not depend on the batch
         path = result.path.tolist()
         self.stats.steps.append(StepRecord(
             accepted=result.accepted, tree_size=len(tree), drafter=self.proposal.drafter,
@@ -172,6 +185,20 @@ class Slot:
             "prompt_tokens": prompt, "completion_tokens": len(self.tokens), "total_tokens": prompt + len(self.tokens),
             "drafted": drafted, "accepted": accepted, "tau": None if tau != tau else round(tau, 4), "steps": len(steps),
         }
+
+
+def cap_tree(spec: TreeSpec | None, nodes: int) -> TreeSpec | None:
+    """`spec` cut to at most `nodes` draft nodes (None: no drafting, the root alone). A sampled
+    tree is kept as asked: its shape decides which random draws its verification consumes, so
+    changing it with the batch would make a seeded request's output depend on its neighbours. A
+    top-k tree's shape never changes a seeded output (each emitted token is the inverse CDF of one
+    uniform at its own prefix, drafted or not), so it may shrink freely."""
+    if spec is None or spec.sampled:
+        return spec
+    if nodes < 1:
+        return None
+    return dataclasses.replace(spec, depth=min(spec.depth, nodes), top_k=min(spec.top_k, nodes),
+                               budget=min(spec.budget, nodes))
 
 
 def own_drafter_state(plan: Strategy) -> Strategy:

@@ -12,7 +12,7 @@ import torch
 from compose import Composer
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from serve.batch import Segment, forward_segments
-from serve.scheduler import QueueFull, Scheduler
+from serve.scheduler import BatchTrees, QueueFull, Scheduler
 from serve.slot import Event, new_slot
 from trees import DraftTree, pack_tree
 from tiny_models import tiny_model
@@ -43,9 +43,13 @@ class Collector:
         return next((e.error for e in self.events if e.kind == "error"), None)
 
 
-def run_batch(c: Composer, requests: list[tuple[list[int], str | None, dict]], max_batch: int = 8):
+UNCAPPED = BatchTrees(draft_max_batch=1000, row_budget=10_000)  # every request drafts its full tree
+
+
+def run_batch(c: Composer, requests: list[tuple[list[int], str | None, dict]], max_batch: int = 8,
+              trees: BatchTrees = UNCAPPED):
     """Submit every request at once and serve them to the end; -> (slots, collectors)."""
-    scheduler = Scheduler(c, max_batch=max_batch, max_queue=len(requests))
+    scheduler = Scheduler(c, max_batch=max_batch, max_queue=len(requests), trees=trees)
     slots, sinks = [], []
     for prompt, strategy, options in requests:
         sink = Collector()
@@ -83,7 +87,8 @@ def test_batched_forward_equals_each_requests_own_forward():
         torch.testing.assert_close(seg.cache.keys[:, :, :, : cache.length], cache.keys[:, :, :, : cache.length])
 
 
-def test_greedy_batch_of_mixed_strategies_equals_plain_decoding():
+@pytest.mark.parametrize("trees", [UNCAPPED, BatchTrees(draft_max_batch=3, row_budget=12)], ids=["full", "capped"])
+def test_greedy_batch_of_mixed_strategies_equals_plain_decoding(trees):
     c = composer()
     tree = dict(depth=3, top_k=2, budget=6)
     requests = [
@@ -94,7 +99,7 @@ def test_greedy_batch_of_mixed_strategies_equals_plain_decoding():
         ([3, 3, 3, 3], "confidence", dict(max_new_tokens=15, tree=tree)),
         ([8, 1], "single", dict(drafter="self", max_new_tokens=19, tree=tree)),
     ]
-    slots, sinks = run_batch(c, requests, max_batch=4)  # 4 at once: the last two join as others leave
+    slots, sinks = run_batch(c, requests, max_batch=4, trees=trees)  # 4 at once: the last two join as others leave
     for (prompt, _, options), slot, sink in zip(requests, slots, sinks):
         assert sink.error is None
         assert slot.finish == "length"
@@ -111,13 +116,24 @@ def test_seeded_sampling_does_not_depend_on_the_batch(tree):
     others = [([1, 2, 3, 4], "merged_tree", dict(max_new_tokens=12, temperature=1.0, seed=7, tree=tree)),
               ([9], "autoregressive", dict(max_new_tokens=30, temperature=0.7))]
     for batch in ([], others[:1], others):
-        slots, _ = run_batch(c, batch + [([5, 9, 2], "single", dict(drafter="lm", **options))])
-        assert slots[-1].tokens == alone
+        for trees in (UNCAPPED, BatchTrees(draft_max_batch=2, row_budget=4)):  # top-k trees cut, sampled ones kept
+            slots, _ = run_batch(c, batch + [([5, 9, 2], "single", dict(drafter="lm", **options))], trees=trees)
+            assert slots[-1].tokens == alone
 
 
 class Broken(EarlyExitDrafter):
     def propose(self, *args, **kwargs):
         raise RuntimeError("drafter exploded")
+
+
+def test_tree_caps_by_batch_size():
+    trees = BatchTrees(draft_max_batch=4, row_budget=16)
+    assert [trees.node_cap(b) for b in (1, 2, 3, 4, 5, 8)] == [None, 7, 4, 3, 0, 0]
+    from serve.slot import cap_tree
+    from trees import TreeSpec
+    assert cap_tree(TreeSpec(5, 8, 32), 3) == TreeSpec(3, 3, 3)
+    assert cap_tree(TreeSpec(5, 8, 32), 0) is None
+    assert cap_tree(TreeSpec(5, 8, 32, sampled=True), 0) == TreeSpec(5, 8, 32, sampled=True)
 
 
 def test_a_request_failing_inside_decoding_fails_alone():
@@ -160,3 +176,15 @@ def test_bad_requests_are_refused_before_queueing():
         new_slot(c, list(range(90)) * 6, None, sink, {})
     with pytest.raises(ValueError, match="max_new_tokens"):
         new_slot(c, [1], None, sink, dict(max_new_tokens=0))
+
+
+def test_a_top_k_trees_shape_never_changes_a_seeded_output():
+    """Why the scheduler may cut top-k trees by batch size: each emitted token is the inverse CDF
+    of one uniform of the request's generator at its own prefix, drafted or not."""
+    c = composer()
+    for seed in range(5):
+        kw = dict(max_new_tokens=15, temperature=1.0, top_p=0.9, seed=seed)
+        plain = c.generate([5, 9, 2], strategy="autoregressive", **kw).token_ids
+        for tree in (dict(depth=1, top_k=1, budget=1), dict(depth=4, top_k=3, budget=12)):
+            assert c.generate([5, 9, 2], strategy="single", drafter="self", tree=tree, **kw).token_ids == plain
+            assert c.generate([5, 9, 2], strategy="merged_tree", tree=tree, **kw).token_ids == plain

@@ -13,7 +13,7 @@ import pytest
 from compose import Composer
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from law import chi_square_power, chi_square_pvalue, exact_law
-from serve.scheduler import Scheduler
+from serve.scheduler import BatchTrees, Scheduler
 from serve.slot import new_slot
 from tiny_models import tiny_model
 from trees import SamplingSpec
@@ -40,7 +40,9 @@ def run_streams(n: int) -> dict[str, list[tuple[int, ...]]]:
     lm = CausalLMDrafter(tiny_model("qwen2", vocab=4, layers=1, seed=6, init_std=0.1), 4, name="lm")
     composer = Composer(SMALL, drafters={"self": CausalLMDrafter(copy.deepcopy(SMALL), 4, name="self"),
                                          "ee": EarlyExitDrafter(SMALL, 1), "lm": lm})
-    scheduler = Scheduler(composer, max_batch=5, max_queue=n * (len(STREAMS) + 1))
+    # top-k trees are cut to 7, 4, 3 nodes as 2, 3, 4 requests share a step, and not drafted at 5
+    scheduler = Scheduler(composer, max_batch=5, max_queue=n * (len(STREAMS) + 1),
+                          trees=BatchTrees(draft_max_batch=4, row_budget=16))
     slots: dict[str, list] = {name: [] for name in STREAMS}
     for i in range(n):
         for j, (name, (prompt, strategy, args, sampling, tree)) in enumerate(STREAMS.items()):
