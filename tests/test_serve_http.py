@@ -219,10 +219,13 @@ def test_disconnect_frees_the_slot_and_full_queue_answers_429(composer):
             busy = raw(url, {"model": MODEL, "prompt": "x", "max_tokens": 2}, "/completions")
             assert busy.status_code == 429 and busy.json()["error"]["type"] == "rate_limit_error"
         assert wait_idle(root) == {"status": "ok", "active": 0, "queued": 0}  # well before 3000 tokens
+        with pytest.raises(httpx.ReadTimeout):  # a client waiting for a whole answer gives up
+            httpx.post(url + "/completions", json={"model": MODEL, "prompt": "long", "max_tokens": 3000}, timeout=1.0)
+        assert wait_idle(root) == {"status": "ok", "active": 0, "queued": 0}
         ok = raw(url, {"model": MODEL, "prompt": "x", "max_tokens": 2, "temperature": 0}, "/completions")
         assert ok.status_code == 200
         metrics = httpx.get(root + "/metrics").text
-        assert 'specmux_finished_requests_total{reason="cancelled"} 1.0' in metrics
+        assert 'specmux_finished_requests_total{reason="cancelled"} 2.0' in metrics
         assert 'specmux_requests_total{endpoint="/v1/completions",status="429"} 1.0' in metrics
         for name in ("specmux_request_tau_bucket", "specmux_step_seconds_count", "specmux_queue_length",
                      "specmux_drafted_tokens_total", "specmux_accepted_tokens_total", "specmux_completion_tokens_total"):
