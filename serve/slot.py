@@ -105,7 +105,7 @@ class Slot:
         # tree="auto" learns acceptance and costs from single-stream steps only: a capped tree is
         # not one it chose, and a batched forward's time is not its own
         self.chosen = chosen
-        self.learn = self.auto is not None and self.spec is chosen and self.batched == 1
+        self.learn = self.auto is not None and self.spec == chosen and self.batched == 1
         if self.spec is None:
             self.proposal = Proposal(DraftTree.root_only(self.root))
         else:
@@ -137,7 +137,7 @@ class Slot:
         t_verify = time.perf_counter() - t0
         if self.learn:
             self.auto.observe(self.spec, tree, result.path, self.t_draft, t_forward, t_verify)
-        elif self.auto is not None and self.spec is not None and self.spec is self.chosen:
+        elif self.auto is not None and self.spec is not None and self.spec == self.chosen:
             self.auto.acceptance.observe(tree, result.path)  # acceptance does not depend on the batch
         path = result.path.tolist()
         self.stats.steps.append(StepRecord(
