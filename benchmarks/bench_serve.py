@@ -100,10 +100,15 @@ async def _throughput(client, clients: int, per_client: int, max_tokens: int, st
 
     start = time.perf_counter()
     results = [r for rs in await asyncio.gather(*(worker(w) for w in range(clients))) for r in rs]
-    wall = time.perf_counter() - start
+    return {"results": results, "wall": time.perf_counter() - start}
+
+
+def pooled(runs: list[dict]) -> dict:
+    """Throughput and latency over every round of one (strategy, clients) phase."""
+    results = [r for run in runs for r in run["results"]]
     lat = np.array([r["latency"] for r in results])
     tokens = sum(r["tokens"] for r in results)
-    return {"clients": clients, "requests": len(results), "tokens": tokens, "tok_s": tokens / wall,
+    return {"requests": len(results), "tok_s": tokens / sum(run["wall"] for run in runs),
             "tau": tokens / max(1, sum(r["steps"] for r in results)),
             "p50": np.percentile(lat, 50), "p90": np.percentile(lat, 90), "p99": np.percentile(lat, 99),
             "ttft50": np.percentile([r["ttft"] for r in results], 50)}
@@ -118,15 +123,15 @@ def load_composer(args):
                     **({"tree": tree_option(args.tree)} if args.tree else {}))
 
 
-def composer_baseline(composer, args, strategy: str | None) -> float:
-    """Composer.generate tokens/s on the prompts one client sends (same chat template, greedy)."""
+def composer_baseline(composer, args, strategy: str | None) -> tuple[int, float]:
+    """Composer.generate (tokens, seconds) on the prompts one client sends (same chat template, greedy)."""
     prompts = list(PROMPTS.values())[: args.per_client]
     messages = lambda p: [{"role": "user", "content": p}]  # noqa: E731
     composer.generate(messages(prompts[0]), strategy=strategy, max_new_tokens=8)
     start, tokens = time.perf_counter(), 0
     for p in prompts:
         tokens += len(composer.generate(messages(p), strategy=strategy, max_new_tokens=args.max_tokens).token_ids)
-    return tokens / (time.perf_counter() - start)
+    return tokens, time.perf_counter() - start
 
 
 async def load_test(url: str, args, reference) -> dict:
@@ -193,6 +198,7 @@ def main() -> int:
     p.add_argument("--clients", default="1,2,4,8", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--per-client", type=int, default=2, help="requests each client sends, one after another")
     p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--rounds", type=int, default=2, help="every phase runs once per round, rounds interleaved")
     p.add_argument("--load-test", action="store_true")
     p.add_argument("--load-requests", type=int, default=100, help="requests per client in the load test (8 clients)")
     p.add_argument("--load-max-tokens", type=int, default=24)
@@ -203,21 +209,31 @@ def main() -> int:
     proc, url = start_server(args)
     server = psutil.Process(proc.pid)
     try:
-        for strategy in (None, "autoregressive"):
-            name = strategy or "speculative (server default)"
-            # measured here, with the server idle, so that both see the same machine
-            baseline = composer_baseline(composer, args, strategy)
-            print(f"\n{name}: Composer.generate {baseline:.1f} tok/s   load {load_average()}")
+        # rounds interleave every phase, so that a shared machine's changing load falls on all alike
+        strategies = (None, "autoregressive")
+        runs = {(st, c): [] for st in strategies for c in args.clients}
+        generate = {st: [] for st in strategies}
+        for rnd in range(args.rounds):
+            for st in strategies:
+                generate[st].append(composer_baseline(composer, args, st))  # the server idle meanwhile
+                for c in args.clients:
+                    runs[(st, c)].append(asyncio.run(throughput(url, c, args.per_client, args.max_tokens, st)))
+            print(f"round {rnd + 1}/{args.rounds} done   load {load_average()}", flush=True)
+        for st in strategies:
+            baseline = sum(t for t, _ in generate[st]) / sum(sec for _, sec in generate[st])
+            print(f"\n{st or 'speculative (server default strategy)'}: Composer.generate {baseline:.1f} tok/s "
+                  f"(one stream, same prompts)   load {load_average()}")
             print(f"{'clients':>7} {'reqs':>4} {'tok/s':>7} {'x1':>5} {'vs gen':>6} {'tau':>5} "
-                  f"{'p50 s':>6} {'p90 s':>6} {'p99 s':>6} {'ttft50':>6}  load")
+                  f"{'p50 s':>6} {'p90 s':>6} {'p99 s':>6} {'ttft50':>6}")
             one = None
             for c in args.clients:
-                r = asyncio.run(throughput(url, c, args.per_client, args.max_tokens, strategy))
+                r = pooled(runs[(st, c)])
                 one = one or r["tok_s"]
                 print(f"{c:>7} {r['requests']:>4} {r['tok_s']:>7.1f} {r['tok_s'] / one:>5.2f} "
                       f"{r['tok_s'] / baseline:>6.2f} {r['tau']:>5.2f} {r['p50']:>6.2f} {r['p90']:>6.2f} "
-                      f"{r['p99']:>6.2f} {r['ttft50']:>6.2f}  {load_average()}", flush=True)
+                      f"{r['p99']:>6.2f} {r['ttft50']:>6.2f}")
         if args.load_test:
+            print(f"server RSS after the throughput phases: {server.memory_info().rss / 2**20:.0f} MiB")
             cache: dict = {}
 
             def reference(prompt: str, n: int) -> str:
