@@ -61,6 +61,7 @@ class Slot:
     cancelled: bool = False  # set by the HTTP side when the client goes away
     tokens: list[int] = field(default_factory=list)
     text: str = ""
+    sent: int = 0  # characters of `text` sent as "text" events
     finish: str | None = None  # "eos" | "stop" | "length"
     created: float = field(default_factory=time.perf_counter)
 
@@ -150,7 +151,7 @@ class Slot:
         self._add(result.tokens[1:].tolist() + [self.root])
 
     def _add(self, chunk: list[int]) -> None:
-        """Append emitted tokens and send the new text; sets `finish` (as Composer.stream does:
+        """Append emitted tokens and send the new text; sets `finish` (as Composer.generate does:
         EOS kept in the tokens, a stop string cut from the text and its tokens)."""
         opts, tokens = self.opts, self.tokens
         tokens.extend(chunk)
@@ -166,9 +167,17 @@ class Slot:
                 if cut is not None:
                     new_text, self.finish = new_text[:cut], "stop"
                     self.tokens = _tokens_covering(tokens, cut, self.composer._decode)
-        if new_text.startswith(self.text) and len(new_text) > len(self.text):
-            self.emit(Event("text", new_text[len(self.text) :]))
         self.text = new_text
+        # a stream cannot take back what it sent: hold back a tail that may still turn out to be
+        # the start of a stop string, or an incomplete UTF-8 sequence (decoded as U+FFFD for now)
+        hold = 0
+        if self.finish is None:
+            hold = max((len(s) for s in opts.stop), default=1) - 1
+            hold = max(hold, len(new_text) - len(new_text.rstrip("\ufffd")))
+        upto = len(new_text) - hold
+        if upto > self.sent:
+            self.emit(Event("text", new_text[self.sent : upto]))
+            self.sent = upto
         if self.finish is not None:
             self.stats.new_tokens = len(self.tokens)
             self.stats.total_time = time.perf_counter() - self.start

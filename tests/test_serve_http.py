@@ -279,3 +279,35 @@ def test_sigterm_finishes_requests_in_flight_then_exits(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("strategy, extra", [("single", {"drafter": "self"}), ("autoregressive", {})])
+def test_a_stream_never_sends_part_of_a_stop_string(composer, strategy, extra):
+    """Stops that begin in one step's text and end in a later one's (the perfect drafter emits
+    several tokens per step): the streamed pieces add up to the cut text, never past it."""
+    from serve.scheduler import Scheduler
+    from serve.slot import new_slot
+
+    full = plain(composer, "Once upon", 40, chat=False)
+    scheduler = Scheduler(composer, max_batch=40, max_queue=40)
+    cases = []
+    for i in range(4, 32, 2):
+        stop = full[i : i + 3]
+        pieces: list[str] = []
+        slot = new_slot(composer, "Once upon", strategy,
+                        lambda ev, pieces=pieces: pieces.append(ev.text) if ev.kind == "text" else None,
+                        dict(max_new_tokens=40, temperature=0, stop=[stop], **extra))
+        scheduler.submit(slot)
+        cases.append((full[: full.index(stop)], slot, pieces))
+    scheduler.run_until_idle()
+    for expected, slot, pieces in cases:
+        assert slot.text == expected and "".join(pieces) == expected and slot.finish == "stop"
+
+
+def test_streamed_stop_over_http(client, composer):
+    full = plain(composer, "Once upon", 40, chat=False)
+    stop = full[9:13]
+    text = "".join(c.choices[0].text for c in client.completions.create(
+        model=MODEL, prompt="Once upon", max_tokens=40, temperature=0, stop=stop, stream=True,
+        extra_body={"strategy": "single", "drafter": "self"}))
+    assert text == full[: full.index(stop)]
