@@ -149,12 +149,17 @@ def create_app(composer: Composer, config: ServerConfig) -> FastAPI:
 
     async def collect(request: Request, reply: "Reply", events: asyncio.Queue) -> Response:
         try:
+            checked = time.monotonic()
             while True:
                 try:
                     ev = await asyncio.wait_for(events.get(), POLL_SECONDS)
                 except asyncio.TimeoutError:
+                    ev = None
+                if time.monotonic() - checked >= POLL_SECONDS:  # text events may never pause
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         return Response(status_code=499)  # nobody reads it; the slot is freed below
+                if ev is None or ev.kind == "text":
                     continue
                 if ev.kind == "error":
                     raise ev.error

@@ -24,6 +24,7 @@ from compose.strategies import Proposal, Strategy
 from compose.types import GenerationStats, StepRecord
 from drafters import FeatureDrafterGroup
 from drafters.base import Drafter
+from drafters.kv import KVCache
 from trees import DraftTree, StepFeedback, TreeSpec, pack_tree, process_logits, require_finite_logits, sample, verify
 
 from .batch import Segment, SegmentOutput
@@ -66,9 +67,10 @@ class Slot:
     created: float = field(default_factory=time.perf_counter)
 
     # --- set up in the scheduler thread -----------------------------------------------------------
-    def setup(self, composer: Composer) -> None:
+    def setup(self, composer: Composer, new_cache: Callable[[int], KVCache] | None = None) -> None:
         """Build this request's strategy over private copies of the drafters (their state is
-        per request, their weights shared), its tree policy and its cache."""
+        per request, their weights shared), its tree policy and its cache (from `new_cache`:
+        the scheduler's pool)."""
         self.composer = composer
         self.target = composer.target
         plan = make_strategy(self.strategy_name, composer.drafters, self.opts.tree, composer.strategy_cache,
@@ -82,7 +84,7 @@ class Slot:
         self.layers = self.plan.target_layers
         n = int(self.prompt_ids.numel())
         capacity = n + self.opts.max_new_tokens + _max_tree_nodes(self.opts, len(composer.drafters))
-        self.cache = self.target.decoder.new_cache(max(capacity, n + 64))
+        self.cache = (new_cache or self.target.decoder.new_cache)(max(capacity, n + 64))
         self.root: int | None = None
         self.start = time.perf_counter()
         # a `sum` merge verifies every drafter's tree: a cap on the verified nodes splits between them
