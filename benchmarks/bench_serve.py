@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -219,7 +220,7 @@ def main() -> int:
                 for c in args.clients:
                     runs[(st, c)].append(asyncio.run(throughput(url, c, args.per_client, args.max_tokens, st)))
             print(f"round {rnd + 1}/{args.rounds} done   load {load_average()}", flush=True)
-        for st in strategies:
+        for st in strategies if args.rounds else ():
             baseline = sum(t for t, _ in generate[st]) / sum(sec for _, sec in generate[st])
             print(f"\n{st or 'speculative (server default strategy)'}: Composer.generate {baseline:.1f} tok/s "
                   f"(one stream, same prompts)   load {load_average()}")
@@ -244,16 +245,29 @@ def main() -> int:
 
             for prompt in PROMPTS.values():
                 reference(prompt, args.load_max_tokens)
-            rss0 = server.memory_info().rss
+            rss = [server.memory_info().rss]
+            done = threading.Event()
+
+            def sample_rss() -> None:  # every 5 s while the load runs
+                while not done.wait(5.0):
+                    rss.append(server.memory_info().rss)
+
+            sampler = threading.Thread(target=sample_rss, daemon=True)
+            sampler.start()
             start = time.perf_counter()
             tally = asyncio.run(load_test(url, args, reference))
             wall = time.perf_counter() - start
-            rss1 = server.memory_info().rss
+            done.set()
+            sampler.join()
+            rss.append(server.memory_info().rss)
+            rss0, rss1 = rss[0], rss[-1]
             print(f"\nload test: 8 clients x {args.load_requests} requests in {wall:.0f} s   load {load_average()}")
             print(f"good requests answered correctly: {tally['good_ok']}/{tally['good']}   "
                   f"bad requests with their 4xx: {tally['bad_4xx']}/{tally['bad']}   "
                   f"server errors (5xx): {tally['server_errors']}")
-            print(f"server RSS: start {rss0 / 2**20:.0f} MiB, end {rss1 / 2**20:.0f} MiB")
+            quarters = [rss[min(len(rss) - 1, k * (len(rss) - 1) // 4)] / 2**20 for k in range(5)]
+            print(f"server RSS: start {rss0 / 2**20:.0f} MiB, end {rss1 / 2**20:.0f} MiB, max {max(rss) / 2**20:.0f} MiB; "
+                  f"at 0/25/50/75/100% of the run: {' '.join(f'{q:.0f}' for q in quarters)} MiB")
             for w in tally["wrong"][:10]:
                 print("  mismatch:", w)
     finally:
