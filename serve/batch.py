@@ -74,8 +74,14 @@ def forward_segments(decoder: Decoder, segments: Sequence[Segment]) -> list[Segm
     masks = [_segment_masks(decoder, s) for s in segments]
     model = decoder.model
     body = model.model
-    ids = torch.cat([s.input_ids.reshape(-1) for s in segments]).view(1, total).to(decoder.device)
-    pos = torch.cat([s.positions.reshape(-1) for s in segments]).view(1, total).to(decoder.device)
+    # padding rows (no segment's: their attention output is zero, their results are dropped)
+    # round the row count up to a few sizes: the kernels keep state per distinct shape, and a
+    # batch whose size changes every step would otherwise grow the process by megabytes per new
+    # size (measured: +500 MiB over 250 sizes on SmolLM2-135M, flat over 18 sizes)
+    padded = bucket(total)
+    ids = torch.cat([s.input_ids.reshape(-1) for s in segments] + [torch.zeros(padded - total, dtype=torch.long)])
+    pos = torch.cat([s.positions.reshape(-1) for s in segments] + [torch.zeros(padded - total, dtype=torch.long)])
+    ids, pos = ids.view(1, padded).to(decoder.device), pos.view(1, padded).to(decoder.device)
     h = body.embed_tokens(ids)
     cos, sin = body.rotary_emb(h, pos)
 
@@ -129,5 +135,16 @@ def _attention(decoder: Decoder, i: int, attn, x, cos, sin, segments: Sequence[S
         ys.append(F.scaled_dot_product_attention(q[:, :, a:e], keys, values, attn_mask=layer_mask,
                                                  is_causal=layer_causal, scale=decoder.scale,
                                                  enable_gqa=nh != nkv))
+    pad = total - bounds[-1]
+    if pad:
+        ys.append(q.new_zeros(1, nh, pad, hd))
     y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
     return linear(attn.o_proj, y.transpose(1, 2).reshape(1, total, -1))
+
+
+def bucket(rows: int) -> int:
+    """Rows a forward over `rows` real rows runs: exact up to 16 (a lone stream's trees and
+    single tokens are not padded), then multiples of 8 up to 128, of 32 up to 512, of 128
+    beyond: a few dozen shapes in all, at most 1/8 padding past 16 rows (1/4 past 512)."""
+    step = 1 if rows <= 16 else 8 if rows <= 128 else 32 if rows <= 512 else 128
+    return -(-rows // step) * step

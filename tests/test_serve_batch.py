@@ -210,3 +210,11 @@ def test_feature_drafters_in_lockstep_serve_concurrent_requests():
         # the same drafts as alone (greedy output alone cannot tell: verification repairs any draft)
         alone, _ = run_batch(c, [request])
         assert slot.stats.accept_lengths == alone[0].stats.accept_lengths
+
+
+def test_row_buckets_are_few_and_tight():
+    from serve.batch import bucket
+
+    sizes = {bucket(n) for n in range(1, 4097)}
+    assert all(bucket(n) >= n for n in range(1, 4097)) and [bucket(n) for n in range(1, 17)] == list(range(1, 17))
+    assert len(sizes) <= 70 and all(bucket(n) - n <= max(7, n // 4) for n in range(1, 4097))
