@@ -45,6 +45,20 @@ class SegmentOutput:
     hidden_states: dict[int, torch.Tensor] = field(default_factory=dict)  # index -> [n, H]
 
 
+def batchable(decoder) -> bool:
+    """Whether the batched forward below reproduces `decoder`'s arithmetic: the plain float
+    decoder does; a decoder with batch-invariant attention (bf16 on the CPU) or one for another
+    model family (a general path) runs each request's rows through its own forward instead:
+    exact, just not batched."""
+    return isinstance(decoder, Decoder) and not getattr(decoder, "invariant", False)
+
+
+def _alone(decoder, seg: Segment) -> SegmentOutput:
+    out = decoder.forward(seg.input_ids, seg.positions, seg.cache, seg.mask, seg.hidden_layers,
+                          logits_rows=seg.logits_rows)
+    return SegmentOutput(out.logits, out.hidden_states)
+
+
 def _segment_masks(decoder: Decoder, seg: Segment) -> tuple[torch.Tensor | None, bool, dict]:
     """Reserve the cache and build the segment's attention mask as Decoder.forward does (an
     explicit causal mask when rows join a non-empty cache; SDPA's is_causal aligns top-left)."""
@@ -66,6 +80,8 @@ def forward_segments(decoder: Decoder, segments: Sequence[Segment]) -> list[Segm
     to its own cache (which advances by its row count)."""
     if not segments:
         return []
+    if not batchable(decoder):
+        return [_alone(decoder, s) for s in segments]
     sizes = [int(s.input_ids.numel()) for s in segments]
     bounds = [0]
     for n in sizes:

@@ -78,6 +78,15 @@ def test_batched_forward_equals_each_requests_own_forward():
         ref = decoder.forward(packed.input_ids, packed.position_ids, alone[i], packed.attention_mask, (1, -1))
         segments.append((ref, Segment(packed.input_ids, packed.position_ids, batched[i], packed.attention_mask,
                                       None, (1, -1))))
+    unbatched = copy.copy(decoder)
+    unbatched.invariant = True  # a decoder the batched path does not reproduce: each segment alone
+    for dec in (decoder, unbatched):
+        for (_, seg), cache in zip(segments, batched):
+            seg.cache = copy.deepcopy(cache)
+        check_segments(dec, segments, alone)
+
+
+def check_segments(decoder, segments, alone):
     outs = forward_segments(decoder, [s for _, s in segments])
     for (ref, seg), out, cache in zip(segments, outs, alone):
         torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
