@@ -16,6 +16,7 @@ COMMANDS = {
     "export": ("drafters.cli", "export_main", "write a drafter as a folder vLLM / SGLang serve"),
     "import": ("drafters.cli", "import_main", "read a speculators / vLLM EAGLE drafter into a checkpoint"),
     "models": ("drafters.assets", "main", "convert or check the built-in models"),
+    "serve": ("serve.cli", "main", "an OpenAI-compatible server batching concurrent requests' trees"),
 }
 
 

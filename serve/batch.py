@@ -1,0 +1,166 @@
+"""One target forward for several requests at once (continuous batching).
+
+Each request keeps its own KV cache (`drafters.kv.KVCache`, batch 1), positions and additive mask,
+exactly as a single-stream decode has them (compose/target.py). What a step shares is everything
+that does not look at another position: every request's new rows (a prefill, a packed draft tree,
+or one token) are concatenated into one sequence, so the embedding, each layer's projections and
+MLP, the final norm and the LM head run ONCE over all of them (one weight read per step, which is
+what decoding on a CPU or a GPU pays for). Attention alone runs per request, each request's rows
+against its own cache view with its own mask: rows of different requests never see each other,
+and no padding is ever computed (the varlen layout vLLM and SGLang use).
+
+Per row the arithmetic is the single-stream decoder's (drafters/decoder.py): the same modules,
+the same rotary embedding, the same packed linears (whose padding rows are computed and dropped,
+so a row's result is its own), the same SDPA call per request. A request's output therefore does
+not depend on what else is batched with it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from drafters.decoder import Decoder, _mlp, rotate
+from drafters.kv import KVCache
+from drafters.packed import linear
+from trees import attention_mask
+
+
+@dataclass
+class Segment:
+    """One request's rows in a batched forward."""
+
+    input_ids: torch.Tensor  # int64 [n]
+    positions: torch.Tensor  # int64 [n]
+    cache: KVCache  # the request's own cache; the rows join it
+    mask: torch.Tensor | None  # additive [n, cache.length + n] in the model dtype, or None (causal / one row)
+    logits_rows: slice | None = None  # rows projected through the head (None: all)
+    hidden_layers: Sequence[int] = ()  # transformers' hidden_states indices this request needs
+
+
+@dataclass
+class SegmentOutput:
+    logits: torch.Tensor  # float32 [rows asked for, V]
+    hidden_states: dict[int, torch.Tensor] = field(default_factory=dict)  # index -> [n, H]
+
+
+def batchable(decoder) -> bool:
+    """Whether the batched forward below reproduces `decoder`'s arithmetic: the plain float
+    decoder does; a decoder with batch-invariant attention (bf16 on the CPU) or one for another
+    model family (a general path) runs each request's rows through its own forward instead:
+    exact, just not batched."""
+    return isinstance(decoder, Decoder) and not getattr(decoder, "invariant", False)
+
+
+def _alone(decoder, seg: Segment) -> SegmentOutput:
+    out = decoder.forward(seg.input_ids, seg.positions, seg.cache, seg.mask, seg.hidden_layers,
+                          logits_rows=seg.logits_rows)
+    return SegmentOutput(out.logits, out.hidden_states)
+
+
+def _segment_masks(decoder: Decoder, seg: Segment) -> tuple[torch.Tensor | None, bool, dict]:
+    """Reserve the cache and build the segment's attention mask as Decoder.forward does (an
+    explicit causal mask when rows join a non-empty cache; SDPA's is_causal aligns top-left)."""
+    n = int(seg.input_ids.numel())
+    seg.cache.reserve(n)
+    key_positions = seg.cache.place(seg.positions)
+    attn_mask = None if seg.mask is None else seg.mask.to(decoder.device, decoder.dtype)[None, None]
+    causal = seg.mask is None and n > 1
+    if causal and seg.cache.length:
+        allowed = torch.ones(n, n, dtype=torch.bool, device=decoder.device).tril()
+        attn_mask, causal = attention_mask(allowed, seg.cache.length, decoder.dtype)[None, None], False
+    windows = decoder._window_masks(attn_mask, causal, seg.positions.view(-1), key_positions)
+    return attn_mask, causal, windows
+
+
+@torch.inference_mode()
+def forward_segments(decoder: Decoder, segments: Sequence[Segment]) -> list[SegmentOutput]:
+    """Run every segment's rows through the model in one pass; each segment's rows are written
+    to its own cache (which advances by its row count)."""
+    if not segments:
+        return []
+    if not batchable(decoder):
+        return [_alone(decoder, s) for s in segments]
+    sizes = [int(s.input_ids.numel()) for s in segments]
+    bounds = [0]
+    for n in sizes:
+        bounds.append(bounds[-1] + n)
+    total = bounds[-1]
+    masks = [_segment_masks(decoder, s) for s in segments]
+    model = decoder.model
+    body = model.model
+    # padding rows (no segment's: their attention output is zero, their results are dropped)
+    # round the row count up to a few sizes: the kernels keep state per distinct shape, and a
+    # batch whose size changes every step would otherwise grow the process by megabytes per new
+    # size (measured: +500 MiB over 250 sizes on SmolLM2-135M, flat over 18 sizes)
+    padded = bucket(total)
+    ids = torch.cat([s.input_ids.reshape(-1) for s in segments] + [torch.zeros(padded - total, dtype=torch.long)])
+    pos = torch.cat([s.positions.reshape(-1) for s in segments] + [torch.zeros(padded - total, dtype=torch.long)])
+    ids, pos = ids.view(1, padded).to(decoder.device), pos.view(1, padded).to(decoder.device)
+    h = body.embed_tokens(ids)
+    cos, sin = body.rotary_emb(h, pos)
+
+    n_layers = decoder.num_layers
+    wanted: dict[int, set[int]] = {}  # layer input -> segments asking for it
+    for b, s in enumerate(segments):
+        for i in s.hidden_layers:
+            wanted.setdefault(n_layers if i == -1 else i, set()).add(b)
+    captured: dict[int, torch.Tensor] = {}
+    for i, layer in enumerate(body.layers):
+        if i in wanted:
+            captured[i] = h[0]
+        h = h + _attention(decoder, i, layer.self_attn, layer.input_layernorm(h), cos, sin, segments, bounds, masks)
+        h = h + _mlp(layer.mlp, layer.post_attention_layernorm(h))
+    for s, n in zip(segments, sizes):
+        s.cache.advance(n)
+    h = body.norm(h)
+    if n_layers in wanted:
+        captured[n_layers] = h[0]
+
+    # the head is the largest matmul of a step: one call over every segment's wanted rows
+    rows = [torch.arange(a, b)[s.logits_rows] if s.logits_rows is not None else torch.arange(a, b)
+            for s, a, b in zip(segments, bounds, bounds[1:])]
+    logits = linear(model.lm_head, h[:, torch.cat(rows).to(h.device)])[0].float()
+    outputs, start = [], 0
+    for b, (s, r) in enumerate(zip(segments, rows)):
+        a, e = bounds[b], bounds[b + 1]
+        hidden = {i: captured[n_layers if i == -1 else i][a:e] for i in s.hidden_layers}
+        outputs.append(SegmentOutput(logits[start : start + r.numel()], hidden))
+        start += r.numel()
+    return outputs
+
+
+def _attention(decoder: Decoder, i: int, attn, x, cos, sin, segments: Sequence[Segment], bounds: list[int],
+               masks: list) -> torch.Tensor:
+    """The decoder's grouped-query attention with the projections over all rows and SDPA per
+    segment against its own cache."""
+    total = x.shape[1]
+    hd, nh, nkv = decoder.head_dim, decoder.n_heads, decoder.n_kv
+    q = linear(attn.q_proj, x).view(1, total, nh, hd)
+    k = linear(attn.k_proj, x).view(1, total, nkv, hd)
+    v = linear(attn.v_proj, x).view(1, total, nkv, hd).transpose(1, 2)
+    if hasattr(attn, "q_norm"):  # qwen3: RMSNorm over each head
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
+    ys = []
+    for s, a, e, (mask, causal, windows) in zip(segments, bounds, bounds[1:], masks):
+        keys, values = s.cache.write(i, k[:, :, a:e], v[:, :, a:e])
+        windowed = windows.get(decoder.windows[i])
+        layer_mask, layer_causal = (windowed, False) if windowed is not None else (mask, causal)
+        ys.append(F.scaled_dot_product_attention(q[:, :, a:e], keys, values, attn_mask=layer_mask,
+                                                 is_causal=layer_causal, scale=decoder.scale,
+                                                 enable_gqa=nh != nkv))
+    pad = total - bounds[-1]
+    if pad:
+        ys.append(q.new_zeros(1, nh, pad, hd))
+    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
+    return linear(attn.o_proj, y.transpose(1, 2).reshape(1, total, -1))
+
+
+def bucket(rows: int) -> int:
+    """Rows a forward over `rows` real rows runs: exact up to 16 (a lone stream's trees and
+    single tokens are not padded), then multiples of 8 up to 128, of 32 up to 512, of 128
+    beyond: a few dozen shapes in all, at most 1/8 padding past 16 rows (1/4 past 512)."""
+    step = 1 if rows <= 16 else 8 if rows <= 128 else 32 if rows <= 512 else 128
+    return -(-rows // step) * step
