@@ -11,8 +11,10 @@ and no padding is ever computed (the varlen layout vLLM and SGLang use).
 
 Per row the arithmetic is the single-stream decoder's (drafters/decoder.py): the same modules,
 the same rotary embedding, the same packed linears (whose padding rows are computed and dropped,
-so a row's result is its own), the same SDPA call per request. A request's output therefore does
-not depend on what else is batched with it."""
+so a row's result is its own), the same attention call per request (SDPA, or for a bf16 target
+the batch-invariant attention of docs/design.md "Exact bf16", which keeps a request's rows
+bit-identical to its own forward). A request's output therefore does not depend on what else is
+batched with it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from drafters.decoder import Decoder, _mlp, rotate
+from drafters.invariant import invariant_attention, key_blocks
 from drafters.kv import KVCache
 from drafters.packed import linear
 from trees import attention_mask
@@ -46,11 +49,10 @@ class SegmentOutput:
 
 
 def batchable(decoder) -> bool:
-    """Whether the batched forward below reproduces `decoder`'s arithmetic: the plain float
-    decoder does; a decoder with batch-invariant attention (bf16 on the CPU) or one for another
-    model family (a general path) runs each request's rows through its own forward instead:
-    exact, just not batched."""
-    return isinstance(decoder, Decoder) and not getattr(decoder, "invariant", False)
+    """Whether the batched forward below reproduces `decoder`'s arithmetic: the fast decoder does
+    (float32, or bf16 with its batch-invariant attention); a decoder for another model family (a
+    general path) runs each request's rows through its own forward instead: exact, not batched."""
+    return isinstance(decoder, Decoder)
 
 
 def _alone(decoder, seg: Segment) -> SegmentOutput:
@@ -59,19 +61,20 @@ def _alone(decoder, seg: Segment) -> SegmentOutput:
     return SegmentOutput(out.logits, out.hidden_states)
 
 
-def _segment_masks(decoder: Decoder, seg: Segment) -> tuple[torch.Tensor | None, bool, dict]:
+def _segment_masks(decoder: Decoder, seg: Segment) -> tuple[torch.Tensor | None, bool, dict, list | None]:
     """Reserve the cache and build the segment's attention mask as Decoder.forward does (an
-    explicit causal mask when rows join a non-empty cache; SDPA's is_causal aligns top-left)."""
+    explicit causal mask when rows join a non-empty cache, SDPA's is_causal aligns top-left, or
+    for the invariant attention; its key blocks)."""
     n = int(seg.input_ids.numel())
     seg.cache.reserve(n)
     key_positions = seg.cache.place(seg.positions)
     attn_mask = None if seg.mask is None else seg.mask.to(decoder.device, decoder.dtype)[None, None]
     causal = seg.mask is None and n > 1
-    if causal and seg.cache.length:
+    if causal and (seg.cache.length or decoder.invariant):
         allowed = torch.ones(n, n, dtype=torch.bool, device=decoder.device).tril()
         attn_mask, causal = attention_mask(allowed, seg.cache.length, decoder.dtype)[None, None], False
     windows = decoder._window_masks(attn_mask, causal, seg.positions.view(-1), key_positions)
-    return attn_mask, causal, windows
+    return attn_mask, causal, windows, key_blocks(key_positions) if decoder.invariant else None
 
 
 @torch.inference_mode()
@@ -144,10 +147,14 @@ def _attention(decoder: Decoder, i: int, attn, x, cos, sin, segments: Sequence[S
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
     ys = []
-    for s, a, e, (mask, causal, windows) in zip(segments, bounds, bounds[1:], masks):
+    for s, a, e, (mask, causal, windows, blocks) in zip(segments, bounds, bounds[1:], masks):
         keys, values = s.cache.write(i, k[:, :, a:e], v[:, :, a:e])
         windowed = windows.get(decoder.windows[i])
         layer_mask, layer_causal = (windowed, False) if windowed is not None else (mask, causal)
+        if blocks is not None:
+            ys.append(invariant_attention(q[:, :, a:e], keys, values, None if layer_mask is None else layer_mask[0, 0],
+                                          blocks, decoder.scale))
+            continue
         ys.append(F.scaled_dot_product_attention(q[:, :, a:e], keys, values, attn_mask=layer_mask,
                                                  is_causal=layer_causal, scale=decoder.scale,
                                                  enable_gqa=nh != nkv))

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from compose import Composer
+from compose.precision import bf16_unavailable
+from drafters.decoder import Decoder
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
-from serve.batch import Segment, forward_segments
+from serve.batch import Segment, batchable, forward_segments
 from serve.scheduler import BatchTrees, QueueFull, Scheduler
 from serve.slot import Event, new_slot
 from trees import DraftTree, pack_tree
@@ -78,12 +80,34 @@ def test_batched_forward_equals_each_requests_own_forward():
         ref = decoder.forward(packed.input_ids, packed.position_ids, alone[i], packed.attention_mask, (1, -1))
         segments.append((ref, Segment(packed.input_ids, packed.position_ids, batched[i], packed.attention_mask,
                                       None, (1, -1))))
-    unbatched = copy.copy(decoder)
-    unbatched.invariant = True  # a decoder the batched path does not reproduce: each segment alone
-    for dec in (decoder, unbatched):
-        for (_, seg), cache in zip(segments, batched):
-            seg.cache = copy.deepcopy(cache)
-        check_segments(dec, segments, alone)
+    for (_, seg), cache in zip(segments, batched):
+        seg.cache = copy.deepcopy(cache)
+    check_segments(decoder, segments, alone)
+
+
+@pytest.mark.skipif(bf16_unavailable() is not None, reason="no exact bf16 here")
+def test_batched_bf16_forward_is_bit_identical_to_each_requests_own_forward():
+    """A bf16 target batches too (its batch-invariant attention per request): every request's
+    logits, hidden states and cache entries are the very bits its own forward computes."""
+    target = tiny_model("llama", layers=2, seed=3).to(torch.bfloat16)
+    decoder = Decoder(target)
+    assert decoder.invariant and batchable(decoder)
+    prompts = [[5, 9, 2, 7], [1, 2, 3], [40, 41, 42, 43, 44, 45, 46, 47, 48]]
+    tree = DraftTree.from_lists([3, 4, 5, 6, 7], [-1, 0, 0, 1, 2])
+    refs, segments = [], []
+    with torch.inference_mode():
+        for p in prompts:
+            own, shared = decoder.new_cache(32), decoder.new_cache(32)
+            for cache in (own, shared):
+                decoder.forward(torch.tensor(p), torch.arange(len(p)), cache, None)
+            packed = pack_tree(tree, len(p), decoder.dtype)
+            refs.append((decoder.forward(packed.input_ids, packed.position_ids, own, packed.attention_mask, (1, -1)), own))
+            segments.append(Segment(packed.input_ids, packed.position_ids, shared, packed.attention_mask, None, (1, -1)))
+        outs = forward_segments(decoder, segments)
+    for (ref, own), out, seg in zip(refs, outs, segments):
+        assert torch.equal(out.logits, ref.logits)
+        assert all(torch.equal(out.hidden_states[i], ref.hidden_states[i]) for i in (1, -1))
+        assert torch.equal(seg.cache.keys[:, :, :, : own.length], own.keys[:, :, :, : own.length])
 
 
 def check_segments(decoder, segments, alone):
