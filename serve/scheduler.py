@@ -159,14 +159,7 @@ class Scheduler:
         """Serve everything submitted so far in the calling thread (tests and benchmarks drive
         the same loop without the thread; do not mix with `start`)."""
         while self._waiting or self._active:
-            admitted = []
-            while self._waiting and len(self._active) + len(admitted) < self.max_batch:
-                admitted.append(self._waiting.popleft())
-            for slot in admitted:
-                self._admit(slot)
-            self._active = [s for s in self._active if not self._dropped(s)]
-            if self._active:
-                self.step()
+            self._serve(self._take_waiting())
 
     # --- the scheduler thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -176,14 +169,24 @@ class Scheduler:
                     self._wake.wait()
                 if self._stop:
                     return
-                admitted = []
-                while self._waiting and len(self._active) + len(admitted) < self.max_batch:
-                    admitted.append(self._waiting.popleft())
-            for slot in admitted:
-                self._admit(slot)
-            self._active = [s for s in self._active if not self._dropped(s)]
-            if self._active:
-                self.step()
+                admitted = self._take_waiting()
+            self._serve(admitted)
+
+    def _take_waiting(self) -> list[Slot]:
+        """Waiting requests that fit the batch, in arrival order (the caller holds the lock where
+        one is needed)."""
+        admitted = []
+        while self._waiting and len(self._active) + len(admitted) < self.max_batch:
+            admitted.append(self._waiting.popleft())
+        return admitted
+
+    def _serve(self, admitted: list[Slot]) -> None:
+        """Admit the newcomers, drop finished or abandoned requests, run one step for the rest."""
+        for slot in admitted:
+            self._admit(slot)
+        self._active = [s for s in self._active if not self._dropped(s)]
+        if self._active:
+            self.step()
 
     def _admit(self, slot: Slot) -> None:
         if slot.cancelled:

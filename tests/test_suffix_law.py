@@ -21,7 +21,7 @@ from trees import SamplingSpec, TreeSpec, verify_batch
 
 from law import chi_square_power, chi_square_pvalue, exact_law
 from strategy_law import DrafterShape, strategy_case, table_drafters
-from test_engine_law import FAST_N, FAST_TV, SLOW_N, SLOW_TV, SMALL
+from tiny_models import tiny_model
 from test_strategies_law import steps_of
 from test_trees_law import assert_lossless, check_law, random_logits, targets
 
@@ -98,6 +98,9 @@ def test_suffix_drafter_is_lossless_hypothesis(data, case_index):
 
 # --- end to end on a tiny transformers target ---------------------------------------------------
 PROMPT = [3, 1, 2, 3, 1, 2, 0, 3, 1]  # repeats itself: the suffix drafter drafts from the first step
+SMALL = tiny_model("qwen2", vocab=4, layers=2, seed=5, init_std=0.1)
+FAST_N, SLOW_N = 1200, 9600
+FAST_TV, SLOW_TV = 0.14, 0.05  # power >= 0.99 at these total variations for up to 64 cells (asserted below)
 
 
 @pytest.mark.parametrize("n, tv", [(FAST_N, FAST_TV), pytest.param(SLOW_N, SLOW_TV, marks=pytest.mark.slow)])
