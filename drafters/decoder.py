@@ -81,15 +81,7 @@ class Decoder:
         transformers' hidden_states indices to return (i < L: the input of layer i; -1 or L: the
         final normed state). logits_rows: the rows to project through the head (default all)."""
         n = int(input_ids.numel())
-        cache.reserve(n)
-        key_positions = cache.place(positions)
-        attn_mask = None if mask is None else mask.to(self.device, self.dtype)[None, None]
-        causal = mask is None and n > 1
-        if causal and (cache.length or self.invariant):  # SDPA's is_causal aligns to the top left: spell it out
-            allowed = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
-            attn_mask, causal = attention_mask(allowed, cache.length, self.dtype)[None, None], False
-        layer_masks = self._window_masks(attn_mask, causal, positions.view(-1), key_positions)
-        blocks = key_blocks(key_positions) if self.invariant else None
+        attn_mask, causal, layer_masks, blocks = self.attention_inputs(positions, cache, mask)
         body = self.model.model
         pos = positions.view(1, n).to(self.device)
         h = body.embed_tokens(input_ids.view(1, n).to(self.device))
@@ -110,6 +102,22 @@ class Decoder:
         hidden.update(dict.fromkeys(wanted.get(self.num_layers, ()), h[0]))
         rows = h if logits_rows is None else h[:, logits_rows]
         return DecoderOutput(logits=linear(self.model.lm_head, rows)[0].float(), hidden_states=hidden)
+
+    def attention_inputs(self, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor | None):
+        """Make room in `cache` for rows at `positions` and return what every layer's attention
+        over them needs: (the 4D additive mask or None, causal flag, sliding-window masks by
+        window, the invariant attention's key blocks or None). One place for the target's forward
+        and the server's batched one (serve/batch.py)."""
+        n = int(positions.numel())
+        cache.reserve(n)
+        key_positions = cache.place(positions)
+        attn_mask = None if mask is None else mask.to(self.device, self.dtype)[None, None]
+        causal = mask is None and n > 1
+        if causal and (cache.length or self.invariant):  # SDPA's is_causal aligns to the top left: spell it out
+            allowed = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
+            attn_mask, causal = attention_mask(allowed, cache.length, self.dtype)[None, None], False
+        layer_masks = self._window_masks(attn_mask, causal, positions.view(-1), key_positions)
+        return attn_mask, causal, layer_masks, key_blocks(key_positions) if self.invariant else None
 
     def _attention(self, i, attn, x, cos, sin, cache: KVCache, mask, causal: bool, blocks) -> torch.Tensor:
         n = x.shape[1]

@@ -27,7 +27,6 @@ from drafters.decoder import Decoder, _mlp, rotate
 from drafters.invariant import invariant_attention, key_blocks
 from drafters.kv import KVCache
 from drafters.packed import linear
-from trees import attention_mask
 
 
 @dataclass
@@ -61,22 +60,6 @@ def _alone(decoder, seg: Segment) -> SegmentOutput:
     return SegmentOutput(out.logits, out.hidden_states)
 
 
-def _segment_masks(decoder: Decoder, seg: Segment) -> tuple[torch.Tensor | None, bool, dict, list | None]:
-    """Reserve the cache and build the segment's attention mask as Decoder.forward does (an
-    explicit causal mask when rows join a non-empty cache, SDPA's is_causal aligns top-left, or
-    for the invariant attention; its key blocks)."""
-    n = int(seg.input_ids.numel())
-    seg.cache.reserve(n)
-    key_positions = seg.cache.place(seg.positions)
-    attn_mask = None if seg.mask is None else seg.mask.to(decoder.device, decoder.dtype)[None, None]
-    causal = seg.mask is None and n > 1
-    if causal and (seg.cache.length or decoder.invariant):
-        allowed = torch.ones(n, n, dtype=torch.bool, device=decoder.device).tril()
-        attn_mask, causal = attention_mask(allowed, seg.cache.length, decoder.dtype)[None, None], False
-    windows = decoder._window_masks(attn_mask, causal, seg.positions.view(-1), key_positions)
-    return attn_mask, causal, windows, key_blocks(key_positions) if decoder.invariant else None
-
-
 @torch.inference_mode()
 def forward_segments(decoder: Decoder, segments: Sequence[Segment]) -> list[SegmentOutput]:
     """Run every segment's rows through the model in one pass; each segment's rows are written
@@ -90,7 +73,7 @@ def forward_segments(decoder: Decoder, segments: Sequence[Segment]) -> list[Segm
     for n in sizes:
         bounds.append(bounds[-1] + n)
     total = bounds[-1]
-    masks = [_segment_masks(decoder, s) for s in segments]
+    masks = [decoder.attention_inputs(s.positions, s.cache, s.mask) for s in segments]
     model = decoder.model
     body = model.model
     # padding rows (no segment's: their attention output is zero, their results are dropped)
