@@ -73,14 +73,13 @@ class Composer:
             if param.dtype != want:
                 model.to(want)
         else:
-            from drafters.assets import load_target
-
             from transformers import AutoConfig
 
-            from drafters.assets import resolve_model_dir
+            from drafters.assets import load_target, resolve_model_dir
 
-            model_type = AutoConfig.from_pretrained(resolve_model_dir(target)).model_type
-            model, loaded_tokenizer = load_target(target, dtype=resolve_dtype(dtype, model_type=model_type))
+            folder = resolve_model_dir(target)  # once: a built-in's cache check reads its files
+            model_type = AutoConfig.from_pretrained(folder).model_type
+            model, loaded_tokenizer = load_target(folder, dtype=resolve_dtype(dtype, model_type=model_type))
             tokenizer = tokenizer or loaded_tokenizer
         self.target = TargetModel(model, tokenizer)
         self.tokenizer = tokenizer

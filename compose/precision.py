@@ -26,10 +26,14 @@ def bf16_unavailable(device: torch.device | str = "cpu") -> str | None:
     """Why a bf16 target would not be fast and exact here (None: it would be)."""
     if not native_bf16(device):
         return f"this {torch.device(device).type} does not multiply bfloat16 natively (no AMX / AVX512-BF16)"
+    failed = _kernels_fail(device)
+    return None if failed is None else f"the batch-invariant bf16 forward does not hold on this machine: {failed}"
+
+
+def _kernels_fail(device) -> str | None:
     from drafters.invariant import check_kernels
 
-    failed = check_kernels(str(torch.device(device)))
-    return None if failed is None else f"the batch-invariant bf16 forward does not hold on this machine: {failed}"
+    return check_kernels(str(torch.device(device)))
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu", model_type: str | None = None) -> torch.dtype:
@@ -59,8 +63,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu", 
 
 def require_exact_bf16(device: torch.device | str = "cpu") -> None:
     """For a target already in bfloat16: its forward must be batch-invariant here (speed aside)."""
-    from drafters.invariant import check_kernels
-
-    failed = check_kernels(str(torch.device(device)))
+    failed = _kernels_fail(device)
     if failed is not None:
         raise ValueError(f"a bfloat16 target would not be exact here ({failed}): load it in float32")

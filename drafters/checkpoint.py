@@ -30,9 +30,7 @@ def target_fingerprint(target) -> str:
     """sha256 of a few rows of the target's input embedding (identifies the weights, cheaply),
     rounded to bfloat16 first, so the same target loaded in float32 or bfloat16 has one
     fingerprint (a drafter trained for it loads onto either)."""
-    emb = target.get_input_embeddings().weight.detach()
-    rows = torch.cat([emb[:4], emb[-4:]]).to(torch.bfloat16).float().contiguous().cpu()
-    return hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
+    return _embedding_digest(target, torch.bfloat16)
 
 
 def fingerprint_matches(recorded: str, target) -> bool:
@@ -40,11 +38,15 @@ def fingerprint_matches(recorded: str, target) -> bool:
     (checkable only while the target is in float32)."""
     if recorded == target_fingerprint(target):
         return True
+    return target.get_input_embeddings().weight.dtype == torch.float32 and recorded == _embedding_digest(target, None)
+
+
+def _embedding_digest(target, rounding: torch.dtype | None) -> str:
     emb = target.get_input_embeddings().weight.detach()
-    if emb.dtype != torch.float32:
-        return False
-    rows = torch.cat([emb[:4], emb[-4:]]).contiguous().cpu()
-    return recorded == hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
+    rows = torch.cat([emb[:4], emb[-4:]])
+    if rounding is not None:
+        rows = rows.to(rounding)
+    return hashlib.sha256(rows.float().contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
 def save_drafter(model: FeatureDrafterModel, path: str | Path, target=None, dtype: torch.dtype | None = None,

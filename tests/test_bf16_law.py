@@ -10,14 +10,13 @@ import pytest
 import torch
 
 from compose import Composer
-from compose.precision import bf16_unavailable
 from drafters.decoder import Decoder
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from law import chi_square_power, chi_square_pvalue
-from tiny_models import tiny_model
+from tiny_models import needs_native_bf16, tiny_model
 from trees import SamplingSpec, process_logits
 
-pytestmark = pytest.mark.skipif(bf16_unavailable() is not None, reason=f"no exact bf16 here: {bf16_unavailable()}")
+pytestmark = needs_native_bf16()
 N, TV = 1200, 0.14  # power >= 0.99 at this total variation for up to 64 cells (4 tokens, 3 positions)
 
 

@@ -8,14 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compose.precision import bf16_unavailable, resolve_dtype
+from compose.precision import resolve_dtype
 from drafters.decoder import Decoder, rotate
 from drafters.invariant import BLOCK, check_kernels, invariant_attention, key_blocks
 from drafters.packed import matmul
-from tiny_models import tiny_model
+from tiny_models import needs_native_bf16, tiny_model
 from trees import ancestor_matrix, attention_mask
 
-pytestmark = pytest.mark.skipif(bf16_unavailable() is not None, reason=f"no exact bf16 here: {bf16_unavailable()}")
+pytestmark = needs_native_bf16()
 BF16 = torch.bfloat16
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=25)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from compose import Composer
-from compose.precision import bf16_unavailable
+from tiny_models import needs_native_bf16
 
 PROMPTS = [
     "What is 17 * 23? Answer briefly.",
@@ -19,8 +19,7 @@ PROMPTS = [
 ]
 
 
-DTYPES = ["float32", pytest.param("bfloat16", marks=pytest.mark.skipif(
-    bf16_unavailable() is not None, reason=f"no exact bf16 here: {bf16_unavailable()}"))]
+DTYPES = ["float32", pytest.param("bfloat16", marks=needs_native_bf16())]
 
 
 @pytest.fixture(scope="module", params=DTYPES)

@@ -10,14 +10,13 @@ import pytest
 import torch
 
 from compose import Composer
-from compose.precision import bf16_unavailable
 from drafters.decoder import Decoder
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from serve.batch import Segment, batchable, forward_segments
 from serve.scheduler import BatchTrees, QueueFull, Scheduler
 from serve.slot import Event, new_slot
 from trees import DraftTree, pack_tree
-from tiny_models import tiny_model
+from tiny_models import needs_native_bf16, tiny_model
 
 TARGET = tiny_model("llama", vocab=96, layers=3, seed=1)
 
@@ -85,7 +84,7 @@ def test_batched_forward_equals_each_requests_own_forward():
     check_segments(decoder, segments, alone)
 
 
-@pytest.mark.skipif(bf16_unavailable() is not None, reason="no exact bf16 here")
+@needs_native_bf16()
 def test_batched_bf16_forward_is_bit_identical_to_each_requests_own_forward():
     """A bf16 target batches too (its batch-invariant attention per request): every request's
     logits, hidden states and cache entries are the very bits its own forward computes."""
