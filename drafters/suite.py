@@ -35,6 +35,7 @@ from . import assets
 from .atomic import write_json
 from .checkpoint import save_drafter
 from .corpus import load_corpus, regenerate_corpus
+from .corpus_archive import unpack_corpus
 from .data import chat_turns, drop_overlapping, math_prompts, overlap_report, prompt_text
 from .suite_training import SuiteStates, drafter_layers, mixed_train, train_one
 from .train import TrainConfig
@@ -62,6 +63,9 @@ class SuiteConfig(BaseModel):
     target: str = "smollm2-135m-instruct"
     target_path: str | None = None  # a transformers folder (or a folder with gguf_file) instead of the built-in
     gguf_file: str | None = None
+    # the shipped corpus (drafters/corpus_archive.py): unpacked into work_dir before the stages, so
+    # `prompts` and `regenerate` find their output done (no asset packages, no regeneration)
+    corpus_archive: str | None = None
     seed: int = 0
     n_math_templates: int = Field(default=2000, ge=0)
     n_math_gym: int = Field(default=500, ge=0)
@@ -85,6 +89,13 @@ class SuiteConfig(BaseModel):
     final_max_steps: int = Field(default=1000, ge=1)
     final_variant: str | None = None  # None: the ablation winner
     final_domains: list[Literal["math", "chat", "mixed"]] = ["math", "chat", "mixed"]
+    # learning curves: evaluate the held-out sets every this many steps and stop a final when its
+    # curve flattens (gain < final_min_gain in chain tau over final_patience points);
+    # final_max_steps is then a ceiling, not the step count
+    final_eval_every: int | None = Field(default=None, ge=1)
+    final_patience: int = Field(default=3, ge=1)
+    final_min_gain: float = Field(default=0.02, ge=0)
+    final_init_from: dict[str, str] = Field(default_factory=dict)  # domain -> checkpoint to continue
     # wall-clock budget for the stages after `prompts` (a lent GPU's time is capped): later
     # ablations are skipped and the final step count shrinks so the three finals still fit;
     # the step counts actually used are recorded in each manifest's recipe
@@ -290,8 +301,10 @@ def stage_final(cfg: SuiteConfig, work: Path, target, split, results, log, clock
         affordable = clock.affordable_steps(left)
         floor = min(50, cfg.final_max_steps)  # a budget overrun still ships a usable drafter
         steps = cfg.final_max_steps if affordable is None else max(floor, min(cfg.final_max_steps, affordable))
-        tcfg = cfg.train_config(f"final-{domain}", domain, overrides, steps)
-        model, metrics = train_one(cfg, tcfg, target, domain, split, log, states, cfg.eval_depth)
+        extra = {"init_from": cfg.final_init_from[domain]} if domain in cfg.final_init_from else {}
+        tcfg = cfg.train_config(f"final-{domain}", domain, {**overrides, **extra}, steps)
+        model, metrics = train_one(cfg, tcfg, target, domain, split, log, states, cfg.eval_depth,
+                                   cfg.final_eval_every, cfg.final_patience, cfg.final_min_gain)
         if tcfg.repspec != "off":
             model.merge_repspec()
         model = model.cpu()
@@ -352,6 +365,9 @@ def run(cfg: SuiteConfig, stages: tuple[str, ...] = STAGES, device: str | None =
         with open(log_file, "a") as f:
             f.write(line + "\n")
 
+    if cfg.corpus_archive:
+        manifest = unpack_corpus(cfg.corpus_archive, work)
+        log(f"corpus: unpacked {cfg.corpus_archive} ({json.dumps(manifest['counts'])})")
     if "prompts" in stages:
         stage_prompts(cfg, work)
         log(f"prompts: {json.dumps({k: len(v) for k, v in read_json(work / 'prompts.json').items() if k != 'dropped'})}")

@@ -99,10 +99,66 @@ def drafter_layers(tcfg: TrainConfig, target) -> list[int]:
     return list(make_drafter_config(tcfg, target).target_layers)
 
 
+class LearningCurve:
+    """Held-out chain tau and first-step agreement against tokens seen, one point per
+    evaluation, appended to `path` (JSONL); says stop when the score (the drafter's own domain,
+    the mean of both for mixed) gained less than `min_gain` over the last `patience` points."""
+
+    def __init__(self, path: Path, model, head, heldout: dict[str, list], tcfg: TrainConfig, target,
+                 depth: int, set_name: str, patience: int, min_gain: float, log: Callable[[str], None]):
+        self.path, self.model, self.head, self.heldout, self.tcfg = path, model, head, heldout, tcfg
+        self.target, self.depth, self.set_name, self.log = target, depth, set_name, log
+        self.patience, self.min_gain = patience, min_gain
+        self.seconds = 0.0  # spent evaluating (not training)
+
+    def points(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def score(self, point: dict) -> float:
+        domains = ("math", "chat") if self.set_name == "mixed" else (self.set_name,)
+        return sum(point[f"{d}_chain_tau"] for d in domains) / len(domains)
+
+    def __call__(self, step: int) -> bool:
+        metrics_file = self.path.parent / "metrics.jsonl"
+        seen = sum(r["tokens"] for r in map(json.loads, metrics_file.read_text().splitlines()) if r["step"] <= step)
+        t0 = time.time()
+        point = {"step": step, "tokens_seen": seen, "time": round(t0)}
+        for domain, records in self.heldout.items():
+            m = evaluate_drafter(self.model, self.head, records, self.tcfg, target=self.target, steps=self.depth)
+            point[f"{domain}_chain_tau"] = round(m["chain_tau"], 4)
+            point[f"{domain}_acc_0"] = round(m["acc_0"], 4)
+        self.seconds += time.time() - t0
+        points = [p for p in self.points() if p["step"] < step] + [point]
+        with open(self.path, "a") as f:
+            f.write(json.dumps(point) + "\n")
+        self.log(f"{self.tcfg.name} curve: {json.dumps(point)}")
+        scores = [self.score(p) for p in points]
+        return len(scores) > self.patience and max(scores[-self.patience:]) < max(scores[:-self.patience]) + self.min_gain
+
+
+def initial_model(tcfg: TrainConfig, dcfg, target, draft_ids):
+    """The recipe's fresh drafter, or the checkpoint `tcfg.init_from` (which must read the same
+    target layers: the cached states are those layers')."""
+    if tcfg.init_from is None:
+        torch.manual_seed(tcfg.seed)
+        return build_drafter_model(dcfg, target, draft_ids).float()
+    from .checkpoint import load_drafter_model
+
+    model = load_drafter_model(tcfg.init_from, target).float()
+    if list(model.config.target_layers) != list(dcfg.target_layers):
+        raise ValueError(f"init_from {tcfg.init_from} reads target layers {list(model.config.target_layers)}, "
+                         f"the recipe {list(dcfg.target_layers)}")
+    return model
+
+
 def train_one(cfg, tcfg: TrainConfig, target, set_name: str, split, log, states: SuiteStates,
-              eval_depth: int) -> tuple[Any, dict]:
+              eval_depth: int, eval_every: int | None = None, patience: int = 3,
+              min_gain: float = 0.02) -> tuple[Any, dict]:
     """Train the drafter of `tcfg` on the train set `set_name` (math, chat, mixed) and score it
-    on both held-out sets (chain tau at `eval_depth`)."""
+    on both held-out sets (chain tau at `eval_depth`). With `eval_every`, a learning curve is
+    recorded in work_dir/curve.jsonl and training stops when it flattens (LearningCurve)."""
     from .cli import make_drafter_config
 
     dcfg = make_drafter_config(tcfg, target)
@@ -114,15 +170,21 @@ def train_one(cfg, tcfg: TrainConfig, target, set_name: str, split, log, states:
         draft_ids = most_frequent_tokens(tokens, dcfg.vocab_size, dcfg.draft_vocab_size)
     data = states.split_for(list(dcfg.target_layers))
     records = train_set(data, set_name, cfg.seed)
-    torch.manual_seed(tcfg.seed)
-    model = build_drafter_model(dcfg, target, draft_ids).float()
+    model = initial_model(tcfg, dcfg, target, draft_ids)
     head = target.get_output_embeddings().weight
+    curve = None
+    if eval_every:
+        heldout = {d: data[f"{d}_heldout"] for d in ("math", "chat")}
+        curve = LearningCurve(Path(tcfg.work_dir) / "curve.jsonl", model, head, heldout, tcfg,
+                              states.online_target(), eval_depth, set_name, patience, min_gain, log)
     t0 = time.time()
-    train_drafter(model, head, records, tcfg, tcfg.work_dir, target=states.online_target(), progress=False)
-    seconds = time.time() - t0
+    train_drafter(model, head, records, tcfg, tcfg.work_dir, target=states.online_target(), progress=False,
+                  evaluate=curve, eval_every=eval_every)
+    seconds = time.time() - t0 - (curve.seconds if curve is not None else 0.0)
     n_tokens = sum(json.loads(line)["tokens"] for line in (Path(tcfg.work_dir) / "metrics.jsonl").read_text().splitlines())
+    steps_done = len((Path(tcfg.work_dir) / "metrics.jsonl").read_text().splitlines())
     metrics = {"train_seconds": round(seconds, 3), "train_tokens": n_tokens,
-               "train_tokens_per_s": round(n_tokens / max(seconds, 1e-9)), "steps": tcfg.max_steps,
+               "train_tokens_per_s": round(n_tokens / max(seconds, 1e-9)), "steps": steps_done,
                "train_records": len(records), "states": "cache" if states.cached else "online"}
     if dcfg.head == "truncated":
         resp = torch.cat([torch.tensor(r["input_ids"][r["prompt_len"]:]) for r in raw])
@@ -131,5 +193,7 @@ def train_one(cfg, tcfg: TrainConfig, target, set_name: str, split, log, states:
         m = evaluate_drafter(model, head, data[f"{domain}_heldout"], tcfg, target=states.online_target(),
                              steps=eval_depth)
         metrics[f"heldout_{domain}"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+    if curve is not None:
+        metrics["curve"] = curve.points()
     log(f"{tcfg.name}: {json.dumps(metrics)}")
     return model, metrics

@@ -14,7 +14,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -72,6 +72,9 @@ class TrainConfig(BaseModel):
     save_dtype: Literal["float32", "bfloat16"] = "float32"
     checkpoint_every: int = Field(default=200, ge=1)
     name: str | None = None
+    # start from this drafter checkpoint's weights (same shape as the recipe's; the optimiser
+    # starts fresh): continues a shipped drafter on more data or more epochs
+    init_from: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -241,10 +244,14 @@ def epoch_batches(n_records: int, cfg: TrainConfig, epoch: int, lengths: list[in
 
 def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records, cfg: TrainConfig,
                   work_dir: str | Path, log_name: str = "metrics.jsonl", progress: bool = True,
-                  target=None) -> FeatureDrafterModel:
+                  target=None, evaluate: Callable[[int], bool] | None = None,
+                  eval_every: int | None = None) -> FeatureDrafterModel:
     """Train in place; resumes from work_dir/train_state when present. `records` is a sequence
     of dicts (input_ids, prompt_len, and features + last_hidden from a cache or OnlineStates);
-    records without features need `target`, run once per batch (the fast path on a GPU)."""
+    records without features need `target`, run once per batch (the fast path on a GPU).
+    `evaluate(step)` runs every `eval_every` steps and at the last one (main process, model in
+    eval mode); it returns True to stop early (a learning curve that has flattened). A resumed
+    run re-evaluates from its checkpoint on."""
     from accelerate import Accelerator
 
     work_dir = Path(work_dir)
@@ -301,8 +308,22 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
                 log.flush()
                 bar.set_postfix(loss=f"{float(loss):.3f}", acc0=f"{metrics['acc_0']:.3f}")
             bar.update(1)
-            if step % cfg.checkpoint_every == 0 or step == total:
+            last = step == total
+            stop = False
+            if evaluate is not None and eval_every and (step % eval_every == 0 or last):
+                save_train_state(acc, state_dir, step)  # a curve point is always resumable
+                if acc.is_main_process:
+                    inner.eval()
+                    stop = bool(evaluate(step))
+                    inner.train()
+                stop = bool(acc.reduce(torch.tensor([float(stop)], device=acc.device), reduction="sum").item() > 0)
+            elif step % cfg.checkpoint_every == 0 or last:
                 save_train_state(acc, state_dir, step)
+            if stop:
+                break
+        else:
+            continue
+        break
     bar.close()
     if log is not None:
         log.close()
