@@ -31,7 +31,7 @@ Prompt = str | Sequence[Mapping[str, str]] | torch.Tensor | Sequence[int]
 class Composer:
     """`Composer(target, drafters={"math": ..., "chat": ...}, strategy="merged_tree")`.
 
-    target: a built-in name (see drafters.assets.BUILTIN_MODELS), a local transformers folder, or
+    target: a built-in name (see runtime.assets.BUILTIN_MODELS), a local transformers folder, or
     a loaded PreTrainedModel (pass `tokenizer=` to use text prompts). drafters: name -> Drafter
     or a spec string ("early-exit:8", "lm:qwen2.5-coder-0.5b-instruct", "eagle:/path/to/ckpt").
     strategy: the default for generate() (None: compose.registry.default_strategy of the drafters).
@@ -75,7 +75,7 @@ class Composer:
         else:
             from transformers import AutoConfig
 
-            from drafters.assets import load_target, resolve_model_dir
+            from runtime.assets import load_target, resolve_model_dir
 
             folder = resolve_model_dir(target)  # once: a built-in's cache check reads its files
             model_type = AutoConfig.from_pretrained(folder).model_type

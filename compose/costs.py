@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel
 from scipy.optimize import isotonic_regression
 
-from drafters.atomic import write_json
+from runtime.atomic import write_json
 from trees import DraftTree, SamplingSpec, TreeSpec, pack_tree
 
 from .lockstep import DraftUnit
@@ -32,7 +32,7 @@ from .target import TargetModel, select_features
 FORWARD_SIZES = tuple(range(1, 17)) + (20, 24, 32, 48, 64)
 FRONTIER_SIZES = (1, 2, 4, 8)
 CONTEXT = 256
-PROFILE_FORMAT = 3  # 2: linears on packed weights (drafters.packed); 3: every forward size to 16, monotone
+PROFILE_FORMAT = 3  # 2: linears on packed weights (runtime.prepacked); 3: every forward size to 16, monotone
 
 
 class CostProfile(BaseModel):
@@ -128,7 +128,7 @@ def _cpu_name() -> str:
 
 def profile_path(*parts: str) -> Path:
     """$SPECMUX_COSTS/<digest>.json, default $SPECMUX_HOME/costs/."""
-    from drafters.assets import specmux_home
+    from runtime.assets import specmux_home
 
     digest = hashlib.sha256("\n".join((machine_key(), str(PROFILE_FORMAT), *parts)).encode()).hexdigest()[:16]
     folder = os.environ.get("SPECMUX_COSTS")

@@ -80,7 +80,7 @@ def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:
     if kind == "lm":
         from drafters.lm import CausalLMDrafter
 
-        from drafters.assets import load_target
+        from runtime.assets import load_target
 
         model, tokenizer = load_target(arg, dtype=draft_dtype or target.dtype)
         if target.tokenizer is not None and tokenizer.get_vocab() != target.tokenizer.get_vocab():

@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from drafters.hf_decoder import make_decoder
-from drafters.kv import KVCache
+from runtime.hf_decoder import make_decoder
+from runtime.kv import KVCache
 from trees import PackedTree
 
 

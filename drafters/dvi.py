@@ -35,13 +35,13 @@ from transformers import PreTrainedModel
 
 from trees import SparseLogits, StepFeedback
 
-from . import atomic
+from runtime import atomic
 from .checkpoint import WEIGHTS_FILE as DRAFTER_WEIGHTS
 from .checkpoint import check_target, fingerprint_matches, read_config, read_meta, read_weights, target_fingerprint
 from .heads import TruncatedHead
 from .lm import EarlyExitDrafter
 from .online import Example, LearnConfig, OnlineLearner
-from .packed import linear
+from runtime.prepacked import linear
 
 ADAPTER_FORMAT = "specmux-dvi-adapter"
 CONFIG_FILE, WEIGHTS_FILE, LEARNER_FILE = "config.json", "adapter.safetensors", "learner.safetensors"

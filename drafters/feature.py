@@ -27,9 +27,9 @@ from trees import DraftTree, SamplingSpec, SparseLogits, TreeSpec, attention_mas
 
 from .base import Drafter
 from .heads import TargetHead, TruncatedHead
-from .kv import KVCache
+from runtime.kv import KVCache
 from .model import FeatureDrafterModel, RMSNorm
-from .packed import linear, plain_linears, stacked_matmul
+from runtime.prepacked import linear, plain_linears, stacked_matmul
 
 
 class _FeatureDrafting:
@@ -231,7 +231,7 @@ class FeatureDrafterGroup(_FeatureDrafting):
 
 class StackedLinear(nn.Module):
     """Several Linears of one shape applied member by member: x [m, T, in] -> [m, T, out]. One
-    linear per member on its packed weight (drafters.packed) beats one batched matmul over the
+    linear per member on its packed weight (runtime.prepacked) beats one batched matmul over the
     stacked weights (which repacks them every call) by 1.5-2x on the CPU."""
 
     def __init__(self, linears: Sequence[nn.Linear]):

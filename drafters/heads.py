@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .packed import linear, matmul
+from runtime.prepacked import linear, matmul
 
 
 class TargetHead(nn.Module):

@@ -18,8 +18,8 @@ from torch import nn
 
 from .config import DrafterConfig
 from .heads import LowRankHead, TargetHead, TruncatedHead
-from .kv import KVCache
-from .packed import linear
+from runtime.kv import KVCache
+from runtime.prepacked import linear
 from .repspec import apply_repspec, merge_repspec
 from .ttt_attention import TTTMask, ttt_attention
 

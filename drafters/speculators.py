@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
-from .atomic import replaced_folder, save_tensors, write_json
+from runtime.atomic import replaced_folder, save_tensors, write_json
 from .checkpoint import read_weights
 from .config import DrafterConfig
 from .model import FeatureDrafterModel, build_drafter_model

@@ -24,7 +24,7 @@ from compose.strategies import Proposal, Strategy
 from compose.types import GenerationStats, StepRecord
 from drafters import FeatureDrafterGroup
 from drafters.base import Drafter
-from drafters.kv import KVCache
+from runtime.kv import KVCache
 from trees import DraftTree, StepFeedback, TreeSpec, pack_tree, process_logits, require_finite_logits, sample, verify
 
 from .batch import Segment, SegmentOutput

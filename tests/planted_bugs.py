@@ -76,7 +76,7 @@ BUGS = [
         "return Proposal(match_rule(trees[choice]), choice, trees, self.draft_groups(list(self.drafters)))",
         "return Proposal(trees[choice], choice, trees, self.draft_groups(list(self.drafters)))",
         ("tests/test_strategies_law.py::test_routing_over_sampled_trees_is_lossless",)),
-    Bug("stale-cache-after-rejection", "drafters/kv.py",
+    Bug("stale-cache-after-rejection", "runtime/kv.py",
         "if not torch.equal(tail.cpu(), torch.arange(n)):", "if False:",
         ("tests/test_engine.py",)),
     Bug("averaging-weights-not-normalised", "compose/composing.py",

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from drafter_fixtures import tiny_drafter_model, tiny_target
-from drafters.hidden_cache import OnlineStates, cache_hidden_states, load_hidden_cache
-from drafters.train import TrainConfig, evaluate_drafter, train_drafter, ttt_mask
+from drafters.training.hidden_cache import OnlineStates, cache_hidden_states, load_hidden_cache
+from drafters.training.train import TrainConfig, evaluate_drafter, train_drafter, ttt_mask
 
 
 def _greedy(target, prompt, n):

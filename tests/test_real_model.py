@@ -25,7 +25,7 @@ DTYPES = ["float32", pytest.param("bfloat16", marks=needs_native_bf16())]
 @pytest.fixture(scope="module", params=DTYPES)
 def loaded_target(request):
     """The default target in each dtype, loaded once per module (read only: nothing here trains it)."""
-    from drafters.assets import load_target
+    from runtime.assets import load_target
 
     return load_target("smollm2-135m-instruct", dtype=getattr(torch, request.param))
 

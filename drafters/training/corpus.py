@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import write_json, write_text
+from runtime.atomic import write_json, write_text
 
 
 def chat_prompt_ids(tokenizer, prompt: str | list[dict]) -> list[int]:

@@ -1,7 +1,7 @@
 """The general path: any transformers causal LM through its OWN forward and its own cache
 (docs/design.md "The fast decoder and the general path").
 
-drafters/decoder.py runs the families it knows (llama, mistral, qwen2, qwen3) on a plain-PyTorch
+runtime/decoder.py runs the families it knows (llama, mistral, qwen2, qwen3) on a plain-PyTorch
 forward over a preallocated cache. Every other causal LM runs here, lossless the same way: the
 model's forward gets the tree as transformers takes it — position ids = prefix + depth and an
 additive 4D mask in the model dtype (0 where a row attends, the dtype's most negative value
@@ -34,7 +34,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from trees import attention_mask, within_window
 
 from .decoder import SUPPORTED_MODEL_TYPES, Decoder, DecoderOutput
-from .packed import matmul
+from .prepacked import matmul
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")  # they take an additive float 4D mask as given
 SIBLINGS = 16  # children of the root in the tree every GeneralDecoder checks its model on
@@ -42,7 +42,7 @@ SIBLINGS = 16  # children of the root in the tree every GeneralDecoder checks it
 
 def make_decoder(model: PreTrainedModel, invariant: bool | None = None,
                  target: bool = False) -> "Decoder | GeneralDecoder":
-    """The fast Decoder for the families it knows (drafters.decoder.SUPPORTED_MODEL_TYPES), the
+    """The fast Decoder for the families it knows (runtime.decoder.SUPPORTED_MODEL_TYPES), the
     general path through the model's own forward for every other causal LM. `.kind` says which
     ("fast" or "general"); a model that is not a causal LM is refused.
     invariant: the fast decoder's batch-invariant attention (None: its default); the general
@@ -240,7 +240,7 @@ class GeneralDecoder:
 
 
 class PackedLinears(TorchFunctionMode):
-    """Within it, every F.linear (the model's own nn.Linear layers) runs drafters.packed.matmul:
+    """Within it, every F.linear (the model's own nn.Linear layers) runs runtime.prepacked.matmul:
     on a weight reordered once, at inference on the CPU (else F.linear itself), as the fast
     decoder's linears do (docs/design.md "The cost of a step")."""
 

@@ -23,12 +23,12 @@ from tqdm.auto import tqdm
 
 from trees import attention_mask
 
-from .atomic import commit_folder, recover_folder, staging_folder, staging_path, write_json, write_text
-from .losses import LOSSES, acceptance_rate, distillation_loss, unroll_weights
-from .model import FeatureDrafterModel
+from runtime.atomic import commit_folder, recover_folder, staging_folder, staging_path, write_json, write_text
+from drafters.losses import LOSSES, acceptance_rate, distillation_loss, unroll_weights
+from drafters.model import FeatureDrafterModel
 from .precision import Precision, autocast
 from .target_side import target_side
-from .ttt_attention import TTTMask
+from drafters.ttt_attention import TTTMask
 
 
 class TrainConfig(BaseModel):
@@ -358,7 +358,7 @@ def batch_on(device, records: list[dict], cfg: TrainConfig, target=None) -> dict
 
 
 def target_layers_of(cfg: TrainConfig, target) -> list[int]:
-    from .config import default_eagle3_layers  # the drafter's layers, as make_drafter_config picks them
+    from drafters.config import default_eagle3_layers  # the drafter's layers, as make_drafter_config picks them
 
     if cfg.target_layers is not None:
         return list(cfg.target_layers)
