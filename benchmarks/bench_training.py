@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from drafters import assets  # noqa: E402
+from runtime import assets  # noqa: E402
 from drafters.training.cli import make_drafter_config  # noqa: E402
 from drafters.training.corpus import chat_prompt_ids  # noqa: E402
 from drafters.training.data import iter_sharegpt  # noqa: E402

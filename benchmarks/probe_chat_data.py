@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from drafters import assets  # noqa: E402
+from runtime import assets  # noqa: E402
 from drafters.training.corpus import load_corpus, regenerate_corpus  # noqa: E402
 from drafters.training.data import chat_turns  # noqa: E402
 from drafters.training.train import collate  # noqa: E402

@@ -10,6 +10,7 @@ from transformers import PreTrainedModel
 
 from drafters.base import Drafter
 from routing import Calibration, DomainRouter
+from runtime.precision import require_exact_bf16, resolve_dtype
 from trees import TreeSpec
 
 from .autotree import DEPTHS as AUTO_DEPTHS
@@ -19,7 +20,6 @@ from .costs import machine_profile
 from .engine import decode
 from .lockstep import DraftUnit
 from .options import GenerateOptions
-from .precision import require_exact_bf16, resolve_dtype
 from .registry import default_strategy, make_drafter, make_strategy, strategy_class, strategy_options
 from .target import TargetModel
 from .threads import ThreadPolicy, default_threads

@@ -14,7 +14,7 @@ from typing import Iterable, NamedTuple
 from pydantic import BaseModel, Field
 
 from compose.types import GenerationResult
-from drafters import atomic
+from runtime import atomic
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from compose import Composer
 from compose.options import TreeOptions
-from drafters import atomic
+from runtime import atomic
 from runtime.assets import DEFAULT_TARGET
 from drafters.dvi import DVIConfig, DVIDrafter
 from drafters.lm import EarlyExitDrafter

@@ -75,6 +75,20 @@ def test_inference_loads_no_training_module(package):
     assert out.strip() == "[]"
 
 
+def test_every_module_of_ours_imports_from_this_tree():
+    """A module that moved must not be found elsewhere (an editable install of another checkout
+    resolves a stale `drafters.kv` to that checkout's file)."""
+    modules = [".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+               for p in PACKAGES for f in (ROOT / p).rglob("*.py") if f.name != "__main__.py"]
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            f"print([m for m, v in list(sys.modules.items()) if m.split('.')[0] in {PACKAGES!r} "
+            f"and not (getattr(v, '__file__', None) or {str(ROOT)!r}).startswith({str(ROOT)!r})])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert out.strip() == "[]"
+
+
 def test_dispatcher_lists_and_rejects_commands(capsys):
     assert specmux([]) == 0
     out = capsys.readouterr().out

@@ -18,7 +18,7 @@ import torch
 from tokenizers import Tokenizer, models as tokenizer_models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from drafters import assets, model_cache as models
+from runtime import assets, model_cache as models
 from runtime.assets import (
     BUILTIN_MODELS,
     DEFAULT_TARGET,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from drafter_fixtures import tiny_drafter_model, tiny_target
-from drafters import precision
+from drafters.training import precision
 from drafters.losses import LOSSES, acceptance_rate, distillation_loss
 from drafters.training.target_side import full_vocab_stats, target_side
 from drafters.training.train import TrainConfig, Unroll, collate, make_optimizer, train_drafter, unroll_loss
