@@ -26,12 +26,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from trees import DraftTree, TreeSpec
 
 from .costs import CostProfile
+
+if TYPE_CHECKING:
+    from .tree_policy import StepTimes
 
 DEPTHS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16)  # deep narrow trees pay off for near-perfect drafters
 TOP_KS = (1, 2, 3, 4, 6, 8)
@@ -113,7 +117,7 @@ class TreeChoice:
 
 
 class AutoTree:
-    """Chooses each step's tree. `width`: how many drafter trees the strategy merges into the
+    """The automatic tree policy (compose/tree_policy.py TreePolicy): chooses each step's tree. `width`: how many drafter trees the strategy merges into the
     verified one (their nodes add up); `sampled`: kept from the user's tree options."""
 
     def __init__(self, costs: CostProfile, width: int = 1, sampled: bool = False, explore_every: int = 8,
@@ -200,19 +204,18 @@ class AutoTree:
         return (best if best.tokens_per_s * self.reality > plain.tokens_per_s else plain), best
 
     # --- learning -----------------------------------------------------------------------------------
-    def observe(self, spec: TreeSpec | None, tree: DraftTree, path: torch.Tensor,
-                t_draft: float, t_forward: float, t_other: float) -> None:
+    def observe(self, spec: TreeSpec | None, tree: DraftTree, path: torch.Tensor, times: StepTimes) -> None:
         """After a verification: the acceptance on the tree, and the observed times (seconds)
         against the profile's prediction (exponential averages)."""
         nodes = len(tree)
-        ratio = 1e3 * t_forward / self.costs.forward(nodes)
+        ratio = 1e3 * times.forward / self.costs.forward(nodes)
         self.forward_scale = _robust_ema(self.forward_scale, ratio)
-        self.overhead_ms = _robust_ema(self.overhead_ms, 1e3 * t_other)
+        self.overhead_ms = _robust_ema(self.overhead_ms, 1e3 * times.other)
         if spec is None:  # plain steps keep their cost relative to the load all steps measure
             self.plain_shape = _robust_ema(self.plain_shape, ratio / self.forward_scale)
             return
         predicted = self.draft_ms(spec.depth, spec.top_k)
-        self.draft_scale = _robust_ema(self.draft_scale, 1e3 * t_draft / max(predicted, 1e-6))
+        self.draft_scale = _robust_ema(self.draft_scale, 1e3 * times.draft / max(predicted, 1e-6))
         self.acceptance.observe(tree, path)
         self._drafted.append((spec, float(path.numel())))
 

@@ -25,7 +25,7 @@ from runtime.atomic import write_json
 from trees import DraftTree, SamplingSpec, TreeSpec, pack_tree
 
 from .lockstep import DraftUnit
-from .target import TargetModel, select_features
+from .target import TargetModel, drafter_features, layers_read
 
 # every size up to 16 (kernels step at sizes no coarse grid sees: on 2 cores, SmolLM's forward
 # costs 48-50 ms for 1-6 nodes and 57 ms for 7), then coarser
@@ -99,9 +99,8 @@ def measure_levels(target: TargetModel, unit: DraftUnit, frontiers=FRONTIER_SIZE
     lockstep group, tree building included, after `context` committed tokens."""
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, target.vocab_size, (context,), generator=g)
-    layers = list(unit.runner.target_layers or ())
-    out = target.prefill(prompt, layers, capacity=context)
-    unit.runner.start(prompt, select_features(out.hidden_states, layers, slice(None)) if layers else None)
+    out = target.prefill(prompt, layers_read([unit.runner]), capacity=context)
+    unit.runner.start(prompt, drafter_features(unit.runner, out.hidden_states, slice(None)))
     root = int(out.logits[-1].argmax())
 
     def draft(f: int, depth: int) -> Callable[[], None]:

@@ -1,20 +1,15 @@
-"""Names -> strategies and drafter specs."""
+"""Names -> strategies (the registry itself: compose/strategies/__init__.py) and drafter specs."""
 from __future__ import annotations
 
 from typing import Any, Mapping
 
 from drafters.base import Drafter
 
-from .composing import Averaged, Confidence, Domain, Entropy, MergedTree, Online
 from .options import TreeOptions
-from .strategies import Autoregressive, Single, Strategy
+from .strategies import STRATEGIES, Strategy
 from .target import TargetModel
 
 DEFAULT_COMPOSING = "merged_tree"
-
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Autoregressive, Single, Averaged, Confidence, Entropy, MergedTree, Online, Domain)
-}
 
 
 def default_strategy(drafters: Mapping[str, Drafter]) -> str:

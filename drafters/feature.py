@@ -219,6 +219,8 @@ class FeatureDrafterGroup(_FeatureDrafting):
     share (the target's frozen head) is one matmul over every member's frontier. The weights are
     copied when the group is made (later changes to the members are not seen)."""
 
+    almost_free = False  # as its members (Drafter.almost_free)
+
     def __init__(self, drafters: Sequence[FeatureDrafter]):
         keys = {d.architecture_key() for d in drafters}
         if len(drafters) < 2 or len(keys) != 1:
@@ -227,6 +229,9 @@ class FeatureDrafterGroup(_FeatureDrafting):
         self.names = [d.name for d in drafters]
         self.name = "+".join(self.names)
         self.runner = stacked_model(self.models)
+
+    def observe(self, feedback) -> None:
+        """Feature drafters do not learn online (Drafter.observe): nothing to pass on."""
 
 
 class StackedLinear(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import compose.composing as composing
+import compose.strategies.routed as routed
 from compose.options import TreeOptions
 from compose.registry import make_strategy
 from routing import DomainRouter
@@ -57,7 +57,7 @@ def steps_of(name: str, drafters: dict, tree: TreeOptions, sampling: SamplingSpe
         strategy = make_strategy(name, drafters, tree, cache, **kwargs) if turn_start else made
         if turn_start:  # a new turn: a random prompt's hidden states (what the domain router reads)
             strategy.start(torch.zeros(1, dtype=torch.long), (torch.randn(3, 4, generator=prompts),))
-        proposal = strategy.propose(0, spec, sampling, generator)
+        proposal = strategy.compose_tree(0, spec, sampling, generator)
         if target_logits is not None:
             strategy.observe(feedback_for(proposal, target_logits, sampling, verifier))
         return proposal.tree
@@ -76,12 +76,12 @@ def feedback_for(proposal, target_logits, sampling, generator) -> StepFeedback:
     """The step's outcome. Steps where one drafter drafted teach the online router nothing (it
     learns on full-information rounds only), so they skip the verification (~0.5 ms a step)."""
     logits = target_logits[path_ids(proposal.tree, target_logits.shape[1])]
-    if len(proposal.proposed) < 2:
+    if len(proposal.drafter_trees) < 2:
         return StepFeedback(tree=proposal.tree, path=torch.zeros(1, dtype=torch.long), tokens=proposal.tree.tokens[:1],
-                            bonus=0, logits=logits, sampling=sampling, proposed=proposal.proposed)
+                            bonus=0, logits=logits, sampling=sampling, drafter_trees=proposal.drafter_trees)
     result = verify(proposal.tree, logits, sampling, generator)
     return StepFeedback(tree=proposal.tree, path=result.path, tokens=result.tokens, bonus=result.bonus,
-                        logits=logits, sampling=sampling, proposed=proposal.proposed)
+                        logits=logits, sampling=sampling, drafter_trees=proposal.drafter_trees)
 
 
 def two_drafter_root_case(strategy: str, kwargs: dict, turn_start: bool):
@@ -108,7 +108,7 @@ def test_routing_over_sampled_trees_is_lossless(strategy, turn_start):
 def test_the_check_sees_a_routed_tree_that_keeps_its_proposal_rows(monkeypatch):
     """Power on the bug itself: with the match-rule fallback disabled the check must reject."""
     case = two_drafter_root_case("confidence", {}, False)
-    monkeypatch.setattr(composing, "match_rule", lambda tree: tree)
+    monkeypatch.setattr(routed, "match_rule", lambda tree: tree)
     wrong = check_law(verify_batch, case)
     assert wrong.rejects, f"the law check missed routing that keeps proposal rows: {wrong}"
 
