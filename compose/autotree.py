@@ -9,9 +9,7 @@
 - Cost: the machine's cost profile (compose/costs.py: target forward for n nodes, one draft
   level), scaled online by the ratio of observed to predicted times (load changes).
 - No early stop (TreeSpec.stop_below): a drafter's raw path probability is no acceptance
-  estimate. With the Qwen2.5-Coder 0.5B drafter, greedy acceptance was 0.95 per token where the
-  drafter's own top probability was often 0.5-0.9, and stopping at the cost-derived threshold
-  cut τ from 4.8 (a fixed depth-4 chain) to 2.9.
+  estimate (measured: docs/design.md "Measurements behind the code").
 - Choice: the (depth, top-k, budget) of the grid with the most expected tokens per second, or no
   drafting at all (root only) when plain decoding is faster; then every `explore_every`-th step
   still drafts the best tree so the acceptance estimate keeps learning (the gap doubles, up to
@@ -53,8 +51,8 @@ MAX_EXPLORE_GAP = 64  # plain steps between two drafted ones, at most, while dra
 class PositionalAcceptance:
     """p[level, r] for ranks 1..RANKS: decayed hit and trial counts over a prior. Level 0: the
     root's children; level 1: every deeper node's. They differ: a step starts right after the
-    drafter's last miss (where the next token is harder), and then runs in its stride (seen with
-    the math drafter on GSM8K: 53% at depth 1, then 81%, 76%, 68% given the parent accepted)."""
+    drafter's last miss (where the next token is harder), and then runs in its stride
+    (docs/design.md "Measurements behind the code")."""
 
     def __init__(self, prior=PRIOR, weight: float = PRIOR_WEIGHT, decay: float = DECAY):
         # level 0 starts from the prior; deeper levels start from level 0's estimate (their own

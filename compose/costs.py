@@ -27,8 +27,7 @@ from trees import DraftTree, SamplingSpec, TreeSpec, pack_tree
 from .lockstep import DraftUnit
 from .target import TargetModel, drafter_features, layers_read
 
-# every size up to 16 (kernels step at sizes no coarse grid sees: on 2 cores, SmolLM's forward
-# costs 48-50 ms for 1-6 nodes and 57 ms for 7), then coarser
+# every size up to 16, where kernels step at sizes no coarse grid sees (docs/design.md "Measurements behind the code"), then coarser
 FORWARD_SIZES = tuple(range(1, 17)) + (20, 24, 32, 48, 64)
 FRONTIER_SIZES = (1, 2, 4, 8)
 CONTEXT = 256

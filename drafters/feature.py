@@ -236,8 +236,8 @@ class FeatureDrafterGroup(_FeatureDrafting):
 
 class StackedLinear(nn.Module):
     """Several Linears of one shape applied member by member: x [m, T, in] -> [m, T, out]. One
-    linear per member on its packed weight (runtime.prepacked) beats one batched matmul over the
-    stacked weights (which repacks them every call) by 1.5-2x on the CPU."""
+    linear per member on its prepacked weight (runtime.prepacked) beats one batched matmul over
+    the stacked weights, which repacks them every call (docs/design.md "Measurements behind the code")."""
 
     def __init__(self, linears: Sequence[nn.Linear]):
         super().__init__()
@@ -280,12 +280,6 @@ def stacked_model(models: Sequence[FeatureDrafterModel]) -> FeatureDrafterModel:
                 raise ValueError(f"cannot stack drafter weight {name}.{leaf}: it differs between members "
                                  "and is neither a linear's nor a norm's")
     return stacked
-
-
-def head_logits(model: FeatureDrafterModel, outputs: torch.Tensor) -> torch.Tensor | SparseLogits:
-    """Float logits at `outputs`: over the draft vocabulary (with its target ids) for a
-    truncated head, so that top-k never touches the full vocabulary; else over the target's."""
-    return _as_logits(model, model.logits(outputs), _vocab_ids(model))
 
 
 def _vocab_ids(model: FeatureDrafterModel) -> torch.Tensor | None:

@@ -191,10 +191,6 @@ class FeatureDrafterModel(nn.Module):
         """Logits over the head's own vocabulary (the draft vocabulary for a truncated head)."""
         return self.head(self.norm(outputs))
 
-    def target_logits(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Logits over the TARGET vocabulary (-inf outside a truncated draft vocabulary)."""
-        return self.head.to_target_vocab(self.logits(outputs))
-
     def cast(self, dtype: torch.dtype) -> "FeatureDrafterModel":
         """This drafter in `dtype`; the frozen target embedding and head are converted once per
         target and dtype and shared by every drafter (so a lockstep group still shares its head)."""
