@@ -160,7 +160,8 @@ def test_suite_extra_round_joins_training_only(tmp_path):
     (work / "prompts-extra.json").write_text(json.dumps({"math": extra_math, "chat": [], "dropped": {"math": 0, "chat": 0}}))
     cfg = _suite_config(tmp_path, work, final_domains=["math"], ablations={"kl": {}},
                         extra={"seed": 7, "n_math_templates": 6})
-    from drafters.training.suite import stage_regenerate, load_suite_target
+    from drafters.training.suite import load_suite_target
+    from drafters.training.suite_data import stage_regenerate
 
     target, tok = load_suite_target(cfg, "cpu")
     split = stage_regenerate(cfg, work, target, tok)
@@ -174,7 +175,7 @@ def test_suite_extra_round_joins_training_only(tmp_path):
 
 
 def test_extra_prompts_are_disjoint_from_the_first_round(tmp_path, monkeypatch):
-    import drafters.training.suite as suite
+    import drafters.training.suite_data as suite_data
 
     work = tmp_path / "w"
     work.mkdir()
@@ -182,9 +183,9 @@ def test_extra_prompts_are_disjoint_from_the_first_round(tmp_path, monkeypatch):
     (work / "prompts.json").write_text(json.dumps({"math": [["math", p] for p in first], "chat": [], "write": []}))
     (work / "eval_prompts.json").write_text(json.dumps({"gsm8k": ["an unrelated evaluation question"]}))
     # the extra draw repeats two first-round problems: they must not come back
-    monkeypatch.setattr(suite, "word_problems", lambda n, seed: first[:2] + word_problems(n, seed=seed)[: n - 2])
+    monkeypatch.setattr(suite_data, "word_problems", lambda n, seed: first[:2] + word_problems(n, seed=seed)[: n - 2])
     cfg = SuiteConfig(work_dir=str(work), extra={"seed": 3, "n_math_templates": 6}, n_chat=1)
-    suite.stage_extra_prompts(cfg, work)
+    suite_data.stage_extra_prompts(cfg, work)
     got = json.loads((work / "prompts-extra.json").read_text())
     assert len(got["math"]) == 4 and not {p for _, p in got["math"]} & set(first)
 

@@ -3,8 +3,8 @@ law, with sampled (rejection-verified) drafter trees: the strategies' choices an
 at drawn values (confidence, the entropy probe, the `equal` merge) must fall back to the match
 rule (docs/design.md "Verification rules").
 
-Each check is test_trees_law.check_law: n sized for power >= 0.99 at total variation 0.02 with
-alpha 1e-3 (asserted per check); see test_trees_law.py for the derivation. The drafting is
+Each check is tree_law.check_law: n sized for power >= 0.99 at total variation 0.02 with
+alpha 1e-3 (asserted per check); see tree_law.py for the derivation. The drafting is
 simulated (strategy_law.TableDrafter) so that the ~20-35k decode steps a check needs take
 seconds; the strategy objects are the real ones from the compose registry. The engine-level
 tests (test_e2e_law.py) run the same strategies end to end on tiny transformers models."""
@@ -22,7 +22,7 @@ from routing import DomainRouter
 from trees import SamplingSpec, StepFeedback, verify, verify_batch
 
 from strategy_law import DrafterShape, TableDrafter, root_target, strategy_case, table_drafters
-from test_trees_law import assert_lossless, check_law, path_ids, random_logits, targets
+from tree_law import assert_lossless, check_law, path_ids, random_logits, targets
 
 # (strategy name, registry keyword arguments, tree options, turn-start): turn-start builds a
 # fresh strategy per decode step, so every step is the first of a turn (the entropy probe)

@@ -29,7 +29,7 @@ from runtime.atomic import write_json, write_text
 
 from .corpus import load_corpus, regenerate_corpus
 from .data import domain_prompts, drop_overlapping, eval_prompts, overlap_report
-from .hidden_cache import OnlineStates, cache_hidden_states, load_hidden_cache
+from .hidden_cache import LiveTargetStates, cache_hidden_states, load_hidden_cache
 from .train import TrainConfig, evaluate_drafter, train_drafter
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -105,7 +105,7 @@ def run(cfg: TrainConfig, target, tokenizer, progress: bool = True) -> Path:
         cache_hidden_states(target, records, dcfg.target_layers, work / "states", dtype=dtype, compute_dtype=dtype)
         states = load_hidden_cache(work / "states", target)
     else:
-        states = OnlineStates(target, records, dcfg.target_layers)
+        states = LiveTargetStates(target, records, dcfg.target_layers)
     head = target.get_output_embeddings().weight
     train_drafter(model, head, states, cfg, work, progress=progress)
     stats = evaluate_drafter(model, head, states, cfg)

@@ -232,7 +232,7 @@ def load_hidden_cache(out_dir: str | Path, target=None) -> list[dict]:
     return records
 
 
-class OnlineStates:
+class LiveTargetStates:
     """Computes a record's target states on demand (the target sits beside the drafter)."""
 
     def __init__(self, target, records: list[dict], layers):

@@ -243,7 +243,7 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
                   work_dir: str | Path, log_name: str = "metrics.jsonl", progress: bool = True,
                   target=None) -> FeatureDrafterModel:
     """Train in place; resumes from work_dir/train_state when present. `records` is a sequence
-    of dicts (input_ids, prompt_len, and features + last_hidden from a cache or OnlineStates);
+    of dicts (input_ids, prompt_len, and features + last_hidden from a cache or LiveTargetStates);
     records without features need `target`, run once per batch (the fast path on a GPU)."""
     from accelerate import Accelerator
 
