@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 
 from drafters.base import Drafter
 from routing import Calibration, DomainRouter
-from runtime.precision import require_exact_bf16, resolve_dtype
+from runtime.target_dtype import require_exact_bf16, resolve_dtype
 
 from .autotree import DEPTHS as AUTO_DEPTHS
 from .autotree import MAX_NODES as AUTO_MAX_NODES

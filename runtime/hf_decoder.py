@@ -19,7 +19,7 @@ own DynamicCache(config=...) decides for plain decoding. Models whose layers sha
 per-token keys and values (recurrent or linear attention, chunked attention, shared KV) has no
 tree forward here and is refused with its type named; so is a model whose forward fails the
 tree check every GeneralDecoder runs when it is built (e.g. ALiBi biases by cache slot).
-The model's own linears run on prepacked weights (PackedLinears), as the fast decoder's do."""
+The model's own linears run on prepacked weights (PrepackedLinears), as the fast decoder's do."""
 from __future__ import annotations
 
 import inspect
@@ -174,7 +174,7 @@ class GeneralDecoder:
         if self._keeps_rows:  # the head over the asked-for rows only (the last k as an int: every model takes it)
             suffix = rows.numel() > 0 and torch.equal(rows, torch.arange(n - rows.numel(), n))
             options["logits_to_keep"] = int(rows.numel()) if suffix else rows.to(self.device)
-        with PackedLinears():
+        with PrepackedLinears():
             out = self.model(
                 input_ids=input_ids.reshape(1, n).to(self.device),
                 position_ids=query_positions.view(1, n).to(self.device),
@@ -239,7 +239,7 @@ class GeneralDecoder:
         return {t: by_window[self.windows[self.layer_types.index(t)]] for t in set(self.layer_types)}
 
 
-class PackedLinears(TorchFunctionMode):
+class PrepackedLinears(TorchFunctionMode):
     """Within it, every F.linear (the model's own nn.Linear layers) runs runtime.prepacked.matmul:
     on a weight reordered once, at inference on the CPU (else F.linear itself), as the fast
     decoder's linears do (docs/design.md "The cost of a step")."""

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.precision import resolve_dtype
+from runtime.target_dtype import resolve_dtype
 from runtime.decoder import Decoder, rotate
 from runtime.invariant import BLOCK, check_kernels, invariant_attention, key_blocks
 from runtime.prepacked import matmul
