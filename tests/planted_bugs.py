@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("compose", "drafters", "trees", "routing", "eval")
+PACKAGES = ("runtime", "compose", "drafters", "trees", "routing", "eval", "serve")
 
 
 @dataclass(frozen=True)
