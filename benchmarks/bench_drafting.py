@@ -188,7 +188,7 @@ def section_auto(composer: Composer, items: int, n: int) -> None:
 
 # --- the Qwen pair ---------------------------------------------------------------------------------
 def section_qwen(prompts: dict, n: int) -> None:
-    from drafters.assets import load_target
+    from runtime.assets import load_target
 
     composer = Composer("qwen2.5-coder-1.5b-instruct", drafters={"lm0.5b": "lm:qwen2.5-coder-0.5b-instruct"})
     assistant, _ = load_target("qwen2.5-coder-0.5b-instruct")  # as transformers users load it

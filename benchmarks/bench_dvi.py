@@ -31,7 +31,7 @@ from prompts import load_average  # noqa: E402
 from compose import Composer  # noqa: E402
 from drafters.dvi import DVIConfig, DVIDrafter  # noqa: E402
 from drafters.lm import EarlyExitDrafter  # noqa: E402
-from drafters.online import LearnConfig  # noqa: E402
+from drafters.dvi_learner import LearnConfig  # noqa: E402
 from eval.stream import stream_prompts  # noqa: E402
 
 AUTOREGRESSIVE = "autoregressive"

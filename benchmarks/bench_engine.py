@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from prompts import add_common_args, apply_common_args  # noqa: E402
 
 from compose import Composer  # noqa: E402
-from drafters.assets import load_target  # noqa: E402
+from runtime.assets import load_target  # noqa: E402
 
 
 def hf_generate(model, ids, n, **kw):

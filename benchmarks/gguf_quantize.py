@@ -11,8 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from drafters.assets import BUILTIN_MODELS, specmux_home
-from drafters.model_cache import _join_and_check_source
+from runtime.assets import BUILTIN_MODELS, specmux_home
+from runtime.model_cache import _join_and_check_source
 
 FTYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q4_1": None}
 

@@ -5,9 +5,9 @@ drafter's top-1 agreement works under), chat beside math.
 
     python benchmarks/probe_chat_data.py [--chat 6] [--math 6] [--max-new-tokens 200] [--threads 2]
 
-Answers are regenerated the suite's way (drafters.corpus.regenerate_corpus: the chat template,
+Answers are regenerated the suite's way (drafters.training.corpus.regenerate_corpus: the chat template,
 greedy, float32); the prompts are ShareGPT turns (first turns and later turns with their context,
-drafters.data.chat_turns) and seeded word problems, as in suite.json. Small: a probe, not a corpus.
+drafters.training.data.chat_turns) and seeded word problems, as in suite.json. Small: a probe, not a corpus.
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from drafters import assets  # noqa: E402
-from drafters.corpus import load_corpus, regenerate_corpus  # noqa: E402
-from drafters.data import chat_turns  # noqa: E402
-from drafters.train import collate  # noqa: E402
-from drafters.word_problems import word_problems  # noqa: E402
+from runtime import assets  # noqa: E402
+from drafters.training.corpus import load_corpus, regenerate_corpus  # noqa: E402
+from drafters.training.data import chat_turns  # noqa: E402
+from drafters.training.train import collate  # noqa: E402
+from drafters.training.word_problems import word_problems  # noqa: E402
 
 
 def repeated_share(tokens: list[int], n: int = 8) -> float:

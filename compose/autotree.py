@@ -9,9 +9,7 @@
 - Cost: the machine's cost profile (compose/costs.py: target forward for n nodes, one draft
   level), scaled online by the ratio of observed to predicted times (load changes).
 - No early stop (TreeSpec.stop_below): a drafter's raw path probability is no acceptance
-  estimate. With the Qwen2.5-Coder 0.5B drafter, greedy acceptance was 0.95 per token where the
-  drafter's own top probability was often 0.5-0.9, and stopping at the cost-derived threshold
-  cut τ from 4.8 (a fixed depth-4 chain) to 2.9.
+  estimate (measured: docs/design.md "Measurements behind the code").
 - Choice: the (depth, top-k, budget) of the grid with the most expected tokens per second, or no
   drafting at all (root only) when plain decoding is faster; then every `explore_every`-th step
   still drafts the best tree so the acceptance estimate keeps learning (the gap doubles, up to
@@ -26,12 +24,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from trees import DraftTree, TreeSpec
 
 from .costs import CostProfile
+
+if TYPE_CHECKING:
+    from .tree_policy import StepTimes
 
 DEPTHS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16)  # deep narrow trees pay off for near-perfect drafters
 TOP_KS = (1, 2, 3, 4, 6, 8)
@@ -49,8 +51,8 @@ MAX_EXPLORE_GAP = 64  # plain steps between two drafted ones, at most, while dra
 class PositionalAcceptance:
     """p[level, r] for ranks 1..RANKS: decayed hit and trial counts over a prior. Level 0: the
     root's children; level 1: every deeper node's. They differ: a step starts right after the
-    drafter's last miss (where the next token is harder), and then runs in its stride (seen with
-    the math drafter on GSM8K: 53% at depth 1, then 81%, 76%, 68% given the parent accepted)."""
+    drafter's last miss (where the next token is harder), and then runs in its stride
+    (docs/design.md "Measurements behind the code")."""
 
     def __init__(self, prior=PRIOR, weight: float = PRIOR_WEIGHT, decay: float = DECAY):
         # level 0 starts from the prior; deeper levels start from level 0's estimate (their own
@@ -113,7 +115,7 @@ class TreeChoice:
 
 
 class AutoTree:
-    """Chooses each step's tree. `width`: how many drafter trees the strategy merges into the
+    """The automatic tree policy (compose/tree_policy.py TreePolicy): chooses each step's tree. `width`: how many drafter trees the strategy merges into the
     verified one (their nodes add up); `sampled`: kept from the user's tree options."""
 
     def __init__(self, costs: CostProfile, width: int = 1, sampled: bool = False, explore_every: int = 8,
@@ -200,19 +202,18 @@ class AutoTree:
         return (best if best.tokens_per_s * self.reality > plain.tokens_per_s else plain), best
 
     # --- learning -----------------------------------------------------------------------------------
-    def observe(self, spec: TreeSpec | None, tree: DraftTree, path: torch.Tensor,
-                t_draft: float, t_forward: float, t_other: float) -> None:
+    def observe(self, spec: TreeSpec | None, tree: DraftTree, path: torch.Tensor, times: StepTimes) -> None:
         """After a verification: the acceptance on the tree, and the observed times (seconds)
         against the profile's prediction (exponential averages)."""
         nodes = len(tree)
-        ratio = 1e3 * t_forward / self.costs.forward(nodes)
+        ratio = 1e3 * times.forward / self.costs.forward(nodes)
         self.forward_scale = _robust_ema(self.forward_scale, ratio)
-        self.overhead_ms = _robust_ema(self.overhead_ms, 1e3 * t_other)
+        self.overhead_ms = _robust_ema(self.overhead_ms, 1e3 * times.other)
         if spec is None:  # plain steps keep their cost relative to the load all steps measure
             self.plain_shape = _robust_ema(self.plain_shape, ratio / self.forward_scale)
             return
         predicted = self.draft_ms(spec.depth, spec.top_k)
-        self.draft_scale = _robust_ema(self.draft_scale, 1e3 * t_draft / max(predicted, 1e-6))
+        self.draft_scale = _robust_ema(self.draft_scale, 1e3 * times.draft / max(predicted, 1e-6))
         self.acceptance.observe(tree, path)
         self._drafted.append((spec, float(path.numel())))
 

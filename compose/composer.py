@@ -10,19 +10,16 @@ from transformers import PreTrainedModel
 
 from drafters.base import Drafter
 from routing import Calibration, DomainRouter
-from trees import TreeSpec
+from runtime.target_dtype import require_exact_bf16, resolve_dtype
 
 from .autotree import DEPTHS as AUTO_DEPTHS
 from .autotree import MAX_NODES as AUTO_MAX_NODES
-from .autotree import AutoTree
-from .costs import machine_profile
 from .engine import decode
-from .lockstep import DraftUnit
 from .options import GenerateOptions
-from .precision import require_exact_bf16, resolve_dtype
 from .registry import default_strategy, make_drafter, make_strategy, strategy_class, strategy_options
 from .target import TargetModel
 from .threads import ThreadPolicy, default_threads
+from .tree_policy import tree_policy
 from .types import GenerationResult, GenerationStats
 
 Prompt = str | Sequence[Mapping[str, str]] | torch.Tensor | Sequence[int]
@@ -31,7 +28,7 @@ Prompt = str | Sequence[Mapping[str, str]] | torch.Tensor | Sequence[int]
 class Composer:
     """`Composer(target, drafters={"math": ..., "chat": ...}, strategy="merged_tree")`.
 
-    target: a built-in name (see drafters.assets.BUILTIN_MODELS), a local transformers folder, or
+    target: a built-in name (see runtime.assets.BUILTIN_MODELS), a local transformers folder, or
     a loaded PreTrainedModel (pass `tokenizer=` to use text prompts). drafters: name -> Drafter
     or a spec string ("early-exit:8", "lm:qwen2.5-coder-0.5b-instruct", "eagle:/path/to/ckpt").
     strategy: the default for generate() (None: compose.registry.default_strategy of the drafters).
@@ -75,7 +72,7 @@ class Composer:
         else:
             from transformers import AutoConfig
 
-            from drafters.assets import load_target, resolve_model_dir
+            from runtime.assets import load_target, resolve_model_dir
 
             folder = resolve_model_dir(target)  # once: a built-in's cache check reads its files
             model_type = AutoConfig.from_pretrained(folder).model_type
@@ -151,10 +148,10 @@ class Composer:
         stats = GenerationStats(strategy=strategy_name)
         tokens: list[int] = []
         text, finish = "", None
-        tree = self._tree_policy(strategy_name, plan, opts, strategy_args)  # a first tree="auto" measures the machine (not timed)
+        policy = tree_policy(self, strategy_name, plan, opts, strategy_args)  # a first tree="auto" measures the machine (not timed)
         start = time.perf_counter()
         capacity = int(prompt_ids.numel()) + opts.max_new_tokens + _max_tree_nodes(opts, len(self.drafters))
-        steps = decode(self.target, plan, prompt_ids, tree, opts.sampling(), stats, generator, capacity,
+        steps = decode(self.target, plan, prompt_ids, policy, opts.sampling(), stats, generator, capacity,
                        ThreadPolicy(self.threads))
         try:
             for chunk in steps:
@@ -185,30 +182,11 @@ class Composer:
             steps.close()
             stats.total_time = time.perf_counter() - start
             stats.new_tokens = len(tokens)
-            stats.routing = getattr(plan, "routing_log", stats.routing)
+            stats.routing = plan.routing_log
             if finish is not None:
                 self._last_result = GenerationResult(
                     text=text, token_ids=tokens, prompt_ids=prompt_ids.tolist(), finish_reason=finish, stats=stats
                 )
-
-    def _tree_policy(self, strategy_name: str, plan, opts: GenerateOptions,
-                     strategy_args: Mapping[str, Any]) -> TreeSpec | AutoTree:
-        """The fixed tree, or (tree="auto") this Composer's AutoTree for the strategy, its options
-        (single:math and single:chat learn apart) and drafters, kept across generations so what it
-        learns carries over."""
-        units = getattr(plan, "units", None) or [DraftUnit([d.name], d) for d in plan.active_drafters()]
-        # the profile times one unit's drafting: a network's, when there is one beside a drafter
-        # whose drafting is almost free (the suffix drafter), else auto thinks every drafter is free
-        units = sorted(units, key=lambda u: bool(getattr(u.runner, "almost_free", False)))
-        if not opts.tree.auto or not units:
-            return opts.tree.spec()
-        merged = strategy_name == "merged_tree" and opts.tree.merge_budget == "sum"
-        key = ("autotree", strategy_name, tuple(sorted((k, str(v)) for k, v in strategy_args.items())),
-               tuple(sorted(self.drafters)), opts.tree.merge_budget, opts.tree.sampled, opts.temperature == 0)
-        if key not in self.strategy_cache:
-            costs = machine_profile(self.target, units[0])  # measured once per machine, then read
-            self.strategy_cache[key] = AutoTree(costs, width=len(self.drafters) if merged else 1, sampled=opts.tree.sampled)
-        return self.strategy_cache[key]
 
     # --- prompts --------------------------------------------------------------------------------
     def encode(self, prompt: Prompt, chat: bool = False) -> torch.Tensor:

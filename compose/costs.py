@@ -21,18 +21,17 @@ import torch
 from pydantic import BaseModel
 from scipy.optimize import isotonic_regression
 
-from drafters.atomic import write_json
+from runtime.atomic import write_json
 from trees import DraftTree, SamplingSpec, TreeSpec, pack_tree
 
 from .lockstep import DraftUnit
-from .target import TargetModel, select_features
+from .target import TargetModel, drafter_features, layers_read
 
-# every size up to 16 (kernels step at sizes no coarse grid sees: on 2 cores, SmolLM's forward
-# costs 48-50 ms for 1-6 nodes and 57 ms for 7), then coarser
+# every size up to 16, where kernels step at sizes no coarse grid sees (docs/design.md "Measurements behind the code"), then coarser
 FORWARD_SIZES = tuple(range(1, 17)) + (20, 24, 32, 48, 64)
 FRONTIER_SIZES = (1, 2, 4, 8)
 CONTEXT = 256
-PROFILE_FORMAT = 3  # 2: linears on packed weights (drafters.packed); 3: every forward size to 16, monotone
+PROFILE_FORMAT = 3  # 2: linears on packed weights (runtime.prepacked); 3: every forward size to 16, monotone
 
 
 class CostProfile(BaseModel):
@@ -99,9 +98,8 @@ def measure_levels(target: TargetModel, unit: DraftUnit, frontiers=FRONTIER_SIZE
     lockstep group, tree building included, after `context` committed tokens."""
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, target.vocab_size, (context,), generator=g)
-    layers = list(unit.runner.target_layers or ())
-    out = target.prefill(prompt, layers, capacity=context)
-    unit.runner.start(prompt, select_features(out.hidden_states, layers, slice(None)) if layers else None)
+    out = target.prefill(prompt, layers_read([unit.runner]), capacity=context)
+    unit.runner.start(prompt, drafter_features(unit.runner, out.hidden_states, slice(None)))
     root = int(out.logits[-1].argmax())
 
     def draft(f: int, depth: int) -> Callable[[], None]:
@@ -128,7 +126,7 @@ def _cpu_name() -> str:
 
 def profile_path(*parts: str) -> Path:
     """$SPECMUX_COSTS/<digest>.json, default $SPECMUX_HOME/costs/."""
-    from drafters.assets import specmux_home
+    from runtime.assets import specmux_home
 
     digest = hashlib.sha256("\n".join((machine_key(), str(PROFILE_FORMAT), *parts)).encode()).hexdigest()[:16]
     folder = os.environ.get("SPECMUX_COSTS")

@@ -7,13 +7,12 @@ from typing import Iterator
 
 import torch
 
-from trees import (DraftTree, SamplingSpec, StepFeedback, TreeSpec, pack_tree, process_logits, require_finite_logits,
-                   sample, verify)
+from trees import DraftTree, SamplingSpec, StepFeedback, pack_tree, process_logits, require_finite_logits, sample, verify
 
-from .autotree import AutoTree
-from .strategies import Proposal, Strategy
+from .strategies import ComposedTree, Strategy
 from .target import TargetModel
 from .threads import ThreadPolicy
+from .tree_policy import StepTimes, TreePolicy
 from .types import GenerationStats, StepRecord
 
 
@@ -21,7 +20,7 @@ def decode(
     target: TargetModel,
     strategy: Strategy,
     prompt_ids: torch.Tensor,
-    tree: TreeSpec | AutoTree,
+    tree_policy: TreePolicy,
     sampling: SamplingSpec,
     stats: GenerationStats,
     generator: torch.Generator | None = None,
@@ -31,10 +30,9 @@ def decode(
     """Yield the tokens emitted by each target forward (the first after prefill, then
     accepted drafts + bonus per step). Runs until the consumer stops iterating. `capacity`:
     the cache positions the run is expected to need (the cache grows past it if needed).
-    `tree`: a fixed tree shape, or an AutoTree choosing each step's (None: verify the root alone,
-    no drafting) and learning from each verification. `threads`: sets torch's threads at the
+    `tree_policy` chooses each step's tree shape (None: verify the root alone, no drafting) and
+    learns from each verification (compose/tree_policy.py). `threads`: sets torch's threads at the
     start and as the run goes (compose/threads.py)."""
-    auto = tree if isinstance(tree, AutoTree) else None
     layers = strategy.target_layers
     threads = threads or ThreadPolicy(None)
     with torch.inference_mode():
@@ -50,36 +48,35 @@ def decode(
         while True:
             threads.apply()
             t0 = time.perf_counter()
-            spec = auto.choose() if auto is not None else tree
+            spec = tree_policy.choose()
             if spec is None:
-                proposal = Proposal(DraftTree.root_only(root))
+                composed = ComposedTree(DraftTree.root_only(root))
             else:
-                proposal = strategy.propose(root, spec, sampling, generator)
+                composed = strategy.compose_tree(root, spec, sampling, generator)
             t1 = time.perf_counter()
             prefix_len = target.cached
-            packed = pack_tree(proposal.tree, prefix_len, target.dtype)
+            packed = pack_tree(composed.tree, prefix_len, target.dtype)
             t2 = time.perf_counter()
             out = target.forward_tree(packed, layers)
             t3 = time.perf_counter()
-            result = verify(proposal.tree, out.logits, sampling, generator)
+            result = verify(composed.tree, out.logits, sampling, generator)
             target.keep_path(prefix_len, result.path)
             strategy.advance(result.tokens, out.hidden_states, result.path)
             strategy.observe(StepFeedback(
-                tree=proposal.tree, path=result.path, tokens=result.tokens, bonus=result.bonus, logits=out.logits,
-                sampling=sampling, proposed=proposal.proposed, hidden_states=out.hidden_states, prefix_length=prefix_len))
+                tree=composed.tree, path=result.path, tokens=result.tokens, bonus=result.bonus, logits=out.logits,
+                sampling=sampling, drafter_trees=composed.drafter_trees, hidden_states=out.hidden_states, prefix_length=prefix_len))
             t4 = time.perf_counter()
-            if auto is not None:
-                auto.observe(spec, proposal.tree, result.path, t1 - t0, t3 - t2, (t2 - t1) + (t4 - t3))
+            tree_policy.observe(spec, composed.tree, result.path, StepTimes(t1 - t0, t3 - t2, (t2 - t1) + (t4 - t3)))
 
             path = result.path.tolist()
             stats.steps.append(
                 StepRecord(
                     accepted=result.accepted,
-                    tree_size=len(proposal.tree),
-                    drafter=proposal.drafter,
-                    accepted_by=[sorted(proposal.tree.proposers_of(n)) for n in path[1:]],
-                    draft_groups=proposal.draft_groups if proposal.draft_groups is not None
-                    else [[n] for n in proposal.proposed],
+                    tree_size=len(composed.tree),
+                    drafter=composed.drafter,
+                    accepted_by=[sorted(composed.tree.proposers_of(n)) for n in path[1:]],
+                    draft_groups=composed.draft_groups if composed.draft_groups is not None
+                    else [[n] for n in composed.drafter_trees],
                     t_draft=t1 - t0,
                     t_verify=(t2 - t1) + (t4 - t3),
                     t_forward=t3 - t2,

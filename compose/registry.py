@@ -1,20 +1,15 @@
-"""Names -> strategies and drafter specs."""
+"""Names -> strategies (the registry itself: compose/strategies/__init__.py) and drafter specs."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from drafters.base import Drafter
 
-from .composing import Averaged, Confidence, Domain, Entropy, MergedTree, Online
 from .options import TreeOptions
-from .strategies import Autoregressive, Single, Strategy
+from .strategies import STRATEGIES, Strategy
 from .target import TargetModel
 
 DEFAULT_COMPOSING = "merged_tree"
-
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Autoregressive, Single, Averaged, Confidence, Entropy, MergedTree, Online, Domain)
-}
 
 
 def default_strategy(drafters: Mapping[str, Drafter]) -> str:
@@ -50,54 +45,74 @@ def make_strategy(
 
 
 def make_drafter(spec: str, target: TargetModel, name: str) -> Drafter:
-    """Spec strings: "early-exit:K" (target's first K layers), "dvi:K[:<adapter folder>]" (early
-    exit at K with adapters learned online from verification), "lm:<built-in name or folder>"
-    (an independent LM with the target's tokenizer), "eagle:<folder>" (a trained feature-level
-    drafter checkpoint, validated against this target), "suffix[:<corpus folder or file>]" (a
-    training-free suffix-automaton drafter over the prompt, the generated tokens and optionally a
-    corpus of past outputs: drafters/suffix.py). Independent LM and feature drafters run
-    in bfloat16 where the hardware multiplies it natively (drafters.model.fast_draft_dtype:
-    drafting cost is mostly reading weights); early exit shares the target's weights as they are."""
+    """A drafter from its spec string "<kind>[:<argument>]" (DRAFTER_KINDS): "early-exit:K"
+    (target's first K layers), "dvi:K[:<adapter folder>]" (early exit at K with adapters learned
+    online from verification), "lm:<built-in name or folder>" (an independent LM with the target's
+    tokenizer), "eagle:<folder>" (a trained feature-level drafter checkpoint, validated against
+    this target), "suffix[:<corpus folder or file>]" (a training-free suffix-automaton drafter over
+    the prompt, the generated tokens and optionally a corpus of past outputs: drafters/suffix.py).
+    Independent LM and feature drafters run in bfloat16 where the hardware multiplies it natively
+    (drafters.model.fast_draft_dtype: drafting cost is mostly reading weights); early exit shares
+    the target's weights as they are."""
     kind, _, arg = spec.partition(":")
+    if kind not in DRAFTER_KINDS:
+        raise ValueError(f"unknown drafter spec {spec!r}; expected 'early-exit:K', 'dvi:K', 'lm:<model>', "
+                         "'eagle:<checkpoint folder>' or 'suffix[:<corpus>]'")
+    return DRAFTER_KINDS[kind](spec, arg, target, name)
+
+
+# One factory per drafter kind: (spec, argument after the first ":", target, name) -> Drafter.
+# Each imports its drafter module when asked, so a Composer loads only the kinds it uses.
+def early_exit_drafter(spec: str, arg: str, target: TargetModel, name: str) -> Drafter:
+    if not arg.isdigit():
+        raise ValueError(f"drafter spec {spec!r}: expected early-exit:<number of layers>")
+    from drafters.lm import EarlyExitDrafter
+
+    return EarlyExitDrafter(target.model, int(arg), name=name)
+
+
+def dvi_drafter(spec: str, arg: str, target: TargetModel, name: str) -> Drafter:
+    layer, _, adapter = arg.partition(":")
+    if not layer.isdigit():
+        raise ValueError(f"drafter spec {spec!r}: expected dvi:<exit layer> or dvi:<exit layer>:<adapter folder>")
+    from drafters.dvi import DVIDrafter
+
+    if adapter:
+        return DVIDrafter.from_adapter(target.model, adapter, int(layer), name=name)
+    return DVIDrafter(target.model, int(layer), name=name)
+
+
+def lm_drafter(spec: str, arg: str, target: TargetModel, name: str) -> Drafter:
+    from drafters.lm import CausalLMDrafter
+    from drafters.model import fast_draft_dtype
+    from runtime.assets import load_target
+
+    model, tokenizer = load_target(arg, dtype=fast_draft_dtype(target.device) or target.dtype)
+    if target.tokenizer is not None and tokenizer.get_vocab() != target.tokenizer.get_vocab():
+        raise ValueError(
+            f"drafter {name!r} ({arg}) has a different tokenizer vocabulary from the target: "
+            "an independent LM drafter must share the target's tokenizer"
+        )
+    return CausalLMDrafter(model, target.vocab_size, name=name)
+
+
+def eagle_drafter(spec: str, arg: str, target: TargetModel, name: str) -> Drafter:
+    from drafters import load_drafter
     from drafters.model import fast_draft_dtype
 
-    draft_dtype = fast_draft_dtype(target.device)
-    if kind == "early-exit":
-        if not arg.isdigit():
-            raise ValueError(f"drafter spec {spec!r}: expected early-exit:<number of layers>")
-        from drafters.lm import EarlyExitDrafter
+    return load_drafter(arg, target.model, name=name, dtype=fast_draft_dtype(target.device))
 
-        return EarlyExitDrafter(target.model, int(arg), name=name)
-    if kind == "dvi":
-        layer, _, adapter = arg.partition(":")
-        if not layer.isdigit():
-            raise ValueError(f"drafter spec {spec!r}: expected dvi:<exit layer> or dvi:<exit layer>:<adapter folder>")
-        from drafters.dvi import DVIDrafter
 
-        if adapter:
-            return DVIDrafter.from_adapter(target.model, adapter, int(layer), name=name)
-        return DVIDrafter(target.model, int(layer), name=name)
-    if kind == "lm":
-        from drafters.lm import CausalLMDrafter
+def suffix_drafter(spec: str, arg: str, target: TargetModel, name: str) -> Drafter:
+    if spec.startswith("suffix:") and not arg:
+        raise ValueError(f"drafter spec {spec!r}: expected suffix or suffix:<corpus folder or file>")
+    from drafters.suffix import SuffixDrafter
 
-        from drafters.assets import load_target
+    return SuffixDrafter(target.vocab_size, corpus=arg or None, tokenizer=target.tokenizer, name=name)
 
-        model, tokenizer = load_target(arg, dtype=draft_dtype or target.dtype)
-        if target.tokenizer is not None and tokenizer.get_vocab() != target.tokenizer.get_vocab():
-            raise ValueError(
-                f"drafter {name!r} ({arg}) has a different tokenizer vocabulary from the target: "
-                "an independent LM drafter must share the target's tokenizer"
-            )
-        return CausalLMDrafter(model, target.vocab_size, name=name)
-    if kind == "eagle":
-        from drafters import load_drafter
 
-        return load_drafter(arg, target.model, name=name, dtype=draft_dtype)
-    if kind == "suffix":
-        from drafters.suffix import SuffixDrafter
-
-        if spec.startswith("suffix:") and not arg:
-            raise ValueError(f"drafter spec {spec!r}: expected suffix or suffix:<corpus folder or file>")
-        return SuffixDrafter(target.vocab_size, corpus=arg or None, tokenizer=target.tokenizer, name=name)
-    raise ValueError(f"unknown drafter spec {spec!r}; expected 'early-exit:K', 'dvi:K', 'lm:<model>', "
-                     "'eagle:<checkpoint folder>' or 'suffix[:<corpus>]'")
+# the registry of drafter kinds: spec prefix -> factory (adding a kind: its module and one line here)
+DRAFTER_KINDS: dict[str, Callable[[str, str, TargetModel, str], Drafter]] = {
+    "early-exit": early_exit_drafter, "dvi": dvi_drafter, "lm": lm_drafter, "eagle": eagle_drafter,
+    "suffix": suffix_drafter,
+}

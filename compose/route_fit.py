@@ -1,5 +1,5 @@
 """`specmux route`: fit the `domain` strategy's classifier for a target from its drafters'
-training domains (the prompt sources drafters.suite trains on), report its accuracy on held-out training
+training domains (the prompt sources drafters.training.suite trains on), report its accuracy on held-out training
 prompts and on the evaluation benchmarks (GSM8K -> math, MT-Bench -> chat), and store it beside
 the drafters."""
 from __future__ import annotations
@@ -33,10 +33,10 @@ def default_domains(target: str) -> dict[str, str]:
 
 def training_prompts(domain: str, n: int, seed: int) -> list:
     """Prompts of a drafter training domain from the sources the shipped drafters were trained on
-    (drafters.suite): math = templated word problems (3/4) and reasoning-gym questions (1/4);
+    (drafters.training.suite): math = templated word problems (3/4) and reasoning-gym questions (1/4);
     chat = ShareGPT turns (some with their conversation so far, as message lists)."""
-    from drafters.data import chat_turns, math_prompts
-    from drafters.word_problems import word_problems
+    from drafters.training.data import chat_turns, math_prompts
+    from drafters.training.word_problems import word_problems
 
     if domain == "math":
         return word_problems(n - n // 4, seed) + math_prompts(n // 4, seed)
@@ -68,7 +68,7 @@ def accuracy(router: DomainRouter, features: dict[str, torch.Tensor]) -> float:
 
 def eval_accuracy(router: DomainRouter, model, tokenizer, domains: dict[str, str], layer: int) -> dict[str, float]:
     """Per evaluation benchmark: the share of its prompts routed to the drafter of its domain."""
-    from drafters.data import eval_prompts
+    from drafters.training.data import eval_prompts
 
     prompts = eval_prompts()
     by_domain = {d: n for n, d in domains.items()}
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from .defaults import DOMAIN_ROUTER_FILE
-    from drafters.assets import load_target
+    from runtime.assets import load_target
 
     try:
         domains = dict(d.split("=", 1) for d in args.drafter) if args.drafter else default_domains(args.target)

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from transformers import PreTrainedModel
 
-from drafters.hf_decoder import make_decoder
-from drafters.kv import KVCache
+from runtime.hf_decoder import make_decoder
+from runtime.kv import KVCache
 from trees import PackedTree
 
 
@@ -58,6 +58,17 @@ class TargetModel:
         self.cache.keep(prefix_len, path.to(torch.long))
 
 
-def select_features(hidden_states, layers, rows: torch.Tensor | slice) -> torch.Tensor:
-    """Concatenate the requested layers' states at `rows` on the feature axis."""
-    return torch.cat([hidden_states[i][rows] for i in layers], dim=-1)
+def drafter_features(drafter, hidden_states, rows: torch.Tensor | slice) -> torch.Tensor | None:
+    """What `drafter` reads of the target at `rows`: its layers' hidden states concatenated on the
+    feature axis (Drafter.target_layers), or None for a drafter that reads none."""
+    if not drafter.target_layers:
+        return None
+    return torch.cat([hidden_states[i][rows] for i in drafter.target_layers], dim=-1)
+
+
+def layers_read(drafters: Iterable, *extra: int) -> list[int]:
+    """The target layers whose hidden states `drafters` (and `extra` readers) read: the union,
+    first-seen order kept. The one place the union is made: the prefill and every verify forward
+    return these."""
+    layers = [i for d in drafters for i in d.target_layers or ()]
+    return list(dict.fromkeys([*layers, *extra]))

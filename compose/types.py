@@ -115,5 +115,5 @@ class GenerationResult(BaseModel):
     text: str
     token_ids: list[int]  # generated tokens only (prompt excluded)
     prompt_ids: list[int]
-    finish_reason: str  # "eos" | "stop" | "length"
+    finish_reason: str  # "eos" | "stop" | "length" | "interrupted" (the consumer stopped a stream)
     stats: GenerationStats

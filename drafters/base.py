@@ -9,6 +9,8 @@ Token bookkeeping (all ids are in the TARGET vocabulary):
 - `advance(tokens, hidden)`: `tokens` is the accepted path, root first (root + accepted draft
   tokens); they are now committed. `hidden` are the target's hidden states at those positions.
   The next `propose` gets the bonus token as its root.
+- `observe(feedback)`: after every verification (after `advance`), what the engine computed
+  (trees.StepFeedback). A no-op unless the drafter learns online (drafters/dvi.py).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from trees import DraftTree, SamplingSpec, TreeSpec
+from trees import DraftTree, SamplingSpec, StepFeedback, TreeSpec
 
 
 class Drafter(ABC):
@@ -32,6 +34,9 @@ class Drafter(ABC):
     #: states the drafter reads, concatenated on the feature axis; -1 = final normed state.
     #: None = the drafter needs no target features.
     target_layers: Sequence[int] | None = None
+    #: drafting costs next to nothing (the suffix drafter): tree="auto" then profiles another
+    #: drafter's drafting, whose cost stands for the step's
+    almost_free: bool = False
 
     @abstractmethod
     def start(self, prompt_ids: torch.Tensor, hidden: torch.Tensor | None) -> None: ...
@@ -47,6 +52,9 @@ class Drafter(ABC):
 
     @abstractmethod
     def advance(self, tokens: torch.Tensor, hidden: torch.Tensor | None) -> None: ...
+
+    def observe(self, feedback: StepFeedback) -> None:
+        """The hook for drafters that learn online from each verification; the default ignores it."""
 
     def architecture_key(self) -> tuple:
         """Drafters with equal keys can be weight-averaged and batch-drafted together."""

@@ -14,7 +14,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from .atomic import recover_folder, replaced_folder, save_tensors, write_json
+from runtime.atomic import recover_folder, replaced_folder, save_tensors, write_json
 
 from .config import DrafterConfig
 from .feature import FeatureDrafter

@@ -97,10 +97,6 @@ class DrafterConfig(BaseModel):
         """Width of the concatenated target features the drafter reads."""
         return self.target_hidden_size * len(self.target_layers)
 
-    @property
-    def out_vocab_size(self) -> int:
-        return self.draft_vocab_size if self.head == "truncated" else self.vocab_size
-
     def architecture_key(self) -> tuple:
         """Equal keys <=> same tensor names and shapes (weight-averageable, batch-draftable)."""
         return (

@@ -27,9 +27,9 @@ from trees import DraftTree, SamplingSpec, SparseLogits, TreeSpec, attention_mas
 
 from .base import Drafter
 from .heads import TargetHead, TruncatedHead
-from .kv import KVCache
+from runtime.kv import KVCache
 from .model import FeatureDrafterModel, RMSNorm
-from .packed import linear, plain_linears, stacked_matmul
+from runtime.prepacked import linear, plain_linears, stacked_matmul
 
 
 class _FeatureDrafting:
@@ -219,6 +219,8 @@ class FeatureDrafterGroup(_FeatureDrafting):
     share (the target's frozen head) is one matmul over every member's frontier. The weights are
     copied when the group is made (later changes to the members are not seen)."""
 
+    almost_free = False  # as its members (Drafter.almost_free)
+
     def __init__(self, drafters: Sequence[FeatureDrafter]):
         keys = {d.architecture_key() for d in drafters}
         if len(drafters) < 2 or len(keys) != 1:
@@ -228,11 +230,14 @@ class FeatureDrafterGroup(_FeatureDrafting):
         self.name = "+".join(self.names)
         self.runner = stacked_model(self.models)
 
+    def observe(self, feedback) -> None:
+        """Feature drafters do not learn online (Drafter.observe): nothing to pass on."""
+
 
 class StackedLinear(nn.Module):
     """Several Linears of one shape applied member by member: x [m, T, in] -> [m, T, out]. One
-    linear per member on its packed weight (drafters.packed) beats one batched matmul over the
-    stacked weights (which repacks them every call) by 1.5-2x on the CPU."""
+    linear per member on its prepacked weight (runtime.prepacked) beats one batched matmul over
+    the stacked weights, which repacks them every call (docs/design.md "Measurements behind the code")."""
 
     def __init__(self, linears: Sequence[nn.Linear]):
         super().__init__()
@@ -275,12 +280,6 @@ def stacked_model(models: Sequence[FeatureDrafterModel]) -> FeatureDrafterModel:
                 raise ValueError(f"cannot stack drafter weight {name}.{leaf}: it differs between members "
                                  "and is neither a linear's nor a norm's")
     return stacked
-
-
-def head_logits(model: FeatureDrafterModel, outputs: torch.Tensor) -> torch.Tensor | SparseLogits:
-    """Float logits at `outputs`: over the draft vocabulary (with its target ids) for a
-    truncated head, so that top-k never touches the full vocabulary; else over the target's."""
-    return _as_logits(model, model.logits(outputs), _vocab_ids(model))
 
 
 def _vocab_ids(model: FeatureDrafterModel) -> torch.Tensor | None:

@@ -6,14 +6,15 @@
   offsets (target_id = i + d2t[i]) and `t2d` a bool over the target vocabulary, exactly as vLLM
   and SGLang read them.
 - LowRankHead (SlimSpec): logits = Up(Down(h)) over the full vocabulary, rank ~ hidden / 4.
-Every head maps its own logits to the TARGET vocabulary with `to_target_vocab` (-inf outside).
+A truncated head's logits stay over its own vocabulary: drafting pairs them with their target
+ids (trees.SparseLogits), so top-k never touches the full vocabulary.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .packed import linear, matmul
+from runtime.prepacked import linear, matmul
 
 
 class TargetHead(nn.Module):
@@ -27,9 +28,6 @@ class TargetHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return matmul(h, self.weight)
-
-    def to_target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits
 
 
 class TruncatedHead(nn.Module):
@@ -53,10 +51,6 @@ class TruncatedHead(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return linear(self.proj, h)
 
-    def to_target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
-        full = logits.new_full((*logits.shape[:-1], self.t2d.numel()), float("-inf"))
-        return full.index_copy_(-1, self.draft_ids, logits)
-
 
 class LowRankHead(nn.Module):
     def __init__(self, hidden_size: int, rank: int, vocab_size: int, init_weight: torch.Tensor | None = None):
@@ -77,9 +71,6 @@ class LowRankHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return linear(self.up, linear(self.down, h))
-
-    def to_target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits
 
 
 def vocab_maps(draft_ids: torch.Tensor, target_vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Drafters that are causal LMs over the target's tokenizer: an independent smaller model, or
 the target's own first k layers plus its head (self-speculative early exit, no training).
 
-Each runs through drafters.decoder with its own static KV cache. The tree's entries stay in the
+Each runs through runtime.decoder with its own static KV cache. The tree's entries stay in the
 cache after drafting; `advance` keeps the ones on the accepted path (compacted in place, found by
 matching the accepted tokens against the nodes it fed), so accepted tokens are never fed twice.
 Accepted tokens it never fed (a leaf, or another drafter's node) wait in `pending` and go in
@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from trees import DraftTree, SamplingSpec, SparseLogits, TreeSpec, ancestor_matrix, attention_mask, build_tree
 
 from .base import Drafter
-from .hf_decoder import make_decoder
+from runtime.hf_decoder import make_decoder
 
 
 class CausalLMDrafter(Drafter):

@@ -18,8 +18,8 @@ from torch import nn
 
 from .config import DrafterConfig
 from .heads import LowRankHead, TargetHead, TruncatedHead
-from .kv import KVCache
-from .packed import linear
+from runtime.kv import KVCache
+from runtime.prepacked import linear
 from .repspec import apply_repspec, merge_repspec
 from .ttt_attention import TTTMask, ttt_attention
 
@@ -190,10 +190,6 @@ class FeatureDrafterModel(nn.Module):
     def logits(self, outputs: torch.Tensor) -> torch.Tensor:
         """Logits over the head's own vocabulary (the draft vocabulary for a truncated head)."""
         return self.head(self.norm(outputs))
-
-    def target_logits(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Logits over the TARGET vocabulary (-inf outside a truncated draft vocabulary)."""
-        return self.head.to_target_vocab(self.logits(outputs))
 
     def cast(self, dtype: torch.dtype) -> "FeatureDrafterModel":
         """This drafter in `dtype`; the frozen target embedding and head are converted once per

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
-from .atomic import replaced_folder, save_tensors, write_json
+from runtime.atomic import replaced_folder, save_tensors, write_json
 from .checkpoint import read_weights
 from .config import DrafterConfig
 from .model import FeatureDrafterModel, build_drafter_model
@@ -182,7 +182,7 @@ def import_eagle3(path: Path, config: dict, state: dict, target, target_name: st
                          # speculators' default (the format's owner); its own files always write it
                          norm_before_residual=bool(config.get("norm_before_residual", False)))
     draft_vocab = int(config["draft_vocab_size"])
-    draft_ids = draft_vocabulary(path, state, draft_vocab, cfg.vocab_size)
+    draft_ids = read_draft_ids(path, state, draft_vocab, cfg.vocab_size)
     head_weight = state.pop("lm_head.weight")
     shares_head = draft_vocab == cfg.vocab_size and same_values(head_weight, target.get_output_embeddings().weight)
     cfg = cfg.model_copy(update={"head": "target"} if shares_head else {"head": "truncated", "draft_vocab_size": draft_vocab})
@@ -242,7 +242,7 @@ def drafter_config(path: Path, layer: dict, target_config, **fields) -> DrafterC
     return cfg
 
 
-def draft_vocabulary(path: Path, state: dict, draft_vocab: int, vocab: int) -> torch.Tensor:
+def read_draft_ids(path: Path, state: dict, draft_vocab: int, vocab: int) -> torch.Tensor:
     """Target ids of the draft vocabulary from d2t / t2d (absent: the full vocabulary)."""
     d2t, t2d = state.pop("d2t", None), state.pop("t2d", None)
     if d2t is None and t2d is None:

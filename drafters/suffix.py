@@ -50,7 +50,7 @@ class SuffixDrafter(Drafter):
     max_corpus_tokens: refuse larger corpora (the automaton lives in memory)."""
 
     target_layers = None
-    almost_free = True  # drafting costs well under 1% of a target forward (tree="auto" profiles a network's)
+    almost_free = True  # drafting costs well under 1% of a target forward
 
     def __init__(self, vocab_size: int, corpus: str | Path | None = None, tokenizer=None, name: str = "suffix",
                  min_match: int = 1, min_prob: float = 0.1, smoothing: float = 2.0,

@@ -126,7 +126,7 @@ def corpus_files(path: str | Path) -> list[Path]:
 
 def corpus_documents(path: str | Path, tokenizer=None) -> list[list[int]]:
     """Token ids of every document of a corpus. JSONL records with `input_ids` (a specmux training
-    corpus, drafters/corpus.py) give their tokens after `prompt_len` (the target's answers);
+    corpus, drafters/training/corpus.py) give their tokens after `prompt_len` (the target's answers);
     other records give their first text field (response, output, completion, answer, text,
     content) or the assistant turns of `messages` / `conversations`; text files are one document
     each. Text is tokenised with the target's tokenizer (needed unless every record has ids)."""

@@ -1,4 +1,4 @@
-"""Attention of the training-time-test unroll (drafters/train.py), without the dense mask.
+"""Attention of the training-time-test unroll (drafters/training/train.py), without the dense mask.
 
 At unroll step j, query u sees the step-0 keys 0..u-j (causal, shifted by j) and, of each step i
 in 1..j, the one key at u-j+i (train.ttt_mask draws it). SDPA with that mask as a dense additive

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from drafters.assets import ModelAssetError
+    from runtime.assets import ModelAssetError
 
     try:
         config = config_from_args(args)

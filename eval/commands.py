@@ -10,12 +10,12 @@ import sys
 COMMANDS = {
     "generate": ("compose.cli", "main", "generate text with a composition strategy"),
     "eval": ("eval.cli", "main", "compare strategies per benchmark, temperature and depth (the main job)"),
-    "train": ("drafters.cli", "main", "train a specialist drafter for a target"),
-    "train-suite": ("drafters.suite", "main", "corpus, measured recipe and the math/chat/mixed drafters, in one run"),
+    "train": ("drafters.training.cli", "main", "train a specialist drafter for a target"),
+    "train-suite": ("drafters.training.suite", "main", "corpus, measured recipe and the math/chat/mixed drafters, in one run"),
     "route": ("compose.route_fit", "main", "fit the domain router (the `domain` strategy) from the drafters' training domains"),
     "export": ("drafters.cli", "export_main", "write a drafter as a folder vLLM / SGLang serve"),
     "import": ("drafters.cli", "import_main", "read a speculators / vLLM EAGLE drafter into a checkpoint"),
-    "models": ("drafters.assets", "main", "convert or check the built-in models"),
+    "models": ("runtime.assets", "main", "convert or check the built-in models"),
     "serve": ("serve.cli", "main", "an OpenAI-compatible server batching concurrent requests' trees"),
 }
 

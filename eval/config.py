@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from drafters.assets import DEFAULT_TARGET
+from runtime.assets import DEFAULT_TARGET
 from compose.options import TreeOptions
 
 from .datasets import BENCHMARKS

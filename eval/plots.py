@@ -9,7 +9,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from drafters.atomic import written  # noqa: E402
+from runtime.atomic import written  # noqa: E402
 
 from .metrics import ALL_BENCHMARKS  # noqa: E402
 from .records import BASELINE  # noqa: E402

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from pydantic import BaseModel, Field
 
 from compose.types import GenerationResult
-from drafters import atomic
+from runtime import atomic
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,3 @@ def _jsonable(value):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
-
-def records_for(records: Iterable[RunRecord], **where) -> list[RunRecord]:
-    return [r for r in records if all(getattr(r, k) == v for k, v in where.items())]

@@ -26,7 +26,7 @@ from .metrics import greedy_mismatches
 from .oracle import oracle_for
 from .plan import StrategyRun, resolve_strategies, run_conversation
 from .plots import write_plots
-from drafters.atomic import write_text
+from runtime.atomic import write_text
 
 from .records import BASELINE, RecordKey, ResultStore, RunRecord, write_json
 from .report import build_summary, console_table, markdown_report

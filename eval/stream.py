@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 
 from compose import Composer
 from compose.options import TreeOptions
-from drafters import atomic
-from drafters.assets import DEFAULT_TARGET
+from runtime import atomic
+from runtime.assets import DEFAULT_TARGET
 from drafters.dvi import DVIConfig, DVIDrafter
 from drafters.lm import EarlyExitDrafter
 
@@ -90,7 +90,7 @@ class StreamConfig(BaseModel):
 
 def stream_prompts(domain: str, n: int) -> tuple[list[str], dict]:
     """n held-out prompts of the domain and the overlap report against the evaluation benchmarks."""
-    from drafters.data import MATH_GENERATORS, chat_prompts, drop_overlapping, eval_prompts, math_prompts, overlap_report
+    from drafters.training.data import MATH_GENERATORS, chat_prompts, drop_overlapping, eval_prompts, math_prompts, overlap_report
 
     evals = eval_prompts()
     if domain == "math":  # generator i is seeded with STREAM_MATH_SEED + i

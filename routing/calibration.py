@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
 
-from drafters.atomic import write_json
+from runtime.atomic import write_json
 from trees import DraftTree
 
 from .signals import tree_confidence, tree_entropy

@@ -11,7 +11,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from drafters.atomic import save_tensors
+from runtime.atomic import save_tensors
 
 
 class DomainRouter:

@@ -1,6 +1,6 @@
 """One target forward for several requests at once (continuous batching).
 
-Each request keeps its own KV cache (`drafters.kv.KVCache`, batch 1), positions and additive mask,
+Each request keeps its own KV cache (`runtime.kv.KVCache`, batch 1), positions and additive mask,
 exactly as a single-stream decode has them (compose/target.py). What a step shares is everything
 that does not look at another position: every request's new rows (a prefill, a packed draft tree,
 or one token) are concatenated into one sequence, so the embedding, each layer's projections and
@@ -9,7 +9,7 @@ what decoding on a CPU or a GPU pays for). Attention alone runs per request, eac
 against its own cache view with its own mask: rows of different requests never see each other,
 and no padding is ever computed (the varlen layout vLLM and SGLang use).
 
-Per row the arithmetic is the single-stream decoder's (drafters/decoder.py): the same modules,
+Per row the arithmetic is the single-stream decoder's (runtime/decoder.py): the same modules,
 the same rotary embedding, the same packed linears (whose padding rows are computed and dropped,
 so a row's result is its own), the same attention call per request (SDPA, or for a bf16 target
 the batch-invariant attention of docs/design.md "Exact bf16", which keeps a request's rows
@@ -23,10 +23,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from drafters.decoder import Decoder, _mlp, rotate
-from drafters.invariant import invariant_attention, key_blocks
-from drafters.kv import KVCache
-from drafters.packed import linear
+from runtime.decoder import Decoder, _mlp, rotate
+from runtime.invariant import invariant_attention, key_blocks
+from runtime.kv import KVCache
+from runtime.prepacked import linear
 
 
 @dataclass

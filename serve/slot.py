@@ -20,11 +20,12 @@ from compose.composer import Composer, _cut_at_eos, _find_stop, _max_tree_nodes,
 from compose.lockstep import DraftUnit
 from compose.options import GenerateOptions
 from compose.registry import make_strategy
-from compose.strategies import Proposal, Strategy
+from compose.strategies import ComposedTree, Strategy
+from compose.tree_policy import StepTimes, tree_policy
 from compose.types import GenerationStats, StepRecord
 from drafters import FeatureDrafterGroup
 from drafters.base import Drafter
-from drafters.kv import KVCache
+from runtime.kv import KVCache
 from trees import DraftTree, StepFeedback, TreeSpec, pack_tree, process_logits, require_finite_logits, sample, verify
 
 from .batch import Segment, SegmentOutput
@@ -76,7 +77,7 @@ class Slot:
         plan = make_strategy(self.strategy_name, composer.drafters, self.opts.tree, composer.strategy_cache,
                              **self.strategy_args)
         self.plan = own_drafter_state(plan)
-        self.tree = composer._tree_policy(self.strategy_name, self.plan, self.opts, self.strategy_args)
+        self.tree = tree_policy(composer, self.strategy_name, self.plan, self.opts, self.strategy_args)
         self.auto = self.tree if isinstance(self.tree, AutoTree) else None
         self.sampling = self.opts.sampling()
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -88,8 +89,7 @@ class Slot:
         self.root: int | None = None
         self.start = time.perf_counter()
         # a `sum` merge verifies every drafter's tree: a cap on the verified nodes splits between them
-        merged = self.strategy_name == "merged_tree" and self.opts.tree.merge_budget == "sum"
-        self.width = len(composer.drafters) if merged else 1
+        self.width = self.plan.tree_width()
         self.node_cap: int | None = None  # set by the scheduler each step (serve/scheduler.py BatchTrees)
         self.batched = 1
 
@@ -103,16 +103,16 @@ class Slot:
             n = int(self.prompt_ids.numel())
             return Segment(self.prompt_ids, torch.arange(n), self.cache, None, slice(n - 1, n), self.layers)
         t0 = time.perf_counter()
-        chosen = self.auto.choose() if self.auto is not None else self.tree
+        chosen = self.tree.choose()
         self.spec = cap_tree(chosen, self.node_cap // self.width) if self.node_cap is not None else chosen
         # tree="auto" learns acceptance and costs from single-stream steps only: a capped tree is
         # not one it chose, and a batched forward's time is not its own
         self.chosen = chosen
         self.learn = self.auto is not None and self.spec == chosen and self.batched == 1
         if self.spec is None:
-            self.proposal = Proposal(DraftTree.root_only(self.root))
+            self.proposal = ComposedTree(DraftTree.root_only(self.root))
         else:
-            self.proposal = self.plan.propose(self.root, self.spec, self.sampling, self.generator)
+            self.proposal = self.plan.compose_tree(self.root, self.spec, self.sampling, self.generator)
         self.t_draft = time.perf_counter() - t0
         self.prefix_len = self.cache.length
         packed = pack_tree(self.proposal.tree, self.prefix_len, self.target.dtype)
@@ -135,11 +135,11 @@ class Slot:
         self.plan.advance(result.tokens, hidden, result.path)
         self.plan.observe(StepFeedback(
             tree=tree, path=result.path, tokens=result.tokens, bonus=result.bonus, logits=out.logits,
-            sampling=self.sampling, proposed=self.proposal.proposed, hidden_states=hidden,
+            sampling=self.sampling, drafter_trees=self.proposal.drafter_trees, hidden_states=hidden,
             prefix_length=self.prefix_len))
         t_verify = time.perf_counter() - t0
         if self.learn:
-            self.auto.observe(self.spec, tree, result.path, self.t_draft, t_forward, t_verify)
+            self.auto.observe(self.spec, tree, result.path, StepTimes(self.t_draft, t_forward, t_verify))
         elif self.auto is not None and self.spec is not None and self.spec == self.chosen:
             self.auto.acceptance.observe(tree, result.path)  # acceptance does not depend on the batch
         path = result.path.tolist()
@@ -147,7 +147,7 @@ class Slot:
             accepted=result.accepted, tree_size=len(tree), drafter=self.proposal.drafter,
             accepted_by=[sorted(tree.proposers_of(n)) for n in path[1:]],
             draft_groups=self.proposal.draft_groups if self.proposal.draft_groups is not None
-            else [[n] for n in self.proposal.proposed],
+            else [[n] for n in self.proposal.drafter_trees],
             t_draft=self.t_draft, t_verify=t_verify, t_forward=t_forward))
         self.root = result.bonus
         self._add(result.tokens[1:].tolist() + [self.root])

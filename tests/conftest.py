@@ -75,12 +75,13 @@ def _injected_costs(request, monkeypatch):
         return
     from compose.autotree import AutoTree
     from compose.costs import fixed_profile
+    from compose.tree_policy import StepTimes
 
     observe = AutoTree.observe
 
-    def observe_on_profile_time(self, spec, tree, path, t_draft, t_forward, t_other):
+    def observe_on_profile_time(self, spec, tree, path, times):
         draft_s = self.draft_ms(spec.depth, spec.top_k) / 1e3 if spec is not None else 0.0
-        return observe(self, spec, tree, path, draft_s, self.costs.forward(len(tree)) / 1e3, 0.0)
+        return observe(self, spec, tree, path, StepTimes(draft_s, self.costs.forward(len(tree)) / 1e3, 0.0))
 
     monkeypatch.setattr(AutoTree, "observe", observe_on_profile_time)
     with fixed_profile(injected_cost_profile()) as profile:

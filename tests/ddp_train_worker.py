@@ -1,5 +1,5 @@
 """One process of the DDP training test (tests/test_train_ddp.py): `torchrun --nproc_per_node 2
-tests/ddp_train_worker.py OUT` trains a tiny drafter through drafters.train.train_drafter (accelerate
+tests/ddp_train_worker.py OUT` trains a tiny drafter through drafters.training.train.train_drafter (accelerate
 prepares DistributedDataParallel over gloo on the CPU) and writes this rank's final weights to
 OUT/rank-<r>.safetensors. Without torchrun it trains the same batches in one process."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drafter_fixtures import tiny_drafter_model, tiny_target  # noqa: E402
-from drafters.atomic import save_tensors  # noqa: E402
-from drafters.train import TrainConfig, train_drafter  # noqa: E402
+from runtime.atomic import save_tensors  # noqa: E402
+from drafters.training.train import TrainConfig, train_drafter  # noqa: E402
 
 
 def records(target, n=8, length=16):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("compose", "drafters", "trees", "routing", "eval")
+PACKAGES = ("runtime", "compose", "drafters", "trees", "routing", "eval", "serve")
 
 
 @dataclass(frozen=True)
@@ -72,14 +72,14 @@ BUGS = [
     Bug("top-p-ignored", "trees/sampling.py",
         "    if sampling.top_p < 1.0:\n        probs = keep_top_p(probs, sampling.top_p)\n", "",
         ("tests/test_trees_verify.py",)),
-    Bug("routed-tree-keeps-proposal-rows", "compose/composing.py",
-        "return Proposal(match_rule(trees[choice]), choice, trees, self.draft_groups(list(self.drafters)))",
-        "return Proposal(trees[choice], choice, trees, self.draft_groups(list(self.drafters)))",
+    Bug("routed-tree-keeps-proposal-rows", "compose/strategies/routed.py",
+        "return ComposedTree(match_rule(trees[choice]), choice, trees, self.draft_groups(list(self.drafters)))",
+        "return ComposedTree(trees[choice], choice, trees, self.draft_groups(list(self.drafters)))",
         ("tests/test_strategies_law.py::test_routing_over_sampled_trees_is_lossless",)),
-    Bug("stale-cache-after-rejection", "drafters/kv.py",
+    Bug("stale-cache-after-rejection", "runtime/kv.py",
         "if not torch.equal(tail.cpu(), torch.arange(n)):", "if False:",
         ("tests/test_engine.py",)),
-    Bug("averaging-weights-not-normalised", "compose/composing.py",
+    Bug("averaging-weights-not-normalised", "compose/strategies/single.py",
         "    w = w / w.sum()\n", "",
         ("tests/test_composition.py::test_averaged_is_greedy_lossless_and_averages",)),
     Bug("draft-vocabulary-map-off-by-one", "drafters/heads.py",

@@ -3,7 +3,7 @@ test_trees_law.py (>= 0.99 at total variation 0.02, alpha 1e-3).
 
 Drafting is simulated so that tens of thousands of decode steps take seconds: a `TableDrafter`
 is a Drafter whose next-token logits are a function of the token path (a table), whose trees
-are drawn in vectorised chunks by test_trees_law.simulate_sampled (honest draws: the number of
+are drawn in vectorised chunks by tree_law.simulate_sampled (honest draws: the number of
 draws at a node is fixed before drawing; every draw a proposal row with the q it came from),
 then given the scores and entropies build_tree records. A strategy object (the code under test)
 turns the drafters' trees into the one verified tree, decode step by decode step; the n trees
@@ -21,7 +21,7 @@ from drafters.base import Drafter
 from trees import DraftTree, Proposals, SamplingSpec, TreeSpec, process_logits
 from trees.verifying import TreeBatch
 
-from test_trees_law import LawCase, SimDrafter, n_paths, random_logits, simulate_sampled
+from tree_law import LawCase, SimDrafter, n_paths, random_logits, simulate_sampled
 
 CHUNK = 4096  # trees drawn per vectorised refill
 

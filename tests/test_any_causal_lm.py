@@ -20,8 +20,8 @@ import compose.target
 import drafters.lm
 from compose import Composer
 from compose.registry import STRATEGIES
-from drafters.decoder import Decoder
-from drafters.hf_decoder import GeneralDecoder, make_decoder
+from runtime.decoder import Decoder
+from runtime.hf_decoder import GeneralDecoder, make_decoder
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from routing import DomainRouter
 from trees import DraftTree, pack_tree
@@ -264,7 +264,7 @@ def test_a_16_bit_target_on_the_general_path_is_refused():
 def test_auto_dtype_is_float32_for_a_family_without_an_exact_bf16_forward(tmp_path):
     """A folder of another family under dtype="auto": float32 (the general path has no
     batch-invariant bf16 forward), where a fast family's folder gets bf16 on a bf16 machine."""
-    from compose.precision import bf16_unavailable
+    from runtime.target_dtype import bf16_unavailable
     from eval_helpers import char_tokenizer
 
     for model_type in ("phi3", "llama"):

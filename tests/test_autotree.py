@@ -9,6 +9,7 @@ import torch
 
 from compose import Composer
 from compose.autotree import PRIOR, AutoTree, PositionalAcceptance
+from compose.tree_policy import StepTimes
 from compose.costs import CostProfile, cached_json
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from tiny_models import tiny_model
@@ -144,7 +145,7 @@ def test_drafting_that_delivers_less_than_predicted_yields_to_plain_decoding():
     for _ in range(40):
         forward_s = profile.forward(1 + spec.budget) / 1e3
         draft_s = (profile.root_ms + (spec.depth - 1) * profile.level(spec.top_k)) / 1e3
-        auto.observe(spec, tree, torch.tensor([0]), draft_s, forward_s, 0.0)
+        auto.observe(spec, tree, torch.tensor([0]), StepTimes(draft_s, forward_s, 0.0))
     assert auto.reality < 0.6
     assert [auto.choose() is None for _ in range(8)].count(True) >= 7
 
@@ -173,7 +174,7 @@ def test_reality_judges_past_steps_by_the_model_of_now():
     tree = DraftTree.from_lists([1, 2], [-1, 0], scores=[0.0, -0.1])
     for step in range(12):  # the drafted child accepted on every other step
         path = torch.tensor([0, 1] if step % 2 else [0])
-        auto.observe(spec, tree, path, profile.root_ms / 1e3, profile.forward(2) / 1e3, 0.0)
+        auto.observe(spec, tree, path, StepTimes(profile.root_ms / 1e3, profile.forward(2) / 1e3, 0.0))
     model_now = auto.expected_tokens(spec)  # (0.9 * 8 + 6) / 20 = 0.66 accepted per step
     assert model_now == pytest.approx(1.66)
     assert auto.reality == pytest.approx(1.5 / model_now, rel=1e-6)  # delivered 1.5 per step, on time
@@ -197,13 +198,13 @@ def test_a_busy_spell_does_not_lock_auto_into_plain_decoding():
         spec = auto.choose()
         slow = 1.0 if step < 30 else 3.0 * (10.0 if step % 5 == 4 else 1.0)
         if spec is None:
-            auto.observe(None, DraftTree.root_only(1), torch.tensor([0]), 0.0, slow * profile.forward(1) / 1e3, 0.0)
+            auto.observe(None, DraftTree.root_only(1), torch.tensor([0]), StepTimes(0.0, slow * profile.forward(1) / 1e3, 0.0))
             continue
         drafted += 1
         tree = DraftTree.from_lists(chain.tokens[: spec.depth + 1].tolist(), chain.parents[: spec.depth + 1].tolist(),
                                     scores=chain.scores[: spec.depth + 1].tolist())
         path = torch.arange(min(spec.depth, 5) + 1)  # five draft tokens of each chain accepted
-        auto.observe(spec, tree, path, slow * auto.draft_ms(spec.depth, spec.top_k) / 1e3,
-                     slow * profile.forward(len(tree)) / 1e3, 0.0)
+        auto.observe(spec, tree, path, StepTimes(slow * auto.draft_ms(spec.depth, spec.top_k) / 1e3,
+                                                 slow * profile.forward(len(tree)) / 1e3, 0.0))
     assert drafted >= 190, drafted
     assert 2.0 < auto.forward_scale < 6.0  # the load is followed, the bursts are not

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from compose import Composer
-from drafters.decoder import Decoder
+from runtime.decoder import Decoder
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from law import chi_square_power, chi_square_pvalue
 from tiny_models import needs_native_bf16, tiny_model

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compose import Composer
-from compose.composing import average_drafters
+from compose.strategies import average_drafters
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from routing import ConfidenceRouter, EntropyRouter
 from trees import DraftTree, SamplingSpec

@@ -1,4 +1,4 @@
-"""drafters.decoder (the plain-PyTorch forward the target and LM drafters run) against
+"""runtime.decoder (the plain-PyTorch forward the target and LM drafters run) against
 transformers' own forward, and the static KV cache's compaction."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from drafters.decoder import Decoder
-from drafters.kv import KVCache
+from runtime.decoder import Decoder
+from runtime.kv import KVCache
 from tiny_models import tiny_model
 from trees import DraftTree, pack_tree
 

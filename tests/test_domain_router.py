@@ -91,7 +91,7 @@ def test_route_command_fits_and_stores_a_router(tmp_path, capsys):
     assert report["domains"] == {"m": "math", "c": "chat"}
     # the reported accuracies are the stored router's and the held-out fit's, recomputed here
     from compose import route_fit
-    from drafters.assets import load_target
+    from runtime.assets import load_target
 
     model, tokenizer = load_target(target)
     feats = {n: route_fit.domain_features(model, tokenizer, d, 12, 0, -1) for n, d in report["domains"].items()}

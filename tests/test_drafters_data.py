@@ -7,9 +7,9 @@ import torch
 
 from drafter_fixtures import char_tokenizer, tiny_target
 from drafters.checkpoint import load_drafter
-from drafters.corpus import chat_tokens_with_mask, load_corpus, regenerate_corpus
-from drafters.data import domain_prompts, drop_overlapping, iter_sharegpt, overlap_report
-from drafters.hidden_cache import cache_hidden_states, load_hidden_cache
+from drafters.training.corpus import chat_tokens_with_mask, load_corpus, regenerate_corpus
+from drafters.training.data import domain_prompts, drop_overlapping, iter_sharegpt, overlap_report
+from drafters.training.hidden_cache import cache_hidden_states, load_hidden_cache
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_state_shards_resume_and_match_the_target(tmp_path, target):
 
 
 def test_specmux_train_end_to_end(tmp_path, target, tok):
-    from drafters.cli import main
+    from drafters.training.cli import main
 
     work = tmp_path / "run"
     args = ["--work-dir", str(work), "--target", "tiny", "--domain", "mixed", "--n-prompts", "4",

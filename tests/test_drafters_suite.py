@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from drafter_fixtures import tiny_drafter_model, tiny_target
-from drafters.data import chat_turns, drop_overlapping
-from drafters.suite import SuiteConfig, main as suite_main, run as run_suite
-from drafters.train import TrainConfig, Unroll, add_target_states, chain_acceptance, collate, unroll_loss
-from drafters.word_problems import clean_written_problem, word_problems, writing_requests
+from drafters.training.data import chat_turns, drop_overlapping
+from drafters.training.suite import SuiteConfig, main as suite_main, run as run_suite
+from drafters.training.train import TrainConfig, Unroll, add_target_states, chain_acceptance, collate, unroll_loss
+from drafters.training.word_problems import clean_written_problem, word_problems, writing_requests
 from eval_helpers import tiny_target_folder
 
 
@@ -160,7 +160,8 @@ def test_suite_extra_round_joins_training_only(tmp_path):
     (work / "prompts-extra.json").write_text(json.dumps({"math": extra_math, "chat": [], "dropped": {"math": 0, "chat": 0}}))
     cfg = _suite_config(tmp_path, work, final_domains=["math"], ablations={"kl": {}},
                         extra={"seed": 7, "n_math_templates": 6})
-    from drafters.suite import stage_regenerate, load_suite_target
+    from drafters.training.suite import load_suite_target
+    from drafters.training.suite_data import stage_regenerate
 
     target, tok = load_suite_target(cfg, "cpu")
     split = stage_regenerate(cfg, work, target, tok)
@@ -174,7 +175,7 @@ def test_suite_extra_round_joins_training_only(tmp_path):
 
 
 def test_extra_prompts_are_disjoint_from_the_first_round(tmp_path, monkeypatch):
-    import drafters.suite as suite
+    import drafters.training.suite_data as suite_data
 
     work = tmp_path / "w"
     work.mkdir()
@@ -182,16 +183,16 @@ def test_extra_prompts_are_disjoint_from_the_first_round(tmp_path, monkeypatch):
     (work / "prompts.json").write_text(json.dumps({"math": [["math", p] for p in first], "chat": [], "write": []}))
     (work / "eval_prompts.json").write_text(json.dumps({"gsm8k": ["an unrelated evaluation question"]}))
     # the extra draw repeats two first-round problems: they must not come back
-    monkeypatch.setattr(suite, "word_problems", lambda n, seed: first[:2] + word_problems(n, seed=seed)[: n - 2])
+    monkeypatch.setattr(suite_data, "word_problems", lambda n, seed: first[:2] + word_problems(n, seed=seed)[: n - 2])
     cfg = SuiteConfig(work_dir=str(work), extra={"seed": 3, "n_math_templates": 6}, n_chat=1)
-    suite.stage_extra_prompts(cfg, work)
+    suite_data.stage_extra_prompts(cfg, work)
     got = json.loads((work / "prompts-extra.json").read_text())
     assert len(got["math"]) == 4 and not {p for _, p in got["math"]} & set(first)
 
 
 @pytest.mark.parametrize("mode", ["cache", "online"])
 def test_suite_training_reads_cached_states_or_runs_the_target_per_step(tmp_path, monkeypatch, mode):
-    import drafters.train as train
+    import drafters.training.train as train
 
     work = _suite_work(tmp_path)
     cfg = _suite_config(tmp_path, work, states=mode, final_domains=["mixed"], ablations={"kl": {}, "e3": {"drafter": "eagle3"}})
@@ -218,7 +219,7 @@ def test_suite_training_reads_cached_states_or_runs_the_target_per_step(tmp_path
 
 
 def test_mixed_draw_picks_the_same_records_from_a_parallel_split():
-    from drafters.suite_training import mixed_train
+    from drafters.training.suite_training import mixed_train
 
     split = {"math_train": list(range(7)), "chat_train": list(range(100, 105))}
     with_states = {k: [("states of", x) for x in v] for k, v in split.items()}  # the cached split: same order

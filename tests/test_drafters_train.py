@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from drafter_fixtures import tiny_drafter_model, tiny_target
-from drafters.hidden_cache import OnlineStates, cache_hidden_states, load_hidden_cache
-from drafters.train import TrainConfig, evaluate_drafter, train_drafter, ttt_mask
+from drafters.training.hidden_cache import LiveTargetStates, cache_hidden_states, load_hidden_cache
+from drafters.training.train import TrainConfig, evaluate_drafter, train_drafter, ttt_mask
 
 
 def _greedy(target, prompt, n):
@@ -66,7 +66,7 @@ def test_feature_drafter_overfits_tiny_target(trained):
 def test_online_states_equal_cached_states(trained):
     target, _, data, _, _ = trained
     rec = {"input_ids": data[3]["input_ids"].tolist(), "prompt_len": data[3]["prompt_len"]}
-    online = OnlineStates(target, [rec], [-1])[0]
+    online = LiveTargetStates(target, [rec], [-1])[0]
     torch.testing.assert_close(online["features"], data[3]["features"])
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from test_trees_law import (SimDrafter, Verifier, assert_lossless, check_law, exact_root_law, only_root_table,
-                            root_case, simulate_sampled, total_variation, without_replacement_draws)
+from test_trees_law import exact_root_law, only_root_table, root_case, total_variation, without_replacement_draws
+from tree_law import SimDrafter, Verifier, assert_lossless, check_law, simulate_sampled
 from trees import Proposals
 from trees.verifying import TreeBatch, verify_batch
 

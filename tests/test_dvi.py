@@ -14,7 +14,7 @@ from compose import Composer
 from trees import StepFeedback
 from drafters.dvi import DVIConfig, DVIDrafter
 from drafters.lm import EarlyExitDrafter
-from drafters.online import Batch, LearnConfig, dvi_loss
+from drafters.dvi_learner import Batch, LearnConfig, dvi_loss
 from trees import DraftTree, SamplingSpec, TreeSpec
 from trees.build import GrowingTree
 from e2e_law import SLOW_TV, assert_law, sample_law

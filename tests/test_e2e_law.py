@@ -20,7 +20,7 @@ from drafter_fixtures import tiny_drafter_model
 from drafters import FeatureDrafter
 from drafters.dvi import DVIConfig, DVIDrafter
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
-from drafters.online import LearnConfig
+from drafters.dvi_learner import LearnConfig
 from e2e_law import DEFAULT_TV, SLOW_TV, TARGET, VOCAB, assert_law, sample_law
 from routing import DomainRouter
 from tiny_models import tiny_model

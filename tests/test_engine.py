@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from compose import Composer
 from compose.engine import decode
 from compose.registry import make_strategy
+from compose.tree_policy import FixedTree
 from compose.options import TreeOptions
 from compose.types import GenerationStats
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
@@ -79,7 +80,7 @@ def test_compacted_cache_equals_fresh_prefill(kind):
     strategy = make_strategy("single", composer.drafters, TreeOptions())
     prompt = torch.tensor([5, 6, 7, 8, 9, 10])
     emitted: list[int] = []
-    steps = decode(composer.target, strategy, prompt, TreeOptions(depth=4, top_k=3, budget=10).spec(),
+    steps = decode(composer.target, strategy, prompt, FixedTree(TreeOptions(depth=4, top_k=3, budget=10).spec()),
                    SamplingSpec(), GenerationStats(strategy="single"))
     for i, chunk in zip(range(8), steps):
         emitted += chunk

@@ -9,7 +9,7 @@ import pytest
 
 import eval.runner
 from compose import Composer
-from compose.precision import resolve_dtype
+from runtime.target_dtype import resolve_dtype
 from compose.registry import STRATEGIES
 from compose.strategies import Autoregressive
 from routing import Calibration

@@ -129,7 +129,7 @@ def test_resume_of_a_run_from_before_draft_vocabularies(tmp_path, capsys):
 
 
 def _target(folder):
-    from drafters.assets import load_target
+    from runtime.assets import load_target
 
     return load_target(str(folder))[0]
 

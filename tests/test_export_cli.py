@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from drafter_fixtures import tiny_drafter_model
-from drafters.assets import load_target
+from runtime.assets import load_target
 from drafters.checkpoint import save_drafter
 from eval.commands import main as specmux
 from eval_helpers import tiny_target_folder

@@ -54,13 +54,13 @@ def test_every_verification_reaches_the_drafters(strategy, temperature, sampled)
         assert probs.shape == (len(fb.path), VOCAB) and torch.allclose(probs.sum(-1), torch.ones(len(fb.path)))
         if temperature == 0:  # greedy: the bonus is the argmax at the last accepted node
             assert fb.bonus == int(fb.logits[fb.path[-1]].argmax())
-        assert fb.proposed and all(t.root_token == fb.tokens[0].item() for t in fb.proposed.values())
+        assert fb.drafter_trees and all(t.root_token == fb.tokens[0].item() for t in fb.drafter_trees.values())
     assert emitted[: len(result.token_ids)] == result.token_ids
     if strategy in ("merged_tree", "confidence"):
-        assert set(seen[0].proposed) == {"rec", "other", "plain"}
+        assert set(seen[0].drafter_trees) == {"rec", "other", "plain"}
         assert len(other.seen) == len(steps)
     if strategy == "single":
-        assert set(seen[0].proposed) == {"rec"} and other.seen == []
+        assert set(seen[0].drafter_trees) == {"rec"} and other.seen == []
 
 
 def test_autoregressive_feedback_has_the_root_alone():

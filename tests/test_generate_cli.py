@@ -8,7 +8,7 @@ import json
 import pytest
 
 import compose
-import compose.composer
+import compose.tree_policy
 import compose.defaults
 from compose import Composer
 from eval.commands import main as specmux
@@ -27,13 +27,13 @@ def tiny_defaults(monkeypatch):
 def profiles_read(monkeypatch):
     """How often a Composer read a cost profile (only tree="auto" does)."""
     calls = []
-    real = compose.composer.machine_profile
+    real = compose.tree_policy.machine_profile
 
     def counting(target, unit):
         calls.append(unit.names)
         return real(target, unit)
 
-    monkeypatch.setattr(compose.composer, "machine_profile", counting)
+    monkeypatch.setattr(compose.tree_policy, "machine_profile", counting)
     return calls
 
 

@@ -8,10 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compose.precision import resolve_dtype
-from drafters.decoder import Decoder, rotate
-from drafters.invariant import BLOCK, check_kernels, invariant_attention, key_blocks
-from drafters.packed import matmul
+from runtime.target_dtype import resolve_dtype
+from runtime.decoder import Decoder, rotate
+from runtime.invariant import BLOCK, check_kernels, invariant_attention, key_blocks
+from runtime.prepacked import matmul
 from tiny_models import needs_native_bf16, tiny_model
 from trees import ancestor_matrix, attention_mask
 

@@ -1,4 +1,4 @@
-"""drafters.assets and drafters.model_cache: name resolution, asset errors, the conversion cache, and the real default model.
+"""runtime.assets and runtime.model_cache: name resolution, asset errors, the conversion cache, and the real default model.
 
 The cache tests run the real locking, marker and rename logic around a fake conversion that
 saves a tiny random model; the tests at the end use the real SmolLM2 GGUF.
@@ -18,8 +18,8 @@ import torch
 from tokenizers import Tokenizer, models as tokenizer_models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from drafters import assets, model_cache as models
-from drafters.assets import (
+from runtime import assets, model_cache as models
+from runtime.assets import (
     BUILTIN_MODELS,
     DEFAULT_TARGET,
     BuiltinModel,

@@ -176,14 +176,14 @@ def test_probe_rounds_draft_feature_drafters_in_lockstep_and_agree_with_them_alo
     """Feature drafters of one architecture draft probe rounds together (one lockstep call) and
     the leader alone otherwise; both runners follow the accepted tokens, so a probe round's trees
     equal what each drafter drafts alone at that point, and the output stays greedy-lossless."""
-    import compose.composing as composing
+    import compose.strategies.routed as routed
     from drafter_fixtures import tiny_drafter_model, tiny_target
     from drafters import FeatureDrafter
 
     target = tiny_target(layers=3, seed=2)
     drafters = {f"f{i}": FeatureDrafter(tiny_drafter_model(target, seed=30 + i), name=f"f{i}") for i in range(2)}
     compared = []
-    original = composing.draft_with
+    original = routed.draft_with
 
     def checked(units, names, root, tree, sampling, generator):
         trees = original(units, names, root, tree, sampling, generator)
@@ -193,7 +193,7 @@ def test_probe_rounds_draft_feature_drafters_in_lockstep_and_agree_with_them_alo
                             for n in names)
         return trees
 
-    monkeypatch.setattr(composing, "draft_with", checked)
+    monkeypatch.setattr(routed, "draft_with", checked)
     prompt = [5, 9, 2, 7]
     result = Composer(target, drafters=drafters).generate(prompt, strategy="online", probe_every=2, max_new_tokens=24,
                                                           tree=dict(depth=3, top_k=2, budget=5))

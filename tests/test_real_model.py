@@ -25,7 +25,7 @@ DTYPES = ["float32", pytest.param("bfloat16", marks=needs_native_bf16())]
 @pytest.fixture(scope="module", params=DTYPES)
 def loaded_target(request):
     """The default target in each dtype, loaded once per module (read only: nothing here trains it)."""
-    from drafters.assets import load_target
+    from runtime.assets import load_target
 
     return load_target("smollm2-135m-instruct", dtype=getattr(torch, request.param))
 
@@ -80,7 +80,7 @@ def test_default_model_greedy_equality_every_strategy(composer, prompt, strategy
 def test_default_model_greedy_equality_while_dvi_learns(composer, draft_vocab):
     """dvi:6 learning online (every verification updates it) keeps greedy output exact."""
     from drafters.dvi import DVIConfig, DVIDrafter
-    from drafters.online import LearnConfig
+    from drafters.dvi_learner import LearnConfig
 
     config = DVIConfig(draft_vocab=draft_vocab, learning=LearnConfig(update_every=1, kl_updates=8))
     dvi = DVIDrafter(composer.target.model, 6, config, name=f"dvi6-{draft_vocab}")
@@ -94,7 +94,7 @@ def test_dvi_over_the_shipped_draft_vocabulary(composer):
     """draft_vocab='shipped' finds the shipped drafters' vocabulary for the default target (by its
     fingerprint) and stays greedy-exact while it learns over it."""
     from drafters.dvi import DVIConfig, DVIDrafter
-    from drafters.online import LearnConfig
+    from drafters.dvi_learner import LearnConfig
     from drafters.pretrained import load_pretrained
 
     config = DVIConfig(draft_vocab="shipped", learning=LearnConfig(update_every=1, kl_updates=2))

@@ -14,11 +14,11 @@ import os
 import pytest
 import torch
 
-import drafters.atomic
+import runtime.atomic
 import drafters.checkpoint
 from drafter_fixtures import tiny_drafter_model, tiny_target
 from drafters.checkpoint import load_drafter_model, save_drafter
-from drafters.train import TrainConfig, train_drafter
+from drafters.training.train import TrainConfig, train_drafter
 
 
 class Crash(Exception):
@@ -74,7 +74,7 @@ def test_crash_between_the_state_swap_renames_resumes_from_the_checkpoint(setup,
 def test_resume_logs_every_step_once(setup, monkeypatch):
     target, states, head, work = setup
     cfg = TrainConfig(epochs=2, batch_size=1, checkpoint_every=3, warmup_steps=1)
-    import drafters.train as train
+    import drafters.training.train as train
 
     real_loss = train.unroll_loss
     calls = {"n": 0}
@@ -117,7 +117,7 @@ def test_stopping_a_stream_early_updates_last_result():
 
 
 def test_sharegpt_corrupt_middle_record_is_an_error_cut_tail_is_not(tmp_path):
-    from drafters.data import iter_sharegpt
+    from drafters.training.data import iter_sharegpt
 
     good = [{"id": str(i), "conversations": [{"from": "human", "value": f"q {i} {{[\"}}"}]} for i in range(3)]
     body = ",\n".join(json.dumps(r) for r in good)
@@ -141,13 +141,13 @@ def test_interrupted_checkpoint_overwrite_keeps_the_old_checkpoint(tmp_path, mon
     ck = save_drafter(old, tmp_path / "ck", target=target)
     (ck / "README.md").write_text("notes")  # a file the user keeps beside the checkpoint
 
-    real_save = drafters.atomic.save_tensors
+    real_save = runtime.atomic.save_tensors
 
     def save_then_crash(path, tensors, metadata=None):
         real_save(path, tensors, metadata)
         raise Crash("killed after the weights were written")
 
-    monkeypatch.setattr(drafters.atomic, "save_tensors", save_then_crash)
+    monkeypatch.setattr(runtime.atomic, "save_tensors", save_then_crash)
     monkeypatch.setattr(drafters.checkpoint, "save_tensors", save_then_crash)
     with pytest.raises(Crash):
         save_drafter(new, ck, target=target)
@@ -164,7 +164,7 @@ def test_interrupted_checkpoint_overwrite_keeps_the_old_checkpoint(tmp_path, mon
 def test_recover_folder_finishes_or_undoes_any_interrupted_swap(tmp_path):
     """The commit point is the first rename (staged -> ready): a crash before it keeps the old
     version, a crash after any rename ends, once recovered, with the new one."""
-    from drafters.atomic import commit_folder, recover_folder, staging_folder
+    from runtime.atomic import commit_folder, recover_folder, staging_folder
 
     def version(folder):
         return (folder / "v").read_text()

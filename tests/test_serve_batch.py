@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from compose import Composer
-from drafters.decoder import Decoder
+from runtime.decoder import Decoder
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
 from serve.batch import Segment, batchable, forward_segments
 from serve.scheduler import BatchTrees, QueueFull, Scheduler

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-import drafters.hidden_cache as hc
+import drafters.training.hidden_cache as hc
 from drafter_fixtures import tiny_target
-from drafters.hidden_cache import cache_hidden_states, length_batches, load_hidden_cache
+from drafters.training.hidden_cache import cache_hidden_states, length_batches, load_hidden_cache
 
 
 def records(n=7, seed=0):

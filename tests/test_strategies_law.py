@@ -3,8 +3,8 @@ law, with sampled (rejection-verified) drafter trees: the strategies' choices an
 at drawn values (confidence, the entropy probe, the `equal` merge) must fall back to the match
 rule (docs/design.md "Verification rules").
 
-Each check is test_trees_law.check_law: n sized for power >= 0.99 at total variation 0.02 with
-alpha 1e-3 (asserted per check); see test_trees_law.py for the derivation. The drafting is
+Each check is tree_law.check_law: n sized for power >= 0.99 at total variation 0.02 with
+alpha 1e-3 (asserted per check); see tree_law.py for the derivation. The drafting is
 simulated (strategy_law.TableDrafter) so that the ~20-35k decode steps a check needs take
 seconds; the strategy objects are the real ones from the compose registry. The engine-level
 tests (test_e2e_law.py) run the same strategies end to end on tiny transformers models."""
@@ -15,14 +15,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import compose.composing as composing
+import compose.strategies.routed as routed
 from compose.options import TreeOptions
 from compose.registry import make_strategy
 from routing import DomainRouter
 from trees import SamplingSpec, StepFeedback, verify, verify_batch
 
 from strategy_law import DrafterShape, TableDrafter, root_target, strategy_case, table_drafters
-from test_trees_law import assert_lossless, check_law, path_ids, random_logits, targets
+from tree_law import assert_lossless, check_law, path_ids, random_logits, targets
 
 # (strategy name, registry keyword arguments, tree options, turn-start): turn-start builds a
 # fresh strategy per decode step, so every step is the first of a turn (the entropy probe)
@@ -57,7 +57,7 @@ def steps_of(name: str, drafters: dict, tree: TreeOptions, sampling: SamplingSpe
         strategy = make_strategy(name, drafters, tree, cache, **kwargs) if turn_start else made
         if turn_start:  # a new turn: a random prompt's hidden states (what the domain router reads)
             strategy.start(torch.zeros(1, dtype=torch.long), (torch.randn(3, 4, generator=prompts),))
-        proposal = strategy.propose(0, spec, sampling, generator)
+        proposal = strategy.compose_tree(0, spec, sampling, generator)
         if target_logits is not None:
             strategy.observe(feedback_for(proposal, target_logits, sampling, verifier))
         return proposal.tree
@@ -76,12 +76,12 @@ def feedback_for(proposal, target_logits, sampling, generator) -> StepFeedback:
     """The step's outcome. Steps where one drafter drafted teach the online router nothing (it
     learns on full-information rounds only), so they skip the verification (~0.5 ms a step)."""
     logits = target_logits[path_ids(proposal.tree, target_logits.shape[1])]
-    if len(proposal.proposed) < 2:
+    if len(proposal.drafter_trees) < 2:
         return StepFeedback(tree=proposal.tree, path=torch.zeros(1, dtype=torch.long), tokens=proposal.tree.tokens[:1],
-                            bonus=0, logits=logits, sampling=sampling, proposed=proposal.proposed)
+                            bonus=0, logits=logits, sampling=sampling, drafter_trees=proposal.drafter_trees)
     result = verify(proposal.tree, logits, sampling, generator)
     return StepFeedback(tree=proposal.tree, path=result.path, tokens=result.tokens, bonus=result.bonus,
-                        logits=logits, sampling=sampling, proposed=proposal.proposed)
+                        logits=logits, sampling=sampling, drafter_trees=proposal.drafter_trees)
 
 
 def two_drafter_root_case(strategy: str, kwargs: dict, turn_start: bool):
@@ -108,7 +108,7 @@ def test_routing_over_sampled_trees_is_lossless(strategy, turn_start):
 def test_the_check_sees_a_routed_tree_that_keeps_its_proposal_rows(monkeypatch):
     """Power on the bug itself: with the match-rule fallback disabled the check must reject."""
     case = two_drafter_root_case("confidence", {}, False)
-    monkeypatch.setattr(composing, "match_rule", lambda tree: tree)
+    monkeypatch.setattr(routed, "match_rule", lambda tree: tree)
     wrong = check_law(verify_batch, case)
     assert wrong.rejects, f"the law check missed routing that keeps proposal rows: {wrong}"
 

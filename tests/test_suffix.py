@@ -315,11 +315,11 @@ def test_entropy_and_confidence_read_the_match_statistics():
 def test_auto_profiles_a_network_beside_the_suffix_drafter(monkeypatch):
     """tree="auto" times one drafting unit; the suffix drafter's (near zero) must not stand for
     the merged drafters' cost."""
-    import compose.composer as composer_module
+    import compose.tree_policy as tree_policy
 
     profiled = []
-    real = composer_module.machine_profile
-    monkeypatch.setattr(composer_module, "machine_profile", lambda target, unit: profiled.append(unit) or real(target, unit))
+    real = tree_policy.machine_profile
+    monkeypatch.setattr(tree_policy, "machine_profile", lambda target, unit: profiled.append(unit) or real(target, unit))
     composer = Composer(TARGET, drafters={"sfx": "suffix", "ee": EarlyExitDrafter(TARGET, 1)})
     composer.generate(LOOPING, strategy="merged_tree", max_new_tokens=4, tree="auto")
     composer.generate(LOOPING, strategy="single", drafter="sfx", max_new_tokens=4, tree="auto")

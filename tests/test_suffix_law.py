@@ -2,7 +2,7 @@
 verified by the match rule: lossless alone and merged with sampled neural trees, whose proposal
 rows are verified first at a shared node (docs/design.md "Verification rules").
 
-Strategy level (full power, test_trees_law.check_law: >= 0.99 at total variation 0.02, alpha
+Strategy level (full power, tree_law.check_law: >= 0.99 at total variation 0.02, alpha
 1e-3): the real strategies from the compose registry over a suffix drafter that has read a fixed
 history and a simulated sampled drafter (strategy_law.TableDrafter). Engine level: a tiny
 transformers target, sampled early-exit trees merged with the suffix drafter's, end to end."""
@@ -23,7 +23,7 @@ from law import chi_square_power, chi_square_pvalue, exact_law
 from strategy_law import DrafterShape, strategy_case, table_drafters
 from tiny_models import tiny_model
 from test_strategies_law import steps_of
-from test_trees_law import assert_lossless, check_law, random_logits, targets
+from tree_law import assert_lossless, check_law, random_logits, targets
 
 
 class ReadSuffix(SuffixDrafter):

@@ -1,5 +1,5 @@
-"""The shipped corpus archive (drafters/corpus_archive.py) and the suite's learning curves,
-early stop and warm start (drafters/suite_training.py LearningCurve, initial_model)."""
+"""The shipped corpus archive (drafters/training/corpus_archive.py) and the suite's learning curves,
+early stop and warm start (drafters/training/suite_training.py LearningCurve, initial_model)."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from drafters.corpus_archive import manifest_path, pack_corpus, unpack_corpus
-from drafters.suite import run as run_suite
+from drafters.training.corpus_archive import manifest_path, pack_corpus, unpack_corpus
+from drafters.training.suite import run as run_suite
 from test_drafters_suite import _suite_config, _suite_work
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "smollm2-135m-instruct" / "corpus.tar.xz"
@@ -33,7 +33,7 @@ def test_archive_round_trip_makes_regeneration_a_no_op(tmp_path, monkeypatch):
     again = pack_corpus(work, tmp_path / "again.tar.xz", generator={"how": "test"}, sources={"math": "templates"})
     assert again["sha256"] == manifest["sha256"]  # byte-identical archives from identical data
 
-    import drafters.corpus as corpus
+    import drafters.training.corpus as corpus
 
     def no_generation(*a, **k):
         raise AssertionError("the shipped corpus must make regeneration unnecessary")

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from drafter_fixtures import tiny_drafter_model, tiny_target
-from drafters import precision
+from drafters.training import precision
 from drafters.losses import LOSSES, acceptance_rate, distillation_loss
-from drafters.target_side import full_vocab_stats, target_side
-from drafters.train import TrainConfig, Unroll, collate, make_optimizer, train_drafter, unroll_loss
+from drafters.training.target_side import full_vocab_stats, target_side
+from drafters.training.train import TrainConfig, Unroll, collate, make_optimizer, train_drafter, unroll_loss
 
 
 def states_records(target, n=6, length=20, seed=0):
@@ -110,7 +110,7 @@ def test_bf16_training_resumes_to_the_same_weights(tmp_path):
     straight = tiny_drafter_model(target, seed=7)
     train_drafter(straight, head, records, cfg, tmp_path / "a", progress=False)
 
-    import drafters.train as train
+    import drafters.training.train as train
 
     real = train.unroll_loss
     calls = {"n": 0}
@@ -139,7 +139,7 @@ def test_bf16_training_resumes_to_the_same_weights(tmp_path):
 def test_structured_unroll_attention_equals_the_dense_mask(step):
     import torch.nn.functional as F
 
-    from drafters.train import ttt_mask
+    from drafters.training.train import ttt_mask
     from drafters.ttt_attention import ttt_attention
 
     g = torch.Generator().manual_seed(step)

@@ -1,5 +1,5 @@
 """Training under torchrun: two CPU processes (gloo) run DistributedDataParallel through
-drafters.train.train_drafter and end with the weights one process gets on the same batches."""
+drafters.training.train.train_drafter and end with the weights one process gets on the same batches."""
 from __future__ import annotations
 
 import json

@@ -10,9 +10,9 @@ import random
 import pytest
 import torch
 
-import drafters.train as train
+import drafters.training.train as train
 from drafter_fixtures import tiny_drafter_model, tiny_target
-from drafters.train import TrainConfig, train_drafter
+from drafters.training.train import TrainConfig, train_drafter
 from test_reliability import Crash, tiny_states
 
 CFG = TrainConfig(epochs=3, batch_size=2, checkpoint_every=2, warmup_steps=2, unroll_steps=2, step_weights=[1.0, 0.5])
@@ -80,7 +80,7 @@ def shipped(tmp_path, name: str) -> dict[str, dict]:
 
 
 def test_suite_resumed_after_a_crash_inside_a_stage_ships_what_an_uninterrupted_run_ships(tmp_path, monkeypatch):
-    import drafters.suite as suite
+    import drafters.training.suite as suite
     from eval.commands import main as specmux
     from test_drafters_suite import _suite_config, _suite_work
 

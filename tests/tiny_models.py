@@ -31,7 +31,7 @@ def needs_native_bf16():
     failing kernel self-check fails these tests instead of skipping them."""
     import pytest
 
-    from compose.precision import native_bf16
+    from runtime.target_dtype import native_bf16
 
     return pytest.mark.skipif(not native_bf16(), reason="this CPU does not multiply bfloat16 natively: "
                               "dtype='auto' runs the target in float32 here")

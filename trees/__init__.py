@@ -1,5 +1,5 @@
 """Draft trees: build, merge, pack (X, M, P) and verify. The lossless core of specmux;
-depends on torch and numpy only (networkx for export)."""
+depends on torch only (networkx for export)."""
 from .build import SparseLogits, build_chain, build_lockstep, build_tree, new_build
 from .checks import NonFiniteLogitsError, debug_checks, require_finite_logits
 from .feedback import StepFeedback

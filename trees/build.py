@@ -122,8 +122,7 @@ def build_lockstep(builds: list, step_many) -> list[DraftTree]:
 
 
 # Batched expansion pays while all rows' float logits stay in a core's L2; past it, one pass over
-# large temporaries costs more than the members' passes (dev machine, 1 thread: 12 rows of 3584
-# logits 0.14 ms batched vs 0.16 apart; 12 rows of 49152, 7.9 ms batched vs 4.3 apart).
+# large temporaries costs more than the members' passes (docs/design.md "Measurements behind the code").
 BATCH_LOGITS = 1 << 17
 
 

@@ -21,7 +21,7 @@ class StepFeedback:
     bonus: the token emitted after the path (the next step's root).
     logits: the target's raw logits at every node of `tree` [N, V] (row i = next-token logits
     after the path to node i). sampling: how they are processed (`probs`).
-    proposed: each drafter's own tree this step, by drafter name (the verified tree may be one
+    drafter_trees: each drafter's own tree this step, by drafter name (the verified tree may be one
     of them, a merge of them, or a match-rule copy); empty when nothing was drafted.
     hidden_states: the target's hidden states at the tree's nodes [N, H], keyed by the
     transformers hidden_states index of each layer the active drafters read (-1: final normed),
@@ -34,7 +34,7 @@ class StepFeedback:
     bonus: int
     logits: torch.Tensor
     sampling: SamplingSpec
-    proposed: dict[str, DraftTree] = field(default_factory=dict)
+    drafter_trees: dict[str, DraftTree] = field(default_factory=dict)
     hidden_states: dict[int, torch.Tensor] | None = None
     prefix_length: int = 0
 

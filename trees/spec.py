@@ -1,5 +1,5 @@
 """Plain settings shared by tree building, sampling and verification (no pydantic here:
-trees/ depends on torch and numpy only; compose/ validates user options into these)."""
+trees/ depends on torch only; compose/ validates user options into these)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,7 +4,7 @@ Users send math as short stories with numbers ("Maya buys 3 packs of 12 pencils 
 bare arithmetic. reasoning-gym mostly produces the latter, so this module writes the former
 from templates: a template is a story with slots (names, items, places, numbers) and a question;
 numbers are drawn so every quantity in the story stays a positive integer. The generated texts
-are training prompts only: `drafters.data.drop_overlapping` still removes any that shares a word
+are training prompts only: `drafters.training.data.drop_overlapping` still removes any that shares a word
 8-gram with an evaluation prompt.
 """
 from __future__ import annotations

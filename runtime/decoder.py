@@ -21,7 +21,7 @@ from trees import attention_mask, within_window
 
 from .invariant import invariant_attention, key_blocks
 from .kv import KVCache
-from .packed import linear
+from .prepacked import linear
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -35,17 +35,17 @@ class DecoderOutput:
 class Decoder:
     """`Decoder(model)`: runs `model` (its modules are looked up at every forward, so a wrapper
     that swaps one of them, e.g. an adapted head, is honoured). invariant: attention through
-    drafters/invariant.py, whose rows are bit-identical whatever the rows and masked keys beside
+    runtime/invariant.py, whose rows are bit-identical whatever the rows and masked keys beside
     them (default: for a bfloat16 model on the CPU, where SDPA is not; docs/design.md "Exact bf16")."""
 
-    kind = "fast"  # drafters.hf_decoder.make_decoder picks it for SUPPORTED_MODEL_TYPES ("general" otherwise)
+    kind = "fast"  # runtime.hf_decoder.make_decoder picks it for SUPPORTED_MODEL_TYPES ("general" otherwise)
 
     def __init__(self, model: PreTrainedModel, invariant: bool | None = None):
         config = model.config
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
                 f"model type {config.model_type!r} is not supported by specmux's decoder; "
-                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (drafters.hf_decoder.make_decoder runs any other causal "
+                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)} (runtime.hf_decoder.make_decoder runs any other causal "
                 "LM on the general path)"
             )
         self.model = model

@@ -15,7 +15,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from .atomic import write_bytes, write_json
+from runtime.atomic import write_bytes, write_json
 
 # the work-folder data an archive holds (paths relative to the suite's work_dir)
 MEMBERS = ("prompts.json", "prompts-extra.json", "eval_prompts.json", "written.json", "data_report.json",

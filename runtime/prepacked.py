@@ -28,9 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 BATCH_HINT = 8  # the row count the layout is tuned for; 1..64 rows all run well on it
-# oneDNN takes a slower kernel for 1 or 2 rows than for 3-6 on this layout (one thread, weights
-# read from memory: 1 row 53.7 ms, 2 rows 66.9, 4 rows 43.5 for 209M float32 weights), so fewer
-# rows are padded to this many: a one-token forward runs about 20% faster
+# oneDNN takes a slower kernel for 1 or 2 rows than for 3-6 on this layout, so fewer rows are
+# padded to this many (docs/design.md "Measurements behind the code")
 MIN_ROWS = 4
 _PACKED: dict[int, tuple[weakref.ref, int, torch.Tensor | None]] = {}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import write_json, write_text
+from runtime.atomic import write_json, write_text
 
 
 def chat_prompt_ids(tokenizer, prompt: str | list[dict]) -> list[int]:
@@ -133,11 +133,3 @@ def load_corpus(out_dir: str | Path) -> list[dict]:
                 records.append(json.loads(line))
     return sorted(records, key=lambda r: r["id"])
 
-
-def corpus_is_complete(out_dir: str | Path) -> bool:
-    out_dir = Path(out_dir)
-    man = out_dir / "manifest.json"
-    if not man.exists():
-        return False
-    m = json.loads(man.read_text())
-    return len(list(out_dir.glob("part-*.jsonl"))) == -(-m.get("kept_prompts", m["prompts"]) // m["batch_size"])

@@ -1,27 +1,31 @@
-"""Composition strategies: how the drafters' proposals become the one tree the target verifies.
+"""What every composition strategy is: how the drafters' trees become the one tree the target
+verifies, and what a strategy needs from the Composer, declared rather than guessed from its name.
 
 A strategy sees the target only through hidden states the engine hands it, and the drafters
-only through the Drafter protocol. Each `propose` returns the tree plus the routing choice."""
+only through the Drafter protocol. Each `compose_tree` returns the tree plus the routing choice."""
 from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
 from drafters.base import Drafter
 from trees import DraftTree, SamplingSpec, StepFeedback, TreeSpec
 
-from .target import select_features
+from ..lockstep import DraftUnit, draft_units, draft_with
+from ..target import drafter_features, layers_read
 
 
 @dataclass
-class Proposal:
+class ComposedTree:
+    """One step's composition: the tree the target verifies and how it came about."""
+
     tree: DraftTree  # what the target verifies
     drafter: str | None = None  # routing choice recorded in the step stats
-    proposed: dict[str, DraftTree] = dataclasses.field(default_factory=dict)  # each drafter's own tree
+    drafter_trees: dict[str, DraftTree] = dataclasses.field(default_factory=dict)  # each drafter's own tree
     draft_groups: list[list[str]] | None = None  # drafter names per drafting call (lockstep groups share one)
 
 
@@ -38,7 +42,12 @@ class Strategy(ABC):
     plan) can tell without trying: `min_drafters`; `takes_drafter` (a `drafter=` option naming
     one drafter: eval runs it once per drafter); `options` (the generate() keywords passed to the
     constructor); `unavailable(drafters, cache)` (why it cannot run with these drafters and the
-    Composer's routing assets, e.g. a fitted domain router, or None)."""
+    Composer's routing assets, e.g. a fitted domain router, or None).
+
+    What it needs from the Composer, per generation: `target_layers` (hidden states the target
+    must return), `draft_units()` (who drafts: tree="auto" profiles one of them), `tree_width()`
+    (how many drafters' trees one verified tree holds: tree="auto" sizes each by it), and
+    `routing_log` (the routing choices, recorded in the stats; empty for strategies that do not route)."""
 
     name: str = ""
     min_drafters: int = 0
@@ -50,6 +59,7 @@ class Strategy(ABC):
         if reason is not None:
             raise ValueError(reason)
         self.drafters = dict(drafters)
+        self.routing_log: list[str] = []
 
     @classmethod
     def unavailable(cls, drafters: Mapping[str, Drafter], cache: Mapping | None = None) -> str | None:
@@ -65,84 +75,65 @@ class Strategy(ABC):
         statistics); `options`: the generate() keywords named in `options`."""
         return cls(drafters, **options)
 
-    # layers of target hidden states any active drafter reads (union, order kept)
     @property
     def target_layers(self) -> list[int]:
-        layers: list[int] = []
-        for d in self.active_drafters():
-            for i in d.target_layers or ():
-                if i not in layers:
-                    layers.append(i)
-        return layers
+        return layers_read(self.active_drafters())
 
     def active_drafters(self) -> list[Drafter]:
         return list(self.drafters.values())
 
+    def draft_units(self) -> list[DraftUnit]:
+        """The drafting calls a step makes (each a drafter, or a lockstep group of them)."""
+        return [DraftUnit([d.name], d) for d in self.active_drafters()]
+
+    def tree_width(self) -> int:
+        """How many drafters' trees of one budget a verified tree holds."""
+        return 1
+
     def start(self, prompt_ids: torch.Tensor, hidden_states) -> None:
         for d in self.active_drafters():
-            d.start(prompt_ids, _features(d, hidden_states, slice(None)))
+            d.start(prompt_ids, drafter_features(d, hidden_states, slice(None)))
 
     def advance(self, tokens: torch.Tensor, hidden_states, rows: torch.Tensor) -> None:
         for d in self.active_drafters():
-            d.advance(tokens, _features(d, hidden_states, rows))
+            d.advance(tokens, drafter_features(d, hidden_states, rows))
 
     @abstractmethod
-    def propose(
+    def compose_tree(
         self, root: int, tree: TreeSpec, sampling: SamplingSpec, generator: torch.Generator | None
-    ) -> Proposal: ...
+    ) -> ComposedTree: ...
 
     def observe(self, feedback: StepFeedback) -> None:
         """Called by the engine after every verification (after `advance`) with what it
-        computed (trees.StepFeedback). The default forwards it to every active drafter that
-        has an `observe(feedback)` method (drafters without one are skipped): the hook for
-        drafters that learn online. Strategies that learn from outcomes extend this."""
+        computed (trees.StepFeedback). The default passes it to every active drafter
+        (Drafter.observe: the hook for drafters that learn online). Strategies that learn from
+        outcomes extend this."""
         for d in self.active_drafters():
-            hook = getattr(d, "observe", None)
-            if hook is not None:
-                hook(feedback)
+            d.observe(feedback)
 
 
-def _features(drafter: Drafter, hidden_states, rows) -> torch.Tensor | None:
-    if not drafter.target_layers:
-        return None
-    return select_features(hidden_states, drafter.target_layers, rows)
+class MultiDrafterStrategy(Strategy):
+    """Several named drafters. One drafter object registered under several names drafts once
+    and is advanced once (its tree is shared by its names). With `lockstep` (strategies where
+    every drafter drafts each step), feature drafters of one architecture draft together in one
+    batched forward per level (compose/lockstep.py); the others one after another."""
 
+    min_drafters = 2
+    lockstep = False
 
-class Autoregressive(Strategy):
-    """No drafting: the root alone, one token per target forward. The baseline."""
-
-    name = "autoregressive"
-
-    def active_drafters(self) -> list[Drafter]:
-        return []
-
-    def propose(self, root, tree, sampling, generator) -> Proposal:
-        return Proposal(DraftTree.root_only(root))
-
-
-class Single(Strategy):
-    """One named drafter's tree (`drafter=` may be left out when there is only one)."""
-
-    name = "single"
-    min_drafters = 1
-    takes_drafter = True
-    options = ("drafter",)
-
-    def __init__(self, drafters: Mapping[str, Drafter], drafter: str | None = None):
+    def __init__(self, drafters: Mapping[str, Drafter]):
         super().__init__(drafters)
-        if drafter is None:
-            if len(self.drafters) != 1:
-                raise ValueError(
-                    f"strategy 'single' needs `drafter=` naming one of {sorted(self.drafters)}"
-                )
-            drafter = next(iter(self.drafters))
-        if drafter not in self.drafters:
-            raise ValueError(f"unknown drafter {drafter!r}; known drafters: {sorted(self.drafters)}")
-        self.chosen = drafter
+        self.units = draft_units(self.drafters, self.lockstep)
 
-    def active_drafters(self) -> list[Drafter]:
-        return [self.drafters[self.chosen]]
+    def active_drafters(self) -> list:
+        return [u.runner for u in self.units]
 
-    def propose(self, root, tree, sampling, generator) -> Proposal:
-        draft = self.drafters[self.chosen].propose(root, tree, sampling, generator)
-        return Proposal(draft, self.chosen, {self.chosen: draft}, [[self.chosen]])
+    def draft_units(self) -> list[DraftUnit]:
+        return self.units
+
+    def draft_all(self, names: Sequence[str], root, tree, sampling, generator) -> dict[str, DraftTree]:
+        return draft_with(self.units, names, root, tree, sampling, generator)
+
+    def draft_groups(self, names: Sequence[str]) -> list[list[str]]:
+        """The drafting calls serving `names`: one list of names per call (recorded per step)."""
+        return [u.names for u in self.units if any(n in names for n in u.names)]

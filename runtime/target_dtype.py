@@ -3,7 +3,7 @@
 bfloat16 is chosen only where it is both fast and exact: the hardware multiplies it natively
 (AMX or AVX512-BF16 on the CPU: bf16 matmuls run 5-10x float32 there) and the kernels the
 batch-invariant forward relies on pass their self-check on this machine
-(drafters.invariant.check_kernels). Elsewhere "auto" is float32, and an explicit "bfloat16"
+(runtime.invariant.check_kernels). Elsewhere "auto" is float32, and an explicit "bfloat16"
 is refused with the reason rather than run inexactly."""
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def bf16_unavailable(device: torch.device | str = "cpu") -> str | None:
 
 
 def _kernels_fail(device) -> str | None:
-    from drafters.invariant import check_kernels
+    from .invariant import check_kernels
 
     return check_kernels(str(torch.device(device)))
 
@@ -40,13 +40,13 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str = "cpu", 
     """"auto" -> bfloat16 where it is fast and exact, else float32; "float32" / "bfloat16" (or
     the torch dtypes) as asked, bfloat16 only where it is exact (ValueError naming why not).
     model_type: the target's family; only the fast decoder's families have a batch-invariant
-    bf16 forward (drafters.decoder.SUPPORTED_MODEL_TYPES), so "auto" is float32 for others."""
+    bf16 forward (runtime.decoder.SUPPORTED_MODEL_TYPES), so "auto" is float32 for others."""
     if isinstance(dtype, torch.dtype):
         name = {v: k for k, v in DTYPES.items()}.get(dtype)
         if name is None:
             raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
         dtype = name
-    from drafters.decoder import SUPPORTED_MODEL_TYPES
+    from .decoder import SUPPORTED_MODEL_TYPES
 
     if dtype == "auto":
         if model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:

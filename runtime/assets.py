@@ -3,7 +3,7 @@
 
 A model is either a local transformers causal-LM folder (anything with a config.json) or one of
 the named built-ins below. On first use a built-in is checked, dequantised and cached as
-safetensors (drafters/model_cache.py), so later loads take seconds instead of half a minute.
+safetensors (runtime/model_cache.py), so later loads take seconds instead of half a minute.
 Lives in drafters/ because both training (drafters) and composition (compose) load targets.
 
 Run `specmux models [names...]` to convert or verify built-ins ahead of time.

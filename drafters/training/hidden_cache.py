@@ -7,7 +7,7 @@ drafter's target_layers, concatenated), last_hidden [N, d] (the final normed sta
 the target's logits at the draft ids are recomputed; not stored when the features are that very
 state, as for eagle1's layer -1), target_lse [N] and target_top [N] (the log-normaliser and
 argmax of the target's logits over its whole vocabulary, so training never runs the full head;
-drafters/target_side.py), offsets [R + 1], prompt_lens [R].
+drafters/training/target_side.py), offsets [R + 1], prompt_lens [R].
 
 The manifest names what the cache was made from: the records (a digest of their token ids), the
 layer set, the stored dtype and the target's fingerprint. A cache made from anything else is
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import save_tensors, write_json
-from .checkpoint import target_fingerprint
+from runtime.atomic import save_tensors, write_json
+from drafters.checkpoint import target_fingerprint
 from .target_side import full_vocab_stats
 
 FORMAT, VERSION = "specmux-target-states", 2
@@ -232,7 +232,7 @@ def load_hidden_cache(out_dir: str | Path, target=None) -> list[dict]:
     return records
 
 
-class OnlineStates:
+class LiveTargetStates:
     """Computes a record's target states on demand (the target sits beside the drafter)."""
 
     def __init__(self, target, records: list[dict], layers):

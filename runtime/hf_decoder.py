@@ -1,7 +1,7 @@
 """The general path: any transformers causal LM through its OWN forward and its own cache
 (docs/design.md "The fast decoder and the general path").
 
-drafters/decoder.py runs the families it knows (llama, mistral, qwen2, qwen3) on a plain-PyTorch
+runtime/decoder.py runs the families it knows (llama, mistral, qwen2, qwen3) on a plain-PyTorch
 forward over a preallocated cache. Every other causal LM runs here, lossless the same way: the
 model's forward gets the tree as transformers takes it — position ids = prefix + depth and an
 additive 4D mask in the model dtype (0 where a row attends, the dtype's most negative value
@@ -19,7 +19,7 @@ own DynamicCache(config=...) decides for plain decoding. Models whose layers sha
 per-token keys and values (recurrent or linear attention, chunked attention, shared KV) has no
 tree forward here and is refused with its type named; so is a model whose forward fails the
 tree check every GeneralDecoder runs when it is built (e.g. ALiBi biases by cache slot).
-The model's own linears run on prepacked weights (PackedLinears), as the fast decoder's do."""
+The model's own linears run on prepacked weights (PrepackedLinears), as the fast decoder's do."""
 from __future__ import annotations
 
 import inspect
@@ -34,7 +34,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from trees import attention_mask, within_window
 
 from .decoder import SUPPORTED_MODEL_TYPES, Decoder, DecoderOutput
-from .packed import matmul
+from .prepacked import matmul
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")  # they take an additive float 4D mask as given
 SIBLINGS = 16  # children of the root in the tree every GeneralDecoder checks its model on
@@ -42,7 +42,7 @@ SIBLINGS = 16  # children of the root in the tree every GeneralDecoder checks it
 
 def make_decoder(model: PreTrainedModel, invariant: bool | None = None,
                  target: bool = False) -> "Decoder | GeneralDecoder":
-    """The fast Decoder for the families it knows (drafters.decoder.SUPPORTED_MODEL_TYPES), the
+    """The fast Decoder for the families it knows (runtime.decoder.SUPPORTED_MODEL_TYPES), the
     general path through the model's own forward for every other causal LM. `.kind` says which
     ("fast" or "general"); a model that is not a causal LM is refused.
     invariant: the fast decoder's batch-invariant attention (None: its default); the general
@@ -174,7 +174,7 @@ class GeneralDecoder:
         if self._keeps_rows:  # the head over the asked-for rows only (the last k as an int: every model takes it)
             suffix = rows.numel() > 0 and torch.equal(rows, torch.arange(n - rows.numel(), n))
             options["logits_to_keep"] = int(rows.numel()) if suffix else rows.to(self.device)
-        with PackedLinears():
+        with PrepackedLinears():
             out = self.model(
                 input_ids=input_ids.reshape(1, n).to(self.device),
                 position_ids=query_positions.view(1, n).to(self.device),
@@ -239,8 +239,8 @@ class GeneralDecoder:
         return {t: by_window[self.windows[self.layer_types.index(t)]] for t in set(self.layer_types)}
 
 
-class PackedLinears(TorchFunctionMode):
-    """Within it, every F.linear (the model's own nn.Linear layers) runs drafters.packed.matmul:
+class PrepackedLinears(TorchFunctionMode):
+    """Within it, every F.linear (the model's own nn.Linear layers) runs runtime.prepacked.matmul:
     on a weight reordered once, at inference on the CPU (else F.linear itself), as the fast
     decoder's linears do (docs/design.md "The cost of a step")."""
 

@@ -1,4 +1,4 @@
-"""Linears on prepacked weights (drafters/packed.py): the same function as nn.Linear, rows
+"""Linears on prepacked weights (runtime/prepacked.py): the same function as nn.Linear, rows
 independent of the row count, repacked after an in-place change, never used where gradients flow."""
 import os
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drafters.packed import _PACKED, linear, matmul
+from runtime.prepacked import _PACKED, linear, matmul
 
 # the pinned CPU torch has the op, so CI runs these; each reason names what turned packing off
 pytestmark = [
@@ -94,7 +94,7 @@ def test_a_hooked_linear_runs_its_hooks():
 
 
 def test_stacked_matmul_is_each_members_matmul_to_the_bit():
-    from drafters.packed import stacked_matmul
+    from runtime.prepacked import stacked_matmul
 
     torch.manual_seed(2)
     weights = [torch.randn(24, 16) for _ in range(3)]

@@ -1,9 +1,9 @@
-"""Training one drafter of the suite (drafters/suite.py) and the target states it reads.
+"""Training one drafter of the suite (drafters/training/suite.py) and the target states it reads.
 
 States come from one of two places (`SuiteConfig.states`):
   cache   the target's states for every record of the corpus, computed once per layer set by a
           copy of the target in `states_dtype` (bf16 on a CPU with bf16 matrix units), stored
-          under work_dir/states/<layer set>/<split set> (drafters/hidden_cache.py: sharded,
+          under work_dir/states/<layer set>/<split set> (drafters/training/hidden_cache.py: sharded,
           memory-mapped, resumable, rebuilt when the target, the records or the dtype change);
           every ablation and final of that layer set reads the same cache, `mixed` included
           (its records are views of the math and chat sets' shards). The CPU default.
@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import torch
 
-from .heads import most_frequent_tokens
+from drafters.heads import most_frequent_tokens
 from .hidden_cache import cache_hidden_states, load_hidden_cache
-from .model import build_drafter_model
+from drafters.model import build_drafter_model
 from .precision import compute_dtype
 from .train import TrainConfig, evaluate_drafter, train_drafter
 
@@ -144,7 +144,7 @@ def initial_model(tcfg: TrainConfig, dcfg, target, draft_ids):
     if tcfg.init_from is None:
         torch.manual_seed(tcfg.seed)
         return build_drafter_model(dcfg, target, draft_ids).float()
-    from .checkpoint import load_drafter_model
+    from drafters.checkpoint import load_drafter_model
 
     model = load_drafter_model(tcfg.init_from, target).float()
     if list(model.config.target_layers) != list(dcfg.target_layers):

@@ -116,7 +116,7 @@ def check_kernels(device: str = "cpu") -> str | None:
                                     key_blocks(positions[: cols.numel()]), 0.125)
         if not torch.equal(out[:, :, n - 1 :], alone):
             return f"attention of a row with masked keys between its visible ones differs from the packed keys ({n} rows)"
-    from .packed import matmul
+    from .prepacked import matmul
 
     weight = torch.randn(192, 64, generator=gen).to(torch.bfloat16).to(device)
     x = torch.randn(40, 64, generator=gen).to(torch.bfloat16).to(device)

@@ -23,12 +23,13 @@ from tqdm.auto import tqdm
 
 from trees import attention_mask
 
-from .atomic import commit_folder, recover_folder, staging_folder, staging_path, write_json, write_text
-from .losses import LOSSES, acceptance_rate, distillation_loss, unroll_weights
-from .model import FeatureDrafterModel
+from runtime.atomic import recover_folder
+from drafters.losses import LOSSES, acceptance_rate, distillation_loss, unroll_weights
+from drafters.model import FeatureDrafterModel
 from .precision import Precision, autocast
 from .target_side import target_side
-from .ttt_attention import TTTMask
+from .train_state import keep_logged_steps, save_train_state
+from drafters.ttt_attention import TTTMask
 
 
 class TrainConfig(BaseModel):
@@ -247,7 +248,7 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
                   target=None, evaluate: Callable[[int], bool] | None = None,
                   eval_every: int | None = None) -> FeatureDrafterModel:
     """Train in place; resumes from work_dir/train_state when present. `records` is a sequence
-    of dicts (input_ids, prompt_len, and features + last_hidden from a cache or OnlineStates);
+    of dicts (input_ids, prompt_len, and features + last_hidden from a cache or LiveTargetStates);
     records without features need `target`, run once per batch (the fast path on a GPU).
     `evaluate(step)` runs every `eval_every` steps and at the last one (main process, model in
     eval mode); it returns True to stop early (a learning curve that has flattened). A resumed
@@ -339,36 +340,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def save_train_state(acc, state_dir: Path, step: int) -> None:
-    """Accelerate's full state (model, optimiser, scheduler, RNG) staged beside state_dir and
-    swapped in as a unit: a crash at any moment leaves the previous or the new state."""
-    acc.wait_for_everyone()
-    staged = staging_folder(state_dir) if acc.is_main_process else None
-    acc.wait_for_everyone()
-    staged = staged or staging_path(state_dir)
-    acc.save_state(str(staged))
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        write_json(staged / "progress.json", {"global_step": step})
-        commit_folder(state_dir, keep_others=False)
-    acc.wait_for_everyone()
-
-
-def keep_logged_steps(log_path: Path, done: int) -> None:
-    """Drop log lines of steps after `done` (logged before a crash, about to be redone), so a
-    resumed run logs every step once; a torn last line goes too."""
-    if not log_path.exists():
-        return
-    kept = []
-    for line in log_path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= done:
-                kept.append(line + "\n")
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    write_text(log_path, "".join(kept))
-
-
 def batch_on(device, records: list[dict], cfg: TrainConfig, target=None) -> dict:
     batch = {k: v.to(device) for k, v in collate(records, cfg.max_len).items()}
     if "feats" not in batch:
@@ -379,7 +350,7 @@ def batch_on(device, records: list[dict], cfg: TrainConfig, target=None) -> dict
 
 
 def target_layers_of(cfg: TrainConfig, target) -> list[int]:
-    from .config import default_eagle3_layers  # the drafter's layers, as make_drafter_config picks them
+    from drafters.config import default_eagle3_layers  # the drafter's layers, as make_drafter_config picks them
 
     if cfg.target_layers is not None:
         return list(cfg.target_layers)

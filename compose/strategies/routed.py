@@ -1,60 +1,33 @@
-"""Strategies that combine several drafters (docs/design.md "Composition strategies"):
-averaged, confidence (per step), entropy (per prompt turn), merged_tree, online (per step,
-learnt from verified outcomes) and domain (per prompt turn, from the prompt alone)."""
+"""Strategies that route: each step or turn one drafter's tree is verified, chosen by a signal
+(confidence per step, entropy per prompt turn), learnt from verified outcomes (online, per step)
+or read from the prompt alone (domain, per prompt turn). docs/design.md "Routing and losslessness"."""
 from __future__ import annotations
 
-import copy
 import dataclasses
-from typing import Mapping, Sequence
-
-import torch
+from typing import Mapping
 
 from drafters.base import Drafter
 from routing import Calibration, ConfidenceRouter, DomainRouter, EntropyRouter, OnlineRouter, tree_gain
-from trees import DraftTree, StepFeedback, merge_trees
+from trees import StepFeedback, merge_trees
 
-from .lockstep import draft_units, draft_with
-from .strategies import Proposal, Single, Strategy, _features, match_rule
-
-
-class _Composing(Strategy):
-    """Several named drafters. One drafter object registered under several names drafts once
-    and is advanced once (its tree is shared by its names). With `lockstep` (strategies where
-    every drafter drafts each step), feature drafters of one architecture draft together in one
-    batched forward per level (compose/lockstep.py); the others one after another."""
-
-    min_drafters = 2
-    lockstep = False
-
-    def __init__(self, drafters: Mapping[str, Drafter]):
-        super().__init__(drafters)
-        self.routing_log: list[str] = []
-        self.units = draft_units(self.drafters, self.lockstep)
-
-    def active_drafters(self) -> list:
-        return [u.runner for u in self.units]
-
-    def draft_all(self, names: Sequence[str], root, tree, sampling, generator) -> dict[str, DraftTree]:
-        return draft_with(self.units, names, root, tree, sampling, generator)
-
-    def draft_groups(self, names: Sequence[str]) -> list[list[str]]:
-        """The drafting calls serving `names`: one list of names per call (recorded per step)."""
-        return [u.names for u in self.units if any(n in names for n in u.names)]
+from ..lockstep import draft_units, draft_with
+from ..target import drafter_features, layers_read
+from .base import ComposedTree, MultiDrafterStrategy, match_rule
 
 
-def proposed_gains(feedback: StepFeedback) -> dict[str, float]:
+def drafter_tree_gains(feedback: StepFeedback) -> dict[str, float]:
     """What each drafter's own tree this step would have had accepted along the verified
     continuation (routing.tree_gain): no extra target call."""
-    if not feedback.proposed:
+    if not feedback.drafter_trees:
         return {}
     probs, continuation = feedback.probs(), feedback.continuation
-    return {n: tree_gain(t, continuation, probs) for n, t in feedback.proposed.items()}
+    return {n: tree_gain(t, continuation, probs) for n, t in feedback.drafter_trees.items()}
 
 
 CALIBRATION = "calibration"  # strategy-cache key: the Composer's routing.Calibration
 
 
-class _SignalRouted(_Composing):
+class _SignalRouted(MultiDrafterStrategy):
     """Routing by a per-tree signal, calibrated by default: the Composer keeps one
     routing.Calibration across generations (its strategy cache), and every scored tree (each
     drafter's own, against the verified continuation) updates its drafter's fit.
@@ -76,8 +49,8 @@ class _SignalRouted(_Composing):
         super().observe(feedback)
         calibration = self.router.calibration
         if calibration is not None:
-            for name, gain in proposed_gains(feedback).items():
-                calibration.update(name, feedback.proposed[name], gain)
+            for name, gain in drafter_tree_gains(feedback).items():
+                calibration.update(name, feedback.drafter_trees[name], gain)
 
 
 class Confidence(_SignalRouted):
@@ -101,7 +74,7 @@ class Confidence(_SignalRouted):
         self.residual = {n: 0.0 for n in self.drafters}
         self.scored = 0
 
-    def propose(self, root, tree, sampling, generator) -> Proposal:
+    def compose_tree(self, root, tree, sampling, generator) -> ComposedTree:
         trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
         if self.turn_bias:
             scores = self.router.scores(trees)
@@ -109,12 +82,12 @@ class Confidence(_SignalRouted):
         else:
             choice = self.router.choose(trees)
         self.routing_log.append(choice)
-        return Proposal(match_rule(trees[choice]), choice, trees, self.draft_groups(list(self.drafters)))
+        return ComposedTree(match_rule(trees[choice]), choice, trees, self.draft_groups(list(self.drafters)))
 
     def observe(self, feedback: StepFeedback) -> None:
-        if self.turn_bias and set(feedback.proposed) >= set(self.drafters):
-            predicted = self.router.scores(feedback.proposed)  # before this step updates the fits
-            for name, gain in proposed_gains(feedback).items():
+        if self.turn_bias and set(feedback.drafter_trees) >= set(self.drafters):
+            predicted = self.router.scores(feedback.drafter_trees)  # before this step updates the fits
+            for name, gain in drafter_tree_gains(feedback).items():
                 self.residual[name] += gain - predicted[name]
             self.scored += 1
         super().observe(feedback)
@@ -137,42 +110,18 @@ class Entropy(_SignalRouted):
     def active_drafters(self) -> list[Drafter]:
         return super().active_drafters() if self.chosen is None else [self.drafters[self.chosen]]
 
-    def propose(self, root, tree, sampling, generator) -> Proposal:
+    def compose_tree(self, root, tree, sampling, generator) -> ComposedTree:
         if self.chosen is None:
             trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
             self.chosen = self.router.choose(trees)
             self.routing_log.append(self.chosen)
-            return Proposal(match_rule(trees[self.chosen]), self.chosen, trees)
+            return ComposedTree(match_rule(trees[self.chosen]), self.chosen, trees)
         draft = dataclasses.replace(self.drafters[self.chosen].propose(root, tree, sampling, generator),
                                     drafter_names=(self.chosen,))
-        return Proposal(draft, self.chosen, {self.chosen: draft})
+        return ComposedTree(draft, self.chosen, {self.chosen: draft})
 
 
-class MergedTree(_Composing):
-    """Every drafter drafts; the trees are merged as a trie and verified in one forward.
-    `sum`: every drafter keeps its budget; `equal`: the union is cut to one drafter's budget."""
-
-    name = "merged_tree"
-    lockstep = True
-
-    @classmethod
-    def create(cls, drafters, tree, cache, **options):
-        return cls(drafters, merge_budget=tree.merge_budget, **options)
-
-    def __init__(self, drafters, merge_budget: str = "sum"):
-        super().__init__(drafters)
-        if merge_budget not in ("sum", "equal"):
-            raise ValueError(f"merge_budget must be 'sum' or 'equal', got {merge_budget!r}")
-        self.merge_budget = merge_budget
-
-    def propose(self, root, tree, sampling, generator) -> Proposal:
-        trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
-        budget = tree.budget if self.merge_budget == "equal" else None
-        merged = merge_trees(list(trees.values()), mode=self.merge_budget, budget=budget)
-        return Proposal(merged, proposed=trees, draft_groups=self.draft_groups(list(self.drafters)))
-
-
-class Online(_Composing):
+class Online(MultiDrafterStrategy):
     """Full-information online routing (routing.OnlineRouter): the leader drafts alone and its
     tree is verified; on probe rounds every drafter drafts, and after verification each is scored
     by what its own tree would have had accepted along the verified continuation. On probe rounds
@@ -247,10 +196,9 @@ class Online(_Composing):
 
     @property
     def target_layers(self) -> list[int]:
-        layers = super().target_layers
-        if self.domain_router is None:
-            return layers
-        return list(dict.fromkeys(layers + [self.domain_router.layer]))  # the prefill must return them
+        # the prefill must also return the domain router's layer
+        extra = () if self.domain_router is None else (self.domain_router.layer,)
+        return layers_read(self.active_drafters(), *extra)
 
     def start(self, prompt_ids, hidden_states) -> None:
         if self.domain_router is not None:
@@ -259,27 +207,27 @@ class Online(_Composing):
                                 first_probe=self.router.probe_every)
         super().start(prompt_ids, hidden_states)
 
-    def propose(self, root, tree, sampling, generator) -> Proposal:
+    def compose_tree(self, root, tree, sampling, generator) -> ComposedTree:
         leader = self.router.leader()
         self.routing_log.append(leader)
         if not self.router.probing():
             draft = self.draft_all([leader], root, tree, sampling, generator)
-            return Proposal(draft[leader], leader, draft)
+            return ComposedTree(draft[leader], leader, draft)
         names = list(self.drafters)
         trees = draft_with(self.probe_units, names, root, tree, sampling, generator)
         groups = [u.names for u in self.probe_units]
         if self.probe_tree == "merged":
-            return Proposal(merge_trees(list(trees.values()), mode="sum"), None, trees, groups)
-        return Proposal(trees[leader], leader, trees, groups)
+            return ComposedTree(merge_trees(list(trees.values()), mode="sum"), None, trees, groups)
+        return ComposedTree(trees[leader], leader, trees, groups)
 
     def observe(self, feedback: StepFeedback) -> None:
         super().observe(feedback)
-        full = set(feedback.proposed) >= set(self.drafters)
-        self.router.record(proposed_gains(feedback) if full else {})
+        full = set(feedback.drafter_trees) >= set(self.drafters)
+        self.router.record(drafter_tree_gains(feedback) if full else {})
         self.carried[self.CARRIED] = dict(self.router.log_weights)
 
 
-class Domain(_Composing):
+class Domain(MultiDrafterStrategy):
     """Per prompt turn, at no drafting cost: a classifier over the target's prefill hidden state
     (routing.DomainRouter, fitted from the drafters' training prompts) picks the drafter that
     drafts the whole turn alone. The router comes from `router=` (a DomainRouter or its file) or
@@ -325,8 +273,8 @@ class Domain(_Composing):
 
     @property
     def target_layers(self) -> list[int]:
-        layers = [i for d in super().active_drafters() for i in d.target_layers or ()]
-        return list(dict.fromkeys(layers + [self.router.layer]))  # the prefill must return hidden states
+        # every drafter may be chosen at the prefill, which must also return the router's layer
+        return layers_read(super().active_drafters(), self.router.layer)
 
     def active_drafters(self) -> list[Drafter]:
         return [] if self.chosen is None else [self.drafters[self.chosen]]
@@ -335,75 +283,8 @@ class Domain(_Composing):
         self.chosen = self.router.choose(hidden_states)
         self.routing_log.append(self.chosen)
         d = self.drafters[self.chosen]
-        d.start(prompt_ids, _features(d, hidden_states, slice(None)))
+        d.start(prompt_ids, drafter_features(d, hidden_states, slice(None)))
 
-    def propose(self, root, tree, sampling, generator) -> Proposal:
+    def compose_tree(self, root, tree, sampling, generator) -> ComposedTree:
         draft = self.draft_all([self.chosen], root, tree, sampling, generator)
-        return Proposal(draft[self.chosen], self.chosen, draft)
-
-
-def average_drafters(drafters: Mapping[str, Drafter], weights: Sequence[float] | None = None) -> Drafter:
-    """Weight-space average of drafters of one architecture (uniform or given weights)."""
-    names = list(drafters)
-    models = [drafters[n] for n in names]
-    keys = {n: d.architecture_key() for n, d in zip(names, models)}
-    if len(set(keys.values())) != 1:
-        raise ValueError(f"averaged needs drafters of one architecture; got {keys}")
-    w = torch.tensor(weights if weights is not None else [1.0] * len(models), dtype=torch.float64)
-    if w.numel() != len(models) or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"averaging weights must be {len(models)} non-negative numbers with a positive sum, got {weights}")
-    w = w / w.sum()
-    states = [d.weight_module().state_dict() for d in models]
-    for n, s in zip(names[1:], states[1:]):
-        if s.keys() != states[0].keys() or any(s[k].shape != states[0][k].shape for k in s):
-            raise ValueError(f"averaged: drafter {n!r} has different weight names or shapes from {names[0]!r}")
-    merged = {}
-    for k, first in states[0].items():
-        if first.is_floating_point():
-            merged[k] = sum(float(wi) * s[k].double() for wi, s in zip(w, states)).to(first.dtype)
-        elif all(torch.equal(first, s[k]) for s in states[1:]):
-            merged[k] = first
-        else:
-            raise ValueError(f"averaged: non-float tensor {k!r} differs between drafters (e.g. another draft vocabulary)")
-    averaged = copy.deepcopy(models[0])
-    averaged.weight_module().load_state_dict(merged)
-    averaged.name = "averaged"
-    return averaged
-
-
-class Averaged(Single):
-    """One drafter whose weights are the (weighted) average of the given drafters'."""
-
-    name = "averaged"
-    min_drafters = 1
-    takes_drafter = False
-    options = ("weights",)
-
-    @classmethod
-    def unavailable(cls, drafters, cache=None):
-        keys = {}
-        for n, d in drafters.items():
-            try:
-                keys[n] = d.architecture_key()
-            except (AttributeError, ValueError) as e:
-                return f"averaged cannot average drafter {n!r}: {e}"
-        if len(set(keys.values())) > 1:
-            return f"averaged needs drafters of one architecture; got {keys}"
-        return super().unavailable(drafters, cache)
-
-    @classmethod
-    def create(cls, drafters, tree, cache, **options):
-        return cls(drafters, cache=cache, **options)
-
-    def __init__(self, drafters: Mapping[str, Drafter], weights: Sequence[float] | None = None, cache: dict | None = None):
-        reason = self.unavailable(drafters)
-        if reason is not None:
-            raise ValueError(reason)
-        key = (tuple((n, id(d)) for n, d in drafters.items()), tuple(weights) if weights is not None else None)
-        if cache is not None and key in cache:
-            averaged = cache[key]
-        else:
-            averaged = average_drafters(drafters, weights)
-            if cache is not None:
-                cache[key] = averaged
-        Single.__init__(self, {"averaged": averaged}, "averaged")
+        return ComposedTree(draft[self.chosen], self.chosen, draft)
