@@ -324,3 +324,21 @@ def test_auto_profiles_a_network_beside_the_suffix_drafter(monkeypatch):
     composer.generate(LOOPING, strategy="merged_tree", max_new_tokens=4, tree="auto")
     composer.generate(LOOPING, strategy="single", drafter="sfx", max_new_tokens=4, tree="auto")
     assert [u.names for u in profiled] == [["ee"], ["sfx"]]
+
+
+def test_auto_sizes_merged_trees_by_the_network_drafters_alone():
+    """The suffix drafter adds a few likely nodes, not a full budget: tree="auto" must size the
+    networks' trees as it would without it (width counts networks), or it shrinks them for nodes
+    that never come."""
+    from compose.strategies import STRATEGIES as REGISTRY
+
+    ee, ee2, sfx = EarlyExitDrafter(TARGET, 1), EarlyExitDrafter(TARGET, 1), SuffixDrafter(TARGET.config.vocab_size)
+    merged = REGISTRY["merged_tree"]
+    assert merged({"ee": ee, "sfx": sfx}).tree_width() == 1
+    assert merged({"ee": ee, "ee2": ee2, "sfx": sfx}).tree_width() == 2
+    assert merged({"ee": ee, "ee2": ee2}).tree_width() == 2
+    assert merged({"ee": ee, "ee2": ee2, "sfx": sfx}, merge_budget="equal").tree_width() == 1
+    composer = Composer(TARGET, drafters={"ee": ee, "sfx": "suffix"})
+    composer.generate(LOOPING, strategy="merged_tree", max_new_tokens=4, tree="auto")
+    (policy,) = [v for k, v in composer.strategy_cache.items() if isinstance(k, tuple) and k[0] == "autotree"]
+    assert policy.width == 1

@@ -25,7 +25,13 @@ class MergedTree(MultiDrafterStrategy):
         self.merge_budget = merge_budget
 
     def tree_width(self) -> int:
-        return len(self.drafters) if self.merge_budget == "sum" else 1  # `sum`: every drafter's budget
+        """`sum`: every network drafter's budget. A drafter whose drafting is almost free (the
+        suffix drafter) is not counted: it drafts only the nodes its match makes likely (a few,
+        often none), so counting it as a full budget made tree="auto" shrink the networks' trees
+        for nodes that never came (docs/design.md "The suffix drafter")."""
+        if self.merge_budget == "equal":
+            return 1
+        return max(1, sum(not d.almost_free for d in self.drafters.values()))
 
     def compose_tree(self, root, tree, sampling, generator) -> ComposedTree:
         trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
