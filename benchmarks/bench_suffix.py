@@ -99,6 +99,8 @@ def main() -> None:
     p.add_argument("--benchmarks", nargs="+", default=[*COMPOSITION, REPETITIVE])
     p.add_argument("--equal", action="store_true", help="also the `equal` merges (the union cut to one budget)")
     p.add_argument("--auto", action="store_true", help='tree="auto" instead of the fixed tree (each strategy sizes its own)')
+    p.add_argument("--suffix-min-prob", type=float, default=None,
+                   help="the suffix drafter's min_prob (default: the drafter's own)")
     args = p.parse_args()
     strategies = {**STRATEGIES, **(EQUAL if args.equal else {})}
     os.environ["SPECMUX_THREADS"] = str(args.threads)
@@ -106,6 +108,9 @@ def main() -> None:
     print(f"torch threads {args.threads}; load average at start {load_average()}", flush=True)
     base = Composer("smollm2-135m-instruct", drafters={**default_drafters("smollm2-135m-instruct"), "suffix": "suffix"},
                     threads=args.threads)
+    if args.suffix_min_prob is not None:
+        base.drafters["suffix"].min_prob = args.suffix_min_prob
+    print(f"suffix drafter min_prob {base.drafters['suffix'].min_prob}", flush=True)
     missing = {"math", "chat"} - set(base.drafters)
     if missing:
         raise SystemExit(f"the shipped {sorted(missing)} drafters are missing (drafters/pretrained)")
