@@ -8,6 +8,9 @@ errors and reports the server's RSS at start and end. Prints the load average wi
     python benchmarks/bench_serve.py                       # throughput table
     python benchmarks/bench_serve.py --load-test           # + 8 clients x 100 mixed requests
 
+Then one stream through the server against `Composer.generate`, request by request in turn
+(--one-stream rounds over the prompts), the fairer ratio on a shared machine.
+
 The server runs as its own process (`specmux serve`), the clients here use the official openai
 package (the same code works against vLLM or SGLang: docs/serving.md)."""
 from __future__ import annotations
@@ -135,6 +138,28 @@ def composer_baseline(composer, args, strategy: str | None) -> tuple[int, float]
     return tokens, time.perf_counter() - start
 
 
+async def one_stream(url: str, composer, args, strategy: str | None) -> dict:
+    """One stream through the server vs `Composer.generate` in this process, request by request in
+    turn (each prompt once per round, the server idle while Composer runs): both sides see the same
+    moment's load, so the ratio holds on a busy machine where whole phases do not."""
+    extra = {"temperature": 0, **({"extra_body": {"strategy": strategy}} if strategy else {})}
+    messages = lambda p: [{"role": "user", "content": p}]  # noqa: E731
+    tally = {"http": [0, 0.0], "generate": [0, 0.0]}
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600) as client:
+        await stream_chat(client, PROMPTS["math"], 8, **extra)
+        composer.generate(messages(PROMPTS["math"]), strategy=strategy, max_new_tokens=8)
+        for _ in range(args.one_stream):
+            for prompt in PROMPTS.values():
+                start = time.perf_counter()
+                n = len(composer.generate(messages(prompt), strategy=strategy, max_new_tokens=args.max_tokens).token_ids)
+                tally["generate"][0] += n
+                tally["generate"][1] += time.perf_counter() - start
+                r = await stream_chat(client, prompt, args.max_tokens, **extra)
+                tally["http"][0] += r["tokens"]
+                tally["http"][1] += r["latency"]
+    return {k: n / sec for k, (n, sec) in tally.items()} | {"requests": args.one_stream * len(PROMPTS)}
+
+
 async def load_test(url: str, args, reference) -> dict:
     """8 clients x N requests: greedy chat / streaming completion / stop strings / seeded sampling /
     malformed bodies, in turn."""
@@ -200,6 +225,8 @@ def main() -> int:
     p.add_argument("--per-client", type=int, default=2, help="requests each client sends, one after another")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--rounds", type=int, default=2, help="every phase runs once per round, rounds interleaved")
+    p.add_argument("--one-stream", type=int, default=2,
+                   help="rounds of the one-stream comparison (every prompt through HTTP and Composer.generate in turn)")
     p.add_argument("--load-test", action="store_true")
     p.add_argument("--load-requests", type=int, default=100, help="requests per client in the load test (8 clients)")
     p.add_argument("--load-max-tokens", type=int, default=24)
@@ -233,6 +260,11 @@ def main() -> int:
                 print(f"{c:>7} {r['requests']:>4} {r['tok_s']:>7.1f} {r['tok_s'] / one:>5.2f} "
                       f"{r['tok_s'] / baseline:>6.2f} {r['tau']:>5.2f} {r['p50']:>6.2f} {r['p90']:>6.2f} "
                       f"{r['p99']:>6.2f} {r['ttft50']:>6.2f}")
+        for st in strategies if args.one_stream else ():
+            r = asyncio.run(one_stream(url, composer, args, st))
+            print(f"\none stream, {st or 'speculative'}: HTTP {r['http']:.1f} tok/s, Composer.generate "
+                  f"{r['generate']:.1f} tok/s: {r['http'] / r['generate']:.2f} ({r['requests']} requests each, "
+                  f"in turn)   load {load_average()}", flush=True)
         if args.load_test:
             print(f"server RSS after the throughput phases: {server.memory_info().rss / 2**20:.0f} MiB")
             cache: dict = {}

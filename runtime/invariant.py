@@ -31,6 +31,10 @@ import torch
 BLOCK = 512  # key positions per block of the key axis
 KERNEL_KEYS = 1024  # the longest key axis one bf16 matmul sums in order (measured; check_kernels probes it)
 MIN_ROWS = 4  # fewer score rows are padded (a 1-3 row float32 matmul takes a GEMV)
+# the bf16 matmul's key axis is padded (zero weights) to a multiple of this: oneDNN keeps state
+# per shape (about 0.6 MiB each, never freed), and a key axis one longer every step would grow
+# a long-running process without bound (a server: +1.3 MiB per new cache length)
+KEY_QUANTUM = 64
 
 
 def invariant_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
@@ -58,7 +62,12 @@ def invariant_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
         if width > KERNEL_KEYS:
             raise ValueError(f"{width} keys in one block of the exact bf16 attention (at most {KERNEL_KEYS}): "
                              f"a tree of more than {KERNEL_KEYS - BLOCK + 1} nodes is too large for it")
-        part = torch.matmul(weights[:, :, cols], extended[:, cols]).float()
+        w, x = weights[:, :, cols], extended[:, cols]
+        pad = -width % KEY_QUANTUM
+        if pad and width + pad <= KERNEL_KEYS:  # zero-weight keys: exact, wherever they sit
+            w = torch.cat([w, w.new_zeros(kv, rows, pad)], dim=-1)
+            x = torch.cat([x, x.new_zeros(kv, pad, hd + 1)], dim=1)
+        part = torch.matmul(w, x).float()
         total = part if total is None else total + part
     out = total[..., :hd] / total[..., hd:]
     return out.view(1, heads, n, hd).to(q.dtype)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from runtime.decoder import Decoder, _mlp, rotate
 from runtime.invariant import invariant_attention, key_blocks
 from runtime.kv import KVCache
-from runtime.prepacked import linear
+from runtime.prepacked import bucket, linear
 
 
 @dataclass
@@ -77,9 +77,9 @@ def forward_segments(decoder: Decoder, segments: Sequence[Segment]) -> list[Segm
     model = decoder.model
     body = model.model
     # padding rows (no segment's: their attention output is zero, their results are dropped)
-    # round the row count up to a few sizes: the kernels keep state per distinct shape, and a
-    # batch whose size changes every step would otherwise grow the process by megabytes per new
-    # size (measured: +500 MiB over 250 sizes on SmolLM2-135M, flat over 18 sizes)
+    # round the row count up to a few sizes (runtime/prepacked.py bucket): the kernels keep state
+    # per distinct shape, and a batch whose size changes every step would otherwise grow the
+    # process by megabytes per new size (measured: +500 MiB over 250 sizes on SmolLM2-135M)
     padded = bucket(total)
     ids = torch.cat([s.input_ids.reshape(-1) for s in segments] + [torch.zeros(padded - total, dtype=torch.long)])
     pos = torch.cat([s.positions.reshape(-1) for s in segments] + [torch.zeros(padded - total, dtype=torch.long)])
@@ -147,10 +147,3 @@ def _attention(decoder: Decoder, i: int, attn, x, cos, sin, segments: Sequence[S
     y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
     return linear(attn.o_proj, y.transpose(1, 2).reshape(1, total, -1))
 
-
-def bucket(rows: int) -> int:
-    """Rows a forward over `rows` real rows runs: exact up to 16 (a lone stream's trees and
-    single tokens are not padded), then multiples of 8 up to 128, of 32 up to 512, of 128
-    beyond: a few dozen shapes in all, at most 1/8 padding past 16 rows (1/4 past 512)."""
-    step = 1 if rows <= 16 else 8 if rows <= 128 else 32 if rows <= 512 else 128
-    return -(-rows // step) * step

@@ -92,34 +92,27 @@ def build(args):
     return composer, create_app(composer, config)
 
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameters (malloc.h)
-M_ARENA_MAX = -8
+def serial_main_thread() -> None:
+    """Keep torch in this (the main) thread to one thread: loading the model here, then the event
+    loop. The scheduler thread runs every forward with its own OpenMP team; a second team, made
+    by the main thread while loading, puts libgomp past one thread per core, and then no team
+    spins between parallel regions: each of the many small ones of a speculative step sleeps and
+    wakes its workers (measured, 2 threads on 2 cores, one stream: 32 tok/s against 48 without
+    the main thread's team, and Composer.generate in the main thread at 29 against 50 once the
+    other team exists)."""
+    import torch
 
-
-def return_freed_memory(threshold: int = 1 << 20) -> bool:
-    """Make glibc serve allocations over `threshold` bytes with mmap and give them back when
-    freed. By default glibc raises that threshold to the size of the largest block freed (up to
-    32 MiB), after which a server's per-step logits and per-request caches (megabytes each) come
-    from heaps split between threads, which only grow: the RSS creeps up over a long run of
-    requests. A fixed threshold and two arenas keep it flat. False where there is no glibc."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(M_ARENA_MAX, 2))
-    except (OSError, AttributeError):
-        return False
+    torch.set_num_threads(1)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import uvicorn
 
+    from .memory import return_freed_memory
+
     return_freed_memory()
+    serial_main_thread()
 
     try:
         composer, app = build(args)

@@ -20,6 +20,7 @@ from compose.composer import Composer
 from compose.threads import ThreadPolicy
 
 from .batch import Segment, forward_segments
+from .memory import Trimmer
 from .slot import Event, RequestError, Slot
 
 
@@ -102,6 +103,7 @@ class Scheduler:
         self.trees = trees or BatchTrees()
         self.threads = ThreadPolicy(composer.threads)
         self.caches = CachePool(composer.target.decoder, keep=max_batch)
+        self.trimmer = Trimmer()
         self._waiting: collections.deque[Slot] = collections.deque()
         self._active: list[Slot] = []
         self._wake = threading.Condition()
@@ -209,12 +211,14 @@ class Scheduler:
         if slot.finish is not None or getattr(slot, "failed", False):
             self.caches.put(getattr(slot, "cache", None))
             slot.cache = None
+            self.trimmer.maybe_trim()
             return True
         return False
 
     def step(self) -> None:
         t0 = time.perf_counter()
-        self.threads.apply()
+        if self.threads.step == 0:
+            self.threads.apply()
         slots, segments = [], []
         batch = len(self._active)
         cap = self.trees.node_cap(batch)
@@ -229,6 +233,11 @@ class Scheduler:
             t1 = time.perf_counter()
             outputs = self._forward(slots, segments)
             t_forward = time.perf_counter() - t1
+            # "auto" threads count the cores others are using. Read them here, after the forward
+            # and before this step's text goes out: at a step's start the previous step's text
+            # is still being sent (the event loop) and read (a local client), and the reading
+            # would take a core from torch for the next RECHECK_STEPS steps for nothing
+            self.threads.apply()
             for slot, out in zip(slots, outputs):
                 if out is None:
                     continue

@@ -250,3 +250,71 @@ def test_row_buckets_are_few_and_tight():
     sizes = {bucket(n) for n in range(1, 4097)}
     assert all(bucket(n) >= n for n in range(1, 4097)) and [bucket(n) for n in range(1, 17)] == list(range(1, 17))
     assert len(sizes) <= 70 and all(bucket(n) - n <= max(7, n // 4) for n in range(1, 4097))
+
+
+def test_served_requests_leave_nothing_behind():
+    """Memory stays flat over a long run: once its client has its answer, nothing of a request
+    (slot, cache, drafter state, tensors) is held by the scheduler, and the cache pool and the
+    tree policy's history stay bounded whatever the number of requests."""
+    import gc
+    import weakref
+
+    c = composer()
+    scheduler = Scheduler(c, max_batch=3, max_queue=40, trees=BatchTrees(draft_max_batch=3, row_budget=12))
+    refs = []
+    for i in range(24):  # every strategy, several prompt lengths, greedy and seeded sampling
+        strategy = ("autoregressive", "merged_tree", "confidence")[i % 3]
+        slot = new_slot(c, list(range(1, 2 + i % 7)), strategy, Collector(),
+                        dict(max_new_tokens=5 + i % 4, tree="auto" if i % 2 else dict(depth=2, top_k=2, budget=4),
+                             **({"temperature": 0.8, "seed": i} if i % 4 == 3 else {})))
+        scheduler.submit(slot)
+        refs.append(weakref.ref(slot))
+        del slot
+        if i % 5 == 4:
+            scheduler.run_until_idle()
+    scheduler.run_until_idle()
+    gc.collect()
+    assert [r for r in refs if r() is not None] == []
+    assert len(scheduler.caches._free) <= scheduler.max_batch
+
+
+def test_trimmer_asks_glibc_at_most_once_per_interval():
+    from serve import memory
+
+    calls = []
+
+    class FakeLibc:
+        def malloc_trim(self, pad):
+            calls.append(pad)
+
+    trimmer = memory.Trimmer(interval=3600)
+    trimmer._libc = FakeLibc()
+    assert trimmer.maybe_trim() and not trimmer.maybe_trim() and calls == [0]
+    trimmer.interval = 0
+    assert trimmer.maybe_trim() and calls == [0, 0]
+    if memory._libc() is not None:  # the real one runs
+        assert memory.Trimmer(interval=0).maybe_trim()
+
+
+@needs_native_bf16()
+def test_bf16_attention_key_padding_is_bit_exact(monkeypatch):
+    """A bf16 target's attention pads each key block to a multiple of KEY_QUANTUM with zero
+    weights, so a long-running server meets a few dozen matmul shapes instead of one per cache
+    length (oneDNN keeps state per shape, never freed): the output is bit-identical to the
+    unpadded one, masked keys and block boundaries included."""
+    import runtime.invariant as inv
+
+    gen = torch.Generator().manual_seed(5)
+    for s, n in ((1, 1), (9, 3), (64, 4), (65, 16), (300, 5), (511, 2), (513, 7), (1000, 3)):
+        q = torch.randn(1, 6, n, 32, generator=gen).bfloat16()
+        keys, values = (torch.randn(1, 2, s, 32, generator=gen).bfloat16() for _ in range(2))
+        mask = torch.zeros(n, s)
+        mask[:, s - n:].masked_fill_(torch.rand(n, n, generator=gen) < 0.5, torch.finfo(torch.float32).min)
+        mask[:, s - n:].fill_diagonal_(0)
+        blocks = inv.key_blocks(torch.arange(s))
+        with torch.inference_mode():
+            padded = inv.invariant_attention(q, keys, values, mask, blocks, 0.17)
+            monkeypatch.setattr(inv, "KEY_QUANTUM", 1)
+            plain = inv.invariant_attention(q, keys, values, mask, blocks, 0.17)
+            monkeypatch.undo()
+        assert torch.equal(padded, plain), (s, n)
