@@ -65,12 +65,14 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def bucket(rows: int) -> int:
-    """Rows a matmul over `rows` real rows runs: exact up to 16 (a draft level, a tree, one
-    token), then multiples of 8 up to 128, of 32 up to 512, of 128 beyond: a few dozen shapes in
-    all, at most 1/8 padding past 16 rows (1/4 past 512). oneDNN keeps state for every shape it
-    meets (about 0.6 MiB per weight and row count, never freed): a long-running process that
-    prefilled every prompt length exactly would grow with each new one."""
-    step = 1 if rows <= 16 else 8 if rows <= 128 else 32 if rows <= 512 else 128
+    """Rows a matmul over `rows` real rows runs: exact up to 64 (one token, a draft level, any
+    verified tree: tree="auto" keeps trees within 64 nodes, and padding a 25-node tree to 32 rows
+    cost the merged_tree step 3-7% on 2 cores), then multiples of 8 up to 128, of 32 up to 512,
+    of 128 beyond: about a hundred shapes in all, at most 1/8 padding past 64 rows (1/4 past
+    512). oneDNN keeps state for every shape it meets (about 0.6 MiB per weight and row count,
+    never freed): a long-running process that prefilled every prompt length exactly would grow
+    with each new one."""
+    step = 1 if rows <= 64 else 8 if rows <= 128 else 32 if rows <= 512 else 128
     return -(-rows // step) * step
 
 

@@ -248,8 +248,8 @@ def test_row_buckets_are_few_and_tight():
     from serve.batch import bucket
 
     sizes = {bucket(n) for n in range(1, 4097)}
-    assert all(bucket(n) >= n for n in range(1, 4097)) and [bucket(n) for n in range(1, 17)] == list(range(1, 17))
-    assert len(sizes) <= 70 and all(bucket(n) - n <= max(7, n // 4) for n in range(1, 4097))
+    assert all(bucket(n) >= n for n in range(1, 4097)) and [bucket(n) for n in range(1, 65)] == list(range(1, 65))
+    assert len(sizes) <= 120 and all(bucket(n) - n <= max(7, n // 4) for n in range(1, 4097))
 
 
 def test_served_requests_leave_nothing_behind():
