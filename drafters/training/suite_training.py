@@ -110,6 +110,7 @@ class LearningCurve:
         self.target, self.depth, self.set_name, self.log = target, depth, set_name, log
         self.patience, self.min_gain = patience, min_gain
         self.seconds = 0.0  # spent evaluating (not training)
+        self.last: tuple[int, dict[str, dict]] | None = None  # (step, held-out metrics per domain)
 
     def points(self) -> list[dict]:
         if not self.path.exists():
@@ -125,10 +126,13 @@ class LearningCurve:
         seen = sum(r["tokens"] for r in map(json.loads, metrics_file.read_text().splitlines()) if r["step"] <= step)
         t0 = time.time()
         point = {"step": step, "tokens_seen": seen, "time": round(t0)}
+        measured = {}
         for domain, records in self.heldout.items():
-            m = evaluate_drafter(self.model, self.head, records, self.tcfg, target=self.target, steps=self.depth)
+            m = measured[domain] = evaluate_drafter(self.model, self.head, records, self.tcfg, target=self.target,
+                                                    steps=self.depth)
             point[f"{domain}_chain_tau"] = round(m["chain_tau"], 4)
             point[f"{domain}_acc_0"] = round(m["acc_0"], 4)
+        self.last = (step, measured)
         self.seconds += time.time() - t0
         points = [p for p in self.points() if p["step"] < step] + [point]
         with open(self.path, "a") as f:
@@ -181,17 +185,19 @@ def train_one(cfg, tcfg: TrainConfig, target, set_name: str, split, log, states:
     train_drafter(model, head, records, tcfg, tcfg.work_dir, target=states.online_target(), progress=False,
                   evaluate=curve, eval_every=eval_every)
     seconds = time.time() - t0 - (curve.seconds if curve is not None else 0.0)
-    n_tokens = sum(json.loads(line)["tokens"] for line in (Path(tcfg.work_dir) / "metrics.jsonl").read_text().splitlines())
-    steps_done = len((Path(tcfg.work_dir) / "metrics.jsonl").read_text().splitlines())
+    logged = [json.loads(line) for line in (Path(tcfg.work_dir) / "metrics.jsonl").read_text().splitlines()]
+    n_tokens, steps_done = sum(r["tokens"] for r in logged), len(logged)
     metrics = {"train_seconds": round(seconds, 3), "train_tokens": n_tokens,
                "train_tokens_per_s": round(n_tokens / max(seconds, 1e-9)), "steps": steps_done,
                "train_records": len(records), "states": "cache" if states.cached else "online"}
     if dcfg.head == "truncated":
         resp = torch.cat([torch.tensor(r["input_ids"][r["prompt_len"]:]) for r in raw])
         metrics["draft_vocab_coverage"] = round(float(torch.isin(resp, draft_ids).float().mean()), 4)
+    # the curve's last point scored these same weights on the same sets: not evaluated twice
+    measured = curve.last[1] if curve is not None and curve.last and curve.last[0] == steps_done else {}
     for domain in ("math", "chat"):
-        m = evaluate_drafter(model, head, data[f"{domain}_heldout"], tcfg, target=states.online_target(),
-                             steps=eval_depth)
+        m = measured.get(domain) or evaluate_drafter(model, head, data[f"{domain}_heldout"], tcfg,
+                                                     target=states.online_target(), steps=eval_depth)
         metrics[f"heldout_{domain}"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
     if curve is not None:
         metrics["curve"] = curve.points()

@@ -283,8 +283,10 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
         keep_logged_steps(work_dir / log_name, done)  # steps after the checkpoint are redone
         log = open(work_dir / log_name, "a")
     bar = tqdm(total=total, initial=done, desc="train drafter", unit="step", disable=not (progress and acc.is_main_process))
-    step = 0
+    step, stop = 0, False
     for epoch in range(cfg.epochs):
+        if stop or step >= total:
+            break
         for b, idx in enumerate(epoch_batches(len(records), cfg, epoch, lengths)):
             step += 1
             if step > total:
@@ -310,7 +312,6 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
                 bar.set_postfix(loss=f"{float(loss):.3f}", acc0=f"{metrics['acc_0']:.3f}")
             bar.update(1)
             last = step == total
-            stop = False
             if evaluate is not None and eval_every and (step % eval_every == 0 or last):
                 save_train_state(acc, state_dir, step)  # a curve point is always resumable
                 if acc.is_main_process:
@@ -322,9 +323,6 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
                 save_train_state(acc, state_dir, step)
             if stop:
                 break
-        else:
-            continue
-        break
     bar.close()
     if log is not None:
         log.close()
