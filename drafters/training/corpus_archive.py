@@ -54,22 +54,20 @@ def pack_corpus(work: str | Path, archive: str | Path, generator: dict, sources:
     import lzma
 
     work, archive = Path(work), Path(archive)
-    files = _member_files(work)
     if not (work / "corpus").is_dir():
         raise ValueError(f"{work} holds no regenerated corpus (work/corpus); run the suite's regenerate stage first")
+    members = {str(p.relative_to(work)): p.read_bytes() for p in _member_files(work)}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path in files:
-            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(work)))
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
+        for name, blob in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(blob), 0o644
             info.mtime = 0  # byte-identical archives from identical data
-            with open(path, "rb") as f:
-                tar.addfile(info, f)
+            tar.addfile(info, io.BytesIO(blob))
     data = lzma.compress(buf.getvalue(), preset=9)
     manifest = {
         "archive": archive.name, "sha256": _sha256(data), "bytes": len(data),
-        "members": {str(p.relative_to(work)): _sha256(p.read_bytes()) for p in files},
+        "members": {name: _sha256(blob) for name, blob in members.items()},
         "counts": corpus_counts(work), "sources": sources, "generator": generator,
         "overlap": json.loads((work / "data_report.json").read_text()) if (work / "data_report.json").exists() else None,
     }
