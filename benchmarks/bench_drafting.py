@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(1, str(Path(__file__).parent.parent))  # measure the checkout this script is in, not the installed copy
 from bench_costs import transformers_forward_ms, twin  # noqa: E402
 from bench_threads import measure as measure_threads  # noqa: E402
-from prompts import PROMPTS, load_average  # noqa: E402
+from prompts import PROMPTS, load_average, print_goals  # noqa: E402
 
 from compose import Composer, default_drafters  # noqa: E402
 from compose.costs import measure_forward, measure_levels, median_ms  # noqa: E402
@@ -261,12 +261,7 @@ def main() -> None:
         section_threads(args.new_tokens)
     goal("every greedy output equals plain decoding", f"{len(MISMATCHES)} mismatches", "0", not MISMATCHES)
     header("goals")
-    print("| goal | measured | target | met |")
-    print("|---|---:|---:|:---:|")
-    for name, measured, target, met in GOALS:
-        print(f"| {name} | {measured} | {target} | {'yes' if met else 'no'} |")
-    if MISMATCHES:
-        print(f"\nmismatches: {MISMATCHES}")
+    print_goals(GOALS, MISMATCHES)
 
 
 if __name__ == "__main__":

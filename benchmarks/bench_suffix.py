@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(1, str(Path(__file__).parent.parent))  # measure the checkout this script is in
-from prompts import PROMPTS, load_average  # noqa: E402
+from prompts import PROMPTS, load_average, print_goals  # noqa: E402
 
 from compose import Composer, default_drafters  # noqa: E402
 from drafters.suffix import SuffixDrafter  # noqa: E402
@@ -193,12 +193,7 @@ def main() -> None:
                   worst >= 0.97))
     goals.append(("greedy outputs equal to plain decoding", f"{len(mismatches)} mismatches", "0", not mismatches))
     print(f"\n### goals (load average {load_average()})\n")
-    print("| goal | measured | target | met |")
-    print("|---|---:|---:|:---:|")
-    for name, measured, target, met in goals:
-        print(f"| {name} | {measured} | {target} | {'yes' if met else 'no'} |")
-    if mismatches:
-        print(f"\nmismatches: {mismatches}")
+    print_goals(goals, mismatches)
 
 
 if __name__ == "__main__":

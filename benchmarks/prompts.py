@@ -36,3 +36,13 @@ def apply_common_args(args: argparse.Namespace) -> tuple[dict, dict]:
 def load_average() -> str:
     """`uptime`'s 1, 5 and 15 minute load averages, printed next to every timing."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def print_goals(goals: list[tuple[str, str, str, bool]], mismatches: list[str]) -> None:
+    """An issue's goals as a markdown table (goal, measured, target, met), then any greedy mismatches."""
+    print("| goal | measured | target | met |")
+    print("|---|---:|---:|:---:|")
+    for name, measured, target, met in goals:
+        print(f"| {name} | {measured} | {target} | {'yes' if met else 'no'} |")
+    if mismatches:
+        print(f"\nmismatches: {mismatches}")
