@@ -31,7 +31,8 @@ BATCH_HINT = 8  # the row count the layout is tuned for; 1..64 rows all run well
 # oneDNN takes a slower kernel for 1 or 2 rows than for 3-6 on this layout, so fewer rows are
 # padded to this many (docs/design.md "Measurements behind the code")
 MIN_ROWS = 4
-_PACKED: dict[int, tuple[weakref.ref, int, torch.Tensor | None]] = {}
+# id(weight) -> (weight, its version when packed, the packed weight or None, used with a bias)
+_PACKED: dict[int, tuple[weakref.ref, int, torch.Tensor | None, bool]] = {}
 
 
 def enabled() -> bool:
@@ -52,7 +53,7 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """F.linear(x, weight, bias), on the packed weight where that is possible."""
     if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != weight.dtype:
         return F.linear(x, weight, bias)
-    packed = _packed(weight)
+    packed = _packed(weight, bias is not None)
     if packed is None:
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])
@@ -67,13 +68,40 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def bucket(rows: int) -> int:
     """Rows a matmul over `rows` real rows runs: exact up to 64 (one token, a draft level, any
     verified tree: tree="auto" keeps trees within 64 nodes, and padding a 25-node tree to 32 rows
-    cost the merged_tree step 3-7% on 2 cores), then multiples of 8 up to 128, of 32 up to 512,
-    of 128 beyond: about a hundred shapes in all, at most 1/8 padding past 64 rows (1/4 past
-    512). oneDNN keeps state for every shape it meets (about 0.6 MiB per weight and row count,
-    never freed): a long-running process that prefilled every prompt length exactly would grow
-    with each new one."""
-    step = 1 if rows <= 64 else 8 if rows <= 128 else 32 if rows <= 512 else 128
+    cost the merged_tree step 3-7% on 2 cores), then four sizes per doubling (80, 96, 112, 128,
+    160, ...: under 1/4 padding, 1/8 on average), which only prompts and batched prefills reach.
+    oneDNN keeps state for every matmul shape it meets (0.4-10 MiB per weight shape and row
+    count, growing with the rows, never freed; the same for every weight of that shape): a
+    long-running process that prefilled every prompt length exactly would grow with each new
+    one, and with few sizes `warm_shapes` can meet them all up front."""
+    if rows <= 64:
+        return rows
+    step = 1 << ((rows - 1).bit_length() - 3)
     return -(-rows // step) * step
+
+
+def row_sizes(max_rows: int) -> list[int]:
+    """Every row count a packed matmul over 1..max_rows real rows runs."""
+    return sorted({max(MIN_ROWS, bucket(n)) for n in range(1, max_rows + 1)})
+
+
+def warm_shapes(max_rows: int) -> int:
+    """Run every packed weight shape met so far (one weight of each shape, dtype and bias) at
+    every row count up to `max_rows`, so that a server meets the kernels' per-shape state at
+    startup and its memory stays flat under traffic. Returns the number of matmuls run."""
+    shapes: dict[tuple, torch.Tensor] = {}
+    for ref, _, packed, has_bias in list(_PACKED.values()):
+        weight = ref()
+        if weight is not None and packed is not None:
+            shapes.setdefault((tuple(weight.shape), weight.dtype, has_bias), weight)
+    runs = 0
+    with torch.inference_mode():
+        for (_, dtype, has_bias), weight in shapes.items():
+            bias = weight.new_zeros(weight.shape[0]) if has_bias else None
+            for n in row_sizes(max_rows):
+                matmul(weight.new_zeros(n, weight.shape[1]), weight, bias)
+                runs += 1
+    return runs
 
 
 def stacked_matmul(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> torch.Tensor | None:
@@ -82,13 +110,14 @@ def stacked_matmul(x: torch.Tensor, weights: list[torch.Tensor], biases: list[to
     linears); None where the packed path does not apply (the caller then runs each member's own)."""
     if torch.is_grad_enabled() or x.device.type != "cpu" or any(w.dtype != x.dtype for w in weights):
         return None
-    packed = [_packed(w) for w in weights]
+    packed = [_packed(w, b is not None) for w, b in zip(weights, biases)]
     if any(p is None for p in packed):
         return None
     rows = x.reshape(len(weights), -1, x.shape[-1])
     n = rows.shape[1]
-    if n < MIN_ROWS:  # as in matmul: padding rows are computed and dropped
-        rows = torch.cat([rows, rows.new_zeros(rows.shape[0], MIN_ROWS - n, rows.shape[2])], dim=1)
+    padded = max(MIN_ROWS, bucket(n))
+    if padded > n:  # as in matmul: padding rows are computed and dropped
+        rows = torch.cat([rows, rows.new_zeros(rows.shape[0], padded - n, rows.shape[2])], dim=1)
     out = torch.stack([torch.ops.mkldnn._linear_pointwise(r, p, b, "none", [], "") for r, p, b in zip(rows, packed, biases)])
     return out[:, :n].reshape(*x.shape[:-1], out.shape[-1])
 
@@ -105,7 +134,7 @@ def _global_hooks() -> bool:
     return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
 
 
-def _packed(weight: torch.Tensor) -> torch.Tensor | None:
+def _packed(weight: torch.Tensor, has_bias: bool = False) -> torch.Tensor | None:
     key, version = id(weight), _version(weight)
     hit = _PACKED.get(key)
     if hit is not None and hit[0]() is weight and hit[1] == version:
@@ -117,7 +146,7 @@ def _packed(weight: torch.Tensor) -> torch.Tensor | None:
                 packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), BATCH_HINT)
         except (RuntimeError, NotImplementedError):  # a dtype or build oneDNN cannot pack: plain F.linear
             packed = None
-    _PACKED[key] = (weakref.ref(weight, lambda _, k=key: _PACKED.pop(k, None)), version, packed)
+    _PACKED[key] = (weakref.ref(weight, lambda _, k=key: _PACKED.pop(k, None)), version, packed, has_bias)
     return packed
 
 

@@ -30,6 +30,7 @@ from .metrics import ServeMetrics
 from .scheduler import BatchTrees, Scheduler
 from .schemas import ChatRequest, CompletionRequest, error_body, validation_message
 from .slot import Event, RequestError, Slot, new_slot
+from .warmup import WarmUp
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # specmux's -> OpenAI's
 POLL_SECONDS = 0.5  # how often a waiting non-streaming handler checks that its client is still there
@@ -47,12 +48,14 @@ class ServerConfig:
     drain_seconds: float = 30.0
     draft_max_batch: int = 2  # serve/scheduler.py BatchTrees
     row_budget: int = 24
+    warmup_rows: int = 0  # > 0: meet the kernels' shapes up to this many rows at startup (serve/warmup.py)
 
 
 def create_app(composer: Composer, config: ServerConfig) -> FastAPI:
     metrics = ServeMetrics()
     scheduler = Scheduler(composer, config.max_batch, config.max_queue, metrics,
-                          BatchTrees(config.draft_max_batch, config.row_budget))
+                          BatchTrees(config.draft_max_batch, config.row_budget),
+                          WarmUp(config.warmup_rows) if config.warmup_rows > 0 else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -85,6 +88,8 @@ def create_app(composer: Composer, config: ServerConfig) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        if not scheduler.ready.is_set():  # requests are taken, but wait for the warm-up
+            return JSONResponse({"status": "warming up", "active": 0, "queued": scheduler.queued}, status_code=503)
         return {"status": "ok", "active": scheduler.active, "queued": scheduler.queued}
 
     @app.get("/metrics")
@@ -118,7 +123,7 @@ def create_app(composer: Composer, config: ServerConfig) -> FastAPI:
             fit = "max_new_tokens" not in options
             options.setdefault("max_new_tokens", config.default_max_tokens)
             slot = new_slot(composer, prompt, req.strategy, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
-                            options, fit_context=fit)
+                            options, fit_context=fit, stream=bool(req.stream))
         except ValueError as e:
             message, param = validation_message(e) if isinstance(e, ValidationError) else (str(e), None)
             raise RequestError(message, param=param) from None
@@ -134,10 +139,17 @@ def create_app(composer: Composer, config: ServerConfig) -> FastAPI:
             if reply.kind == "chat":
                 yield sse(reply.chunk({"role": "assistant", "content": ""}))
             while True:
-                ev = await events.get()
+                ev, text = await events.get(), ""
+                while ev.kind == "text":  # pieces queued up while the client read the last one: one chunk
+                    text += ev.text
+                    if events.empty():
+                        break
+                    ev = events.get_nowait()
+                if text:
+                    yield sse(reply.chunk(text))
                 if ev.kind == "text":
-                    yield sse(reply.chunk(ev.text))
-                elif ev.kind == "error":
+                    continue
+                if ev.kind == "error":
                     yield sse(error_body(str(ev.error), ev.error.kind))
                     break
                 else:

@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None):
                         "(past it, batching pays more than speculating)")
     p.add_argument("--row-budget", type=int, default=24,
                    help="verified tree rows per step shared by the drafting requests of a batch")
+    p.add_argument("--warmup-rows", type=int, default=1024,
+                   help="before serving, meet every kernel shape up to this many rows of a step, so that memory "
+                        "stays flat under traffic (serve/warmup.py; 0: no warm-up)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
     p.add_argument("--max-tokens", type=int, default=256, help="max_tokens of requests that name none")
     p.add_argument("--temperature", type=float, default=1.0, help="temperature of requests that name none")
@@ -82,13 +85,16 @@ def build(args):
     defaults = {} if args.tree is None else {"tree": tree_option(args.tree)}
     composer = Composer(args.target, drafters=drafter_specs(args.drafters, args.target), strategy=args.strategy,
                         threads=threads, **defaults)
+    if args.warmup_rows < 0:
+        raise ValueError(f"--warmup-rows must be >= 0, got {args.warmup_rows}")
     if args.strategy is not None and composer.unavailable(args.strategy):
         raise ValueError(composer.unavailable(args.strategy))
     config = ServerConfig(
         model_name=args.served_model_name or os.path.basename(str(args.target).rstrip("/")),
         api_key=args.api_key or None, max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
         max_queue=args.max_queue, default_temperature=args.temperature, default_max_tokens=args.max_tokens,
-        drain_seconds=args.drain_seconds, draft_max_batch=args.draft_max_batch, row_budget=args.row_budget)
+        drain_seconds=args.drain_seconds, draft_max_batch=args.draft_max_batch, row_budget=args.row_budget,
+        warmup_rows=args.warmup_rows)
     return composer, create_app(composer, config)
 
 

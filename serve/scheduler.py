@@ -22,6 +22,7 @@ from compose.threads import ThreadPolicy
 from .batch import Segment, forward_segments
 from .memory import Trimmer
 from .slot import Event, RequestError, Slot
+from .warmup import WarmUp, report
 
 
 class QueueFull(RequestError):
@@ -94,7 +95,8 @@ class CachePool:
 
 class Scheduler:
     def __init__(self, composer: Composer, max_batch: int = 8, max_queue: int = 64,
-                 observer: StepObserver | None = None, trees: BatchTrees | None = None):
+                 observer: StepObserver | None = None, trees: BatchTrees | None = None,
+                 warm_up: WarmUp | None = None):
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.composer = composer
@@ -109,10 +111,14 @@ class Scheduler:
         self._wake = threading.Condition()
         self._accepting = True
         self._stop = False
+        self.warm_up = warm_up
+        self.ready = threading.Event()  # set once the warm-up (if any) is done: /health says so
         self._thread = threading.Thread(target=self._run, name="specmux-scheduler", daemon=True)
 
     # --- the HTTP side ----------------------------------------------------------------------------
     def start(self) -> None:
+        if self.warm_up is None:
+            self.ready.set()
         self._thread.start()
 
     def submit(self, slot: Slot) -> None:
@@ -163,8 +169,25 @@ class Scheduler:
         while self._waiting or self._active:
             self._serve(self._take_waiting())
 
+    def serve_alone(self, slot: Slot) -> None:
+        """Run one request to its end in the calling thread, nothing else in the batch, its
+        steps and end unreported (the warm-up's requests)."""
+        observer, self.observer = self.observer, StepObserver()
+        try:
+            self._admit(slot)
+            while self._active:
+                self._serve([])
+        finally:
+            self.observer = observer
+
     # --- the scheduler thread ---------------------------------------------------------------------
     def _run(self) -> None:
+        if self.warm_up is not None:  # requests that come meanwhile wait in the queue
+            try:
+                report(self.warm_up.run(self))
+            except Exception as e:  # noqa: BLE001 - a failed warm-up costs memory, not correctness
+                report(f"warning: warm-up failed ({type(e).__name__}: {e}); serving without it")
+            self.ready.set()
         while True:
             with self._wake:
                 while not self._stop and not self._waiting and not self._active:

@@ -60,6 +60,7 @@ class Slot:
     opts: GenerateOptions
     emit: Callable[[Event], None]  # thread-safe delivery to the request's HTTP handler
     seed: int  # the request's seed, or a fresh random one: every request draws from its own generator
+    stream: bool = True  # False: the client takes the whole text at the end ("text" events are not sent)
     cancelled: bool = False  # set by the HTTP side when the client goes away
     tokens: list[int] = field(default_factory=list)
     text: str = ""
@@ -177,7 +178,7 @@ class Slot:
             hold = max((len(s) for s in opts.stop), default=1) - 1
             hold = max(hold, len(new_text) - len(new_text.rstrip("\ufffd")))
         upto = len(new_text) - hold
-        if upto > self.sent:
+        if upto > self.sent and self.stream:
             self.emit(Event("text", new_text[self.sent : upto]))
             self.sent = upto
         if self.finish is not None:
@@ -241,12 +242,13 @@ def own_drafter_state(plan: Strategy) -> Strategy:
 
 
 def new_slot(composer: Composer, prompt, strategy: str | None, emit: Callable[[Event], None],
-             options: dict[str, Any], fit_context: bool = False) -> Slot:
+             options: dict[str, Any], fit_context: bool = False, stream: bool = True) -> Slot:
     """A request validated as `Composer.generate` validates its arguments (ValueError: the
     request is malformed): strategy name and options, generate options over the Composer's
     defaults, the prompt (text, chat messages or ids) and its length against the context.
     fit_context: max_new_tokens was not asked for, so the default is cut to what the context
-    leaves after the prompt (an explicit one past the context is an error)."""
+    leaves after the prompt (an explicit one past the context is an error). stream: whether the
+    client reads the text as it comes (else only the "done" or "error" event is sent)."""
     from compose.registry import default_strategy, strategy_class, strategy_options
 
     name = strategy or composer.strategy or default_strategy(composer.drafters)
@@ -269,4 +271,4 @@ def new_slot(composer: Composer, prompt, strategy: str | None, emit: Callable[[E
             opts = opts.model_copy(update={"max_new_tokens": room})
     composer._check_length(prompt_ids, opts)
     seed = opts.seed if opts.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-    return Slot(prompt_ids, name, strategy_args, opts, emit, seed)
+    return Slot(prompt_ids, name, strategy_args, opts, emit, seed, stream=stream)

@@ -249,7 +249,8 @@ def test_row_buckets_are_few_and_tight():
 
     sizes = {bucket(n) for n in range(1, 4097)}
     assert all(bucket(n) >= n for n in range(1, 4097)) and [bucket(n) for n in range(1, 65)] == list(range(1, 65))
-    assert len(sizes) <= 120 and all(bucket(n) - n <= max(7, n // 4) for n in range(1, 4097))
+    # exact up to 64 rows, then four sizes per doubling (6 doublings to 4096), under 1/4 padding
+    assert len(sizes) == 64 + 4 * 6 and all(bucket(n) - n < n // 4 for n in range(65, 4097))
 
 
 def test_served_requests_leave_nothing_behind():
