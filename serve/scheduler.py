@@ -92,6 +92,14 @@ class CachePool:
         if cache is not None and len(self._free) < self.keep:
             self._free.append(cache)
 
+    def fill(self, capacity: int) -> None:
+        """Allocate the caches a full batch of requests of up to `capacity` positions needs now,
+        not under traffic (serve/warmup.py)."""
+        capacity = -(-capacity // self.QUANTUM) * self.QUANTUM
+        self._free = [c for c in self._free if c.capacity >= capacity]
+        while len(self._free) < self.keep:
+            self._free.append(self.decoder.new_cache(capacity))
+
 
 class Scheduler:
     def __init__(self, composer: Composer, max_batch: int = 8, max_queue: int = 64,

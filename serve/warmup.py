@@ -7,8 +7,9 @@ exact up to 64, then four per doubling), so all of them can be met up front: one
 request per strategy the server runs by default (which packs every weight those strategies read
 and runs their code paths through the scheduler's own batched forward), then every packed weight
 shape at every row count up to `max_rows` (prompts and batched prefills beyond it still meet
-new shapes, about 10 MiB per new size). Measured on the default pair, 2 cores: 1.4 s and
-~400 MiB up front (docs/serving.md "Memory")."""
+new shapes, about 10 MiB per new size), and the KV caches of a full batch (the scheduler's pool
+would otherwise fill as the first concurrent requests come). Measured on the default pair, 2
+cores: about 4 s and 500 MiB up front, then flat (docs/serving.md "Memory")."""
 from __future__ import annotations
 
 import sys
@@ -27,10 +28,12 @@ WARM_IDS = list(range(1, 17))  # for a server without a tokenizer (token-id prom
 class WarmUp:
     max_rows: int = 1024  # the longest prefill (prompt tokens, or rows of a batched step) met up front
     new_tokens: int = 16
+    cache_positions: int = 512  # KV caches for a full batch of requests this long, allocated up front
 
     def __post_init__(self):
-        if self.max_rows < 1 or self.new_tokens < 1:
-            raise ValueError(f"warm-up max_rows and new_tokens must be >= 1, got {self.max_rows}, {self.new_tokens}")
+        if min(self.max_rows, self.new_tokens, self.cache_positions) < 1:
+            raise ValueError(f"warm-up max_rows, new_tokens and cache_positions must be >= 1, got "
+                             f"{self.max_rows}, {self.new_tokens}, {self.cache_positions}")
 
     def run(self, scheduler) -> str:
         """Run in the scheduler's thread before it serves (its observer is not told: warm-up
@@ -48,8 +51,10 @@ class WarmUp:
             if getattr(slot, "failed", False):
                 raise RuntimeError(f"the warm-up request with strategy {name!r} failed: {slot.error}")
         matmuls = warm_shapes(self.max_rows)
+        scheduler.caches.fill(self.cache_positions)
         return (f"warmed up in {time.perf_counter() - start:.1f} s: {len(strategies)} requests "
-                f"({', '.join(strategies)}), {matmuls} matmul shapes up to {self.max_rows} rows")
+                f"({', '.join(strategies)}), {matmuls} matmul shapes up to {self.max_rows} rows, "
+                f"{scheduler.max_batch} KV caches of {self.cache_positions} positions")
 
 
 def report(line: str) -> None:

@@ -128,3 +128,16 @@ def test_a_non_streaming_request_is_sent_only_its_end(tmp_path):
     assert [e.kind for e in whole.events] == ["done"]
     assert "".join(e.text for e in streamed.events if e.kind == "text") == slots[0].text
     assert streamed.events[-1].kind == "done"
+
+
+def test_the_warm_up_fills_the_cache_pool_for_a_full_batch():
+    c = composer()
+    scheduler = Scheduler(c, max_batch=3, warm_up=WarmUp(max_rows=8, new_tokens=2, cache_positions=300))
+    scheduler.warm_up.run(scheduler)
+    pool = scheduler.caches._free
+    assert len(pool) == 3 and all(cache.capacity >= 300 for cache in pool)
+    kept = {id(cache) for cache in pool}
+    slot = new_slot(c, [1, 2, 3], "autoregressive", Collector(), dict(max_new_tokens=4))
+    scheduler.submit(slot)
+    scheduler.run_until_idle()
+    assert {id(cache) for cache in scheduler.caches._free} == kept  # served from the pool, given back
