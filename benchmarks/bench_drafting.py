@@ -213,14 +213,13 @@ def section_auto(composer: Composer, items: int, n: int, benches: list[str], nam
         plain = [timed_generate(composer, x, n, strategy="autoregressive") for x in ids]
         ar_time = sum(t for _, t, _ in plain)
         header(f"tree=\"auto\" vs fixed trees on {bench}: {items} item(s) x {n} tokens, ratio to plain decoding")
-        print("| strategy | tree | tokens/s ratio to AR | mean tau |")
-        print("|---|---|---:|---:|")
         warm = chat_ids(composer, PROMPTS[domain])  # not a measured prompt
         for label, kw in strategies.items():
             # tree="auto" learns across generations (a Composer keeps its AutoTree): measure it
             # warm, as a serving Composer runs after its first request
             composer.generate(warm, max_new_tokens=n, tree="auto", **kw)
             chosen = record_choices(autotree_of(composer, kw)) if diagnose else []
+            print("\n| strategy | tree | tokens/s ratio to AR | mean tau |\n|---|---|---:|---:|")
             rates, auto_steps = {}, []
             configs = [("auto", "auto")] + [(f"d{t['depth']} k{t['top_k']} b{t['budget']}", t) for t in GRID]
             for tag, tree in configs:
@@ -235,7 +234,6 @@ def section_auto(composer: Composer, items: int, n: int, benches: list[str], nam
                       f"{sum(tau for *_, tau in runs) / len(runs):.2f} |", flush=True)
             if diagnose:
                 print_auto_diagnosis(autotree_of(composer, kw), chosen, auto_steps)
-                print("\n| strategy | tree | tokens/s ratio to AR | mean tau |\n|---|---|---:|---:|")
             best = max(v for k, v in rates.items() if k != "auto")
             today = rates[f"d{TODAY['depth']} k{TODAY['top_k']} b{TODAY['budget']}"]
             goal(f"auto / best of {len(GRID)} fixed trees, {label}, {bench}", f"{rates['auto'] / best:.2f}",
