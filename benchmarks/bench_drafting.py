@@ -1,11 +1,13 @@
 """Issue 10's benchmark: every ratio in its goals from one run, then one table of the goals.
 
     python benchmarks/bench_drafting.py [--sections costs ar auto qwen threads] [--new-tokens 64]
-        [--items 1] [--threads 1]
+        [--items 1] [--threads 1] [--auto-benchmarks gsm8k mtbench math] [--auto-strategies single merged_tree]
+        [--diagnose]
 
 Sections: costs (a draft level vs a one-token target forward; three drafters in lockstep vs
 one), ar (our plain decoding vs transformers' generate), auto (tree="auto" vs a grid of fixed
-trees and today's default tree, on GSM8K and MT-Bench items), qwen (Qwen2.5-Coder 1.5B with the
+trees and today's default tree, single specialist and merged_tree, on GSM8K and MT-Bench items by
+default; --diagnose adds what auto chose, expected and measured), qwen (Qwen2.5-Coder 1.5B with the
 0.5B drafter: ours vs transformers' assisted generation), threads (quiet vs beside a busy
 process). Every greedy output is checked against plain decoding. Times: one torch thread unless
 stated; the load average is printed next to every section.
@@ -152,32 +154,86 @@ def section_ar(composer: Composer, prompts: dict, n: int) -> None:
 
 
 # --- tree="auto" vs fixed trees ------------------------------------------------------------------
-def section_auto(composer: Composer, items: int, n: int) -> None:
-    for bench, domain in (("gsm8k", "math"), ("mtbench", "chat")):
-        specialist = domain if domain in composer.drafters else next(iter(composer.drafters))
-        strategies = {f"single {specialist}": dict(strategy="single", drafter=specialist), "default strategy": {}}
+DOMAIN = {"gsm8k": "math", "math": "math", "mtbench": "chat", "humaneval": "code"}  # the specialist and warm-up prompt
+
+
+def auto_strategies(composer: Composer, names: list[str], domain: str) -> dict[str, dict]:
+    """label -> generate() keywords: `single` (the benchmark's specialist drafter) or `merged_tree`."""
+    specialist = domain if domain in composer.drafters else next(iter(composer.drafters))
+    kinds = {"single": (f"single {specialist}", dict(strategy="single", drafter=specialist)),
+             "merged_tree": ("merged_tree", dict(strategy="merged_tree"))}
+    return dict(kinds[name] for name in names)
+
+
+def autotree_of(composer: Composer, kw: dict):
+    """The Composer's AutoTree for the strategy of `kw` (compose/tree_policy.py's cache key)."""
+    autos = [(k, v) for k, v in composer.strategy_cache.items() if isinstance(k, tuple) and k[0] == "autotree"]
+    return next(v for k, v in autos if k[1] == kw["strategy"] and dict(k[2]).get("drafter") == kw.get("drafter"))
+
+
+def record_choices(auto) -> list:
+    """Every tree `auto` chooses from now on, in order (one per decode step)."""
+    chosen, choose = [], auto.choose
+    auto.choose = lambda: chosen.append(choose()) or chosen[-1]
+    return chosen
+
+
+def print_auto_diagnosis(auto, chosen: list, steps: list) -> None:
+    """What tree="auto" chose, what it expects of each choice now and what the steps measured;
+    what it believes of the first and deeper levels (rank 1) against what chains accepted."""
+    rows: dict = {}
+    for spec, step in zip(chosen, steps):
+        rows.setdefault(spec, []).append(step)
+    print("\n| auto's tree (depth, top-k, budget) | steps | tokens/step expected / measured | step ms predicted / measured |")
+    print("|---|---:|---:|---:|")
+    for spec, ss in sorted(rows.items(), key=lambda r: -len(r[1])):
+        shape = "root only" if spec is None else f"{spec.depth}, {spec.top_k}, {spec.budget}"
+        expected = 1.0 if spec is None else auto.expected_tokens(spec)
+        predicted = auto.step_ms(spec.depth, spec.top_k, spec.budget) if spec is not None else float("nan")
+        measured = 1e3 * sum(s.t_draft + s.t_forward + s.t_verify for s in ss) / len(ss)
+        print(f"| {shape} | {len(ss)} | {expected:.2f} / {1 + sum(s.accepted for s in ss) / len(ss):.2f} | "
+              f"{predicted:.1f} / {measured:.1f} |")
+    models = getattr(auto.acceptance, "models", {"all drafters": auto.acceptance})
+    believed = "; ".join(f"{name} {m.p[0, 0]:.2f}, {m.p[1, 0]:.2f}" for name, m in models.items())
+    drafted = [(spec, s.accepted) for spec, s in zip(chosen, steps) if spec is not None]
+    observed = []
+    for d in range(1, 7):
+        reached = [a for spec, a in drafted if spec.depth >= d and a >= d - 1]
+        observed.append(f"{sum(a >= d for a in reached) / len(reached):.2f} ({len(reached)})" if reached else "-")
+    print(f"\nbelieved p[rank 1] at the first, deeper levels: {believed}; node share {auto.node_share:.2f}, "
+          f"reality {auto.reality:.2f}\nobserved P(depth d accepted | d - 1 was), d = 1..6 (steps): {', '.join(observed)}")
+
+
+def section_auto(composer: Composer, items: int, n: int, benches: list[str], names: list[str], diagnose: bool) -> None:
+    for bench in benches:
+        domain = DOMAIN[bench]
+        strategies = auto_strategies(composer, names, domain)
         prompts = [item.turns[0] for item in sample_items(load_benchmark(bench), items, seed=0)]
         ids = [chat_ids(composer, p) for p in prompts]
         plain = [timed_generate(composer, x, n, strategy="autoregressive") for x in ids]
         ar_time = sum(t for _, t, _ in plain)
         header(f"tree=\"auto\" vs fixed trees on {bench}: {items} item(s) x {n} tokens, ratio to plain decoding")
-        print("| strategy | tree | tokens/s ratio to AR | mean tau |")
-        print("|---|---|---:|---:|")
         warm = chat_ids(composer, PROMPTS[domain])  # not a measured prompt
         for label, kw in strategies.items():
             # tree="auto" learns across generations (a Composer keeps its AutoTree): measure it
             # warm, as a serving Composer runs after its first request
             composer.generate(warm, max_new_tokens=n, tree="auto", **kw)
-            rates = {}
+            chosen = record_choices(autotree_of(composer, kw)) if diagnose else []
+            print("\n| strategy | tree | tokens/s ratio to AR | mean tau |\n|---|---|---:|---:|")
+            rates, auto_steps = {}, []
             configs = [("auto", "auto")] + [(f"d{t['depth']} k{t['top_k']} b{t['budget']}", t) for t in GRID]
             for tag, tree in configs:
-                runs = [timed_generate(composer, x, n, tree=tree, **kw) for x in ids]
+                results = [composer.generate(x, max_new_tokens=n, tree=tree, **kw) for x in ids]
+                runs = [(r.token_ids, r.stats.total_time, r.stats.tau) for r in results]
                 for (toks, _, _), (ref, _, _) in zip(runs, plain):
                     if toks != ref:
                         MISMATCHES.append(f"{label} tree {tag} on {bench}")
                 rates[tag] = ar_time / sum(t for _, t, _ in runs)
+                auto_steps += [s for r in results for s in r.stats.steps] if tag == "auto" else []
                 print(f"| {label} | {tag}{' (today default)' if tree == TODAY else ''} | {rates[tag]:.2f}x | "
                       f"{sum(tau for *_, tau in runs) / len(runs):.2f} |", flush=True)
+            if diagnose:
+                print_auto_diagnosis(autotree_of(composer, kw), chosen, auto_steps)
             best = max(v for k, v in rates.items() if k != "auto")
             today = rates[f"d{TODAY['depth']} k{TODAY['top_k']} b{TODAY['budget']}"]
             goal(f"auto / best of {len(GRID)} fixed trees, {label}, {bench}", f"{rates['auto'] / best:.2f}",
@@ -239,7 +295,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sections", nargs="+", default=["costs", "ar", "auto", "qwen", "threads"])
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--items", type=int, default=1, help="GSM8K / MT-Bench items for the auto section")
+    p.add_argument("--items", type=int, default=1, help="items of each benchmark for the auto section")
+    p.add_argument("--auto-benchmarks", nargs="+", default=["gsm8k", "mtbench"], choices=sorted(DOMAIN))
+    p.add_argument("--auto-strategies", nargs="+", default=["single", "merged_tree"], choices=["single", "merged_tree"])
+    p.add_argument("--diagnose", action="store_true", help="auto section: what auto chose, expected and measured")
     p.add_argument("--prompts", type=int, default=2, help="benchmark prompts for the ar and qwen sections")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--threads", default="1")
@@ -254,7 +313,7 @@ def main() -> None:
     if "ar" in args.sections:
         section_ar(composer, prompts, args.new_tokens)
     if "auto" in args.sections:
-        section_auto(composer, args.items, args.new_tokens)
+        section_auto(composer, args.items, args.new_tokens, args.auto_benchmarks, args.auto_strategies, args.diagnose)
     if "qwen" in args.sections:
         section_qwen(prompts, args.new_tokens)
     if "threads" in args.sections:

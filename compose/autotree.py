@@ -5,7 +5,9 @@
   node the verifier reached is accepted), learnt from every verification (decayed counts over a
   prior). Under it, the expected accepted length of the tree an EAGLE-2 build of (depth, top-k,
   budget) makes is computable without drafting: simulate the build on the values
-  prod(p[rank] along the path) and sum the kept nodes' values.
+  prod(p[rank] along the path) and sum the kept nodes' values. A merged tree (merged_tree,
+  `sum`) is w drafters' trees of that shape: each drafter learns its own p on its nodes
+  (MergedAcceptance), the tree is valued as the best drafter's, and it costs w budgets' nodes.
 - Cost: the machine's cost profile (compose/costs.py: target forward for n nodes, one draft
   level), scaled online by the ratio of observed to predicted times (load changes).
 - No early stop (TreeSpec.stop_below): a drafter's raw path probability is no acceptance
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -69,11 +71,19 @@ class PositionalAcceptance:
         deeper = (self.hits[1:] + self.weight * first) / (self.trials[1:] + self.weight)
         return torch.cat([first[None], deeper]).clamp(0.0, 1.0)
 
-    def observe(self, tree: DraftTree, path: torch.Tensor) -> None:
+    def observe(self, tree: DraftTree, path: torch.Tensor, nodes: torch.Tensor | None = None) -> None:
         """Every node on the accepted path that has children is a trial for the ranks it has;
-        the child taken next (if any) is a hit at its rank."""
-        path = path.tolist()
+        the child taken next (if any) is a hit at its rank. The root is always a trial: a drafter
+        that proposed nothing there (the suffix drafter without a match) missed. `nodes` (bool
+        [N]): count one drafter's own nodes of a merged tree only, on the part of the accepted
+        path they hold."""
         parents, scores = tree.parents, tree.scores
+        if nodes is not None:
+            nodes = nodes.clone()
+            nodes[0] = True
+            path = path[: int(nodes[path].long().cumprod(0).sum())]
+            parents = torch.where(nodes, parents, -2)  # another drafter's nodes are nobody's children
+        path = path.tolist()
         # forget per verified step, at every level alike: deeper trials are rare where the first
         # level mostly misses, and per-trial forgetting kept a previous prompt's deep acceptance
         # (GSM8K's, when MT-Bench followed) for hundreds of steps
@@ -82,6 +92,8 @@ class PositionalAcceptance:
         for i, node in enumerate(path):
             children = (parents == node).nonzero().flatten()
             if children.numel() == 0:
+                if i == 0:
+                    self.trials[0, 0] += 1
                 continue
             ranked = children[torch.sort(scores[children], descending=True, stable=True).indices][:RANKS].tolist()
             level = min(i, LEVELS - 1)
@@ -102,10 +114,40 @@ class PositionalAcceptance:
             frontier = children.topk(min(top_k, children.numel())).values
         return made
 
+    def expected_by_depth(self, top_k: int, depths=DEPTHS) -> dict[int, torch.Tensor]:
+        """E[accepted draft tokens] of the EAGLE-2 build (depth, top_k), for each depth, for every
+        budget b (index b - 1): the build's nodes by value, best b kept."""
+        levels = self.levels(max(depths), top_k)
+        return {d: torch.cat(levels[:d]).sort(descending=True).values.cumsum(0) for d in depths}
+
     def expected_accepted(self, depth: int, top_k: int) -> torch.Tensor:
-        """E[accepted draft tokens] of the EAGLE-2 build (depth, top_k) for every budget b
-        (index b - 1): the build's nodes by value, best b kept."""
-        return torch.cat(self.levels(depth, top_k)).sort(descending=True).values.cumsum(0)
+        return self.expected_by_depth(top_k, (depth,))[depth]
+
+
+class MergedAcceptance:
+    """The acceptance of a tree merged from several drafters' trees of one shape (merged_tree,
+    `sum`): a positional model per drafter, learnt on its own nodes of the verified tree (the
+    proposers bits; ranks by the merged scores, the highest any drafter gave) and the part of
+    the accepted path they hold. The merged tree is valued as its best drafter's tree: a lower
+    bound (the union also accepts where the drafters take turns) that `reality` corrects. Pooling
+    the drafters into one tree of top-k x drafters children and budget x drafters nodes let the
+    model put every drafter's budget on one chain no drafter builds, and auto drafted deep,
+    cut-down trees that paid for levels it then dropped (docs/design.md "tree=auto")."""
+
+    def __init__(self, names):
+        self.models = {name: PositionalAcceptance() for name in names}
+
+    def observe(self, tree: DraftTree, path: torch.Tensor) -> None:
+        for bit, name in enumerate(tree.drafter_names):
+            if name in self.models:
+                self.models[name].observe(tree, path, nodes=(tree.proposers >> bit) & 1 == 1)
+
+    def expected_by_depth(self, top_k: int, depths=DEPTHS) -> dict[int, torch.Tensor]:
+        each = [m.expected_by_depth(top_k, depths) for m in self.models.values()]
+        return {d: torch.stack([e[d] for e in each]).amax(0) for d in depths}
+
+    def expected_accepted(self, depth: int, top_k: int) -> torch.Tensor:
+        return self.expected_by_depth(top_k, (depth,))[depth]
 
 
 @dataclass
@@ -115,19 +157,29 @@ class TreeChoice:
 
 
 class AutoTree:
-    """The automatic tree policy (compose/tree_policy.py TreePolicy): chooses each step's tree. `width`: how many drafter trees the strategy merges into the
-    verified one (their nodes add up); `sampled`: kept from the user's tree options."""
+    """The automatic tree policy (compose/tree_policy.py TreePolicy): chooses each step's tree.
+    `width`: how many drafter trees of the chosen shape the strategy merges into the verified one
+    (their nodes add up); `drafters`: the names of the merged drafters (width > 1: each learns
+    its acceptance apart, MergedAcceptance); `draft_units`: the drafting calls a step makes, each
+    costing the profiled unit (default `width`; a lockstep group of drafters is one);
+    `sampled`: kept from the user's tree options."""
 
     def __init__(self, costs: CostProfile, width: int = 1, sampled: bool = False, explore_every: int = 8,
-                 acceptance: PositionalAcceptance | None = None, refresh_every: int = 8):
+                 acceptance: PositionalAcceptance | MergedAcceptance | None = None, refresh_every: int = 8,
+                 drafters: Sequence[str] = (), draft_units: int | None = None):
         self.costs, self.width, self.sampled = costs, max(1, width), sampled
+        self.draft_units = max(1, draft_units if draft_units is not None else self.width)
+        if acceptance is None:
+            acceptance = MergedAcceptance(drafters) if self.width > 1 and len(drafters) > 1 else PositionalAcceptance()
         # ms of a forward over 1 + n nodes, n = 0..MAX_NODES (index n)
         self._forward_ms = torch.tensor([costs.forward(1 + n) for n in range(MAX_NODES + 1)], dtype=torch.float64)
-        self.acceptance = acceptance or PositionalAcceptance()
+        self.acceptance = acceptance
         self.explore_every, self.refresh_every = explore_every, refresh_every
         self.forward_scale = self.draft_scale = 1.0  # observed / profiled: the load (every step's forward)
         self.plain_shape = 1.0  # one-token forwards' observed / profiled time, over forward_scale
         self.overhead_ms = 0.0  # pack + verify + bookkeeping per step, learnt online
+        # a merged tree's draft nodes over width x budget: drafters that propose the same token share a node
+        self.node_share = 1.0
         # the last drafted steps: (spec, tokens delivered)
         self._drafted: deque[tuple[TreeSpec, float]] = deque(maxlen=REALITY_STEPS)
         self._steps = 0
@@ -153,17 +205,17 @@ class AutoTree:
         return None
 
     def step_ms(self, depth: int, top_k: int, budget: int) -> float:
-        nodes = 1 + self.width * budget
+        nodes = 1 + self.node_share * self.width * budget
         return self.forward_scale * self.costs.forward(nodes) + self.draft_scale * self.draft_ms(depth, top_k) + self.overhead_ms
 
     def draft_ms(self, depth: int, top_k: int) -> float:
         """Profiled ms of drafting a (depth, top_k) tree with every merged drafter (unscaled)."""
-        return self.width * (self.costs.root_ms + (depth - 1) * self.costs.level(top_k))
+        return self.draft_units * (self.costs.root_ms + (depth - 1) * self.costs.level(top_k))
 
     def expected_tokens(self, spec: TreeSpec) -> float:
         """Tokens per step the acceptance model expects of `spec` (bonus included)."""
-        expected = self.acceptance.expected_accepted(spec.depth, spec.top_k * self.width)
-        return 1.0 + float(expected[min(self.width * spec.budget, expected.numel()) - 1])
+        expected = self.acceptance.expected_accepted(spec.depth, spec.top_k)
+        return 1.0 + float(expected[min(spec.budget, expected.numel()) - 1])
 
     @property
     def reality(self) -> float:
@@ -188,13 +240,14 @@ class AutoTree:
         best = TreeChoice(TreeSpec(depth=1, top_k=1, budget=1, sampled=self.sampled), 0.0)
         w = self.width
         for top_k in TOP_KS:
-            levels = self.acceptance.levels(max(DEPTHS), top_k * w)
+            by_depth = self.acceptance.expected_by_depth(top_k, DEPTHS)
             for depth in DEPTHS:
-                accepted = torch.cat(levels[:depth]).sort(descending=True).values.cumsum(0)
-                budgets = torch.arange(1, min(accepted.numel(), MAX_NODES) // w + 1)
+                accepted = by_depth[depth]  # per drafter's tree, for every budget
+                budgets = torch.arange(1, min(accepted.numel(), MAX_NODES // w) + 1)
+                nodes = (self.node_share * w * budgets).round().long().clamp(1, MAX_NODES)
                 draft_ms = self.draft_scale * self.draft_ms(depth, top_k)
-                step = self.forward_scale * self._forward_ms[w * budgets] + draft_ms + self.overhead_ms
-                rates = 1e3 * (1.0 + accepted[w * budgets - 1]) / step
+                step = self.forward_scale * self._forward_ms[nodes] + draft_ms + self.overhead_ms
+                rates = 1e3 * (1.0 + accepted[budgets - 1]) / step
                 i = int(rates.argmax())
                 if float(rates[i]) > best.tokens_per_s:
                     best = TreeChoice(TreeSpec(depth=depth, top_k=top_k, budget=int(budgets[i]), sampled=self.sampled),
@@ -215,6 +268,8 @@ class AutoTree:
         predicted = self.draft_ms(spec.depth, spec.top_k)
         self.draft_scale = _robust_ema(self.draft_scale, 1e3 * times.draft / max(predicted, 1e-6))
         self.acceptance.observe(tree, path)
+        if self.width > 1:
+            self.node_share = _ema(self.node_share, min(1.0, max(0.05, (nodes - 1) / (self.width * spec.budget))))
         self._drafted.append((spec, float(path.numel())))
 
 

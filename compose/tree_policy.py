@@ -63,5 +63,8 @@ def tree_policy(composer, strategy_name: str, strategy, opts: GenerateOptions,
            tuple(sorted(composer.drafters)), opts.tree.merge_budget, opts.tree.sampled, opts.temperature == 0)
     if key not in cache:
         costs = machine_profile(composer.target, units[0])  # measured once per machine, then read
-        cache[key] = AutoTree(costs, width=strategy.tree_width(), sampled=opts.tree.sampled)
+        # drafting costs one profiled unit per network unit (a lockstep group drafts as one)
+        network_units = sum(not u.runner.almost_free for u in units)
+        cache[key] = AutoTree(costs, width=strategy.tree_width(), sampled=opts.tree.sampled,
+                              drafters=[n for u in units for n in u.names], draft_units=network_units)
     return cache[key]

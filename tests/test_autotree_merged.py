@@ -1,0 +1,109 @@
+"""tree="auto" for merged trees (merged_tree, `sum`): each drafter's acceptance learnt on its own
+nodes of the verified tree, the tree valued as its best drafter's, its cost that of every
+drafter's nodes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compose import Composer
+from compose.autotree import AutoTree, MergedAcceptance, PositionalAcceptance
+from compose.costs import CostProfile
+from compose.tree_policy import StepTimes
+from drafters.lm import CausalLMDrafter, EarlyExitDrafter
+from tiny_models import tiny_model
+from trees import DraftTree, TreeSpec, merge_trees
+
+# the default pair's profile on the 2-core dev machine (bf16 target, the math + chat lockstep group)
+DEV_PROFILE = CostProfile(forward_ms={1: 22.3, 4: 22.5, 6: 23.7, 7: 25.7, 8: 25.8, 12: 29.6, 16: 32.9, 24: 40.5,
+                                      32: 48.2, 48: 61.6, 64: 76.0},
+                          level_ms={1: 2.2, 4: 2.2, 8: 3.1}, root_ms=2.9)
+
+
+def chain(name: str, tokens: list[int], first_score: float = -0.1) -> DraftTree:
+    """One drafter's chain under the root (token 1)."""
+    n = len(tokens)
+    return DraftTree.from_lists([1] + tokens, list(range(-1, n)), scores=[0.0] + [first_score * (i + 1) for i in range(n)],
+                                drafter_names=(name,))
+
+
+def merged_step(depth: int, accepted: int, chat_score: float = -0.05) -> tuple[DraftTree, torch.Tensor]:
+    """math's and chat's chains of `depth` (disjoint tokens; chat always wrong, its scores
+    `chat_score` per level) merged as a trie; the target accepts the first `accepted` tokens of
+    math's chain."""
+    math = chain("math", list(range(10, 10 + depth)))
+    chat = chain("chat", list(range(40, 40 + depth)), first_score=chat_score)
+    tree = merge_trees([math, chat])
+    path = [0]
+    for token in range(10, 10 + accepted):
+        path.append(int(((tree.tokens == token) & (tree.parents == path[-1])).nonzero()))
+    return tree, torch.tensor(path)
+
+
+def test_each_drafter_learns_on_its_own_nodes():
+    tree, path = merged_step(depth=3, accepted=2)
+    model = MergedAcceptance(["math", "chat"])
+    for m in model.models.values():
+        m.hits.zero_(), m.trials.zero_()
+        m.decay = 1.0
+    model.observe(tree, path)
+    math, chat = model.models["math"], model.models["chat"]
+    # math: its own child is rank 1 at the root (chat's higher-scored child is not math's), hit;
+    # then one deeper hit and the last accepted node's child a miss
+    assert math.trials[:, 0].tolist() == [1.0, 2.0] and math.hits[:, 0].tolist() == [1.0, 1.0]
+    assert math.trials[:, 1].sum() == 0  # no rank-2 trial: the root has one math child
+    # chat: its child at the root missed, nothing deeper reached
+    assert chat.trials[:, 0].tolist() == [1.0, 0.0] and chat.hits.sum() == 0
+
+
+def test_a_drafter_that_proposes_nothing_misses_at_the_root():
+    model = PositionalAcceptance(prior=(0.0,) * 8, weight=1e-9, decay=1.0)
+    model.observe(DraftTree.root_only(1), torch.tensor([0]))
+    assert model.trials[0, 0] == pytest.approx(1.0) and model.hits[0, 0] == pytest.approx(0.0)
+
+
+def test_merged_tree_is_valued_as_its_best_drafters_tree():
+    model = MergedAcceptance(["good", "poor"])
+    model.models["good"] = PositionalAcceptance(prior=(0.8,) + (0.02,) * 7, weight=100.0)
+    model.models["poor"] = PositionalAcceptance(prior=(0.3,) + (0.1,) * 7, weight=100.0)
+    for depth, top_k in ((1, 1), (4, 1), (3, 3)):
+        good = model.models["good"].expected_accepted(depth, top_k)
+        poor = model.models["poor"].expected_accepted(depth, top_k)
+        assert torch.equal(model.expected_accepted(depth, top_k), torch.maximum(good, poor))
+
+
+@pytest.mark.parametrize("chat_score", [-0.2, -0.05])  # chat less / more confident than math
+def test_a_deep_merged_acceptance_stream_gets_deep_uncut_chains(chat_score):
+    """math accepts about 0.8 per token along its chain, chat nothing: the merged tree is worth
+    math's chain. The pooled model (one tree of 2 x top-k children and 2 x budget nodes, ranks
+    over both drafters' children) chose depth 4 cut to budget 2 per drafter when chat was the
+    less confident (each drafter's tree a depth-2 chain, two draft levels paid and dropped, as
+    in the measured runs), and depth 7, top-k 4, budget 31 per drafter (62 nodes) when chat was
+    the more confident (its rank-2 children at the root looked accepted). Now: a deep chain,
+    every drafted level kept."""
+    auto = AutoTree(DEV_PROFILE, width=2, drafters=["math", "chat"], draft_units=1)
+    lengths = [6, 2, 5, 6, 0, 4, 6, 3, 6, 1]  # accepted of math's depth-6 chain: ~0.8 per token
+    for step in range(80):
+        tree, path = merged_step(depth=6, accepted=lengths[step % len(lengths)], chat_score=chat_score)
+        spec = TreeSpec(depth=6, top_k=1, budget=6)
+        auto.observe(spec, tree, path, StepTimes(auto.draft_ms(6, 1) / 1e3, DEV_PROFILE.forward(len(tree)) / 1e3, 0.0))
+    choice = auto.choose()
+    assert choice is not None and choice.depth >= 4, choice
+    assert choice.top_k <= 2 and choice.budget >= choice.depth, choice  # chain-like, no drafted level cut away
+    assert auto.node_share == pytest.approx(1.0)  # disjoint chains: no node shared
+    math_alone = 1.0 + float(auto.acceptance.models["math"].expected_accepted(choice.depth, choice.top_k)[choice.budget - 1])
+    assert auto.expected_tokens(choice) == pytest.approx(math_alone)
+
+
+def test_merged_strategy_gets_per_drafter_acceptance_and_one_cost_per_drafting_unit():
+    target = tiny_model("llama", layers=3, seed=1)
+    drafters = {"ee": EarlyExitDrafter(target, 1), "self": CausalLMDrafter(tiny_model("llama", layers=3, seed=1), 96, name="self")}
+    composer = Composer(target, drafters=drafters)
+    plain = composer.generate([3, 1, 4, 1, 5], strategy="autoregressive", max_new_tokens=24).token_ids
+    result = composer.generate([3, 1, 4, 1, 5], strategy="merged_tree", max_new_tokens=24, tree="auto")
+    assert result.token_ids == plain
+    auto = next(v for k, v in composer.strategy_cache.items() if isinstance(k, tuple) and k[0] == "autotree")
+    assert isinstance(auto.acceptance, MergedAcceptance) and sorted(auto.acceptance.models) == ["ee", "self"]
+    assert auto.width == 2 and auto.draft_units == 2  # two architectures: two drafting calls
+    # "self" is the target itself: its top-ranked children are learnt to be accepted
+    assert auto.acceptance.models["self"].p[0, 0] > auto.acceptance.models["ee"].p[0, 0]
