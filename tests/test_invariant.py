@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.target_dtype import resolve_dtype
-from runtime.decoder import Decoder, rotate
+from runtime.decoder import Decoder
+from runtime.plan import Norm, rotate, rotation_tables
 from runtime.invariant import BLOCK, check_kernels, invariant_attention, key_blocks
 from runtime.prepacked import matmul
 from tiny_models import needs_native_bf16, tiny_model
@@ -43,14 +44,16 @@ def test_norm_and_rope_rows_do_not_depend_on_the_row_count(n, prefix, seed):
     model = tiny_model("llama").to(BF16)
     g = torch.Generator().manual_seed(seed)
     h = (torch.randn(1, n, 64, generator=g) * 4).to(BF16)
-    norm = model.model.layers[0].input_layernorm
+    module = model.model.layers[0].input_layernorm
+    norm = Norm(module.weight, module.variance_epsilon)  # what the decoder's plan runs
     with torch.inference_mode():
-        assert torch.equal(norm(h)[:, -1:], norm(h[:, -1:]))
+        assert torch.equal(module(h)[:, -1:], module(h[:, -1:]))
+        assert torch.equal(norm(h[0], n)[-1:], norm(h[0, -1:], 1))
         pos = torch.arange(prefix, prefix + n)[None]
-        cos, sin = model.model.rotary_emb(h, pos)
-        x = torch.randn(1, 4, n, 16, generator=g).to(BF16)
-        cos1, sin1 = model.model.rotary_emb(h[:, -1:], pos[:, -1:])
-        assert torch.equal(rotate(x, cos, sin)[:, :, -1:], rotate(x[:, :, -1:], cos1, sin1))
+        cos, sin = rotation_tables(*model.model.rotary_emb(h, pos))
+        x = torch.randn(n, 4, 16, generator=g).to(BF16)
+        cos1, sin1 = rotation_tables(*model.model.rotary_emb(h[:, -1:], pos[:, -1:]))
+        assert torch.equal(rotate(x, cos, sin)[-1:], rotate(x[-1:], cos1, sin1))
 
 
 def _attention_case(prefix: int, n: int, seed: int, heads: int, kv: int, hd: int, reach: int | None = 4):
