@@ -175,3 +175,19 @@ def test_a_tree_too_large_for_one_kernel_block_is_refused():
     q, keys, values, anc, positions = _attention_case(500, 600, 0, 6, 2, 16, reach=None)  # a bushy tree
     with pytest.raises(ValueError, match="too large"):
         invariant_attention(q, keys, values, attention_mask(anc, 500, torch.float32), key_blocks(positions), 0.25)
+
+
+def test_the_one_block_path_is_the_block_loops_arithmetic():
+    """A cache within one block takes buffers made at the padded size (fewer ops); a block given
+    as an explicit slice takes the general loop: the same bits, masked keys included."""
+    g = torch.Generator().manual_seed(11)
+    for s, n in ((1, 1), (5, 2), (64, 4), (130, 9), (500, 12)):
+        q = torch.randn(1, 6, n, 32, generator=g).to(BF16)
+        keys, values = (torch.randn(1, 2, s, 32, generator=g).to(BF16) for _ in range(2))
+        mask = torch.zeros(n, s)
+        mask[:, s - n :].masked_fill_(torch.rand(n, n, generator=g) < 0.5, torch.finfo(torch.float32).min)
+        mask[:, s - n :].fill_diagonal_(0)
+        with torch.inference_mode():
+            whole = invariant_attention(q, keys, values, mask, [slice(None)], 0.17)
+            looped = invariant_attention(q, keys, values, mask, [slice(0, s)], 0.17)
+        assert torch.equal(whole, looped), (s, n)
