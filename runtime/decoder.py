@@ -62,6 +62,11 @@ class Decoder:
         self.invariant = (self.dtype == torch.bfloat16 and self.device.type == "cpu") if invariant is None else invariant
         self._plans: dict[bool, Plan] = {}  # by packed (runtime/plan.py)
 
+    def __getstate__(self):
+        """A copy (deepcopy of a drafter, pickling) builds its own plan: packed weights cannot be
+        copied, and the copy's plan must follow the copy's model."""
+        return {**self.__dict__, "_plans": {}}
+
     @property
     def num_layers(self) -> int:
         return len(self.model.model.layers)

@@ -156,3 +156,16 @@ def test_the_plan_follows_the_model():
         swapped = logits()
         want = model.lm_head(decoder.forward(ids, pos, decoder.new_cache(), None, hidden_layers=[-1]).hidden_states[-1])
     torch.testing.assert_close(swapped, want.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_decoder_with_a_plan_can_be_deep_copied():
+    """Packed weights cannot be copied: a copy builds its own plan over its own model."""
+    import copy
+
+    decoder = Decoder(tiny_model("llama", layers=1))
+    ids, pos = torch.tensor([3, 5]), torch.arange(2)
+    with torch.inference_mode():
+        want = decoder.forward(ids, pos, decoder.new_cache(), None).logits
+        twin = copy.deepcopy(decoder)
+        assert twin.model is not decoder.model
+        assert torch.equal(twin.forward(ids, pos, twin.new_cache(), None).logits, want)
