@@ -1,8 +1,10 @@
 """A plain-PyTorch forward (gpt-fast style) over a loaded transformers decoder-only model of the
 Llama family (llama, mistral, qwen2, qwen3): the target and the LM drafters run through it.
 
-It calls the model's own modules (embedding, norms, projections, MLPs, rotary embedding, head),
-so the arithmetic is transformers' own, and replaces only the attention plumbing: keys and
+It runs the model's own weights with transformers' arithmetic (embedding, norms, projections,
+MLPs, rotary embedding, head), through a plan of the model resolved once (runtime/plan.py:
+packed and fused linears, norms op for op, modules it cannot run itself on their own forward),
+and replaces the attention plumbing: keys and
 values go straight into a preallocated `KVCache`, attention is one grouped-query SDPA call over
 a view of the cache (no repeat_kv copy, no concatenation), and the additive mask is the caller's
 (trees.attention_mask). Nothing here depends on transformers' Cache or masking internals, which
@@ -14,14 +16,14 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import PreTrainedModel
 
 from trees import attention_mask, within_window
 
 from .invariant import invariant_attention, key_blocks
 from .kv import KVCache
-from .prepacked import linear
+from .plan import Plan
+from .prepacked import padded_rows
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -33,8 +35,8 @@ class DecoderOutput:
 
 
 class Decoder:
-    """`Decoder(model)`: runs `model` (its modules are looked up at every forward, so a wrapper
-    that swaps one of them, e.g. an adapted head, is honoured). invariant: attention through
+    """`Decoder(model)`: runs `model` (through its plan, rebuilt when a module is swapped, e.g. for
+    an adapted head, a hook registered or a weight edited in place: runtime/plan.py). invariant: attention through
     runtime/invariant.py, whose rows are bit-identical whatever the rows and masked keys beside
     them (default: for a bfloat16 model on the CPU, where SDPA is not; docs/design.md "Exact bf16")."""
 
@@ -58,6 +60,12 @@ class Decoder:
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
         self.invariant = (self.dtype == torch.bfloat16 and self.device.type == "cpu") if invariant is None else invariant
+        self._plans: dict[bool, Plan] = {}  # by packed (runtime/plan.py)
+
+    def __getstate__(self):
+        """A copy (deepcopy of a drafter, pickling) builds its own plan: packed weights cannot be
+        copied, and the copy's plan must follow the copy's model."""
+        return {**self.__dict__, "_plans": {}}
 
     @property
     def num_layers(self) -> int:
@@ -65,6 +73,15 @@ class Decoder:
 
     def new_cache(self, capacity: int = 256) -> KVCache:
         return KVCache(self.num_layers, self.n_kv, self.head_dim, self.dtype, self.device, capacity)
+
+    def plan(self) -> Plan:
+        """The model's plan for a forward now (runtime/plan.py): packed linears on the CPU with
+        gradients off, the modules' own forwards otherwise; rebuilt when stale."""
+        packed = self.device.type == "cpu" and not torch.is_grad_enabled()
+        plan = self._plans.get(packed)
+        if plan is None or not plan.current():
+            plan = self._plans[packed] = Plan(self.model, packed, self.dtype, self.n_heads, self.n_kv, self.head_dim)
+        return plan
 
     def forward(
         self,
@@ -81,27 +98,23 @@ class Decoder:
         transformers' hidden_states indices to return (i < L: the input of layer i; -1 or L: the
         final normed state). logits_rows: the rows to project through the head (default all)."""
         n = int(input_ids.numel())
-        attn_mask, causal, layer_masks, blocks = self.attention_inputs(positions, cache, mask)
-        body = self.model.model
-        pos = positions.view(1, n).to(self.device)
-        h = body.embed_tokens(input_ids.view(1, n).to(self.device))
-        cos, sin = body.rotary_emb(h, pos)
-        wanted: dict[int, list[int]] = {}  # layer input -> the indices asked for it (-1 and L are one state)
-        for i in hidden_layers:
-            wanted.setdefault(self.num_layers if i == -1 else i, []).append(i)
-        hidden: dict[int, torch.Tensor] = {}
-        for i, layer in enumerate(body.layers):
-            hidden.update(dict.fromkeys(wanted.get(i, ()), h[0]))
-            windowed = layer_masks.get(self.windows[i])
-            layer_mask, layer_causal = (windowed, False) if windowed is not None else (attn_mask, causal)
-            h = h + self._attention(i, layer.self_attn, layer.input_layernorm(h), cos, sin, cache, layer_mask,
-                                    layer_causal, blocks)
-            h = h + _mlp(layer.mlp, layer.post_attention_layernorm(h))
+        segment = [(0, n, cache, self.attention_inputs(positions, cache, mask))]
+        plan = self.plan()
+        ids, pos = self.padded_inputs([input_ids], [positions])
+        wanted = {self.num_layers if i == -1 else i for i in hidden_layers}
+        h, captured = plan.run(ids, pos, n, lambda i, q, k, v: self.attend(i, q, k, v, segment), wanted)
         cache.advance(n)
-        h = body.norm(h)
-        hidden.update(dict.fromkeys(wanted.get(self.num_layers, ()), h[0]))
-        rows = h if logits_rows is None else h[:, logits_rows]
-        return DecoderOutput(logits=linear(self.model.lm_head, rows)[0].float(), hidden_states=hidden)
+        hidden = {i: captured[self.num_layers if i == -1 else i] for i in hidden_layers}
+        return DecoderOutput(logits=plan.logits(h if logits_rows is None else h[logits_rows]), hidden_states=hidden)
+
+    def padded_inputs(self, input_ids: Sequence[torch.Tensor], positions: Sequence[torch.Tensor]):
+        """Token ids and positions [P] of the rows side by side, padded (token 0 at position 0)
+        to the rows every packed linear runs (runtime.prepacked.padded_rows)."""
+        total = sum(int(t.numel()) for t in input_ids)
+        pad = [torch.zeros(padded_rows(total) - total, dtype=torch.long)]
+        ids = torch.cat([t.reshape(-1).cpu() for t in input_ids] + pad)
+        pos = torch.cat([t.reshape(-1).cpu() for t in positions] + pad)
+        return ids.to(self.device), pos.to(self.device)
 
     def attention_inputs(self, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor | None):
         """Make room in `cache` for rows at `positions` and return what every layer's attention
@@ -119,21 +132,29 @@ class Decoder:
         layer_masks = self._window_masks(attn_mask, causal, positions.view(-1), key_positions)
         return attn_mask, causal, layer_masks, key_blocks(key_positions) if self.invariant else None
 
-    def _attention(self, i, attn, x, cos, sin, cache: KVCache, mask, causal: bool, blocks) -> torch.Tensor:
-        n = x.shape[1]
-        q = linear(attn.q_proj, x).view(1, n, self.n_heads, self.head_dim)
-        k = linear(attn.k_proj, x).view(1, n, self.n_kv, self.head_dim)
-        v = linear(attn.v_proj, x).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
-        if hasattr(attn, "q_norm"):  # qwen3: RMSNorm over each head
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
-        keys, values = cache.write(i, k, v)
-        if blocks is not None:
-            y = invariant_attention(q, keys, values, None if mask is None else mask[0, 0], blocks, self.scale)
-            return linear(attn.o_proj, y.transpose(1, 2).reshape(1, n, -1))
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal,
-                                           scale=self.scale, enable_gqa=self.n_heads != self.n_kv)
-        return linear(attn.o_proj, y.transpose(1, 2).reshape(1, n, -1))
+    def attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments) -> torch.Tensor:
+        """Layer i's grouped-query attention, q [P, heads, hd], k, v [P, kv_heads, hd], for each
+        segment (start, end, cache, its attention_inputs): its rows against its own cache, which
+        they are written to. -> [P, heads * hd], padding rows zero. One place for this forward
+        and the server's batched one, whose rows must be this forward's to the bit."""
+        rows = q.shape[0]
+        out = None
+        for a, e, cache, (mask, causal, windows, blocks) in segments:
+            qs = q[a:e].transpose(0, 1)[None]
+            keys, values = cache.write(i, k[a:e].transpose(0, 1)[None], v[a:e].transpose(0, 1)[None])
+            windowed = windows.get(self.windows[i])
+            mask, causal = (windowed, False) if windowed is not None else (mask, causal)
+            if blocks is not None:
+                y = invariant_attention(qs, keys, values, None if mask is None else mask[0, 0], blocks, self.scale)
+            else:
+                y = F.scaled_dot_product_attention(qs, keys, values, attn_mask=mask, is_causal=causal,
+                                                   scale=self.scale, enable_gqa=self.n_heads != self.n_kv)
+            if len(segments) == 1 and e - a == rows:  # the rows alone, no padding
+                return y[0].transpose(0, 1).reshape(rows, -1)
+            if out is None:
+                out = q.new_zeros(rows, self.n_heads, self.head_dim)
+            out[a:e] = y[0].transpose(0, 1)
+        return out.view(rows, -1)
 
     def _window_masks(self, mask, causal: bool, query_positions, key_positions) -> dict[int, torch.Tensor]:
         """Sliding-window layers' masks, by window, where some key lies beyond a window (else the
@@ -149,20 +170,6 @@ class Decoder:
             allowed = torch.ones(n, n, dtype=torch.bool, device=self.device)
             mask = attention_mask(allowed.tril() if causal else allowed, k - n, self.dtype)[None, None]
         return {w: within_window(mask[0, 0], query_positions, key_positions, w)[None, None] for w in windows}
-
-
-def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The gated MLP of the Llama family (down(act(gate(x)) * up(x))) on packed linears; any
-    other MLP module (e.g. an adapted one) runs its own forward."""
-    if not all(hasattr(mlp, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
-        return mlp(x)
-    return linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE as transformers applies it: x [1, H, n, hd], cos/sin [1, n, hd]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos[:, None] + torch.cat((-x2, x1), dim=-1) * sin[:, None]
 
 
 def _layer_windows(config, n_layers: int) -> list[int | None]:

@@ -47,30 +47,59 @@ def invariant_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     kv, s = keys.shape[1], keys.shape[2]
     group = heads // kv
     rows = group * n
-    qf = q.reshape(kv, rows, hd).float()  # head h = kv_head * group + g: rows (g, query) per kv head
-    if rows < MIN_ROWS:
-        qf = torch.cat([qf, qf.new_zeros(kv, MIN_ROWS - rows, hd)], dim=1)
+    # head h = kv_head * group + g: rows (g, query) per kv head; fewer than MIN_ROWS padded with zeros
+    qf = torch.zeros(kv, max(rows, MIN_ROWS), hd, dtype=torch.float32, device=q.device)
+    qf[:, :rows].view(kv, group, n, hd).copy_(q[0].unflatten(0, (kv, group)))
     scores = torch.matmul(qf, keys[0].float().transpose(1, 2))[:, :rows] * scale  # [KV, rows, S]
     scores = scores.view(kv, group, n, s)
     if mask is not None:
         scores = scores + mask.to(torch.float32)
-    weights = torch.exp(scores - scores.amax(dim=-1, keepdim=True)).to(torch.bfloat16).view(kv, rows, s)
-    extended = torch.cat([values[0], values.new_ones(kv, s, 1)], dim=-1)  # [KV, S, hd + 1]
-    total = None
-    for cols in blocks:
-        width = s if isinstance(cols, slice) and cols == slice(None) else _width(cols, s)
-        if width > KERNEL_KEYS:
-            raise ValueError(f"{width} keys in one block of the exact bf16 attention (at most {KERNEL_KEYS}): "
-                             f"a tree of more than {KERNEL_KEYS - BLOCK + 1} nodes is too large for it")
-        w, x = weights[:, :, cols], extended[:, cols]
-        pad = -width % KEY_QUANTUM
-        if pad and width + pad <= KERNEL_KEYS:  # zero-weight keys: exact, wherever they sit
-            w = torch.cat([w, w.new_zeros(kv, rows, pad)], dim=-1)
-            x = torch.cat([x, x.new_zeros(kv, pad, hd + 1)], dim=1)
-        part = torch.matmul(w, x).float()
-        total = part if total is None else total + part
+    weights = torch.exp(scores - scores.amax(dim=-1, keepdim=True)).view(kv, rows, s)
+    if len(blocks) == 1 and _whole(blocks[0]):
+        total = _one_block(weights, values[0], s)
+    else:
+        weights = weights.to(torch.bfloat16)
+        extended = torch.cat([values[0], values.new_ones(kv, s, 1)], dim=-1)  # [KV, S, hd + 1]
+        total = None
+        for cols in blocks:
+            width = s if _whole(cols) else _width(cols, s)
+            _check_width(width)
+            w, x = weights[:, :, cols], extended[:, cols]
+            pad = -width % KEY_QUANTUM
+            if pad and width + pad <= KERNEL_KEYS:  # zero-weight keys: exact, wherever they sit
+                w = torch.cat([w, w.new_zeros(kv, rows, pad)], dim=-1)
+                x = torch.cat([x, x.new_zeros(kv, pad, hd + 1)], dim=1)
+            part = torch.matmul(w, x).float()
+            total = part if total is None else total + part
     out = total[..., :hd] / total[..., hd:]
     return out.view(1, heads, n, hd).to(q.dtype)
+
+
+def _one_block(weights: torch.Tensor, values: torch.Tensor, s: int) -> torch.Tensor:
+    """The key axis as one block: [weights | 0] @ [[V | 1]; 0] in bf16, the zero keys padding it
+    to KEY_QUANTUM, written into buffers made at the padded size (the multi-block loop's
+    arithmetic, fewer ops: this is every decode step on a cache under BLOCK positions)."""
+    _check_width(s)
+    kv, rows, hd = weights.shape[0], weights.shape[1], values.shape[2]
+    width = s + -s % KEY_QUANTUM
+    if width > KERNEL_KEYS:
+        width = s
+    w = torch.zeros(kv, rows, width, dtype=torch.bfloat16, device=weights.device)
+    w[..., :s] = weights  # rounded to bf16 as .to(bfloat16) rounds
+    x = torch.zeros(kv, width, hd + 1, dtype=values.dtype, device=values.device)
+    x[:, :s, :hd] = values
+    x[:, :s, hd] = 1
+    return torch.matmul(w, x).float()
+
+
+def _whole(cols: slice | torch.Tensor) -> bool:
+    return isinstance(cols, slice) and cols == slice(None)
+
+
+def _check_width(width: int) -> None:
+    if width > KERNEL_KEYS:
+        raise ValueError(f"{width} keys in one block of the exact bf16 attention (at most {KERNEL_KEYS}): "
+                         f"a tree of more than {KERNEL_KEYS - BLOCK + 1} nodes is too large for it")
 
 
 def _width(cols: slice | torch.Tensor, total: int) -> int:

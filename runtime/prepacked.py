@@ -33,6 +33,8 @@ BATCH_HINT = 8  # the row count the layout is tuned for; 1..64 rows all run well
 MIN_ROWS = 4
 # id(weight) -> (weight, its version when packed, the packed weight or None, used with a bias)
 _PACKED: dict[int, tuple[weakref.ref, int, torch.Tensor | None, bool]] = {}
+# ids of a group's weights and biases -> (weak refs to them, their versions, packed weight, joint bias)
+_GROUPS: dict[tuple[int, ...], tuple[tuple[weakref.ref, ...], tuple[int, ...], torch.Tensor, torch.Tensor | None]] = {}
 
 
 def enabled() -> bool:
@@ -58,11 +60,28 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])
     n = rows.shape[0]
-    padded = max(MIN_ROWS, bucket(n))
-    if padded > n:  # padding rows are computed and dropped: each row's result is its own
-        rows = torch.cat([rows, rows.new_zeros(padded - n, rows.shape[1])])
-    out = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
+    out = apply(pad_rows(rows), packed, bias)
     return out[:n].view(*x.shape[:-1], out.shape[-1])
+
+
+def apply(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The packed kernel over `rows` [m, in] (m already `padded_rows(m)`) -> [m, out]."""
+    return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
+
+
+def padded_rows(rows: int) -> int:
+    """Rows a packed matmul over `rows` real rows runs (MIN_ROWS at least, then `bucket`)."""
+    return max(MIN_ROWS, bucket(rows))
+
+
+def pad_rows(rows: torch.Tensor) -> torch.Tensor:
+    """rows [n, in] with zero rows appended up to `padded_rows(n)`: padding rows are computed
+    and dropped, each row's result is its own."""
+    n = rows.shape[0]
+    padded = padded_rows(n)
+    if padded == n:
+        return rows
+    return torch.cat([rows, rows.new_zeros(padded - n, *rows.shape[1:])])
 
 
 def bucket(rows: int) -> int:
@@ -82,24 +101,26 @@ def bucket(rows: int) -> int:
 
 def row_sizes(max_rows: int) -> list[int]:
     """Every row count a packed matmul over 1..max_rows real rows runs."""
-    return sorted({max(MIN_ROWS, bucket(n)) for n in range(1, max_rows + 1)})
+    return sorted({padded_rows(n) for n in range(1, max_rows + 1)})
 
 
 def warm_shapes(max_rows: int) -> int:
-    """Run every packed weight shape met so far (one weight of each shape, dtype and bias) at
-    every row count up to `max_rows`, so that a server meets the kernels' per-shape state at
-    startup and its memory stays flat under traffic. Returns the number of matmuls run."""
+    """Run every packed weight shape met so far (one weight of each shape, dtype and bias, single
+    or a group's) at every row count up to `max_rows`, so that a server meets the kernels'
+    per-shape state at startup and its memory stays flat under traffic. Returns the number of
+    matmuls run."""
     shapes: dict[tuple, torch.Tensor] = {}
-    for ref, _, packed, has_bias in list(_PACKED.values()):
-        weight = ref()
-        if weight is not None and packed is not None:
-            shapes.setdefault((tuple(weight.shape), weight.dtype, has_bias), weight)
+    singles = [(packed, has_bias) for ref, _, packed, has_bias in list(_PACKED.values()) if ref() is not None]
+    groups = [(packed, bias is not None) for _, _, packed, bias in list(_GROUPS.values())]
+    for packed, has_bias in singles + groups:
+        if packed is not None:
+            shapes.setdefault((tuple(packed.shape), packed.dtype, has_bias), packed)
     runs = 0
     with torch.inference_mode():
-        for (_, dtype, has_bias), weight in shapes.items():
-            bias = weight.new_zeros(weight.shape[0]) if has_bias else None
+        for (shape, dtype, has_bias), packed in shapes.items():
+            bias = torch.zeros(shape[0], dtype=dtype) if has_bias else None
             for n in row_sizes(max_rows):
-                matmul(weight.new_zeros(n, weight.shape[1]), weight, bias)
+                apply(torch.zeros(n, shape[1], dtype=dtype), packed, bias)
                 runs += 1
     return runs
 
@@ -115,10 +136,10 @@ def stacked_matmul(x: torch.Tensor, weights: list[torch.Tensor], biases: list[to
         return None
     rows = x.reshape(len(weights), -1, x.shape[-1])
     n = rows.shape[1]
-    padded = max(MIN_ROWS, bucket(n))
+    padded = padded_rows(n)
     if padded > n:  # as in matmul: padding rows are computed and dropped
         rows = torch.cat([rows, rows.new_zeros(rows.shape[0], padded - n, rows.shape[2])], dim=1)
-    out = torch.stack([torch.ops.mkldnn._linear_pointwise(r, p, b, "none", [], "") for r, p, b in zip(rows, packed, biases)])
+    out = torch.stack([apply(r, p, b) for r, p, b in zip(rows, packed, biases)])
     return out[:, :n].reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -132,6 +153,35 @@ def _global_hooks() -> bool:
     from torch.nn.modules import module as torch_module
 
     return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
+
+
+def packed_group(weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """One packed weight for linears over the same input (their weights stacked along the output
+    axis) and their joint bias, made on first use, shared by every caller of the same tensors
+    and remade when one of them changes in place; None where packing is off or fails. A single
+    weight is `_packed`'s (one packed copy per weight, whoever asks)."""
+    if len(weights) == 1:
+        packed = _packed(weights[0], biases[0] is not None)
+        return None if packed is None else (packed, biases[0])
+    if any(b is None for b in biases) and any(b is not None for b in biases):
+        return None  # a bias on some of them only: no joint bias to give the kernel
+    tensors = [*weights, *(b for b in biases if b is not None)]
+    key, versions = tuple(id(t) for t in tensors), tuple(_version(t) for t in tensors)
+    hit = _GROUPS.get(key)
+    if hit is not None and all(r() is t for r, t in zip(hit[0], tensors)) and hit[1] == versions:
+        return hit[2], hit[3]
+    if not enabled():
+        return None
+    try:
+        with torch.inference_mode():
+            packed = torch.ops.mkldnn._reorder_linear_weight(torch.cat([w.detach() for w in weights]), BATCH_HINT)
+            bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+    except (RuntimeError, NotImplementedError):
+        return None
+    # the entry goes when any of its tensors does (ids are reused after that)
+    refs = tuple(weakref.ref(t, lambda _, k=key: _GROUPS.pop(k, None)) for t in tensors)
+    _GROUPS[key] = (refs, versions, packed, bias)
+    return packed, bias
 
 
 def _packed(weight: torch.Tensor, has_bias: bool = False) -> torch.Tensor | None:

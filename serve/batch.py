@@ -9,11 +9,12 @@ what decoding on a CPU or a GPU pays for). Attention alone runs per request, eac
 against its own cache view with its own mask: rows of different requests never see each other,
 and no padding is ever computed (the varlen layout vLLM and SGLang use).
 
-Per row the arithmetic is the single-stream decoder's (runtime/decoder.py): the same modules,
-the same rotary embedding, the same packed linears (whose padding rows are computed and dropped,
-so a row's result is its own), the same attention call per request (SDPA, or for a bf16 target
-the batch-invariant attention of docs/design.md "Exact bf16", which keeps a request's rows
-bit-identical to its own forward). A request's output therefore does not depend on what else is
+Per row the arithmetic is the single-stream decoder's (runtime/decoder.py), by construction: the
+same plan runs the layers (runtime/plan.py: the same packed linears, whose padding rows are
+computed and dropped, so a row's result is its own; the same norms and rotation), and the same
+`Decoder.attend` runs each request's attention (SDPA, or for a bf16 target the batch-invariant
+attention of docs/design.md "Exact bf16", which keeps a request's rows bit-identical to its own
+forward). A request's output therefore does not depend on what else is
 batched with it."""
 from __future__ import annotations
 
@@ -21,12 +22,9 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from runtime.decoder import Decoder, _mlp, rotate
-from runtime.invariant import invariant_attention, key_blocks
+from runtime.decoder import Decoder
 from runtime.kv import KVCache
-from runtime.prepacked import bucket, linear
 
 
 @dataclass
@@ -73,41 +71,24 @@ def forward_segments(decoder: Decoder, segments: Sequence[Segment]) -> list[Segm
     for n in sizes:
         bounds.append(bounds[-1] + n)
     total = bounds[-1]
-    masks = [decoder.attention_inputs(s.positions, s.cache, s.mask) for s in segments]
-    model = decoder.model
-    body = model.model
+    segs = [(a, e, s.cache, decoder.attention_inputs(s.positions, s.cache, s.mask))
+            for s, a, e in zip(segments, bounds, bounds[1:])]
+    plan = decoder.plan()
     # padding rows (no segment's: their attention output is zero, their results are dropped)
     # round the row count up to a few sizes (runtime/prepacked.py bucket): the kernels keep state
     # per distinct shape, and a batch whose size changes every step would otherwise grow the
     # process by megabytes per new size (measured: +500 MiB over 250 sizes on SmolLM2-135M)
-    padded = bucket(total)
-    ids = torch.cat([s.input_ids.reshape(-1) for s in segments] + [torch.zeros(padded - total, dtype=torch.long)])
-    pos = torch.cat([s.positions.reshape(-1) for s in segments] + [torch.zeros(padded - total, dtype=torch.long)])
-    ids, pos = ids.view(1, padded).to(decoder.device), pos.view(1, padded).to(decoder.device)
-    h = body.embed_tokens(ids)
-    cos, sin = body.rotary_emb(h, pos)
-
+    ids, pos = decoder.padded_inputs([s.input_ids for s in segments], [s.positions for s in segments])
     n_layers = decoder.num_layers
-    wanted: dict[int, set[int]] = {}  # layer input -> segments asking for it
-    for b, s in enumerate(segments):
-        for i in s.hidden_layers:
-            wanted.setdefault(n_layers if i == -1 else i, set()).add(b)
-    captured: dict[int, torch.Tensor] = {}
-    for i, layer in enumerate(body.layers):
-        if i in wanted:
-            captured[i] = h[0]
-        h = h + _attention(decoder, i, layer.self_attn, layer.input_layernorm(h), cos, sin, segments, bounds, masks)
-        h = h + _mlp(layer.mlp, layer.post_attention_layernorm(h))
+    wanted = {n_layers if i == -1 else i for s in segments for i in s.hidden_layers}
+    h, captured = plan.run(ids, pos, total, lambda i, q, k, v: decoder.attend(i, q, k, v, segs), wanted)
     for s, n in zip(segments, sizes):
         s.cache.advance(n)
-    h = body.norm(h)
-    if n_layers in wanted:
-        captured[n_layers] = h[0]
 
     # the head is the largest matmul of a step: one call over every segment's wanted rows
     rows = [torch.arange(a, b)[s.logits_rows] if s.logits_rows is not None else torch.arange(a, b)
             for s, a, b in zip(segments, bounds, bounds[1:])]
-    logits = linear(model.lm_head, h[:, torch.cat(rows).to(h.device)])[0].float()
+    logits = plan.logits(h[torch.cat(rows).to(h.device)])
     outputs, start = [], 0
     for b, (s, r) in enumerate(zip(segments, rows)):
         a, e = bounds[b], bounds[b + 1]
@@ -115,35 +96,3 @@ def forward_segments(decoder: Decoder, segments: Sequence[Segment]) -> list[Segm
         outputs.append(SegmentOutput(logits[start : start + r.numel()], hidden))
         start += r.numel()
     return outputs
-
-
-def _attention(decoder: Decoder, i: int, attn, x, cos, sin, segments: Sequence[Segment], bounds: list[int],
-               masks: list) -> torch.Tensor:
-    """The decoder's grouped-query attention with the projections over all rows and SDPA per
-    segment against its own cache."""
-    total = x.shape[1]
-    hd, nh, nkv = decoder.head_dim, decoder.n_heads, decoder.n_kv
-    q = linear(attn.q_proj, x).view(1, total, nh, hd)
-    k = linear(attn.k_proj, x).view(1, total, nkv, hd)
-    v = linear(attn.v_proj, x).view(1, total, nkv, hd).transpose(1, 2)
-    if hasattr(attn, "q_norm"):  # qwen3: RMSNorm over each head
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
-    ys = []
-    for s, a, e, (mask, causal, windows, blocks) in zip(segments, bounds, bounds[1:], masks):
-        keys, values = s.cache.write(i, k[:, :, a:e], v[:, :, a:e])
-        windowed = windows.get(decoder.windows[i])
-        layer_mask, layer_causal = (windowed, False) if windowed is not None else (mask, causal)
-        if blocks is not None:
-            ys.append(invariant_attention(q[:, :, a:e], keys, values, None if layer_mask is None else layer_mask[0, 0],
-                                          blocks, decoder.scale))
-            continue
-        ys.append(F.scaled_dot_product_attention(q[:, :, a:e], keys, values, attn_mask=layer_mask,
-                                                 is_causal=layer_causal, scale=decoder.scale,
-                                                 enable_gqa=nh != nkv))
-    pad = total - bounds[-1]
-    if pad:
-        ys.append(q.new_zeros(1, nh, pad, hd))
-    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
-    return linear(attn.o_proj, y.transpose(1, 2).reshape(1, total, -1))
-

@@ -8,6 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausa
 
 from runtime.decoder import Decoder
 from runtime.kv import KVCache
+from runtime.plan import Packed
 from tiny_models import tiny_model
 from trees import DraftTree, pack_tree
 
@@ -103,3 +104,68 @@ def test_sliding_window_past_the_window_equals_transformers(types):
     torch.testing.assert_close(torch.cat(got), want, rtol=1e-4, atol=1e-4)
     model.config.sliding_window = 64  # the window matters: a wide one changes the logits
     assert not torch.allclose(model(ids[None]).logits[0], want, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_plan_norm_and_rotation_are_transformers_to_the_bit(dtype):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from runtime.plan import Norm, rotate, rotation_tables
+
+    model = tiny_model("llama", layers=1).to(dtype)
+    g = torch.Generator().manual_seed(5)
+    h = (torch.randn(1, 7, 64, generator=g) * 3).to(dtype)
+    module = model.model.layers[0].input_layernorm
+    with torch.inference_mode():
+        assert torch.equal(Norm(module.weight, module.variance_epsilon)(h[0], 7), module(h)[0])
+        cos, sin = model.model.rotary_emb(h, torch.arange(40, 47)[None])
+        q, k = (torch.randn(1, heads, 7, 16, generator=g).to(dtype) for heads in (4, 2))
+        want_q, want_k = apply_rotary_pos_emb(q, k, cos, sin)
+        qk = torch.cat([q[0].transpose(0, 1), k[0].transpose(0, 1)], dim=1)  # [n, heads, hd] side by side
+        got = rotate(qk, *rotation_tables(cos, sin))
+        assert torch.equal(got[:, :4], want_q[0].transpose(0, 1)) and torch.equal(got[:, 4:], want_k[0].transpose(0, 1))
+
+
+def test_the_plan_follows_the_model():
+    """The packed plan is rebuilt when a module is swapped, a hook registered or a weight edited in
+    place, and the forward then gives what the changed model gives."""
+    model = tiny_model("llama", layers=2)
+    decoder = Decoder(model)
+    ids, pos = torch.tensor([3, 5, 7]), torch.arange(3)
+
+    def logits():
+        with torch.inference_mode():
+            return decoder.forward(ids, pos, decoder.new_cache(), None).logits
+
+    def plan():
+        with torch.inference_mode():  # the packed plan (gradients on: the modules' own forwards)
+            return decoder.plan()
+
+    before = logits()
+    first = plan()
+    assert isinstance(first.layers[1].mlp.gate_up, Packed) and plan() is first  # unchanged model: the same plan
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight.mul_(1.5)
+    edited = logits()
+    assert not torch.equal(edited, before) and plan() is not first
+    handle = model.lm_head.register_forward_hook(lambda module, inputs, output: output + 1.0)
+    torch.testing.assert_close(logits(), edited + 1.0)
+    handle.remove()
+    model.lm_head = torch.nn.Linear(64, model.config.vocab_size, bias=False)
+    with torch.inference_mode():
+        swapped = logits()
+        want = model.lm_head(decoder.forward(ids, pos, decoder.new_cache(), None, hidden_layers=[-1]).hidden_states[-1])
+    torch.testing.assert_close(swapped, want.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_decoder_with_a_plan_can_be_deep_copied():
+    """Packed weights cannot be copied: a copy builds its own plan over its own model."""
+    import copy
+
+    decoder = Decoder(tiny_model("llama", layers=1))
+    ids, pos = torch.tensor([3, 5]), torch.arange(2)
+    with torch.inference_mode():
+        want = decoder.forward(ids, pos, decoder.new_cache(), None).logits
+        twin = copy.deepcopy(decoder)
+        assert twin.model is not decoder.model
+        assert torch.equal(twin.forward(ids, pos, twin.new_cache(), None).logits, want)

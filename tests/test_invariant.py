@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.target_dtype import resolve_dtype
-from runtime.decoder import Decoder, rotate
+from runtime.decoder import Decoder
+from runtime.plan import Norm, rotate, rotation_tables
 from runtime.invariant import BLOCK, check_kernels, invariant_attention, key_blocks
 from runtime.prepacked import matmul
 from tiny_models import needs_native_bf16, tiny_model
@@ -43,14 +44,16 @@ def test_norm_and_rope_rows_do_not_depend_on_the_row_count(n, prefix, seed):
     model = tiny_model("llama").to(BF16)
     g = torch.Generator().manual_seed(seed)
     h = (torch.randn(1, n, 64, generator=g) * 4).to(BF16)
-    norm = model.model.layers[0].input_layernorm
+    module = model.model.layers[0].input_layernorm
+    norm = Norm(module.weight, module.variance_epsilon)  # what the decoder's plan runs
     with torch.inference_mode():
-        assert torch.equal(norm(h)[:, -1:], norm(h[:, -1:]))
+        assert torch.equal(module(h)[:, -1:], module(h[:, -1:]))
+        assert torch.equal(norm(h[0], n)[-1:], norm(h[0, -1:], 1))
         pos = torch.arange(prefix, prefix + n)[None]
-        cos, sin = model.model.rotary_emb(h, pos)
-        x = torch.randn(1, 4, n, 16, generator=g).to(BF16)
-        cos1, sin1 = model.model.rotary_emb(h[:, -1:], pos[:, -1:])
-        assert torch.equal(rotate(x, cos, sin)[:, :, -1:], rotate(x[:, :, -1:], cos1, sin1))
+        cos, sin = rotation_tables(*model.model.rotary_emb(h, pos))
+        x = torch.randn(n, 4, 16, generator=g).to(BF16)
+        cos1, sin1 = rotation_tables(*model.model.rotary_emb(h[:, -1:], pos[:, -1:]))
+        assert torch.equal(rotate(x, cos, sin)[-1:], rotate(x[-1:], cos1, sin1))
 
 
 def _attention_case(prefix: int, n: int, seed: int, heads: int, kv: int, hd: int, reach: int | None = 4):
@@ -172,3 +175,19 @@ def test_a_tree_too_large_for_one_kernel_block_is_refused():
     q, keys, values, anc, positions = _attention_case(500, 600, 0, 6, 2, 16, reach=None)  # a bushy tree
     with pytest.raises(ValueError, match="too large"):
         invariant_attention(q, keys, values, attention_mask(anc, 500, torch.float32), key_blocks(positions), 0.25)
+
+
+def test_the_one_block_path_is_the_block_loops_arithmetic():
+    """A cache within one block takes buffers made at the padded size (fewer ops); a block given
+    as an explicit slice takes the general loop: the same bits, masked keys included."""
+    g = torch.Generator().manual_seed(11)
+    for s, n in ((1, 1), (5, 2), (64, 4), (130, 9), (500, 12)):
+        q = torch.randn(1, 6, n, 32, generator=g).to(BF16)
+        keys, values = (torch.randn(1, 2, s, 32, generator=g).to(BF16) for _ in range(2))
+        mask = torch.zeros(n, s)
+        mask[:, s - n :].masked_fill_(torch.rand(n, n, generator=g) < 0.5, torch.finfo(torch.float32).min)
+        mask[:, s - n :].fill_diagonal_(0)
+        with torch.inference_mode():
+            whole = invariant_attention(q, keys, values, mask, [slice(None)], 0.17)
+            looped = invariant_attention(q, keys, values, mask, [slice(0, s)], 0.17)
+        assert torch.equal(whole, looped), (s, n)

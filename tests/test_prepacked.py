@@ -106,3 +106,33 @@ def test_stacked_matmul_is_each_members_matmul_to_the_bit():
             alone = torch.stack([matmul(row, w, bias) for row, w, bias in zip(x, weights, biases)])
         assert torch.equal(together, alone)
     assert stacked_matmul(torch.randn(3, 2, 16), weights, biases) is None  # gradients on: the caller's own path
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_packed_group_is_its_linears_side_by_side_to_the_bit(dtype, bias):
+    """q|k|v and gate|up on one packed weight (runtime/plan.py) give the separate linears' bits,
+    at every row count."""
+    from runtime.prepacked import apply, packed_group, pad_rows
+
+    torch.manual_seed(3)
+    layers = [nn.Linear(96, out, bias=bias).to(dtype) for out in (96, 32, 32)]
+    with torch.inference_mode():
+        packed, joint = packed_group([m.weight for m in layers], [m.bias for m in layers])
+        for rows in (1, 3, 4, 9, 64, 70):
+            x = torch.randn(rows, 96).to(dtype)
+            together = apply(pad_rows(x), packed, joint)[:rows]
+            assert torch.equal(together, torch.cat([matmul(x, m.weight, m.bias) for m in layers], dim=-1))
+
+
+def test_a_packed_group_is_remade_after_an_in_place_change():
+    from runtime.prepacked import packed_group
+
+    layers = [nn.Linear(16, 8, bias=False) for _ in range(2)]
+    with torch.inference_mode():
+        first, _ = packed_group([m.weight for m in layers], [None, None])
+        assert packed_group([m.weight for m in layers], [None, None])[0] is first  # shared while unchanged
+    with torch.no_grad():
+        layers[1].weight.mul_(2.0)
+    with torch.inference_mode():
+        assert packed_group([m.weight for m in layers], [None, None])[0] is not first

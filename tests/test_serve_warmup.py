@@ -20,16 +20,16 @@ from test_serve_batch import Collector, composer
 
 @pytest.fixture
 def shapes_run(monkeypatch):
-    """Every (weight shape, dtype, bias, padded rows) a packed matmul runs from now on."""
+    """Every (packed weight shape, dtype, bias, rows) the packed kernel runs from now on: single
+    linears, the fast decoder's fused ones (runtime/plan.py) and the warm-up's own."""
     seen: set[tuple] = set()
-    matmul = prepacked.matmul
+    apply = prepacked.apply
 
-    def spy(x, weight, bias=None):
-        rows = x.reshape(-1, x.shape[-1]).shape[0]
-        seen.add((tuple(weight.shape), weight.dtype, bias is not None, max(prepacked.MIN_ROWS, prepacked.bucket(rows))))
-        return matmul(x, weight, bias)
+    def spy(rows, packed, bias):
+        seen.add((tuple(packed.shape), packed.dtype, bias is not None, rows.shape[0]))
+        return apply(rows, packed, bias)
 
-    monkeypatch.setattr(prepacked, "matmul", spy)
+    monkeypatch.setattr(prepacked, "apply", spy)
     return seen
 
 

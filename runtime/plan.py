@@ -1,0 +1,255 @@
+"""The fast decoder's plan of a model (docs/design.md "The cost of a step"): what a forward of
+runtime/decoder.py and of the server's batched forward (serve/batch.py) reads from the model,
+resolved once, and the layer loop both run, so that their arithmetic is one.
+
+A one-token forward of a small target is mostly overhead, not kernels: per layer seven linears,
+each with its module, hook and packed-weight checks and its padding to MIN_ROWS, two norm
+modules, two rotations and dozens of module attribute lookups. The plan holds per layer the
+packed weights (q|k|v as one, gate|up as one: four linears instead of seven, bit-identical to
+the separate ones), the norms' weights and epsilon, and the activation; the hidden state is
+padded once per forward (runtime.prepacked.padded_rows) instead of at every linear, and q and k
+are rotated in one call. Norms and rotation are transformers' ops, op for op.
+
+What is not a plain piece (a module with forward hooks, a wrapper such as an adapted linear or
+norm, a non-gated MLP, gradients on, a CUDA model, $SPECMUX_PREPACK=0) runs its module's own
+forward on the real rows, as [1, n, ...] as the module would see them.
+
+The plan is rebuilt whenever it is stale, which `Plan.current` checks at every forward (about
+30-60 µs on SmolLM2's 30 layers): a module or parameter swapped for another (looked up by
+identity in its parent), a layer added or removed, a hook registered on a module the plan runs
+without its forward (or a global hook), or a packed weight or bias changed in place (its version
+counter). Rebuilding reuses the packed weights whose tensors did not change."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as torch_module
+
+from . import prepacked
+
+RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
+SILU = ("SiLU", "SiLUActivation")
+
+
+class Packed:
+    """Linears over one input on one packed weight (their outputs side by side)."""
+
+    __slots__ = ("weight", "bias")
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        if x.shape[0] == prepacked.padded_rows(x.shape[0]):  # a layer's state: padded already
+            return prepacked.apply(x, self.weight, self.bias)
+        return prepacked.apply(prepacked.pad_rows(x), self.weight, self.bias)[: x.shape[0]]
+
+
+class Norm:
+    """transformers' RMSNorm of the Llama family (LlamaRMSNorm.forward), op for op."""
+
+    __slots__ = ("weight", "eps")
+
+    def __init__(self, weight: torch.Tensor, eps: float):
+        self.weight, self.eps = weight, eps
+
+    def __call__(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        x32 = x.to(torch.float32)
+        variance = x32.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x32 * torch.rsqrt(variance + self.eps)).to(x.dtype)
+
+
+class ModuleCall:
+    """A module's own forward on the first n rows, as [1, n, ...]; padding rows come back zero."""
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        y = self.module(x[None, :n])[0]
+        if x.shape[0] == n:
+            return y
+        return torch.cat([y, y.new_zeros(x.shape[0] - n, *y.shape[1:])])
+
+
+class GatedMLP:
+    """down(act(gate(x)) * up(x)) with gate|up on one packed weight."""
+
+    __slots__ = ("gate_up", "half", "act", "down")
+
+    def __init__(self, gate_up: Packed, half: int, act: Callable, down: Callable):
+        self.gate_up, self.half, self.act, self.down = gate_up, half, act, down
+
+    def __call__(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        gu = self.gate_up(x, n)
+        return self.down(self.act(gu[:, : self.half]) * gu[:, self.half :], n)
+
+
+class LayerPlan:
+    __slots__ = ("input_norm", "qkv", "q", "k", "v", "q_norm", "k_norm", "o", "post_norm", "mlp")
+
+    def __init__(self, **parts):
+        for name in self.__slots__:
+            setattr(self, name, parts.get(name))
+
+
+class Plan:
+    """A model's plan; `Plan(model, packed, dtype, heads, kv_heads, head_dim)`. packed: use packed
+    linears (the caller's check: CPU, gradients off); they take weights of the state's dtype."""
+
+    def __init__(self, model: nn.Module, packed: bool, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int):
+        self.model, self.dtype = model, dtype
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self._slots: list[tuple[dict, str]] = []  # (a parent's _modules or _parameters, name) looked up
+        self._objects: list = []  # what each slot held when built (kept alive, so ids stay theirs)
+        self._hooks: list[dict] = []  # hook dicts of modules run without their forward
+        self._versioned: list[torch.Tensor] = []  # packed weights and biases (in-place edits)
+        body = self._child(model, "model")
+        self._layer_list = self._child(body, "layers")._modules
+        self.embed = self._child(body, "embed_tokens")
+        self.rotary = self._child(body, "rotary_emb")
+        self.layers = [self._layer(self._child(self._layer_list, str(i)), packed) for i in range(len(self._layer_list))]
+        self.norm = self._norm(self._child(body, "norm"))
+        self.head = self._linears([self._child(model, "lm_head")], packed)
+        self._ids = [id(o) for o in self._objects]
+        self._versions = [t._version for t in self._versioned]
+        self._layer_count = len(self._layer_list)
+
+    def current(self) -> bool:
+        """Whether the model still is what the plan was built from (module doc)."""
+        return ([id(d.get(k)) for d, k in self._slots] == self._ids and len(self._layer_list) == self._layer_count
+                and [t._version for t in self._versioned] == self._versions and not any(self._hooks)
+                and not (torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks))
+
+    def run(self, ids: torch.Tensor, positions: torch.Tensor, n: int, attend: Callable, wanted=frozenset()):
+        """The layers over `ids` / `positions` [P] (P = padded_rows(n); rows past n are padding,
+        their attention output zero). attend(i, q, k, v) -> [P, heads * head_dim]: layer i's
+        attention of the rotated q [P, heads, hd], k, v [P, kv_heads, hd] (it writes the cache).
+        Returns the final normed state of the n real rows and {layer: its input's n rows} for
+        the layer indices in `wanted` (len(layers): the final normed state)."""
+        rows = ids.shape[0]
+        h = self.embed(ids.view(1, rows))
+        cos, sin = rotation_tables(*self.rotary(h, positions.view(1, rows)))
+        h = h[0]
+        captured = {}
+        for i, layer in enumerate(self.layers):
+            if i in wanted:
+                captured[i] = h[:n]
+            q, k, v = self._project(layer, layer.input_norm(h, n), n, cos, sin)
+            h = h + layer.o(attend(i, q, k, v), n)
+            h = h + layer.mlp(layer.post_norm(h, n), n)
+        h = self.norm(h[:n], n)
+        if len(self.layers) in wanted:
+            captured[len(self.layers)] = h
+        return h, captured
+
+    def logits(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.head(rows, rows.shape[0]).float()
+
+    def _project(self, layer: LayerPlan, x: torch.Tensor, n: int, cos, sin):
+        """q, k (rotated) and v of a layer: [P, heads or kv_heads, head_dim]."""
+        rows, heads, kv, hd = x.shape[0], self.heads, self.kv_heads, self.head_dim
+        if layer.qkv is not None:
+            qkv = layer.qkv(x, n).view(rows, heads + 2 * kv, hd)
+            q, k, v = qkv[:, :heads], qkv[:, heads : heads + kv], qkv[:, heads + kv :]
+        else:
+            q, k, v = (f(x, n).view(rows, -1, hd) for f in (layer.q, layer.k, layer.v))
+        if layer.q_norm is not None:  # qwen3: RMSNorm over each head, before the rotation
+            q, k = layer.q_norm(q, n), layer.k_norm(k, n)
+        elif layer.qkv is not None:  # q and k side by side: one rotation (elementwise, the same bits)
+            qk = rotate(qkv[:, : heads + kv], cos, sin)
+            return qk[:, :heads], qk[:, heads:], v
+        return rotate(q, cos, sin), rotate(k, cos, sin), v
+
+    # --- building -------------------------------------------------------------------------------
+    def _child(self, parent: nn.Module | dict, name: str):
+        """parent's submodule `name`, remembered for `current`."""
+        modules = parent if isinstance(parent, dict) else parent._modules
+        self._slots.append((modules, name))
+        child = modules.get(name)
+        if child is None:
+            raise ValueError(f"the fast decoder needs a module {name!r} (the Llama module layout)")
+        self._objects.append(child)
+        return child
+
+    def _param(self, module: nn.Module, name: str) -> torch.Tensor | None:
+        self._slots.append((module._parameters, name))
+        tensor = module._parameters.get(name)
+        self._objects.append(tensor)
+        return tensor
+
+    @staticmethod
+    def _plain(module: nn.Module) -> bool:
+        return not (module._forward_hooks or module._forward_pre_hooks)
+
+    def _bypass(self, *modules: nn.Module) -> None:
+        """The plan runs these without their forward: a hook registered on one later makes it stale."""
+        for m in modules:
+            self._hooks += [m._forward_hooks, m._forward_pre_hooks]
+
+    def _layer(self, layer: nn.Module, packed: bool) -> LayerPlan:
+        attn, mlp = self._child(layer, "self_attn"), self._child(layer, "mlp")
+        q, k, v = (self._child(attn, name) for name in ("q_proj", "k_proj", "v_proj"))
+        qkv = self._linears([q, k, v], packed)
+        parts = dict(qkv=qkv) if isinstance(qkv, Packed) else dict(q=self._linears([q], packed),
+                                                                    k=self._linears([k], packed),
+                                                                    v=self._linears([v], packed))
+        if "q_norm" in attn._modules:
+            parts.update(q_norm=self._norm(self._child(attn, "q_norm")), k_norm=self._norm(self._child(attn, "k_norm")))
+        return LayerPlan(input_norm=self._norm(self._child(layer, "input_layernorm")),
+                         o=self._linears([self._child(attn, "o_proj")], packed),
+                         post_norm=self._norm(self._child(layer, "post_attention_layernorm")),
+                         mlp=self._mlp(mlp, packed), **parts)
+
+    def _mlp(self, mlp: nn.Module, packed: bool):
+        names = ("gate_proj", "up_proj", "down_proj", "act_fn")
+        if not all(name in mlp._modules for name in names):
+            return ModuleCall(mlp)  # not the gated MLP: its own forward
+        gate, up, down, act = (self._child(mlp, name) for name in names)
+        gate_up = self._linears([gate, up], packed)
+        if not isinstance(gate_up, Packed):
+            return ModuleCall(mlp)
+        act_fn = act
+        if type(act).__name__ in SILU and self._plain(act):
+            act_fn = F.silu
+            self._bypass(act)
+        return GatedMLP(gate_up, gate.out_features, act_fn, self._linears([down], packed))
+
+    def _linears(self, modules: list[nn.Module], packed: bool):
+        """Packed over the modules' joint weight where each is a plain nn.Linear, else (one
+        module) its own forward; None for several modules that cannot be one."""
+        if packed and all(type(m) is nn.Linear and self._plain(m) for m in modules):
+            weights = [self._param(m, "weight") for m in modules]
+            biases = [self._param(m, "bias") for m in modules]
+            same = all(t.dtype == self.dtype for t in (*weights, *biases) if t is not None)
+            group = prepacked.packed_group(weights, biases) if same else None
+            if group is not None:
+                self._bypass(*modules)
+                self._versioned += [t for t in (*weights, *biases) if t is not None and not t.is_inference()]
+                return Packed(*group)
+        return ModuleCall(modules[0]) if len(modules) == 1 else None
+
+    def _norm(self, module: nn.Module):
+        if type(module).__name__ in RMS_NORMS and self._plain(module):
+            self._bypass(module)
+            return Norm(self._param(module, "weight"), module.variance_epsilon)
+        return ModuleCall(module)
+
+
+def rotation_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotary embedding's cos, sin [1, P, hd] as `rotate` takes them: [P, 1, hd] (against
+    [P, heads, hd]), rotate_half's minus moved onto the first half of sin."""
+    half = cos.shape[-1] // 2
+    return cos[0, :, None], torch.cat([-sin[0, :, None, :half], sin[0, :, None, half:]], dim=-1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as transformers applies it, x * cos + rotate_half(x) * sin, to the bit: rotate_half(x)
+    is x rolled by half with its first half negated, and (-a) * b == a * (-b) exactly, so the
+    minus sits on sin (`rotation_tables`) and the roll is one op. x [P, heads, hd]."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
