@@ -35,7 +35,9 @@ def shapes_run(monkeypatch):
 
 @pytest.mark.skipif(not prepacked.enabled(), reason="this torch has no oneDNN packed linear")
 def test_warm_shapes_runs_every_shape_later_matmuls_meet(shapes_run, monkeypatch):
-    monkeypatch.setattr(prepacked, "_PACKED", {})  # only this test's weights (others' may still live)
+    # only this test's weights: other tests' models may still be alive in the shared tables
+    monkeypatch.setattr(prepacked, "_PACKED", {})
+    monkeypatch.setattr(prepacked, "_GROUPS", {})
     torch.manual_seed(0)
     layers = [nn.Linear(24, 40), nn.Linear(40, 24, bias=False), nn.Linear(24, 40)]  # two of one shape
     with torch.inference_mode():
