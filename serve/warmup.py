@@ -38,22 +38,23 @@ class WarmUp:
     def run(self, scheduler) -> str:
         """Run in the scheduler's thread before it serves (its observer is not told: warm-up
         requests are not traffic). Returns a one-line report."""
-        from compose.registry import default_strategy
-
         composer = scheduler.composer
         start = time.perf_counter()
-        strategies = dict.fromkeys([composer.strategy or default_strategy(composer.drafters), "autoregressive"])
-        for name in strategies:
-            prompt = WARM_PROMPT if composer.tokenizer is not None else WARM_IDS
-            slot = new_slot(composer, prompt, name, lambda event: None,
-                            {"max_new_tokens": self.new_tokens, "temperature": 0.0})
+        prompt = WARM_PROMPT if composer.tokenizer is not None else WARM_IDS
+        options = {"max_new_tokens": self.new_tokens, "temperature": 0.0}
+        served = []
+        for name in (None, "autoregressive"):  # None: the server's default strategy, as for a request
+            slot = new_slot(composer, prompt, name, lambda event: None, options)
+            if slot.strategy_name in served:
+                continue
+            served.append(slot.strategy_name)
             scheduler.serve_alone(slot)
             if getattr(slot, "failed", False):
-                raise RuntimeError(f"the warm-up request with strategy {name!r} failed: {slot.error}")
+                raise RuntimeError(f"the warm-up request with strategy {slot.strategy_name!r} failed: {slot.error}")
         matmuls = warm_shapes(self.max_rows)
         scheduler.caches.fill(self.cache_positions)
-        return (f"warmed up in {time.perf_counter() - start:.1f} s: {len(strategies)} requests "
-                f"({', '.join(strategies)}), {matmuls} matmul shapes up to {self.max_rows} rows, "
+        return (f"warmed up in {time.perf_counter() - start:.1f} s: {len(served)} requests "
+                f"({', '.join(served)}), {matmuls} matmul shapes up to {self.max_rows} rows, "
                 f"{scheduler.max_batch} KV caches of {self.cache_positions} positions")
 
 
