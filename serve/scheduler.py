@@ -78,8 +78,11 @@ class CachePool:
         self.decoder, self.keep = decoder, keep
         self._free: list = []
 
+    def _rounded(self, capacity: int) -> int:
+        return -(-capacity // self.QUANTUM) * self.QUANTUM
+
     def get(self, capacity: int):
-        capacity = -(-capacity // self.QUANTUM) * self.QUANTUM
+        capacity = self._rounded(capacity)
         fits = [c for c in self._free if c.capacity >= capacity]
         if fits:
             cache = min(fits, key=lambda c: c.capacity)
@@ -95,7 +98,7 @@ class CachePool:
     def fill(self, capacity: int) -> None:
         """Allocate the caches a full batch of requests of up to `capacity` positions needs now,
         not under traffic (serve/warmup.py)."""
-        capacity = -(-capacity // self.QUANTUM) * self.QUANTUM
+        capacity = self._rounded(capacity)
         self._free = [c for c in self._free if c.capacity >= capacity]
         while len(self._free) < self.keep:
             self._free.append(self.decoder.new_cache(capacity))
