@@ -81,12 +81,12 @@ def build(args):
 
     from .app import ServerConfig, create_app
 
+    if args.warmup_rows < 0:  # before the model loads
+        raise ValueError(f"--warmup-rows must be >= 0, got {args.warmup_rows}")
     threads = args.threads if args.threads in ("default", "auto") else int(args.threads)
     defaults = {} if args.tree is None else {"tree": tree_option(args.tree)}
     composer = Composer(args.target, drafters=drafter_specs(args.drafters, args.target), strategy=args.strategy,
                         threads=threads, **defaults)
-    if args.warmup_rows < 0:
-        raise ValueError(f"--warmup-rows must be >= 0, got {args.warmup_rows}")
     if args.strategy is not None and composer.unavailable(args.strategy):
         raise ValueError(composer.unavailable(args.strategy))
     config = ServerConfig(
