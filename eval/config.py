@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from runtime.assets import DEFAULT_TARGET
 from compose.options import TreeOptions
 
-from .datasets import BENCHMARKS
+from .datasets import BENCHMARKS, DEFAULT_BENCHMARKS
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class EvalConfig(BaseModel):
         None, description="strategy labels: a registered name, name:drafter for strategies that take one "
                           "(single:math), options in brackets (online[probe_every=2]); None: every registered "
                           "strategy, expanded per drafter where needed")
-    benchmarks: list[str] = Field(default_factory=lambda: list(BENCHMARKS), description="benchmarks to run")
+    benchmarks: list[str] = Field(default_factory=lambda: list(DEFAULT_BENCHMARKS), description="benchmarks to run")
     limit: int | None = Field(1, ge=1, description="items per benchmark (a fixed seeded subset); None: all")
     sample_seed: int = Field(0, description="seed of the --limit subset")
     temperatures: list[float] = Field(default_factory=lambda: [0.0, 1.0], min_length=1)

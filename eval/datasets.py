@@ -44,6 +44,7 @@ class BenchmarkItem(BaseModel):
     benchmark: str
     id: str  # unique within the benchmark, stable across package versions where possible
     turns: list[str] = Field(min_length=1)  # user messages; turn t+1 follows the model's answer to turn t
+    context: list[dict[str, str]] = Field(default_factory=list)  # given messages before the first turn
     category: str | None = None
     reference: str | None = None  # reference answer or solution (for inspection; not scored here)
 
@@ -178,7 +179,24 @@ BENCHMARKS: dict[str, Benchmark] = {
     "math": Benchmark("math", f"held-out generated math: {len(HELDOUT_MATH_TASKS)} reasoning-gym generators x "
                               f"{HELDOUT_MATH_PER_TASK}, seed {HELDOUT_MATH_SEED} (disjoint from training seeds)",
                       len(HELDOUT_MATH_TASKS) * HELDOUT_MATH_PER_TASK, "reasoning-gym==0.1.25", "--no-deps", load_heldout_math),
+    # the drafter suite's held-out prompts, shipped in the repository (eval/heldout.py)
+    "heldout-math": Benchmark("heldout-math", "the drafter suite's 150 held-out math prompts (never trained on; "
+                                              "the routing calibration is fitted on these)",
+                              150, "", "", lambda: _heldout("math")),
+    "heldout-chat": Benchmark("heldout-chat", "the drafter suite's 150 held-out chat turns, later turns with their "
+                                              "conversation (never trained on; the routing calibration is fitted on these)",
+                              150, "", "", lambda: _heldout("chat")),
 }
+
+
+# what `specmux eval` runs by default: the public benchmarks (the held-out sets fit calibrations)
+DEFAULT_BENCHMARKS = ("mtbench", "gsm8k", "humaneval", "math")
+
+
+def _heldout(domain: str) -> list[BenchmarkItem]:
+    from .heldout import load_heldout
+
+    return _check_count(f"heldout-{domain}", load_heldout(domain))
 
 
 def load_benchmark(name: str) -> list[BenchmarkItem]:

@@ -122,7 +122,7 @@ def run_conversation(
 ) -> list[TurnLog]:
     """Every turn of `item`; turn t + 1 is asked after this run's own answer to turn t (turn t
     samples with seed + t). `oracle(result) -> list[dict]` fills TurnLog.oracle when given."""
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, str]] = list(item.context)  # a given conversation before the first turn
     turns = []
     for t, user_text in enumerate(item.turns):
         messages.append({"role": "user", "content": user_text})

@@ -224,3 +224,12 @@ def test_mixed_draw_picks_the_same_records_from_a_parallel_split():
     split = {"math_train": list(range(7)), "chat_train": list(range(100, 105))}
     with_states = {k: [("states of", x) for x in v] for k, v in split.items()}  # the cached split: same order
     assert mixed_train(with_states, 3) == [("states of", x) for x in mixed_train(split, 3)]
+
+
+def test_mixed_is_both_specialists_training_records_together():
+    from drafters.training.suite_training import mixed_train
+
+    split = {"math_train": list(range(7)), "chat_train": list(range(100, 105))}
+    mixed = mixed_train(split, 0)
+    assert sorted(mixed) == sorted(split["math_train"] + split["chat_train"])  # every record, once
+    assert mixed != split["math_train"] + split["chat_train"]  # shuffled, not math then chat

@@ -126,10 +126,11 @@ def load_corpus(out_dir: str | Path) -> list[dict]:
     parts = sorted(out_dir.glob("part-*.jsonl"))
     if not parts:
         raise ValueError(f"{out_dir} holds no corpus parts")
-    records = []
-    for part in parts:
-        for line in part.read_text().splitlines():
-            if line.strip():
-                records.append(json.loads(line))
+    return parse_corpus_parts(part.read_text() for part in parts)
+
+
+def parse_corpus_parts(texts) -> list[dict]:
+    """The records of a corpus's part files (their JSONL texts), in id order."""
+    records = [json.loads(line) for text in texts for line in text.splitlines() if line.strip()]
     return sorted(records, key=lambda r: r["id"])
 

@@ -81,12 +81,12 @@ def manifest_path(archive: str | Path) -> Path:
     return archive.with_name(archive.name + ".manifest.json")
 
 
-def unpack_corpus(archive: str | Path, work: str | Path) -> dict:
-    """Check `archive` against its manifest and place its members under `work`. Members already
-    present must be byte-identical (a work folder made from other data is refused, not mixed)."""
+def read_corpus_members(archive: str | Path) -> dict[str, bytes]:
+    """The members of `archive` (name -> bytes), checked against its manifest: the archive's and
+    every member's sha256."""
     import lzma
 
-    archive, work = Path(archive), Path(work)
+    archive = Path(archive)
     if not archive.exists():
         raise ValueError(f"corpus archive {archive} does not exist")
     man_file = manifest_path(archive)
@@ -108,6 +108,15 @@ def unpack_corpus(archive: str | Path, work: str | Path) -> dict:
             members[info.name] = tar.extractfile(info).read()
     if {k: _sha256(v) for k, v in members.items()} != manifest["members"]:
         raise ValueError(f"corpus archive {archive}: its members do not match {man_file.name}")
+    return members
+
+
+def unpack_corpus(archive: str | Path, work: str | Path) -> dict:
+    """Check `archive` against its manifest and place its members under `work`. Members already
+    present must be byte-identical (a work folder made from other data is refused, not mixed)."""
+    work = Path(work)
+    members = read_corpus_members(archive)
+    manifest = json.loads(manifest_path(archive).read_text())
     for name, blob in members.items():
         path = work / name
         if path.exists() and path.read_bytes() != blob:

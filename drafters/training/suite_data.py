@@ -75,6 +75,14 @@ def stage_written(cfg: SuiteConfig, work: Path, target, tokenizer) -> list[tuple
     return kept
 
 
+def split_heldout(records: list, seed: int, n: int) -> tuple[list, list]:
+    """(held out, train) of a first-round corpus in load order: the one rule the suite and the
+    held-out evaluation benchmarks (eval/heldout.py) share."""
+    records = list(records)
+    random.Random(seed).shuffle(records)
+    return records[:n], records[n:]
+
+
 # --- stage: regenerate ---------------------------------------------------------------------------
 def stage_regenerate(cfg: SuiteConfig, work: Path, target, tokenizer) -> dict[str, list[dict]]:
     prompts = read_json(work / "prompts.json")
@@ -83,9 +91,9 @@ def stage_regenerate(cfg: SuiteConfig, work: Path, target, tokenizer) -> dict[st
     for domain in ("math", "chat"):
         items = [tuple(p) for p in prompts[domain]] + (written if domain == "math" else [])
         records = regenerate_timed(cfg, target, tokenizer, items, work / "corpus" / domain, f"target answers {domain}")
-        random.Random(cfg.seed).shuffle(records)
-        split[f"{domain}_heldout"] = records[: cfg.heldout_per_domain]
-        split[f"{domain}_train"] = records[cfg.heldout_per_domain :] + regenerate_extra(cfg, work, target, tokenizer, domain)
+        heldout, train = split_heldout(records, cfg.seed, cfg.heldout_per_domain)
+        split[f"{domain}_heldout"] = heldout
+        split[f"{domain}_train"] = train + regenerate_extra(cfg, work, target, tokenizer, domain)
     evals = read_json(work / "eval_prompts.json")
     report = {name: overlap_report([prompt_text(r["prompt"]) for r in recs], evals)
               for name, recs in split.items() if name.endswith("_train")}
@@ -113,7 +121,12 @@ def regenerate_timed(cfg: SuiteConfig, target, tokenizer, items: list[tuple], fo
         write_json(timing, {"seconds": round(time.time() - t0, 1), "new_tokens": new,
                             "tokens_per_s": round(new / max(time.time() - t0, 1e-9)),
                             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"})
-    return [r for r in everything if len(r["input_ids"]) > r["prompt_len"] + 2]
+    return answered(everything)
+
+
+def answered(records: list[dict]) -> list[dict]:
+    """The records whose regenerated answer is more than a token or two (what the suite trains on)."""
+    return [r for r in records if len(r["input_ids"]) > r["prompt_len"] + 2]
 
 
 def regenerate_extra(cfg: SuiteConfig, work: Path, target, tokenizer, domain: str) -> list[dict]:

@@ -30,13 +30,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def mixed_train(split: dict[str, list], seed: int) -> list:
-    """1:1 draw from the math and chat train sets (as many of each as the smaller has). Which
-    records are drawn depends only on the sets' lengths and the seed, so the same draw from a
+    """Every math and every chat training record, shuffled: the tokens the two specialists are
+    trained on together, so `mixed` is compared with them like with like (issue 20). Which
+    records go where depends only on the sets' lengths and the seed, so the same draw from a
     parallel split (records with cached states) gives the same records."""
-    n = min(len(split["math_train"]), len(split["chat_train"]))
-    rng = random.Random(seed)
-    out = rng.sample(split["math_train"], n) + rng.sample(split["chat_train"], n)
-    rng.shuffle(out)
+    out = list(split["math_train"]) + list(split["chat_train"])
+    random.Random(seed).shuffle(out)
     return out
 
 
@@ -46,7 +45,7 @@ def train_set(split: dict[str, list], name: str, seed: int) -> list:
 
 
 def shared_vocabulary_records(split: dict[str, list[dict]], seed: int) -> list[dict]:
-    """Every drafter of a suite takes its draft vocabulary from the same 1:1 math+chat records,
+    """Every drafter of a suite takes its draft vocabulary from the same math+chat records,
     so the specialists share d2t: weight averaging and lockstep drafting need one vocabulary."""
     return mixed_train(split, seed)
 
