@@ -1,6 +1,7 @@
 """Training works: a feature drafter overfits a tiny target's own outputs, and decoding with it
 through the engine is token-identical to plain greedy decoding."""
 import json
+import random
 
 import pytest
 import torch
@@ -88,3 +89,21 @@ def test_greedy_decode_through_engine_is_token_identical(trained):
     # on a training prompt the overfit drafter is accepted deep (training and inference agree on
     # the token / feature bookkeeping); an unseen prompt still decodes identically
     assert taus[0] > 2.5, taus
+
+
+def test_cached_records_are_batched_by_length():
+    """Cached states (plain records) get length-sorted batches as the online path does: random
+    batches of the suite's chat records were half padding."""
+    from drafters.training.train import TrainConfig, epoch_batches, record_lengths
+
+    rng = random.Random(0)
+    lengths = [rng.randrange(20, 1000) for _ in range(32 * 16 * 2)]
+    records = [{"input_ids": torch.zeros(n, dtype=torch.long), "prompt_len": 4} for n in lengths]
+    assert record_lengths(records) == lengths
+    cfg = TrainConfig(target="x", batch_size=16)
+    batches = epoch_batches(len(records), cfg, 0, record_lengths(records))
+    assert sorted(i for b in batches for i in b) == list(range(len(records)))  # every record once
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    assert sum(lengths) / padded > 0.9
+    live = LiveTargetStates(None, [{"input_ids": [1, 2, 3], "prompt_len": 1}], [-1])
+    assert record_lengths(live) == [3]  # read from its plain records, no target run
