@@ -199,3 +199,15 @@ def test_recover_folder_finishes_or_undoes_any_interrupted_swap(tmp_path):
         recover_folder(path)
         assert version(path) == expected, (written, crash)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+
+
+def test_a_state_saved_by_another_recipe_is_refused_by_name(setup):
+    target, states, head, work = setup
+    cfg = TrainConfig(epochs=1, batch_size=2, checkpoint_every=1, warmup_steps=1, max_steps=2)
+    train_drafter(tiny_drafter_model(target), head, states, cfg, work, progress=False)
+    other = cfg.model_copy(update={"unroll_steps": 2})
+    with pytest.raises(ValueError, match="another recipe.*unroll_steps"):
+        train_drafter(tiny_drafter_model(target), head, states, other, work, progress=False)
+    more = cfg.model_copy(update={"max_steps": 3, "epochs": 2})  # a longer run of the same recipe resumes
+    train_drafter(tiny_drafter_model(target), head, states, more, work, progress=False)
+    assert logged_steps(work) == [1, 2, 3]

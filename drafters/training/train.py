@@ -28,7 +28,7 @@ from drafters.losses import LOSSES, acceptance_rate, distillation_loss, unroll_w
 from drafters.model import FeatureDrafterModel
 from .precision import Precision, autocast
 from .target_side import target_side
-from .train_state import keep_logged_steps, save_train_state
+from .train_state import check_resumable, keep_logged_steps, save_train_state
 from drafters.ttt_attention import TTTMask
 
 
@@ -286,9 +286,9 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
     if acc.is_main_process:
         recover_folder(state_dir)  # a checkpoint swap a crash interrupted
     acc.wait_for_everyone()
-    if (state_dir / "progress.json").exists():
+    done = check_resumable(state_dir, cfg)
+    if done:
         acc.load_state(str(state_dir))
-        done = json.loads((state_dir / "progress.json").read_text())["global_step"]
     log = None
     if acc.is_main_process:
         keep_logged_steps(work_dir / log_name, done)  # steps after the checkpoint are redone
@@ -324,14 +324,14 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
             bar.update(1)
             last = step == total
             if evaluate is not None and eval_every and (step % eval_every == 0 or last):
-                save_train_state(acc, state_dir, step)  # a curve point is always resumable
+                save_train_state(acc, state_dir, step, cfg)  # a curve point is always resumable
                 if acc.is_main_process:
                     inner.eval()
                     stop = bool(evaluate(step))
                     inner.train()
                 stop = bool(acc.reduce(torch.tensor([float(stop)], device=acc.device), reduction="sum").item() > 0)
             elif step % cfg.checkpoint_every == 0 or last:
-                save_train_state(acc, state_dir, step)
+                save_train_state(acc, state_dir, step, cfg)
             if stop:
                 break
     bar.close()
