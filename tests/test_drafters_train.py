@@ -107,3 +107,15 @@ def test_cached_records_are_batched_by_length():
     assert sum(lengths) / padded > 0.9
     live = LiveTargetStates(None, [{"input_ids": [1, 2, 3], "prompt_len": 1}], [-1])
     assert record_lengths(live) == [3]  # read from its plain records, no target run
+
+
+def test_evaluation_does_not_depend_on_record_order(trained):
+    """evaluate_drafter batches records by length; its token-weighted metrics are those of any order."""
+    target, model, data, cfg, _ = trained
+    head = target.get_output_embeddings().weight
+    records = [data[i] for i in range(len(data))]
+    a = evaluate_drafter(model, head, records, cfg, batch_size=3)
+    b = evaluate_drafter(model, head, records[::-1], cfg, batch_size=5)
+    assert a.keys() == b.keys() and a["tokens"] == b["tokens"]
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k

@@ -377,8 +377,10 @@ def evaluate_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, reco
     sums: dict[str, float] = {}
     tokens = anchors = 0
     bs = batch_size or cfg.batch_size
+    lengths = record_lengths(records)  # batches of similar lengths: a batch is padded to its longest
+    order = sorted(range(len(records)), key=lengths.__getitem__) if lengths else list(range(len(records)))
     for i in range(0, len(records), bs):
-        batch = batch_on(device, [records[k] for k in range(i, min(i + bs, len(records)))], cfg, target)
+        batch = batch_on(device, [records[k] for k in order[i : i + bs]], cfg, target)
         with autocast(device, cfg.precision):
             _, m = unroll_loss(unroll, model, batch, head_weight, cfg, steps)
         for k, v in m.items():
