@@ -54,10 +54,14 @@ def prompts_digest(prompts: list[tuple[str, str]]) -> str:
 @torch.no_grad()
 def regenerate_corpus(model, tokenizer, prompts: list[tuple[str, str | list[dict]]], out_dir: str | Path,
                       batch_size: int = 8, max_new_tokens: int = 128, temperature: float = 0.0,
-                      seed: int = 0, max_prompt_tokens: int | None = None, desc: str | None = None) -> Path:
+                      seed: int = 0, max_prompt_tokens: int | None = None, desc: str | None = None,
+                      generate=None, engine: str = "transformers") -> Path:
     """Generate the target's own response to every (domain, prompt), batched and resumable.
     Prompts are batched in order of token length (less padding); record ids keep the input
-    order. Prompts longer than `max_prompt_tokens` are skipped (counted in the manifest)."""
+    order. Prompts longer than `max_prompt_tokens` are skipped (counted in the manifest).
+    `generate(prompt_ids, eos, max_new_tokens, temperature, seed)` answers one batch (default:
+    transformers' `generate` on `model`; drafters/training/vllm_regen.py for vLLM), `engine`
+    names it in the manifest."""
     out_dir = Path(out_dir)
     prompt_ids = [chat_prompt_ids(tokenizer, p) for _, p in prompts]
     keep = [i for i, ids in enumerate(prompt_ids) if max_prompt_tokens is None or len(ids) <= max_prompt_tokens]
@@ -65,6 +69,8 @@ def regenerate_corpus(model, tokenizer, prompts: list[tuple[str, str | list[dict
     manifest = {"prompts": len(prompts), "digest": prompts_digest(prompts), "batch_size": batch_size,
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
                 "max_prompt_tokens": max_prompt_tokens, "kept_prompts": len(keep), "order": "length"}
+    if engine != "transformers":  # (corpora made before engines had a name were all transformers')
+        manifest["engine"] = engine
     man_path = out_dir / "manifest.json"
     if man_path.exists():
         old = json.loads(man_path.read_text())
@@ -80,7 +86,10 @@ def regenerate_corpus(model, tokenizer, prompts: list[tuple[str, str | list[dict
         if part.exists():
             continue
         torch.manual_seed(seed + b)
-        outputs = _generate_left_padded(model, [prompt_ids[i] for i in batch], pad, eos, max_new_tokens, temperature)
+        if generate is None:
+            outputs = _generate_left_padded(model, [prompt_ids[i] for i in batch], pad, eos, max_new_tokens, temperature)
+        else:
+            outputs = generate([prompt_ids[i] for i in batch], eos, max_new_tokens, temperature, seed + b)
         lines = []
         for i, resp in zip(batch, outputs):
             domain, prompt = prompts[i]

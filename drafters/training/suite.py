@@ -74,6 +74,11 @@ class SuiteConfig(BaseModel):
     max_prompt_tokens: int = Field(default=768, ge=8)
     write_max_new_tokens: int = Field(default=96, ge=8)
     regen_batch_size: int = Field(default=256, ge=1)
+    # who writes the target's answers: transformers' batched generate, or vLLM where installed
+    # (drafters/training/vllm_regen.py; for large targets on GPU machines)
+    regen_engine: Literal["transformers", "vllm"] = "transformers"
+    # vLLM's LLM(...) arguments, e.g. {"gpu_memory_utilization": 0.5} beside the loaded target
+    regen_engine_args: dict[str, Any] = Field(default_factory=dict)
     # target states for training: "cache" (computed once, read back memory-mapped), "online"
     # (a target forward per step); "auto": online on a GPU, cached on the CPU
     states: Literal["auto", "cache", "online"] = "auto"

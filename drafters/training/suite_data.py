@@ -59,6 +59,24 @@ def without_eval_overlap(math: list, chat: list, evals) -> dict:
     return {**kept, "dropped": {"math": len(math) - len(kept["math"]), "chat": len(chat) - len(kept["chat"])}}
 
 
+_ENGINES: dict[tuple, object] = {}  # one vLLM engine per target for every regeneration of a run
+
+
+def engine(cfg: SuiteConfig) -> dict:
+    """regenerate_corpus's `generate` / `engine` arguments for cfg.regen_engine."""
+    if cfg.regen_engine == "transformers":
+        return {}
+    from runtime.assets import resolve_model_dir
+    from .vllm_regen import VLLMGenerator
+
+    folder = Path(cfg.target_path or resolve_model_dir(cfg.target))
+    model = folder / cfg.gguf_file if cfg.gguf_file else folder  # vLLM reads a GGUF file itself
+    key = (str(model), json.dumps(cfg.regen_engine_args, sort_keys=True))
+    if key not in _ENGINES:
+        _ENGINES[key] = VLLMGenerator(model, tokenizer=str(folder), **cfg.regen_engine_args)
+    return {"generate": _ENGINES[key], "engine": "vllm"}
+
+
 # --- stage: written (the target writes word problems) -------------------------------------------
 def stage_written(cfg: SuiteConfig, work: Path, target, tokenizer) -> list[tuple[str, str]]:
     prompts = read_json(work / "prompts.json")
@@ -66,7 +84,7 @@ def stage_written(cfg: SuiteConfig, work: Path, target, tokenizer) -> list[tuple
         return []
     out = work / "written"
     regenerate_corpus(target, tokenizer, [tuple(p) for p in prompts["write"]], out, cfg.regen_batch_size,
-                      cfg.write_max_new_tokens, seed=cfg.seed, desc="target writes word problems")
+                      cfg.write_max_new_tokens, seed=cfg.seed, desc="target writes word problems", **engine(cfg))
     texts = [clean_written_problem(tokenizer.decode(r["input_ids"][r["prompt_len"]:], skip_special_tokens=True))
              for r in load_corpus(out)]
     unique = list(dict.fromkeys(t for t in texts if t))
@@ -113,7 +131,7 @@ def regenerate_timed(cfg: SuiteConfig, target, tokenizer, items: list[tuple], fo
     tokens/s in timing.json. Returns the records with a non-trivial answer."""
     t0 = time.time()
     regenerate_corpus(target, tokenizer, items, folder, cfg.regen_batch_size, cfg.max_new_tokens,
-                      seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens, desc=desc)
+                      seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens, desc=desc, **engine(cfg))
     timing = folder / "timing.json"
     everything = load_corpus(folder)
     if not timing.exists():
