@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--target", default="smollm2-135m-instruct")
     ap.add_argument("--depth", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--domains", default="math,chat", help="held-out sets to read (cached in --states)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     target, _ = assets.load_target(args.target)
@@ -71,7 +72,7 @@ def main() -> None:
     print(f"target {args.target}; states {args.states}; depth {args.depth}; load {os.getloadavg()[0]:.2f}\n")
     print("| held-out set | group | records | answer tokens | " + " | ".join(f"{n} acc_0 | {n} chain τ" for n in drafters) + " |")
     print("|---|---|---:|---:|" + "---:|---:|" * len(drafters))
-    for domain in ("math", "chat"):
+    for domain in args.domains.split(","):
         records = load_hidden_cache(Path(args.states) / f"{domain}_heldout", target)
         corpus = heldout_records(domain)
         if [list(map(int, r["input_ids"])) for r in records] != [r["input_ids"] for r in corpus]:

@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--target", default="smollm2-135m-instruct")
     ap.add_argument("--positions", type=int, default=6000, help="answer positions sampled per set")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--domains", default="math,chat", help="held-out sets to read (cached in --states)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     target, _ = assets.load_target(args.target)
@@ -68,7 +69,7 @@ def main() -> None:
     print("| held-out set | positions | mean p_max | median p_max | p_max < 0.5 | p_max < 0.3 | cached argmax ≠ corpus token |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     gen = torch.Generator().manual_seed(0)
-    for domain in ("math", "chat"):
+    for domain in args.domains.split(","):
         records = load_hidden_cache(Path(args.states) / f"{domain}_heldout", target)
         corpus = heldout_records(domain)
         if [list(map(int, r["input_ids"])) for r in records] != [r["input_ids"] for r in corpus]:
