@@ -200,6 +200,18 @@ def _packed(weight: torch.Tensor, has_bias: bool = False) -> torch.Tensor | None
     return packed
 
 
+def forget(tensors) -> None:
+    """Drop the packed copies made of `tensors` (and of groups holding any of them): for weights
+    changed in place by an op that leaves their version counter alone, which the cache cannot see.
+    torch's fused AdamW is one (measured: `_version` stays 0 across `step()`); a drafter trained
+    with it and evaluated between steps was scored on the weights of its first evaluation."""
+    ids = {id(t) for t in tensors}
+    for key in [k for k in _PACKED if k in ids]:
+        _PACKED.pop(key, None)
+    for key in [k for k in _GROUPS if ids.intersection(k)]:
+        _GROUPS.pop(key, None)
+
+
 def _version(t: torch.Tensor) -> int:
     try:
         return t._version

@@ -136,3 +136,54 @@ def test_a_packed_group_is_remade_after_an_in_place_change():
         layers[1].weight.mul_(2.0)
     with torch.inference_mode():
         assert packed_group([m.weight for m in layers], [None, None])[0] is not first
+
+
+def test_a_fused_optimizer_step_is_seen_after_forget():
+    """torch's fused AdamW changes weights without bumping their version counter: the cache
+    cannot see it, so training calls `forget` after every step (drafters/training/train.py)."""
+    from runtime.prepacked import forget
+
+    torch.manual_seed(2)
+    layer = nn.Linear(16, 8, bias=False)
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.5, fused=True)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        linear(layer, x)  # packed at the weights before the step
+    layer(x).square().sum().backward()
+    version = layer.weight._version
+    opt.step()
+    assert layer.weight._version == version  # why forget is needed (if torch changes this, forget is harmless)
+    forget(layer.parameters())
+    with torch.no_grad():
+        got = linear(layer, x)
+    torch.testing.assert_close(got, F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
+
+
+def test_training_evaluates_the_weights_it_has_now(tmp_path):
+    """train_drafter with fused AdamW and an evaluation every step: each evaluation sees the
+    weights of its step (they were scored on the first evaluation's weights before)."""
+    from drafter_fixtures import tiny_drafter_model, tiny_target
+    from drafters.training.hidden_cache import LiveTargetStates
+    from drafters.training.train import TrainConfig, evaluate_drafter, train_drafter
+
+    target = tiny_target(vocab=64, layers=2, hidden=32, seed=3)
+    g = torch.Generator().manual_seed(0)
+    records = [{"input_ids": torch.randint(3, 64, (24,), generator=g).tolist(), "prompt_len": 6} for _ in range(8)]
+    states = [LiveTargetStates(target, records, [-1])[i] for i in range(len(records))]
+    head = target.get_output_embeddings().weight
+    model = tiny_drafter_model(target)
+    cfg = TrainConfig(epochs=1, batch_size=2, lr=0.05, warmup_steps=1, max_steps=4)
+    seen = []
+
+    def evaluate(step):
+        packed = evaluate_drafter(model, head, states, cfg)
+        linears = [m for m in model.modules() if type(m) is nn.Linear]
+        with torch.no_grad():
+            x = torch.randn(5, linears[0].in_features)
+            stale = [not torch.allclose(linear(m, x), F.linear(x, m.weight), atol=1e-5) for m in linears[:1]]
+        seen.append((step, packed["acc_0"], any(stale)))
+        return False
+
+    train_drafter(model, head, states, cfg, tmp_path / "run", progress=False, evaluate=evaluate, eval_every=1)
+    assert [s for s, _, _ in seen] == [1, 2, 3, 4]
+    assert not any(stale for _, _, stale in seen)

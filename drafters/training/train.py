@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from trees import attention_mask
 
+from runtime import prepacked
 from runtime.atomic import recover_folder
 from drafters.losses import LOSSES, acceptance_rate, distillation_loss, unroll_weights
 from drafters.model import FeatureDrafterModel
@@ -274,6 +275,7 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
     torch.manual_seed(cfg.seed)
     model.train()
     optimizer = make_optimizer(model, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
     lengths = record_lengths(records)
     per_epoch = len(epoch_batches(len(records), cfg, 0, lengths))
     total = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
@@ -313,6 +315,7 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
             if cfg.grad_clip > 0:
                 acc.clip_grad_norm_(unroll.parameters(), cfg.grad_clip)
             optimizer.step()
+            prepacked.forget(params)  # a fused step leaves version counters alone (runtime/prepacked.py)
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             if log is not None:
