@@ -32,7 +32,8 @@ ALLOWED = {
 # the commands that fit or evaluate against training data may load drafters.training (inside the
 # function that needs it), and drafters/__init__ on `from drafters import train_drafter`; nothing
 # else outside drafters/training does
-TRAINING_USERS = {"drafters/__init__.py", "compose/route_fit.py", "eval/stream.py"}
+TRAINING_USERS = {"drafters/__init__.py", "compose/route_fit.py", "eval/stream.py",
+                  "eval/heldout.py"}  # the suite's held-out prompts, read by its own split rule
 
 
 def imported_modules(file: Path) -> set[str]:
