@@ -186,8 +186,10 @@ def train_one(cfg, tcfg: TrainConfig, target, set_name: str, split, log, states:
     seconds = time.time() - t0 - (curve.seconds if curve is not None else 0.0)
     logged = [json.loads(line) for line in (Path(tcfg.work_dir) / "metrics.jsonl").read_text().splitlines()]
     n_tokens, steps_done = sum(r["tokens"] for r in logged), len(logged)
+    # a resumed run logged its earlier steps in another process: the rate counts this one's steps
+    this_run = sum(r["tokens"] for r in logged if r.get("time", t0) >= t0)
     metrics = {"train_seconds": round(seconds, 3), "train_tokens": n_tokens,
-               "train_tokens_per_s": round(n_tokens / max(seconds, 1e-9)), "steps": steps_done,
+               "train_tokens_per_s": round(this_run / max(seconds, 1e-9)), "steps": steps_done,
                "train_records": len(records), "states": "cache" if states.cached else "online"}
     if dcfg.head == "truncated":
         resp = torch.cat([torch.tensor(r["input_ids"][r["prompt_len"]:]) for r in raw])
