@@ -275,7 +275,7 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
     torch.manual_seed(cfg.seed)
     model.train()
     optimizer = make_optimizer(model, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # what a step changes
     lengths = record_lengths(records)
     per_epoch = len(epoch_batches(len(records), cfg, 0, lengths))
     total = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
@@ -284,7 +284,7 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
     unroll, optimizer, schedule = acc.prepare(unroll, optimizer, schedule)
     inner = acc.unwrap_model(unroll).model
     head_weight = head_weight.to(acc.device)
-    state_dir, done = work_dir / "train_state", 0
+    state_dir = work_dir / "train_state"
     if acc.is_main_process:
         recover_folder(state_dir)  # a checkpoint swap a crash interrupted
     acc.wait_for_everyone()
