@@ -13,14 +13,21 @@ facts that `check_kernels` verifies on the running machine:
   reduction runs over the head dimension only, with at least MIN_ROWS rows (a 1-row matmul
   takes a GEMV with another reduction order);
 - max (exact in any order), exp (elementwise), the weights rounded to bf16;
-- numerator and normaliser in ONE bf16 matmul against [V | 1]: the oneDNN bf16 kernel accumulates the
-  key axis in order, so masked keys (exact zero weights) change nothing wherever they sit,
-  as long as one call's key axis stays inside one kernel block (measured: up to 1024 keys;
-  past that the kernel splits the key axis at places that depend on its length). So the key
-  axis is cut into blocks of BLOCK absolute positions (a node's ancestors land in the block
-  their position says, whatever their slot) and the blocks' partial sums are added in block
-  order in float32. A block holds at most BLOCK - 1 prefix keys plus the tree's nodes, so trees
-  up to KERNEL_KEYS - BLOCK + 1 nodes are exact; a larger one is refused.
+- numerator and normaliser in ONE bf16 matmul against [V | 1], with every key alone in its pair
+  of the key axis (a zero key after each): the AVX512-BF16 dot-product instruction adds the keys
+  of a pair odd slot first, so two visible keys sharing a pair are summed in another order than
+  the same keys apart (measured 2026-12-05 on the default target: a tree node's layer-26
+  attention differed from plain decoding's in one element, 0.3398 against 0.3379, whose float32
+  sums differ by one ulp on a bf16 rounding midpoint, and greedy speculative output left plain
+  decoding's in 6 of 60 held-out runs). With a zero partner every pair adds one visible key, so
+  the kernel's sum runs over the visible keys in order and masked keys (exact zero weights)
+  change nothing wherever they sit, as long as one call's key axis stays inside one kernel block
+  (measured: up to 1024 keys, i.e. 512 keys with their zero partners; past that the kernel
+  splits the key axis at places that depend on its length). So the key axis is cut into blocks
+  of BLOCK absolute positions (a node's ancestors land in the block their position says,
+  whatever their slot) and the blocks' partial sums are added in block order in float32. A
+  block holds at most BLOCK - 1 prefix keys plus the tree's nodes, so trees up to
+  KERNEL_KEYS / 2 - BLOCK + 1 nodes are exact; a larger one is refused.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ import functools
 
 import torch
 
-BLOCK = 512  # key positions per block of the key axis
+BLOCK = 256  # key positions per block of the key axis
 KERNEL_KEYS = 1024  # the longest key axis one bf16 matmul sums in order (measured; check_kernels probes it)
 MIN_ROWS = 4  # fewer score rows are padded (a 1-3 row float32 matmul takes a GEMV)
 # the bf16 matmul's key axis is padded (zero weights) to a multiple of this: oneDNN keeps state
@@ -55,51 +62,35 @@ def invariant_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     if mask is not None:
         scores = scores + mask.to(torch.float32)
     weights = torch.exp(scores - scores.amax(dim=-1, keepdim=True)).view(kv, rows, s)
-    if len(blocks) == 1 and _whole(blocks[0]):
-        total = _one_block(weights, values[0], s)
-    else:
-        weights = weights.to(torch.bfloat16)
-        extended = torch.cat([values[0], values.new_ones(kv, s, 1)], dim=-1)  # [KV, S, hd + 1]
-        total = None
-        for cols in blocks:
-            width = s if _whole(cols) else _width(cols, s)
-            _check_width(width)
-            w, x = weights[:, :, cols], extended[:, cols]
-            pad = -width % KEY_QUANTUM
-            if pad and width + pad <= KERNEL_KEYS:  # zero-weight keys: exact, wherever they sit
-                w = torch.cat([w, w.new_zeros(kv, rows, pad)], dim=-1)
-                x = torch.cat([x, x.new_zeros(kv, pad, hd + 1)], dim=1)
-            part = torch.matmul(w, x).float()
-            total = part if total is None else total + part
+    total = None
+    for cols in blocks:
+        part = _block_sum(weights, values[0], cols)
+        total = part if total is None else total + part
     out = total[..., :hd] / total[..., hd:]
     return out.view(1, heads, n, hd).to(q.dtype)
 
 
-def _one_block(weights: torch.Tensor, values: torch.Tensor, s: int) -> torch.Tensor:
-    """The key axis as one block: [weights | 0] @ [[V | 1]; 0] in bf16, the zero keys padding it
-    to KEY_QUANTUM, written into buffers made at the padded size (the multi-block loop's
-    arithmetic, fewer ops: this is every decode step on a cache under BLOCK positions)."""
-    _check_width(s)
+def _block_sum(weights: torch.Tensor, values: torch.Tensor, cols: slice | torch.Tensor) -> torch.Tensor:
+    """float32 [KV, rows, hd + 1]: the key slots `cols` of weights [KV, rows, S] (float32, rounded
+    to bf16 here) times [V | 1] (values [KV, S, hd] bf16), in ONE bf16 matmul whose key axis
+    holds each key at an even slot with a zero key after it, padded with zero keys to a
+    multiple of KEY_QUANTUM (the module docstring says why)."""
     kv, rows, hd = weights.shape[0], weights.shape[1], values.shape[2]
-    width = s + -s % KEY_QUANTUM
-    if width > KERNEL_KEYS:
-        width = s
+    count = _width(cols, weights.shape[2])
+    _check_width(count)
+    width = 2 * count + -2 * count % KEY_QUANTUM
     w = torch.zeros(kv, rows, width, dtype=torch.bfloat16, device=weights.device)
-    w[..., :s] = weights  # rounded to bf16 as .to(bfloat16) rounds
+    w[..., : 2 * count : 2] = weights[..., cols]  # rounded to bf16 as .to(bfloat16) rounds
     x = torch.zeros(kv, width, hd + 1, dtype=values.dtype, device=values.device)
-    x[:, :s, :hd] = values
-    x[:, :s, hd] = 1
+    x[:, : 2 * count : 2, :hd] = values[:, cols]
+    x[:, : 2 * count : 2, hd] = 1
     return torch.matmul(w, x).float()
 
 
-def _whole(cols: slice | torch.Tensor) -> bool:
-    return isinstance(cols, slice) and cols == slice(None)
-
-
-def _check_width(width: int) -> None:
-    if width > KERNEL_KEYS:
-        raise ValueError(f"{width} keys in one block of the exact bf16 attention (at most {KERNEL_KEYS}): "
-                         f"a tree of more than {KERNEL_KEYS - BLOCK + 1} nodes is too large for it")
+def _check_width(keys: int) -> None:
+    if 2 * keys > KERNEL_KEYS:
+        raise ValueError(f"{keys} keys in one block of the exact bf16 attention (at most {KERNEL_KEYS // 2}): "
+                         f"a tree of more than {KERNEL_KEYS // 2 - BLOCK + 1} nodes is too large for it")
 
 
 def _width(cols: slice | torch.Tensor, total: int) -> int:
@@ -130,7 +121,7 @@ def check_kernels(device: str = "cpu") -> str | None:
     tensors shaped like a small target's attention, every row count 1..40 and masked keys
     inserted between the visible ones). None when they hold, else what failed."""
     gen = torch.Generator().manual_seed(0)
-    heads, kv, hd, prefix = 6, 2, 64, 980  # the last block: 468 prefix keys + up to 40 tree slots
+    heads, kv, hd, prefix = 6, 2, 64, 980  # the last block: 212 prefix keys + up to 40 tree slots
     keys = torch.randn(1, kv, prefix + 64, hd, generator=gen).to(torch.bfloat16).to(device)
     values = torch.randn(1, kv, prefix + 64, hd, generator=gen).to(torch.bfloat16).to(device)
     q = torch.randn(1, heads, 40, hd, generator=gen).to(torch.bfloat16).to(device)
@@ -154,6 +145,18 @@ def check_kernels(device: str = "cpu") -> str | None:
                                     key_blocks(positions[: cols.numel()]), 0.125)
         if not torch.equal(out[:, :, n - 1 :], alone):
             return f"attention of a row with masked keys between its visible ones differs from the packed keys ({n} rows)"
+    # keys moved apart by masked keys, on sums built so that adding a pair's keys in another
+    # order moves the bf16 result (a kernel that sums keys in pairs fails it without the zero
+    # partners: measured on AVX512-BF16, module docstring)
+    w, v = _pair_order_case(hd)
+    for slots in ([0, 1, 3, 5], [1, 2, 3, 4], [0, 2, 3, 7]):
+        spread_w = torch.zeros(1, w.shape[1], slots[-1] + 1)
+        spread_w[..., slots] = w
+        spread_v = torch.zeros(1, slots[-1] + 1, hd, dtype=torch.bfloat16)
+        spread_v[:, slots] = v
+        if not torch.equal(_block_sum(w.to(device), v.to(device), slice(None)),
+                           _block_sum(spread_w.to(device), spread_v.to(device), slice(None))):
+            return "the bf16 sum of a row's keys depends on where masked keys sit between them"
     from .prepacked import matmul
 
     weight = torch.randn(192, 64, generator=gen).to(torch.bfloat16).to(device)
@@ -162,3 +165,17 @@ def check_kernels(device: str = "cpu") -> str | None:
         if not all(torch.equal(matmul(x[:n], weight)[:1], matmul(x[:1], weight)) for n in (2, 4, 7, 40)):
             return "a bf16 linear's row 0 differs with the number of rows"
     return None
+
+
+def _pair_order_case(columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights [1, 4, 4] (all 1) and values [1, 4, columns] (bf16) of four keys 1, 2^-8, a, b,
+    where a and b (a few float32 ulps) make (1 + 2^-8 + a) + b and (1 + 2^-8 + b) + a round to
+    different bf16 values: 1 + 2^-8 is a bf16 rounding midpoint."""
+    grid = torch.arange(-24, 25, dtype=torch.float32) * 2.0 ** -26
+    a, b = (t.flatten() for t in torch.meshgrid(grid, grid, indexing="ij"))
+    base = torch.tensor(1.0 + 2.0 ** -8)
+    differ = ((base + a) + b).to(torch.bfloat16) != ((base + b) + a).to(torch.bfloat16)
+    a, b = a[differ], b[differ]
+    pick = torch.arange(columns) % a.numel()
+    values = torch.stack([torch.ones(columns), torch.full((columns,), 2.0 ** -8), a[pick], b[pick]])
+    return torch.ones(1, 4, 4), values.to(torch.bfloat16)[None]

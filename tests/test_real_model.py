@@ -63,6 +63,18 @@ def test_default_model_greedy_equality(composer, strategy, extra):
     check(composer, PROMPTS[0], strategy, 24, tree=dict(depth=4, top_k=3, budget=10), **extra)
 
 
+def test_a_deep_tree_of_the_math_drafter_on_a_held_out_word_problem(composer):
+    """Seen in the wild (2026-12-05, bf16): with a depth-5, 32-node tree the math drafter's output
+    left plain decoding's at token 21, a node's attention summed two visible keys in another
+    order than plain decoding (runtime/invariant.py: keys in pairs)."""
+    from compose.defaults import default_drafters
+    from eval.datasets import load_benchmark
+
+    composer.add_drafter("math", default_drafters("smollm2-135m-instruct")["math"])
+    item = next(i for i in load_benchmark("heldout-math") if i.id == "1553")
+    check(composer, item.turns[0], "single", 32, drafter="math", tree=dict(depth=5, top_k=8, budget=32))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("prompt", PROMPTS)
 @pytest.mark.parametrize("strategy, extra", [
