@@ -3,11 +3,16 @@ actually gets (accepted draft tokens against the verified continuation, `signals
 so that signals of differently built drafters become comparable (an early-exit head is more
 confident than a trained specialist at equal acceptance).
 
-Per drafter and signal, a ridge regression gain ≈ a + b·x, updated online from verification
-outcomes; x is the signal as a feature where larger is better (confidence: mean path
-probability; entropy: exp(-mean entropy)). Every fit starts from one shared prior (a0, b0) with
-the weight of `strength` observations, so an unfitted calibration ranks exactly as the raw
-signal does. The state is a plain dict (`to_dict` / `from_dict`, `save` / `load`) so a fit made
+Per drafter and signal, a ridge regression gain ≈ a + b·x + c·z, updated online from
+verification outcomes; x is the signal as a feature where larger is better (confidence: mean path
+probability; entropy: exp(-mean entropy)); z is the turn's domain evidence for the drafter: the
+domain router's probability that the prompt is of this drafter's domain, centred (p - 1/K for K
+domains; 0 where no domain router covers the drafters). A signal alone cannot tell a specialist
+confident outside its domain from one confident in it (measured: a fit on x alone, pooled over
+math and chat, lets the math drafter draft most chat steps); z, read once per turn from the
+prefill, can (docs/design.md "Routing and losslessness"). Every fit starts from one shared prior
+(a0, b0, c0 = 0) with the weight of `strength` observations per coefficient, so an unfitted
+calibration ranks exactly as the raw signal does. The state is a plain dict (`to_dict` / `from_dict`, `save` / `load`) so a fit made
 offline (e.g. from an evaluation run) can be stored with the drafters and used as the prior."""
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
+
+import numpy as np
 
 from runtime.atomic import write_json
 from trees import DraftTree
@@ -37,8 +44,9 @@ def signal_feature(signal: str, tree: DraftTree) -> float:
 
 @dataclass
 class LinearFit:
-    """Ridge regression y ≈ a + b·x from sufficient statistics, prior (a0, b0) weighted as
-    `strength` observations on each coefficient."""
+    """Ridge regression y ≈ a + b·x + c·z from sufficient statistics, prior (a0, b0, c0) weighted
+    as `strength` observations on each coefficient. A fit that never saw z ≠ 0 (stored before z
+    existed, or used without a domain router) keeps c = c0 and is exactly the two-feature fit."""
 
     a0: float = 0.0
     b0: float = 1.0
@@ -48,24 +56,36 @@ class LinearFit:
     sy: float = 0.0
     sxx: float = 0.0
     sxy: float = 0.0
+    c0: float = 0.0
+    sz: float = 0.0
+    sxz: float = 0.0
+    szz: float = 0.0
+    szy: float = 0.0
 
-    def add(self, x: float, y: float) -> None:
+    def add(self, x: float, y: float, z: float = 0.0) -> None:
         self.n += 1
         self.sx += x
         self.sy += y
         self.sxx += x * x
         self.sxy += x * y
+        self.sz += z
+        self.sxz += x * z
+        self.szz += z * z
+        self.szy += z * y
 
-    def coefficients(self) -> tuple[float, float]:
-        lam = self.strength
-        m00, m01, m11 = lam + self.n, self.sx, lam + self.sxx
-        r0, r1 = lam * self.a0 + self.sy, lam * self.b0 + self.sxy
-        det = m00 * m11 - m01 * m01  # > 0: lam > 0 makes the matrix positive definite
-        return (m11 * r0 - m01 * r1) / det, (m00 * r1 - m01 * r0) / det
+    def coefficients(self) -> tuple[float, float, float]:
+        """(a, b, c): the ridge solution (λI + XᵀX) β = λ·prior + Xᵀy over rows [1, x, z]."""
+        lam = self.strength  # > 0 makes the matrix positive definite
+        m = np.array([[lam + self.n, self.sx, self.sz],
+                      [self.sx, lam + self.sxx, self.sxz],
+                      [self.sz, self.sxz, lam + self.szz]])
+        r = np.array([lam * self.a0 + self.sy, lam * self.b0 + self.sxy, lam * self.c0 + self.szy])
+        a, b, c = np.linalg.solve(m, r)
+        return float(a), float(b), float(c)
 
-    def predict(self, x: float) -> float:
-        a, b = self.coefficients()
-        return a + b * x
+    def predict(self, x: float, z: float = 0.0) -> float:
+        a, b, c = self.coefficients()
+        return a + b * x + c * z
 
 
 class Calibration:
@@ -81,14 +101,19 @@ class Calibration:
             raise ValueError(f"unknown routing signal {signal!r}; known: {SIGNALS}")
         return self.fits[signal].setdefault(name, LinearFit(strength=self.strength))
 
-    def predict(self, signal: str, name: str, tree: DraftTree) -> float:
-        """Expected gain of `tree` (drafted by `name`) from its signal."""
-        return self.fit(signal, name).predict(signal_feature(signal, tree))
+    def predict(self, signal: str, name: str, tree: DraftTree, domain: float = 0.0) -> float:
+        """Expected gain of `tree` (drafted by `name`) from its signal and the turn's centred
+        domain evidence for `name` (`domain_evidence`; 0: none)."""
+        return self.fit(signal, name).predict(signal_feature(signal, tree), domain)
 
-    def update(self, name: str, tree: DraftTree, gain: float) -> None:
+    def update(self, name: str, tree: DraftTree, gain: float, domain: float = 0.0) -> None:
         """One verified outcome of `name`'s tree: every signal learns from it."""
         for signal in SIGNALS:
-            self.fit(signal, name).add(signal_feature(signal, tree), gain)
+            self.fit(signal, name).add(signal_feature(signal, tree), gain, domain)
+
+    def uses_domain(self) -> bool:
+        """Whether any fit learnt a domain coefficient (it saw domain evidence)."""
+        return any(f.szz > 0 for fits in self.fits.values() for f in fits.values())
 
     def observations(self, signal: str) -> dict[str, int]:
         return {n: int(f.n) for n, f in self.fits[signal].items()}
@@ -112,3 +137,13 @@ class Calibration:
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def domain_evidence(probabilities: Mapping[str, float], names) -> dict[str, float]:
+    """The calibration's z per drafter: the domain router's probability for the drafter's domain,
+    centred on the uninformed 1/K. Empty (no evidence) unless the router covers every drafter."""
+    names = list(names)
+    if not probabilities or any(n not in probabilities for n in names):
+        return {}
+    k = len(probabilities)
+    return {n: float(probabilities[n]) - 1.0 / k for n in names}

@@ -30,14 +30,16 @@ class SignalRouter:
     def raw(self, tree: DraftTree) -> float:
         raise NotImplementedError
 
-    def scores(self, trees: Mapping[str, DraftTree]) -> dict[str, float]:
-        """Raw signal per drafter, or its calibrated expected gain."""
+    def scores(self, trees: Mapping[str, DraftTree], domain: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Raw signal per drafter, or its calibrated expected gain given the turn's domain
+        evidence per drafter (routing.calibration.domain_evidence; absent: none)."""
         if self.calibration is None:
             return {name: self.raw(t) for name, t in trees.items()}
-        return {name: self.calibration.predict(self.signal, name, t) for name, t in trees.items()}
+        domain = domain or {}
+        return {name: self.calibration.predict(self.signal, name, t, domain.get(name, 0.0)) for name, t in trees.items()}
 
-    def choose(self, trees: Mapping[str, DraftTree]) -> str:
-        return _best(self.scores(trees), highest=self.raw_highest or self.calibration is not None)
+    def choose(self, trees: Mapping[str, DraftTree], domain: Mapping[str, float] | None = None) -> str:
+        return _best(self.scores(trees, domain), highest=self.raw_highest or self.calibration is not None)
 
 
 class ConfidenceRouter(SignalRouter):

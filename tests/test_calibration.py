@@ -11,7 +11,7 @@ import torch
 
 from compose import Composer
 from drafters.lm import CausalLMDrafter
-from routing import Calibration, ConfidenceRouter
+from routing import Calibration, ConfidenceRouter, domain_evidence
 from routing.calibration import LinearFit, signal_feature
 from trees import DraftTree
 from tiny_models import tiny_model
@@ -27,8 +27,8 @@ def test_linear_fit_starts_at_the_prior_and_converges_to_least_squares():
     xs = rng.random(5000)
     for x in xs:
         fit.add(float(x), float(0.5 + 3.0 * x + rng.normal(0, 0.1)))
-    a, b = fit.coefficients()
-    assert a == pytest.approx(0.5, abs=0.02) and b == pytest.approx(3.0, abs=0.03)
+    a, b, c = fit.coefficients()
+    assert a == pytest.approx(0.5, abs=0.02) and b == pytest.approx(3.0, abs=0.03) and c == 0.0
 
 
 def chain(probs: list[float], name: str) -> DraftTree:
@@ -122,3 +122,65 @@ def test_turn_bias_finds_out_a_drafter_the_stored_fit_over_rates_within_the_turn
     assert biased.stats.routing[0] == "sharp" and set(biased.stats.routing[4:]) == {"humble"}
     assert biased.stats.tau > plain.stats.tau
     assert biased.token_ids == plain.token_ids  # greedy: the choice never changes the output
+
+
+def test_linear_fit_learns_the_domain_coefficient_and_without_it_is_the_two_feature_fit():
+    rng = np.random.default_rng(1)
+    fit = LinearFit(a0=0.0, b0=1.0, strength=4.0)
+    for _ in range(5000):
+        x, z = float(rng.random()), float(rng.choice([-0.5, 0.5]))
+        fit.add(x, 1.0 + 2.0 * x + 3.0 * z + float(rng.normal(0, 0.1)), z)
+    a, b, c = fit.coefficients()
+    assert (a, b, c) == (pytest.approx(1.0, abs=0.03), pytest.approx(2.0, abs=0.05), pytest.approx(3.0, abs=0.02))
+    # a fit stored before the domain feature (no z statistics) solves the two-feature ridge exactly
+    old = {"a0": 0.5, "b0": 2.0, "strength": 4.0, "n": 7.0, "sx": 3.1, "sy": 9.0, "sxx": 1.9, "sxy": 5.2}
+    lam = old["strength"]
+    m = np.array([[lam + old["n"], old["sx"]], [old["sx"], lam + old["sxx"]]])
+    r = np.array([lam * old["a0"] + old["sy"], lam * old["b0"] + old["sxy"]])
+    assert LinearFit(**old).coefficients() == pytest.approx((*np.linalg.solve(m, r), 0.0))
+
+
+def test_domain_evidence_lets_the_calibration_tell_a_specialist_off_its_domain():
+    """The math drafter is as confident on chat turns as on math turns but gets nothing accepted
+    there: a signal-only fit cannot tell the turns apart, a fit with the domain evidence can."""
+    trees = {"math": chain([0.9, 0.8, 0.8], "math"), "chat": chain([0.6, 0.5, 0.5], "chat")}
+    with_domain, signal_only = Calibration(), Calibration()
+    for _ in range(30):
+        for turn, math_gain, chat_gain in (("math", 3.0, 0.5), ("chat", 0.2, 1.5)):
+            z = domain_evidence({"math": 1.0 if turn == "math" else 0.0, "chat": 1.0 if turn == "chat" else 0.0},
+                                ["math", "chat"])
+            for name, gain in (("math", math_gain), ("chat", chat_gain)):
+                with_domain.update(name, trees[name], gain, z[name])
+                signal_only.update(name, trees[name], gain)
+    on_chat = domain_evidence({"math": 0.05, "chat": 0.95}, ["math", "chat"])
+    on_math = domain_evidence({"math": 0.95, "chat": 0.05}, ["math", "chat"])
+    assert ConfidenceRouter(with_domain).choose(trees, on_chat) == "chat"
+    assert ConfidenceRouter(with_domain).choose(trees, on_math) == "math"
+    assert ConfidenceRouter(signal_only).choose(trees, on_chat) == "math"  # pooled: math's mean gain is higher
+    assert with_domain.uses_domain() and not signal_only.uses_domain()
+    assert domain_evidence({"math": 0.7, "chat": 0.3}, ["math", "other"]) == {}  # the router does not cover `other`
+
+
+@pytest.mark.parametrize("use", [True, False])
+def test_confidence_reads_the_turns_domain_evidence_from_the_prefill(use):
+    from drafters.lm import EarlyExitDrafter
+    from routing import fit_domain_router
+    from routing.domain import prompt_features
+
+    low = [torch.randint(0, 20, (n,), generator=torch.Generator().manual_seed(i)) for i, n in enumerate([4, 6, 8] * 4)]
+    high = [torch.randint(70, 96, (n,), generator=torch.Generator().manual_seed(50 + i)) for i, n in enumerate([4, 6, 8] * 4)]
+    router = fit_domain_router({"low": prompt_features(TARGET, low), "high": prompt_features(TARGET, high)})
+    drafters = {"low": EarlyExitDrafter(TARGET, 1, name="low"), "high": EarlyExitDrafter(TARGET, 2, name="high")}
+    composer = Composer(TARGET, drafters=drafters, domain_router=router)
+    prompt = [3, 5, 1, 7, 2]
+    result = composer.generate(prompt, strategy="confidence", domain_evidence=use, max_new_tokens=12,
+                               tree=dict(depth=3, top_k=2, budget=5))
+    plain = TARGET.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert result.token_ids == plain[0, len(prompt):].tolist()
+    p = router.probabilities(prompt_features(TARGET, [torch.tensor(prompt)])[0])
+    fit = composer.calibration.fit("confidence", "low")
+    assert fit.n == len(result.stats.steps)
+    if use:
+        assert fit.sz / fit.n == pytest.approx(p["low"] - 0.5, abs=1e-5) and abs(p["low"] - 0.5) > 0.1
+    else:
+        assert fit.sz == fit.szz == 0.0

@@ -7,7 +7,8 @@ import dataclasses
 from typing import Mapping
 
 from drafters.base import Drafter
-from routing import Calibration, ConfidenceRouter, DomainRouter, EntropyRouter, OnlineRouter, tree_gain
+from routing import (Calibration, ConfidenceRouter, DomainRouter, EntropyRouter, OnlineRouter, domain_evidence,
+                     tree_gain)
 from trees import StepFeedback, merge_trees
 
 from ..lockstep import draft_units, draft_with
@@ -31,26 +32,45 @@ class _SignalRouted(MultiDrafterStrategy):
     """Routing by a per-tree signal, calibrated by default: the Composer keeps one
     routing.Calibration across generations (its strategy cache), and every scored tree (each
     drafter's own, against the verified continuation) updates its drafter's fit.
-    `calibrated=False` routes on the raw signal."""
+    `calibrated=False` routes on the raw signal. Calibrated, with a domain router over these
+    drafters (the Composer's, e.g. the one shipped with them), each turn's domain evidence from
+    the prefill enters the fits as a second feature (routing.calibration); `domain_evidence=False`
+    leaves it out."""
 
-    options = ("calibrated",)
+    options = ("calibrated", "domain_evidence")
     router_type: type = ConfidenceRouter
 
     @classmethod
-    def create(cls, drafters, tree, cache, calibrated: bool = True, **options):
+    def create(cls, drafters, tree, cache, calibrated: bool = True, domain_evidence: bool = True, **options):
         calibration = cache.setdefault(CALIBRATION, Calibration()) if calibrated else None
-        return cls(drafters, calibration=calibration, **options)
+        router = cache.get(Domain.ROUTER) if calibrated and domain_evidence else None
+        if router is not None and Domain.missing(drafters, router) is not None:
+            router = None  # a router over other drafters says nothing about these
+        return cls(drafters, calibration=calibration, domain_router=router, **options)
 
-    def __init__(self, drafters, calibration: Calibration | None = None):
+    def __init__(self, drafters, calibration: Calibration | None = None, domain_router: DomainRouter | None = None):
         super().__init__(drafters)
         self.router = self.router_type(calibration)
+        self.domain_router = domain_router if calibration is not None else None
+        self.domain: dict[str, float] = {}  # this turn's evidence per drafter (empty: none)
+
+    @property
+    def target_layers(self) -> list[int]:
+        extra = () if self.domain_router is None else (self.domain_router.layer,)
+        return layers_read(self.active_drafters(), *extra)
+
+    def start(self, prompt_ids, hidden_states) -> None:
+        if self.domain_router is not None:
+            router = self.domain_router
+            self.domain = domain_evidence(router.probabilities(router.feature(hidden_states)), self.drafters)
+        super().start(prompt_ids, hidden_states)
 
     def observe(self, feedback: StepFeedback) -> None:
         super().observe(feedback)
         calibration = self.router.calibration
         if calibration is not None:
             for name, gain in drafter_tree_gains(feedback).items():
-                calibration.update(name, feedback.drafter_trees[name], gain)
+                calibration.update(name, feedback.drafter_trees[name], gain, self.domain.get(name, 0.0))
 
 
 class Confidence(_SignalRouted):
@@ -65,11 +85,12 @@ class Confidence(_SignalRouted):
     name = "confidence"
     router_type = ConfidenceRouter
     lockstep = True
-    options = ("calibrated", "turn_bias")
+    options = ("calibrated", "domain_evidence", "turn_bias")
     SHRINK = 2.0
 
-    def __init__(self, drafters, calibration: Calibration | None = None, turn_bias: bool = False):
-        super().__init__(drafters, calibration)
+    def __init__(self, drafters, calibration: Calibration | None = None, domain_router: DomainRouter | None = None,
+                 turn_bias: bool = False):
+        super().__init__(drafters, calibration, domain_router)
         self.turn_bias = bool(turn_bias) and calibration is not None
         self.residual = {n: 0.0 for n in self.drafters}
         self.scored = 0
@@ -77,16 +98,16 @@ class Confidence(_SignalRouted):
     def compose_tree(self, root, tree, sampling, generator) -> ComposedTree:
         trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
         if self.turn_bias:
-            scores = self.router.scores(trees)
+            scores = self.router.scores(trees, self.domain)
             choice = max(scores, key=lambda n: scores[n] + self.residual[n] / (self.scored + self.SHRINK))
         else:
-            choice = self.router.choose(trees)
+            choice = self.router.choose(trees, self.domain)
         self.routing_log.append(choice)
         return ComposedTree(match_rule(trees[choice]), choice, trees, self.draft_groups(list(self.drafters)))
 
     def observe(self, feedback: StepFeedback) -> None:
         if self.turn_bias and set(feedback.drafter_trees) >= set(self.drafters):
-            predicted = self.router.scores(feedback.drafter_trees)  # before this step updates the fits
+            predicted = self.router.scores(feedback.drafter_trees, self.domain)  # before this step updates the fits
             for name, gain in drafter_tree_gains(feedback).items():
                 self.residual[name] += gain - predicted[name]
             self.scored += 1
@@ -103,8 +124,8 @@ class Entropy(_SignalRouted):
     name = "entropy"
     router_type = EntropyRouter
 
-    def __init__(self, drafters, calibration: Calibration | None = None):
-        super().__init__(drafters, calibration)
+    def __init__(self, drafters, calibration: Calibration | None = None, domain_router: DomainRouter | None = None):
+        super().__init__(drafters, calibration, domain_router)
         self.chosen: str | None = None
 
     def active_drafters(self) -> list[Drafter]:
@@ -113,7 +134,7 @@ class Entropy(_SignalRouted):
     def compose_tree(self, root, tree, sampling, generator) -> ComposedTree:
         if self.chosen is None:
             trees = self.draft_all(list(self.drafters), root, tree, sampling, generator)
-            self.chosen = self.router.choose(trees)
+            self.chosen = self.router.choose(trees, self.domain)
             self.routing_log.append(self.chosen)
             return ComposedTree(match_rule(trees[self.chosen]), self.chosen, trees)
         draft = dataclasses.replace(self.drafters[self.chosen].propose(root, tree, sampling, generator),
