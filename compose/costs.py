@@ -31,7 +31,7 @@ from .target import TargetModel, drafter_features, layers_read
 FORWARD_SIZES = tuple(range(1, 17)) + (20, 24, 32, 48, 64)
 FRONTIER_SIZES = (1, 2, 4, 8)
 CONTEXT = 256
-PROFILE_FORMAT = 3  # 2: linears on packed weights (runtime.prepacked); 3: every forward size to 16, monotone
+PROFILE_FORMAT = 4  # 2: linears on packed weights (runtime.prepacked); 3: every forward size to 16, monotone; 4: the bf16 attention's keys with zero partners (runtime/invariant.py)
 
 
 class CostProfile(BaseModel):
