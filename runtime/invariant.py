@@ -42,6 +42,7 @@ MIN_ROWS = 4  # fewer score rows are padded (a 1-3 row float32 matmul takes a GE
 # per shape (about 0.6 MiB each, never freed), and a key axis one longer every step would grow
 # a long-running process without bound (a server: +1.3 MiB per new cache length)
 KEY_QUANTUM = 64
+KEY_SPACING = 2  # slots per key on the bf16 matmul's key axis: the key, then its zero partner
 
 
 def invariant_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
@@ -78,19 +79,20 @@ def _block_sum(weights: torch.Tensor, values: torch.Tensor, cols: slice | torch.
     kv, rows, hd = weights.shape[0], weights.shape[1], values.shape[2]
     count = _width(cols, weights.shape[2])
     _check_width(count)
-    width = 2 * count + -2 * count % KEY_QUANTUM
+    used = KEY_SPACING * count
+    width = used + -used % KEY_QUANTUM
     w = torch.zeros(kv, rows, width, dtype=torch.bfloat16, device=weights.device)
-    w[..., : 2 * count : 2] = weights[..., cols]  # rounded to bf16 as .to(bfloat16) rounds
+    w[..., :used:KEY_SPACING] = weights[..., cols]  # rounded to bf16 as .to(bfloat16) rounds
     x = torch.zeros(kv, width, hd + 1, dtype=values.dtype, device=values.device)
-    x[:, : 2 * count : 2, :hd] = values[:, cols]
-    x[:, : 2 * count : 2, hd] = 1
+    x[:, :used:KEY_SPACING, :hd] = values[:, cols]
+    x[:, :used:KEY_SPACING, hd] = 1
     return torch.matmul(w, x).float()
 
 
 def _check_width(keys: int) -> None:
-    if 2 * keys > KERNEL_KEYS:
-        raise ValueError(f"{keys} keys in one block of the exact bf16 attention (at most {KERNEL_KEYS // 2}): "
-                         f"a tree of more than {KERNEL_KEYS // 2 - BLOCK + 1} nodes is too large for it")
+    if KEY_SPACING * keys > KERNEL_KEYS:
+        raise ValueError(f"{keys} keys in one block of the exact bf16 attention (at most {KERNEL_KEYS // KEY_SPACING}): "
+                         f"a tree of more than {KERNEL_KEYS // KEY_SPACING - BLOCK + 1} nodes is too large for it")
 
 
 def _width(cols: slice | torch.Tensor, total: int) -> int:

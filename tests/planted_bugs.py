@@ -34,6 +34,14 @@ class Bug:
 
 
 BUGS = [
+    Bug("bf16-keys-paired", "runtime/invariant.py",
+        "KEY_SPACING = 2  #", "KEY_SPACING = 1  #",
+        ("tests/test_invariant.py::test_the_attention_sum_seen_on_the_default_target_is_layout_invariant",
+         "tests/test_invariant.py::test_kernel_self_check_passes_here")),
+    Bug("domain-evidence-dropped", "compose/strategies/routed.py",
+        "self.domain = domain_evidence(router.probabilities(router.feature(hidden_states)), self.drafters)",
+        "self.domain = {}",
+        ("tests/test_calibration.py::test_confidence_reads_the_turns_domain_evidence_from_the_prefill",)),
     Bug("accept-all", "trees/verifying.py",
         "ok = rows.uniform[r] * q.gather(1, x[:, None]).squeeze(1) < p[at, x]",
         "ok = torch.ones_like(x, dtype=torch.bool)",
