@@ -35,7 +35,8 @@ class Composer:
     domain_router: the `domain` strategy's classifier (a routing.DomainRouter or its file;
     default: the one shipped with a built-in target's drafters, if any). calibration: the
     starting fits of the calibrated routing signals (a routing.Calibration or its file; default:
-    the one shipped with a built-in target's drafters, else unfitted); they keep learning from
+    the fits shipped with a built-in target's drafters, for those of them given under their
+    shipped names and specs, else unfitted); they keep learning from
     every verified step of the confidence and entropy strategies (`save_calibration`).
     threads: torch intra-op threads while generating: "auto" (the cores no other process is
     running on, rechecked during the run; compose/threads.py), a number, or None (leave torch's
@@ -85,13 +86,14 @@ class Composer:
         for name, d in (drafters or {}).items():
             self.add_drafter(name, d)
         self.strategy = strategy
-        from .defaults import CALIBRATION_FILE, DOMAIN_ROUTER_FILE, shipped_routing_file
+        from .defaults import DOMAIN_ROUTER_FILE, shipped_calibration, shipped_routing_file
 
         domain_router = domain_router if domain_router is not None else shipped_routing_file(target, DOMAIN_ROUTER_FILE)
         self.domain_router = DomainRouter.load(domain_router) if isinstance(domain_router, (str, Path)) else domain_router
-        calibration = calibration if calibration is not None else shipped_routing_file(target, CALIBRATION_FILE)
-        self.calibration = (Calibration.load(calibration) if isinstance(calibration, (str, Path))
-                            else calibration or Calibration())
+        if calibration is None:
+            self.calibration = shipped_calibration(target, drafters or {})
+        else:
+            self.calibration = Calibration.load(calibration) if isinstance(calibration, (str, Path)) else calibration
         self.defaults = GenerateOptions(**defaults).model_dump(exclude_unset=True)
         self.eos_ids = _eos_ids(model, tokenizer)
 

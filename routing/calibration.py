@@ -111,6 +111,12 @@ class Calibration:
         for signal in SIGNALS:
             self.fit(signal, name).add(signal_feature(signal, tree), gain, domain)
 
+    def only(self, names) -> "Calibration":
+        """A copy holding the fits of `names` alone."""
+        keep = set(names)
+        return Calibration({s: {n: f for n, f in fits.items() if n in keep} for s, fits in self.fits.items()},
+                           strength=self.strength)
+
     def uses_domain(self) -> bool:
         """Whether any fit learnt a domain coefficient (it saw domain evidence)."""
         return any(f.szz > 0 for fits in self.fits.values() for f in fits.values())

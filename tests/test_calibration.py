@@ -184,3 +184,26 @@ def test_confidence_reads_the_turns_domain_evidence_from_the_prefill(use):
         assert fit.sz / fit.n == pytest.approx(p["low"] - 0.5, abs=1e-5) and abs(p["low"] - 0.5) > 0.1
     else:
         assert fit.sz == fit.szz == 0.0
+
+
+def test_the_shipped_calibration_holds_the_fits_of_the_shipped_drafters_given_as_shipped():
+    import os
+
+    from compose.defaults import default_drafters, shipped_calibration
+
+    name = "smollm2-135m-instruct"
+    specs = default_drafters(name)
+    assert {"math", "chat"} <= set(specs)
+    full = shipped_calibration(name, specs)
+    assert set(full.observations("confidence")) == {"math", "chat"} and min(full.observations("confidence").values()) > 100
+    assert full.uses_domain()  # fitted with the domain router's evidence (docs/design.md)
+    relative = {"chat": "eagle:" + os.path.relpath(specs["chat"].partition(":")[2])}
+    assert set(shipped_calibration(name, relative).observations("confidence")) == {"chat"}
+    # another drafter under a shipped name, or a drafter object: the shipped fit says nothing about it
+    other = {"math": "early-exit:6", "chat": EarlyExitDrafterStandIn()}
+    assert shipped_calibration(name, other).observations("confidence") == {}
+    assert shipped_calibration("some/local/folder", specs).observations("confidence") == {}
+
+
+class EarlyExitDrafterStandIn:
+    """Any drafter object (not a spec string)."""
