@@ -25,6 +25,11 @@ def drafter_tree_gains(feedback: StepFeedback) -> dict[str, float]:
     return {n: tree_gain(t, continuation, probs) for n, t in feedback.drafter_trees.items()}
 
 
+def layers_with_router(drafters, router: DomainRouter | None) -> list[int]:
+    """The target layers `drafters` read, and the domain router's: the prefill returns them all."""
+    return layers_read(drafters, *(() if router is None else (router.layer,)))
+
+
 CALIBRATION = "calibration"  # strategy-cache key: the Composer's routing.Calibration
 
 
@@ -56,8 +61,7 @@ class _SignalRouted(MultiDrafterStrategy):
 
     @property
     def target_layers(self) -> list[int]:
-        extra = () if self.domain_router is None else (self.domain_router.layer,)
-        return layers_read(self.active_drafters(), *extra)
+        return layers_with_router(self.active_drafters(), self.domain_router)
 
     def start(self, prompt_ids, hidden_states) -> None:
         if self.domain_router is not None:
@@ -217,9 +221,7 @@ class Online(MultiDrafterStrategy):
 
     @property
     def target_layers(self) -> list[int]:
-        # the prefill must also return the domain router's layer
-        extra = () if self.domain_router is None else (self.domain_router.layer,)
-        return layers_read(self.active_drafters(), *extra)
+        return layers_with_router(self.active_drafters(), self.domain_router)
 
     def start(self, prompt_ids, hidden_states) -> None:
         if self.domain_router is not None:
