@@ -10,10 +10,11 @@ domain router's probability that the prompt is of this drafter's domain, centred
 domains; 0 where no domain router covers the drafters). A signal alone cannot tell a specialist
 confident outside its domain from one confident in it (measured: a fit on x alone, pooled over
 math and chat, lets the math drafter draft most chat steps); z, read once per turn from the
-prefill, can (docs/design.md "Routing and losslessness"). Every fit starts from one shared prior
-(a0, b0, c0 = 0) with the weight of `strength` observations per coefficient, so an unfitted
-calibration ranks exactly as the raw signal does. The state is a plain dict (`to_dict` / `from_dict`, `save` / `load`) so a fit made
-offline (e.g. from an evaluation run) can be stored with the drafters and used as the prior."""
+prefill, can (docs/design.md "Feedback, gains and calibration"). Every fit starts from one
+shared prior (a0, b0, c0 = 0) with the weight of `strength` observations per coefficient, so an
+unfitted calibration ranks exactly as the raw signal does. The state is a plain dict (`to_dict` /
+`from_dict`, `save` / `load`) so a fit made offline (e.g. from an evaluation run) can be stored
+with the drafters and used as the prior."""
 from __future__ import annotations
 
 import json

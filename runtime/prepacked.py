@@ -206,7 +206,7 @@ def forget(tensors) -> None:
     torch's fused AdamW is one (measured: `_version` stays 0 across `step()`); a drafter trained
     with it and evaluated between steps was scored on the weights of its first evaluation."""
     ids = {id(t) for t in tensors}
-    for key in [k for k in _PACKED if k in ids]:
+    for key in ids:
         _PACKED.pop(key, None)
     for key in [k for k in _GROUPS if ids.intersection(k)]:
         _GROUPS.pop(key, None)
