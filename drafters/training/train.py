@@ -166,12 +166,13 @@ def add_target_states(batch: dict, target, layers: list[int]) -> dict:
 
 
 def unroll_loss(unroll: nn.Module, model: FeatureDrafterModel, batch: dict, head_weight: torch.Tensor,
-                cfg: TrainConfig, steps: int | None = None) -> tuple[torch.Tensor, dict]:
+                cfg: TrainConfig, steps: int | None = None, alpha_rows: int | None = None) -> tuple[torch.Tensor, dict]:
     """Weighted distillation loss over the unroll steps, plus per-step top-1 agreement (acc_j),
     alpha_j and the greedy chain acceptance: from anchor u a depth-`steps` chain keeps step j's
     token while steps 0..j all match the target's argmax (the unroll feeds step j the true tokens,
     which are the drafted ones exactly while the chain is accepted), so `chain_tau` = 1 + mean
-    accepted length is the tau of greedy chain drafting on these sequences."""
+    accepted length is the tau of greedy chain drafting on these sequences. `alpha_rows` caps the
+    rows alpha_j is estimated on (an evenly strided sample; a training step's log needs no more)."""
     steps = steps or cfg.unroll_steps
     rows = batch["rows"]
     draft_ids = model.head.draft_ids if model.config.head == "truncated" else None
@@ -195,7 +196,9 @@ def unroll_loss(unroll: nn.Module, model: FeatureDrafterModel, batch: dict, head
             hit = top == target_top[sel]
             correct.append(torch.zeros_like(rows).masked_scatter_(keep, hit))
             metrics[f"acc_{j}"] = float(hit.float().mean()) if sel.any() else float("nan")
-            metrics[f"alpha_{j}"] = float(acceptance_rate(tl, dl, loss_ids).mean()) if sel.any() else float("nan")
+            every = max(1, -(-tl.shape[0] // alpha_rows)) if alpha_rows else 1
+            alpha = acceptance_rate(tl[::every], dl[::every], loss_ids) if sel.any() else torch.tensor(float("nan"))
+            metrics[f"alpha_{j}"] = float(alpha.mean())
     metrics |= chain_acceptance(correct, rows)
     metrics["tokens"] = int(rows.sum())
     return loss, metrics
@@ -219,6 +222,9 @@ def chain_acceptance(correct: list[torch.Tensor], rows: torch.Tensor) -> dict:
 
 
 # --- the loop -------------------------------------------------------------------------------------
+TRAIN_ALPHA_ROWS = 2048  # a step's logged alpha_j: a sample (all rows cost a tenth of a chat step)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
@@ -309,7 +315,7 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
             mine = idx[acc.process_index :: acc.num_processes] or idx[:1]
             batch = batch_on(acc.device, [records[i] for i in mine], cfg, target)
             with autocast(acc.device, cfg.precision):
-                loss, metrics = unroll_loss(unroll, inner, batch, head_weight, cfg)
+                loss, metrics = unroll_loss(unroll, inner, batch, head_weight, cfg, alpha_rows=TRAIN_ALPHA_ROWS)
             acc.backward(loss)
             loss = loss.detach()
             if cfg.grad_clip > 0:
