@@ -18,7 +18,8 @@ from serve_vllm_cpu import QUESTIONS  # noqa: E402
 def main() -> None:
     n = int(sys.argv[1])
     drafters = dict(a.split("=", 1) for a in sys.argv[2:])
-    composer = Composer("smollm2-135m-instruct", drafters=drafters)
+    # float32, as serve_vllm_cpu.py runs the target: both see the same target argmax
+    composer = Composer("smollm2-135m-instruct", drafters=drafters, dtype="float32")
     chats = [[{"role": "user", "content": q}] for q in QUESTIONS[:n]]
     out = {"plain": [composer.generate(c, strategy="autoregressive", max_new_tokens=64).token_ids for c in chats]}
     for name in drafters:
