@@ -210,8 +210,6 @@ def section_auto(composer: Composer, items: int, n: int, benches: list[str], nam
         strategies = auto_strategies(composer, names, domain)
         prompts = [item.turns[0] for item in sample_items(load_benchmark(bench), items, seed=0)]
         ids = [chat_ids(composer, p) for p in prompts]
-        plain = [timed_generate(composer, x, n, strategy="autoregressive") for x in ids]
-        ar_time = sum(t for _, t, _ in plain)
         header(f"tree=\"auto\" vs fixed trees on {bench}: {items} item(s) x {n} tokens, ratio to plain decoding")
         warm = chat_ids(composer, PROMPTS[domain])  # not a measured prompt
         for label, kw in strategies.items():
@@ -220,18 +218,23 @@ def section_auto(composer: Composer, items: int, n: int, benches: list[str], nam
             composer.generate(warm, max_new_tokens=n, tree="auto", **kw)
             chosen = record_choices(autotree_of(composer, kw)) if diagnose else []
             print("\n| strategy | tree | tokens/s ratio to AR | mean tau |\n|---|---|---:|---:|")
-            rates, auto_steps = {}, []
             configs = [("auto", "auto")] + [(f"d{t['depth']} k{t['top_k']} b{t['budget']}", t) for t in GRID]
-            for tag, tree in configs:
-                results = [composer.generate(x, max_new_tokens=n, tree=tree, **kw) for x in ids]
-                runs = [(r.token_ids, r.stats.total_time, r.stats.tau) for r in results]
-                for (toks, _, _), (ref, _, _) in zip(runs, plain):
-                    if toks != ref:
+            # item by item, plain decoding and every tree in turn: a change of load hits all alike
+            ar_time, times, taus, auto_steps = 0.0, dict.fromkeys(dict(configs), 0.0), {tag: [] for tag, _ in configs}, []
+            for x in ids:
+                ref, t_plain, _ = timed_generate(composer, x, n, strategy="autoregressive")
+                ar_time += t_plain
+                for tag, tree in configs:
+                    r = composer.generate(x, max_new_tokens=n, tree=tree, **kw)
+                    if r.token_ids != ref:
                         MISMATCHES.append(f"{label} tree {tag} on {bench}")
-                rates[tag] = ar_time / sum(t for _, t, _ in runs)
-                auto_steps += [s for r in results for s in r.stats.steps] if tag == "auto" else []
+                    times[tag] += r.stats.total_time
+                    taus[tag].append(r.stats.tau)
+                    auto_steps += list(r.stats.steps) if tag == "auto" else []
+            rates = {tag: ar_time / t for tag, t in times.items()}
+            for tag, tree in configs:
                 print(f"| {label} | {tag}{' (today default)' if tree == TODAY else ''} | {rates[tag]:.2f}x | "
-                      f"{sum(tau for *_, tau in runs) / len(runs):.2f} |", flush=True)
+                      f"{sum(taus[tag]) / len(taus[tag]):.2f} |", flush=True)
             if diagnose:
                 print_auto_diagnosis(autotree_of(composer, kw), chosen, auto_steps)
             best = max(v for k, v in rates.items() if k != "auto")
