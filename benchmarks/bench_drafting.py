@@ -178,6 +178,23 @@ def record_choices(auto) -> list:
     return chosen
 
 
+def print_draft_costs(auto, chosen: list, steps: list) -> None:
+    """Drafting and forward time by tree depth: measured against the profile (unscaled) and
+    against what auto predicts now (its learnt scales), to see which cost it gets wrong."""
+    rows: dict = {}
+    for spec, step in zip(chosen, steps):
+        if spec is not None:
+            rows.setdefault((spec.depth, spec.top_k), []).append(step)
+    print("\n| depth, top-k | steps | draft ms: profile / auto's / measured | forward ms: profile / auto's / measured |")
+    print("|---|---:|---:|---:|")
+    for (depth, top_k), ss in sorted(rows.items()):
+        nodes = sum(s.tree_size for s in ss) / len(ss)
+        profile_fwd = auto.costs.forward(round(nodes))
+        print(f"| {depth}, {top_k} | {len(ss)} | {auto.draft_ms(depth, top_k):.1f} / "
+              f"{auto.draft_scale * auto.draft_ms(depth, top_k):.1f} / {1e3 * sum(s.t_draft for s in ss) / len(ss):.1f} | "
+              f"{profile_fwd:.1f} / {auto.forward_scale * profile_fwd:.1f} / {1e3 * sum(s.t_forward for s in ss) / len(ss):.1f} |")
+
+
 def print_auto_diagnosis(auto, chosen: list, steps: list) -> None:
     """What tree="auto" chose, what it expects of each choice now and what the steps measured;
     what it believes of the first and deeper levels (rank 1) against what chains accepted."""
@@ -193,6 +210,7 @@ def print_auto_diagnosis(auto, chosen: list, steps: list) -> None:
         measured = 1e3 * sum(s.t_draft + s.t_forward + s.t_verify for s in ss) / len(ss)
         print(f"| {shape} | {len(ss)} | {expected:.2f} / {1 + sum(s.accepted for s in ss) / len(ss):.2f} | "
               f"{predicted:.1f} / {measured:.1f} |")
+    print_draft_costs(auto, chosen, steps)
     models = getattr(auto.acceptance, "models", {"all drafters": auto.acceptance})
     believed = "; ".join(f"{name} {m.p[0, 0]:.2f}, {m.p[1, 0]:.2f}" for name, m in models.items())
     drafted = [(spec, s.accepted) for spec, s in zip(chosen, steps) if spec is not None]
@@ -246,7 +264,7 @@ def section_auto(composer: Composer, items: int, n: int, benches: list[str], nam
 
 
 # --- the Qwen pair ---------------------------------------------------------------------------------
-def section_qwen(prompts: dict, n: int) -> None:
+def section_qwen(prompts: dict, n: int, diagnose: bool = False) -> None:
     from runtime.assets import load_target
 
     composer = Composer("qwen2.5-coder-1.5b-instruct", drafters={"lm0.5b": "lm:qwen2.5-coder-0.5b-instruct"})
@@ -255,10 +273,13 @@ def section_qwen(prompts: dict, n: int) -> None:
     # first touches of freshly loaded weights are not timed; tree="auto" and transformers' assistant
     # (its confidence threshold) both adapt across calls: both warm up on a prompt not measured
     warm = chat_ids(composer, PROMPTS["summary"])
-    composer.generate(warm, strategy="single", max_new_tokens=n // 2)
+    auto_kw = dict(strategy="single", drafter="lm0.5b")
+    composer.generate(warm, max_new_tokens=n // 2, tree="auto", **auto_kw)
     hf_generate(model, warm, n // 2, assistant_model=assistant)
     totals = {"ours autoregressive": 0.0, "transformers generate": 0.0, "transformers assisted": 0.0,
               "ours single, tree auto": 0.0, "ours single, chain depth 4": 0.0}
+    chosen = record_choices(autotree_of(composer, auto_kw)) if diagnose else []
+    auto_steps, chain_steps = [], []
     for text in prompts.values():
         ids = chat_ids(composer, text)
         ref, dt, _ = timed_generate(composer, ids, n, strategy="autoregressive")
@@ -268,14 +289,20 @@ def section_qwen(prompts: dict, n: int) -> None:
             totals[label] += dt
             MISMATCHES.extend([f"qwen {label}"] if toks != ref else [])
         for label, tree in (("ours single, tree auto", "auto"), ("ours single, chain depth 4", dict(depth=4, top_k=1, budget=4))):
-            toks, dt, _ = timed_generate(composer, ids, n, strategy="single", tree=tree)
-            totals[label] += dt
-            MISMATCHES.extend([f"qwen {label}"] if toks != ref else [])
+            r = composer.generate(ids, max_new_tokens=n, tree=tree, **auto_kw)
+            totals[label] += r.stats.total_time
+            (auto_steps if tree == "auto" else chain_steps).extend(r.stats.steps)
+            MISMATCHES.extend([f"qwen {label}"] if r.token_ids != ref else [])
     header(f"Qwen2.5-Coder-1.5B target, 0.5B drafter: {len(prompts)} prompts x {n} tokens")
     print("| method | seconds | ratio to transformers assisted |")
     print("|---|---:|---:|")
     for label, secs in totals.items():
         print(f"| {label} | {secs:.1f} | {totals['transformers assisted'] / secs:.2f}x |")
+    if diagnose:
+        auto = autotree_of(composer, auto_kw)
+        print_auto_diagnosis(auto, chosen, auto_steps)
+        print("\nthe depth-4 chain's steps, for comparison:")
+        print_draft_costs(auto, [TreeSpec(depth=4, top_k=1, budget=4)] * len(chain_steps), chain_steps)
     ours = totals["ours single, tree auto"]  # the default tree, not the best of several
     goal("Qwen pair: our single (tree auto) / transformers assisted", f"{totals['transformers assisted'] / ours:.2f}x",
          ">= 1.2x", totals["transformers assisted"] / ours >= 1.2)
@@ -301,7 +328,7 @@ def main() -> None:
     p.add_argument("--items", type=int, default=1, help="items of each benchmark for the auto section")
     p.add_argument("--auto-benchmarks", nargs="+", default=["gsm8k", "mtbench"], choices=sorted(DOMAIN))
     p.add_argument("--auto-strategies", nargs="+", default=["single", "merged_tree"], choices=["single", "merged_tree"])
-    p.add_argument("--diagnose", action="store_true", help="auto section: what auto chose, expected and measured")
+    p.add_argument("--diagnose", action="store_true", help="auto and qwen sections: what auto chose, expected and measured")
     p.add_argument("--prompts", type=int, default=2, help="benchmark prompts for the ar and qwen sections")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--threads", default="1")
@@ -318,7 +345,7 @@ def main() -> None:
     if "auto" in args.sections:
         section_auto(composer, args.items, args.new_tokens, args.auto_benchmarks, args.auto_strategies, args.diagnose)
     if "qwen" in args.sections:
-        section_qwen(prompts, args.new_tokens)
+        section_qwen(prompts, args.new_tokens, args.diagnose)
     if "threads" in args.sections:
         section_threads(args.new_tokens)
     goal("every greedy output equals plain decoding", f"{len(MISMATCHES)} mismatches", "0", not MISMATCHES)
