@@ -45,6 +45,12 @@ LEVELS = 2  # acceptance learnt separately for the root's children and for deepe
 # prior for p[r] (a weak, fairly optimistic drafter) and its weight in verified nodes
 PRIOR = (0.55, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)
 PRIOR_WEIGHT = 8.0
+# the prior's weight shrinks by this per verified step, to PRIOR_FLOOR: it only bridges the first
+# steps. Forgotten at the counts' rate (DECAY), it held a near-perfect drafter's first-level
+# estimate at 0.94 after 39 straight hits, which kept auto a level short of the best chain
+# (docs/design.md "tree=auto")
+PRIOR_DECAY = 0.9
+PRIOR_FLOOR = 0.5
 DECAY = 0.99  # per verified step: the estimate follows a new prompt's domain within about a hundred steps
 REALITY_STEPS = 32  # drafted steps whose measured throughput checks the model's
 MAX_EXPLORE_GAP = 64  # plain steps between two drafted ones, at most, while drafting keeps losing
@@ -61,13 +67,13 @@ class PositionalAcceptance:
         # counts start at zero), so a drafter seen only in shallow trees is not judged by the prior
         self.hits = torch.zeros(LEVELS, RANKS, dtype=torch.float64)
         self.trials = torch.zeros(LEVELS, RANKS, dtype=torch.float64)
-        self.hits[0] = torch.tensor(prior, dtype=torch.float64) * weight
-        self.trials[0] = weight
+        self.prior = torch.tensor(prior, dtype=torch.float64)
         self.weight, self.decay = weight, decay
+        self.prior_weight = weight  # shrinks per verified step (PRIOR_DECAY), to PRIOR_FLOOR at least
 
     @property
     def p(self) -> torch.Tensor:
-        first = self.hits[0] / self.trials[0]
+        first = (self.hits[0] + self.prior_weight * self.prior) / (self.trials[0] + self.prior_weight)
         deeper = (self.hits[1:] + self.weight * first) / (self.trials[1:] + self.weight)
         return torch.cat([first[None], deeper]).clamp(0.0, 1.0)
 
@@ -89,6 +95,7 @@ class PositionalAcceptance:
         # (GSM8K's, when MT-Bench followed) for hundreds of steps
         self.hits *= self.decay
         self.trials *= self.decay
+        self.prior_weight = max(self.prior_weight * PRIOR_DECAY, min(self.weight, PRIOR_FLOOR))
         for i, node in enumerate(path):
             children = (parents == node).nonzero().flatten()
             if children.numel() == 0:

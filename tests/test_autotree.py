@@ -56,6 +56,21 @@ def test_observe_counts_the_accepted_rank_at_every_reached_node():
     assert model.hits[1, :3].round().tolist() == [0.0, 1.0, 0.0]
 
 
+def test_prior_yields_to_a_run_of_hits():
+    """A near-perfect drafter's first-level estimate reaches its observed rate within tens of
+    steps: a prior forgotten only as fast as the counts held it at 0.94 after 39 straight hits."""
+    chain = DraftTree.from_lists([0, 5, 6, 7], [-1, 0, 1, 2], scores=[0.0, -0.1, -0.2, -0.3])
+    model = PositionalAcceptance()
+    for _ in range(39):
+        model.observe(chain, torch.tensor([0, 1, 2, 3]))
+    assert model.p[0, 0] > 0.98 and model.p[1, 0] > 0.98, model.p
+    for _ in range(39):  # and back down as fast when the drafter stops being accepted
+        model.observe(chain, torch.tensor([0]))
+    assert model.p[0, 0] < 0.5, model.p
+    assert model.prior_weight >= 0.5  # a floor: untried ranks keep the prior's value, not 0 / 0
+    assert model.p[0, 7] == pytest.approx(PRIOR[7])
+
+
 def flat_profile(forward_ms: dict[int, float], level_ms: float, root_ms: float) -> CostProfile:
     return CostProfile(forward_ms=forward_ms, level_ms={1: level_ms, 8: level_ms}, root_ms=root_ms)
 
@@ -175,10 +190,13 @@ def test_reality_judges_past_steps_by_the_model_of_now():
     for step in range(12):  # the drafted child accepted on every other step
         path = torch.tensor([0, 1] if step % 2 else [0])
         auto.observe(spec, tree, path, StepTimes(profile.root_ms / 1e3, profile.forward(2) / 1e3, 0.0))
-    model_now = auto.expected_tokens(spec)  # (0.9 * 8 + 6) / 20 = 0.66 accepted per step
-    assert model_now == pytest.approx(1.66)
+    prior_weight = 8.0 * 0.9**12  # the prior's weight after 12 verified steps (PRIOR_DECAY)
+    assert auto.acceptance.prior_weight == pytest.approx(prior_weight)
+    model_now = auto.expected_tokens(spec)  # (0.9 w + 6) / (w + 12) = 0.56 accepted per step
+    assert model_now == pytest.approx(1.0 + (0.9 * prior_weight + 6) / (prior_weight + 12))
     assert auto.reality == pytest.approx(1.5 / model_now, rel=1e-6)  # delivered 1.5 per step, on time
     auto.acceptance.hits[0, 0], auto.acceptance.trials[0, 0] = 50.0, 100.0  # the model learns 0.5
+    auto.acceptance.prior_weight = 0.0
     assert auto.reality == pytest.approx(1.0, rel=1e-6)
 
 
