@@ -2,19 +2,22 @@
 
     python benchmarks/bench_drafting.py [--sections costs ar auto qwen threads] [--new-tokens 64]
         [--items 1] [--threads 1] [--auto-benchmarks gsm8k mtbench math] [--auto-strategies single merged_tree]
-        [--diagnose]
+        [--diagnose] [--busy]
 
 Sections: costs (a draft level vs a one-token target forward; three drafters in lockstep vs
 one), ar (our plain decoding vs transformers' generate), auto (tree="auto" vs a grid of fixed
 trees and today's default tree, single specialist and merged_tree, on GSM8K and MT-Bench items by
 default; --diagnose adds what auto chose, expected and measured), qwen (Qwen2.5-Coder 1.5B with the
 0.5B drafter: ours vs transformers' assisted generation), threads (quiet vs beside a busy
-process). Every greedy output is checked against plain decoding. Times: one torch thread unless
+process). --busy keeps one core spinning in another process for the whole run (a cost profile
+measured in the run is measured busy too: set SPECMUX_COSTS to an empty folder to force one).
+Every greedy output is checked against plain decoding. Times: one torch thread unless
 stated; the load average is printed next to every section.
 """
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(1, str(Path(__file__).parent.parent))  # measure the checkout this script is in, not the installed copy
 from bench_costs import transformers_forward_ms, twin  # noqa: E402
+from bench_threads import SPIN  # noqa: E402
 from bench_threads import measure as measure_threads  # noqa: E402
 from prompts import PROMPTS, load_average, print_goals  # noqa: E402
 
@@ -332,10 +336,22 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=2, help="benchmark prompts for the ar and qwen sections")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--threads", default="1")
+    p.add_argument("--busy", action="store_true", help="one core kept busy by another process for the whole run")
     args = p.parse_args()
+    spinner = subprocess.Popen([sys.executable, "-c", SPIN]) if args.busy else None
+    try:
+        run(args)
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+
+
+def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(int(args.threads))
     prompts = dict(list(PROMPTS.items())[: args.prompts])
-    print(f"torch threads {args.threads}; load average at start {load_average()}", flush=True)
+    print(f"torch threads {args.threads}{'; one core busy (spin loop)' if args.busy else ''}; "
+          f"load average at start {load_average()}", flush=True)
     composer = Composer("smollm2-135m-instruct", drafters=default_drafters("smollm2-135m-instruct"), threads=int(args.threads))
     print(f"default drafters: {sorted(composer.drafters)}", flush=True)
     if "costs" in args.sections:
