@@ -9,6 +9,7 @@ never be accepted) and renormalised for the KL terms. Every loss is a mean over 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +40,34 @@ def acceptance_rate(target_logits, draft_logits, draft_ids=None) -> torch.Tensor
     return torch.minimum(p, q).sum(-1)
 
 
+class KLTarget(NamedTuple):
+    """The target's side of KL(p || q), computed once for every draft that is compared with it
+    (the training unroll's steps share the rows)."""
+    p: torch.Tensor  # [..., V_draft] p, renormalised over a truncated vocabulary
+    neg_entropy: torch.Tensor  # [...] sum p log p
+
+    def at(self, rows) -> "KLTarget":
+        return KLTarget(self.p[rows], self.neg_entropy[rows])
+
+
+def kl_target(target_logits, draft_ids=None) -> KLTarget:
+    logp = target_log_probs(target_logits, draft_ids, renormalise=True)
+    p = logp.exp()
+    return KLTarget(p, (p * logp).sum(-1))
+
+
+def kl_to(target: KLTarget, draft_logits) -> torch.Tensor:
+    """KL(p || q) per position = sum p log p - sum p log q. Cross-entropy with probability targets
+    is the second term, forward and backward (softmax(z) - p) in one call: per unroll step on 2 cores
+    (16,000 rows x 3,584) 0.4 s against 0.9-1.3 s for the log-softmaxes and products spelt out."""
+    z = _upcast(draft_logits)
+    ce = F.cross_entropy(z.reshape(-1, z.shape[-1]), target.p.reshape(-1, z.shape[-1]).to(z.dtype), reduction="none")
+    return target.neg_entropy + ce.reshape(z.shape[:-1])
+
+
 def forward_kl(target_logits, draft_logits, draft_ids=None) -> torch.Tensor:
     """KL(p || q) per position (p renormalised over a truncated vocabulary)."""
-    logp = target_log_probs(target_logits, draft_ids, renormalise=True)
-    logq = F.log_softmax(_upcast(draft_logits), dim=-1)
-    return (logp.exp() * (logp - logq)).sum(-1)
+    return kl_to(kl_target(target_logits, draft_ids), draft_logits)
 
 
 def topk_distillation(target_logits, draft_logits, draft_ids=None, k: int = 10) -> torch.Tensor:

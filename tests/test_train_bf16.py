@@ -185,3 +185,32 @@ def test_structured_unroll_attention_in_bf16_stays_near_the_dense_mask_in_bf16(s
     err_ours = (ttt_attention(*bf, step).double() - truth).abs().mean()
     err_dense = (dense_unroll_attention(*bf, step).double() - truth).abs().mean()
     assert err_ours <= 3 * err_dense, (float(err_ours), float(err_dense))
+
+
+@pytest.mark.parametrize("head", ["truncated", "target"])
+def test_unroll_kl_shares_the_target_side_and_equals_the_per_step_kl(head):
+    """unroll_loss computes KL's target side once for all steps: the loss and its gradients equal
+    the weighted per-step forward_kl of each step's rows, as written before (float64)."""
+    from drafters.losses import forward_kl
+
+    target = tiny_target(vocab=128, layers=2, hidden=64, seed=3).double()
+    records = states_records(target, n=4, length=18)
+    model = tiny_drafter_model(target, head=head, seed=5).double()
+    cfg = TrainConfig(unroll_steps=3, step_weights=[1.0, 0.5, 0.25], precision="float32", max_len=64)
+    weight = target.get_output_embeddings().weight
+    batch = collate(records, 64)
+    batch = batch | {"feats": batch["feats"].double(), "last": batch["last"].double()}
+    unroll = Unroll(model)
+    loss, _ = unroll_loss(unroll, model, batch, weight, cfg)
+    got = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+    rows = batch["rows"]
+    draft_ids = model.head.draft_ids if head == "truncated" else None
+    side = target_side(batch["last"][:, 1:][rows], weight, draft_ids)
+    want = 0.0
+    for j, (w, dl) in enumerate(zip(cfg.weights(), unroll(batch["ids"], batch["feats"], rows, 3))):
+        keep = rows.clone()
+        keep[:, :j] = False
+        want = want + w * forward_kl(side.logits[keep[rows]], dl, side.loss_ids).mean()
+    torch.testing.assert_close(loss, want)
+    for a, b in zip(got, torch.autograd.grad(want, [p for p in model.parameters() if p.requires_grad])):
+        torch.testing.assert_close(a, b)

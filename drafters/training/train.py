@@ -25,7 +25,7 @@ from trees import attention_mask
 
 from runtime import prepacked
 from runtime.atomic import recover_folder
-from drafters.losses import LOSSES, acceptance_rate, distillation_loss, unroll_weights
+from drafters.losses import LOSSES, acceptance_rate, distillation_loss, kl_target, kl_to, unroll_weights
 from drafters.model import FeatureDrafterModel
 from .precision import Precision, autocast
 from .target_side import target_side
@@ -180,24 +180,28 @@ def unroll_loss(unroll: nn.Module, model: FeatureDrafterModel, batch: dict, head
     target_logits, loss_ids, target_top = target_side(batch["last"][:, 1:][rows], head_weight, draft_ids, *stats)
     logits = unroll(batch["ids"], batch["feats"].to(model.dtype), rows, steps)
     weights = cfg.weights() + [0.0] * max(0, steps - cfg.unroll_steps)
+    # KL: the target's side (renormalised p, its entropy) once for all steps, not once per step
+    kl = kl_target(target_logits, loss_ids) if cfg.loss == "kl" and any(weights[:steps]) else None
     loss, metrics = 0.0, {}
     correct = []
     for j, (w, dl) in enumerate(zip(weights, logits)):
         keep = rows.clone()
         keep[:, :j] = False
         sel = keep[rows]
-        tl = target_logits[sel]
-        if w:
-            loss = loss + w * distillation_loss(cfg.loss, tl, dl, loss_ids, cfg.topk, cfg.eta)
+        at = sel.nonzero().squeeze(1)  # step j's rows among the trained ones
+        if w and kl is not None:
+            loss = loss + w * (kl_to(kl.at(at), dl).mean() if at.numel() else dl.sum() * 0.0)
+        elif w:
+            loss = loss + w * distillation_loss(cfg.loss, target_logits[at], dl, loss_ids, cfg.topk, cfg.eta)
         with torch.no_grad():
             dl = dl.detach().float()  # argmax over bf16 is several times slower on the CPU
             top = dl.argmax(-1)
             top = draft_ids[top] if draft_ids is not None else top
-            hit = top == target_top[sel]
+            hit = top == target_top[at]
             correct.append(torch.zeros_like(rows).masked_scatter_(keep, hit))
-            metrics[f"acc_{j}"] = float(hit.float().mean()) if sel.any() else float("nan")
-            every = max(1, -(-tl.shape[0] // alpha_rows)) if alpha_rows else 1
-            alpha = acceptance_rate(tl[::every], dl[::every], loss_ids) if sel.any() else torch.tensor(float("nan"))
+            metrics[f"acc_{j}"] = float(hit.float().mean()) if at.numel() else float("nan")
+            every = max(1, -(-at.numel() // alpha_rows)) if alpha_rows else 1
+            alpha = acceptance_rate(target_logits[at[::every]], dl[::every], loss_ids) if at.numel() else torch.tensor(float("nan"))
             metrics[f"alpha_{j}"] = float(alpha.mean())
     metrics |= chain_acceptance(correct, rows)
     metrics["tokens"] = int(rows.sum())
