@@ -25,14 +25,31 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def own_running() -> int:
+    """This process's threads running or runnable right now (at least this one). torch's own
+    OpenMP workers spin for a while after each parallel region: counted as other work, they made
+    "auto" drop to one thread on a quiet machine every time it looked mid-decode."""
+    running = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+            except OSError:  # the thread ended
+                continue
+            running += stat[stat.rindex(")") + 2] == "R"  # the state follows the command name
+    except (OSError, ValueError):
+        return 1
+    return max(1, running)
+
+
 def others_running(samples: int = 3) -> int | None:
-    """Threads running or runnable right now besides this one (the least of a few readings a
+    """Threads of other processes running or runnable right now (the least of a few readings a
     millisecond apart, so a passing shell command does not count), None where unknown."""
     seen = []
     for i in range(samples):
         try:
             line = next(l for l in Path("/proc/stat").read_text().splitlines() if l.startswith("procs_running"))
-            seen.append(max(0, int(line.split()[1]) - 1))
+            seen.append(max(0, int(line.split()[1]) - own_running()))
         except (OSError, ValueError, StopIteration):
             return None
         if i + 1 < samples:

@@ -62,6 +62,7 @@ def fake_proc_stat(monkeypatch, readings):
 
     monkeypatch.setattr(th, "Path", FakePath)
     monkeypatch.setattr(th.time, "sleep", lambda s: None)
+    monkeypatch.setattr(th, "own_running", lambda: 1)
 
 
 def test_run_queue_reading_counts_others(monkeypatch):
@@ -78,3 +79,31 @@ def test_free_cores_are_the_cores_less_the_busy_ones(monkeypatch):
     for busy, free in ((0, 4), (1, 3), (3, 1), (9, 1), (None, 4)):
         monkeypatch.setattr(th, "others_running", lambda busy=busy: busy)
         assert th.free_cores() == free
+
+
+def test_own_spinning_threads_are_not_other_work(monkeypatch):
+    """A thread of this process computing (as torch's OpenMP workers spin after a parallel region)
+    is this process's work: the run queue less it is what other processes run."""
+    import threading
+
+    import torch
+
+    stop = threading.Event()
+
+    def compute():
+        a = torch.randn(256, 256)
+        while not stop.is_set():
+            a @ a  # releases the GIL: runnable the whole time
+
+    worker = threading.Thread(target=compute, daemon=True)
+    worker.start()
+    try:
+        counts = [th.own_running() for _ in range(50)]
+    finally:
+        stop.set()
+        worker.join()
+    assert max(counts) >= 2, counts  # this thread and the computing one
+    assert th.own_running() >= 1
+    fake_proc_stat(monkeypatch, [3, 3, 3])
+    monkeypatch.setattr(th, "own_running", lambda: 3)
+    assert th.others_running() == 0  # all three running threads are ours
