@@ -17,7 +17,6 @@ stated; the load average is printed next to every section.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(1, str(Path(__file__).parent.parent))  # measure the checkout this script is in, not the installed copy
 from bench_costs import transformers_forward_ms, twin  # noqa: E402
-from bench_threads import SPIN  # noqa: E402
+from bench_threads import one_core_busy  # noqa: E402
 from bench_threads import measure as measure_threads  # noqa: E402
 from prompts import PROMPTS, load_average, print_goals  # noqa: E402
 
@@ -338,13 +337,8 @@ def main() -> None:
     p.add_argument("--threads", default="1")
     p.add_argument("--busy", action="store_true", help="one core kept busy by another process for the whole run")
     args = p.parse_args()
-    spinner = subprocess.Popen([sys.executable, "-c", SPIN]) if args.busy else None
-    try:
+    with one_core_busy(args.busy):
         run(args)
-    finally:
-        if spinner is not None:
-            spinner.kill()
-            spinner.wait()
 
 
 def run(args: argparse.Namespace) -> None:

@@ -11,12 +11,25 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from prompts import PROMPTS, load_average  # noqa: E402
 
 SPIN = "while True: pass"
+
+
+@contextmanager
+def one_core_busy(busy: bool = True):
+    """Another process spinning on one core while the block runs (nothing when `busy` is False)."""
+    spinner = subprocess.Popen([sys.executable, "-c", SPIN]) if busy else None
+    try:
+        yield
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
 
 
 def child(setting: str, new_tokens: int) -> None:
@@ -37,15 +50,10 @@ def measure(setting: str, new_tokens: int, busy: bool) -> tuple[float, int]:
     env.pop("OMP_NUM_THREADS", None)
     if setting.endswith(":passive"):
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    spinner = subprocess.Popen([sys.executable, "-c", SPIN]) if busy else None
-    try:
+    with one_core_busy(busy):
         time.sleep(0.5 if busy else 0)
         out = subprocess.run([sys.executable, __file__, "--child", setting, "--new-tokens", str(new_tokens)],
                              env=env, capture_output=True, text=True, check=True).stdout.split()
-    finally:
-        if spinner is not None:
-            spinner.kill()
-            spinner.wait()
     return float(out[-2]), int(out[-1])
 
 
