@@ -161,11 +161,17 @@ def check_kernels(device: str = "cpu") -> str | None:
             return "the bf16 sum of a row's keys depends on where masked keys sit between them"
     from .prepacked import matmul
 
-    weight = torch.randn(192, 64, generator=gen).to(torch.bfloat16).to(device)
-    x = torch.randn(40, 64, generator=gen).to(torch.bfloat16).to(device)
+    # linears shaped like a small target's (oneDNN picks kernels by shape and row count: on AMX
+    # another kernel takes over past 32 rows, runtime.prepacked.ROW_TILE), every tree size and
+    # a few prefill lengths
     with torch.inference_mode():
-        if not all(torch.equal(matmul(x[:n], weight)[:1], matmul(x[:1], weight)) for n in (2, 4, 7, 40)):
-            return "a bf16 linear's row 0 differs with the number of rows"
+        for out_features, in_features in ((192, 64), (1536, 576), (576, 1536)):
+            weight = (torch.randn(out_features, in_features, generator=gen) / in_features ** 0.5).to(torch.bfloat16).to(device)
+            x = torch.randn(130, in_features, generator=gen).to(torch.bfloat16).to(device)
+            alone = torch.cat([matmul(x[i : i + 1], weight) for i in range(x.shape[0])])
+            for n in [*range(2, 65), 100, 130]:
+                if not torch.equal(matmul(x[:n], weight), alone[:n]):
+                    return f"a bf16 linear ({in_features} -> {out_features}) computes a row differently beside {n - 1} others"
     return None
 
 

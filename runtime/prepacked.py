@@ -31,6 +31,12 @@ BATCH_HINT = 8  # the row count the layout is tuned for; 1..64 rows all run well
 # oneDNN takes a slower kernel for 1 or 2 rows than for 3-6 on this layout, so fewer rows are
 # padded to this many (docs/design.md "Measurements behind the code")
 MIN_ROWS = 4
+# the most rows one kernel call takes: more are computed ROW_TILE at a time. On Intel AMX oneDNN
+# switches to another kernel (another summation order) past 32 rows on this layout, so the rows of
+# a 33-64 node tree differed in the last bit from the same rows computed alone, and greedy bf16
+# speculative output left plain decoding's (measured 2026-12-05 on a Xeon with AMX; rows 1..32
+# are bit-identical there and on AVX512-BF16). runtime.invariant.check_kernels verifies it.
+ROW_TILE = 32
 # id(weight) -> (weight, its version when packed, the packed weight or None, used with a bias)
 _PACKED: dict[int, tuple[weakref.ref, int, torch.Tensor | None, bool]] = {}
 # ids of a group's weights and biases -> (weak refs to them, their versions, packed weight, joint bias)
@@ -65,7 +71,17 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def apply(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The packed kernel over `rows` [m, in] (m already `padded_rows(m)`) -> [m, out]."""
+    """The packed kernel over `rows` [m, in] (m already `padded_rows(m)`) -> [m, out], at most
+    ROW_TILE rows per kernel call (a short last tile padded to MIN_ROWS), so that every row is
+    computed by the kernel that computes it alone."""
+    m = rows.shape[0]
+    if m <= ROW_TILE:
+        return _kernel(rows, packed, bias)
+    tiles = [_kernel(pad_rows(rows[i : i + ROW_TILE]), packed, bias) for i in range(0, m, ROW_TILE)]
+    return torch.cat(tiles)[:m]
+
+
+def _kernel(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
 
 
@@ -100,8 +116,8 @@ def bucket(rows: int) -> int:
 
 
 def row_sizes(max_rows: int) -> list[int]:
-    """Every row count a packed matmul over 1..max_rows real rows runs."""
-    return sorted({padded_rows(n) for n in range(1, max_rows + 1)})
+    """Every row count a packed kernel call over 1..max_rows real rows runs (at most ROW_TILE)."""
+    return sorted({padded_rows(min(n, ROW_TILE)) for n in range(1, max_rows + 1)})
 
 
 def warm_shapes(max_rows: int) -> int:

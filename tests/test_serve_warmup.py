@@ -23,13 +23,13 @@ def shapes_run(monkeypatch):
     """Every (packed weight shape, dtype, bias, rows) the packed kernel runs from now on: single
     linears, the fast decoder's fused ones (runtime/plan.py) and the warm-up's own."""
     seen: set[tuple] = set()
-    apply = prepacked.apply
+    kernel = prepacked._kernel
 
     def spy(rows, packed, bias):
         seen.add((tuple(packed.shape), packed.dtype, bias is not None, rows.shape[0]))
-        return apply(rows, packed, bias)
+        return kernel(rows, packed, bias)
 
-    monkeypatch.setattr(prepacked, "apply", spy)
+    monkeypatch.setattr(prepacked, "_kernel", spy)
     return seen
 
 
@@ -52,8 +52,8 @@ def test_warm_shapes_runs_every_shape_later_matmuls_meet(shapes_run, monkeypatch
                 prepacked.linear(layer, torch.randn(rows, layer.in_features))
     assert shapes_run <= warmed
     with torch.inference_mode():
-        prepacked.linear(layers[0], torch.randn(321, 24))  # 384 rows: past bucket(300) = 320
-    assert not shapes_run <= warmed  # past max_rows: new shapes
+        prepacked.linear(layers[0], torch.randn(1000, 24))  # past max_rows: still whole tiles of ROW_TILE rows
+    assert shapes_run <= warmed
 
 
 @pytest.mark.skipif(not prepacked.enabled(), reason="this torch has no oneDNN packed linear")
