@@ -169,7 +169,7 @@ def check_kernels(device: str = "cpu") -> str | None:
             weight = (torch.randn(out_features, in_features, generator=gen) / in_features ** 0.5).to(torch.bfloat16).to(device)
             x = torch.randn(130, in_features, generator=gen).to(torch.bfloat16).to(device)
             alone = torch.cat([matmul(x[i : i + 1], weight) for i in range(x.shape[0])])
-            for n in [*range(2, 65), 100, 130]:
+            for n in (2, 3, 4, 5, 8, 16, 31, 32, 33, 40, 64, 100, 130):
                 if not torch.equal(matmul(x[:n], weight), alone[:n]):
                     return f"a bf16 linear ({in_features} -> {out_features}) computes a row differently beside {n - 1} others"
     return None
