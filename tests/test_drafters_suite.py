@@ -218,6 +218,16 @@ def test_suite_training_reads_cached_states_or_runs_the_target_per_step(tmp_path
         assert forwards["n"] > 0 and layer_sets == []
 
 
+def test_a_specialist_run_caches_only_the_sets_it_reads(tmp_path):
+    """A math final reads math_train and both held-out sets: chat_train's states (the largest
+    set) are never computed for it."""
+    work = _suite_work(tmp_path)
+    cfg = _suite_config(tmp_path, work, states="cache", final_domains=["math"], ablations={"kl": {}}, final_variant="kl")
+    run_suite(cfg, ("regenerate", "final"), device="cpu")
+    cached = sorted(p.name for p in (work / "states" / "layers-2").iterdir())
+    assert cached == ["chat_heldout", "math_heldout", "math_train"]
+
+
 def test_mixed_draw_picks_the_same_records_from_a_parallel_split():
     from drafters.training.suite_training import mixed_train
 

@@ -145,7 +145,9 @@ def stage_states(cfg: SuiteConfig, target, states: SuiteStates) -> None:
     if cfg.final_variant:
         variants.setdefault(cfg.final_variant, {})
     for name, overrides in (variants or {"base": {}}).items():
-        states.split_for(drafter_layers(cfg.train_config(name, "mixed", overrides, 1), target))
+        split = states.split_for(drafter_layers(cfg.train_config(name, "mixed", overrides, 1), target))
+        for set_name in split:  # sets are cached when first read: read them all now
+            split[set_name]
 
 
 def stage_ablate(cfg: SuiteConfig, work: Path, target, split, log, clock: Clock, states: SuiteStates) -> dict[str, dict]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,28 +69,51 @@ class SuiteStates:
         self.shard_records, self.batch_tokens = shard_records, batch_tokens
         self._loaded: dict[str, dict[str, list[dict]]] = {}
 
-    def split_for(self, layers: list[int]) -> dict[str, list[dict]]:
-        """The split (same names, same record order) whose records carry states for `layers`."""
+    def split_for(self, layers: list[int]) -> Mapping[str, list[dict]]:
+        """The split (same names, same record order) whose records carry states for `layers`;
+        each set's states are cached on first use (a math run never computes chat_train's)."""
         if not self.cached:
             return self.split
         n = int(self.target.config.num_hidden_layers) + 1
         key = "layers-" + "-".join(str(i % n) for i in layers)
         if key not in self._loaded:
-            folder = self.work / "states" / key
-            for name in sorted(self.split):
-                t0 = time.time()
-                cache_hidden_states(self.target, self.split[name], layers, folder / name,
-                                    shard_records=self.shard_records, dtype=self.dtype, compute_dtype=self.dtype,
-                                    batch_tokens=self.batch_tokens, on_change="rebuild", progress=False)
-                timing = folder / name / "timing.json"
-                if time.time() - t0 > 1 and timing.exists():
-                    self.log(f"states {key}/{name}: {timing.read_text().strip()}")
-            self._loaded[key] = {name: load_hidden_cache(folder / name, self.target) for name in self.split}
+            self._loaded[key] = CachedSplit(self, layers, self.work / "states" / key)
         return self._loaded[key]
+
+    def cached_set(self, name: str, layers: list[int], folder: Path) -> list[dict]:
+        t0 = time.time()
+        cache_hidden_states(self.target, self.split[name], layers, folder / name,
+                            shard_records=self.shard_records, dtype=self.dtype, compute_dtype=self.dtype,
+                            batch_tokens=self.batch_tokens, on_change="rebuild", progress=False)
+        timing = folder / name / "timing.json"
+        if time.time() - t0 > 1 and timing.exists():
+            self.log(f"states {folder.name}/{name}: {timing.read_text().strip()}")
+        return load_hidden_cache(folder / name, self.target)
 
     def online_target(self):
         """What train_drafter / evaluate_drafter take as `target`: None when states are cached."""
         return None if self.cached else self.target
+
+
+class CachedSplit(Mapping):
+    """A split's sets with cached states, each computed (or read back) when first asked for."""
+
+    def __init__(self, states: SuiteStates, layers: list[int], folder: Path):
+        self.states, self.layers, self.folder = states, layers, folder
+        self._sets: dict[str, list[dict]] = {}
+
+    def __getitem__(self, name: str) -> list[dict]:
+        if name not in self._sets:
+            if name not in self.states.split:
+                raise KeyError(name)
+            self._sets[name] = self.states.cached_set(name, self.layers, self.folder)
+        return self._sets[name]
+
+    def __iter__(self):
+        return iter(sorted(self.states.split))
+
+    def __len__(self) -> int:
+        return len(self.states.split)
 
 
 def drafter_layers(tcfg: TrainConfig, target) -> list[int]:
