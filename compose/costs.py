@@ -28,10 +28,12 @@ from .lockstep import DraftUnit
 from .target import TargetModel, drafter_features, layers_read
 
 # every size up to 16, where kernels step at sizes no coarse grid sees (docs/design.md "Measurements behind the code"), then coarser
-FORWARD_SIZES = tuple(range(1, 17)) + (20, 24, 32, 48, 64)
+# 33: the first row count past a packed linear's 32-row tile (runtime.prepacked.ROW_TILE), a step
+# in the cost that interpolating between 32 and 48 would smooth away
+FORWARD_SIZES = tuple(range(1, 17)) + (20, 24, 32, 33, 48, 64)
 FRONTIER_SIZES = (1, 2, 4, 8)
 CONTEXT = 256
-PROFILE_FORMAT = 4  # 2: linears on packed weights (runtime.prepacked); 3: every forward size to 16, monotone; 4: the bf16 attention's keys with zero partners (runtime/invariant.py)
+PROFILE_FORMAT = 5  # 2: linears on packed weights (runtime.prepacked); 3: every forward size to 16, monotone; 4: the bf16 attention's keys with zero partners (runtime/invariant.py); 5: 32-row tiles, size 33 measured
 
 
 class CostProfile(BaseModel):
