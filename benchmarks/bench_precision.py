@@ -5,6 +5,11 @@ llama-cpp-python is installed (`pip install llama-cpp-python`), llama.cpp at Q8_
 
     python benchmarks/bench_precision.py [--items 3] [--new-tokens 64] [--threads 1,2]
 
+llama-cpp-python builds llama.cpp for the CPU it is built on; on a VM where that build dies with
+"Illegal instruction" (seen 2026-12-05 on a Xeon VM with AMX), build with explicit flags:
+CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF
+-DGGML_AMX_BF16=OFF" pip install --no-cache-dir --force-reinstall llama-cpp-python==0.3.36
+
 Word problems (GSM8K) and chat turns (MT-Bench first turns), greedy. Speed is tokens/s over all
 prompts, as a ratio to our float32 autoregressive in the same run (methods interleaved prompt by
 prompt); every one of our greedy outputs is checked against our plain decoding in its dtype.
