@@ -108,7 +108,10 @@ def bucket(rows: int) -> int:
     oneDNN keeps state for every matmul shape it meets (0.4-10 MiB per weight shape and row
     count, growing with the rows, never freed; the same for every weight of that shape): a
     long-running process that prefilled every prompt length exactly would grow with each new
-    one, and with few sizes `warm_shapes` can meet them all up front."""
+    one, and with few sizes `warm_shapes` can meet them all up front. Since the linears run
+    ROW_TILE-row tiles (`apply`) their kernel shapes no longer grow with the prompt; the bucket
+    still bounds the row counts the forward's other ops meet, and costs a prefill up to 1/4 more
+    rows: whether it still pays is not measured."""
     if rows <= 64:
         return rows
     step = 1 << ((rows - 1).bit_length() - 3)

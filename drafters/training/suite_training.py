@@ -67,7 +67,7 @@ class SuiteStates:
         self.dtype = compute_dtype(dev, "auto") if dtype == "auto" else DTYPES[dtype]
         self.work, self.target, self.split, self.log = work, target, split, log
         self.shard_records, self.batch_tokens = shard_records, batch_tokens
-        self._loaded: dict[str, dict[str, list[dict]]] = {}
+        self._loaded: dict[str, CachedSplit] = {}
 
     def split_for(self, layers: list[int]) -> Mapping[str, list[dict]]:
         """The split (same names, same record order) whose records carry states for `layers`;
@@ -81,6 +81,8 @@ class SuiteStates:
         return self._loaded[key]
 
     def cached_set(self, name: str, layers: list[int], folder: Path) -> list[dict]:
+        """Set `name`'s records with their states for `layers`, computed into folder/name where
+        missing (KeyError for a set the split does not hold), then read back memory-mapped."""
         t0 = time.time()
         cache_hidden_states(self.target, self.split[name], layers, folder / name,
                             shard_records=self.shard_records, dtype=self.dtype, compute_dtype=self.dtype,
@@ -104,8 +106,6 @@ class CachedSplit(Mapping):
 
     def __getitem__(self, name: str) -> list[dict]:
         if name not in self._sets:
-            if name not in self.states.split:
-                raise KeyError(name)
             self._sets[name] = self.states.cached_set(name, self.layers, self.folder)
         return self._sets[name]
 
