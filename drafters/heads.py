@@ -52,6 +52,18 @@ class TruncatedHead(nn.Module):
         return linear(self.proj, h)
 
 
+def head_operands(head: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, weight) with head(h) == x @ weight.T: the head as its last linear map, for the
+    training loss that runs it a block of rows at a time (drafters/training/fused_head_loss.py)."""
+    if isinstance(head, TruncatedHead):
+        return h, head.proj.weight
+    if isinstance(head, TargetHead):
+        return h, head.weight
+    if isinstance(head, LowRankHead):
+        return linear(head.down, h), head.up.weight
+    raise TypeError(f"no linear form for a {type(head).__name__} head")
+
+
 class LowRankHead(nn.Module):
     def __init__(self, hidden_size: int, rank: int, vocab_size: int, init_weight: torch.Tensor | None = None):
         super().__init__()

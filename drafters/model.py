@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DrafterConfig
-from .heads import LowRankHead, TargetHead, TruncatedHead
+from .heads import LowRankHead, TargetHead, TruncatedHead, head_operands
 from runtime.kv import KVCache
 from runtime.prepacked import linear
 from .repspec import apply_repspec, merge_repspec
@@ -190,6 +190,10 @@ class FeatureDrafterModel(nn.Module):
     def logits(self, outputs: torch.Tensor) -> torch.Tensor:
         """Logits over the head's own vocabulary (the draft vocabulary for a truncated head)."""
         return self.head(self.norm(outputs))
+
+    def head_operands(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, weight) with logits(outputs) == x @ weight.T (heads.head_operands)."""
+        return head_operands(self.head, self.norm(outputs))
 
     def cast(self, dtype: torch.dtype) -> "FeatureDrafterModel":
         """This drafter in `dtype`; the frozen target embedding and head are converted once per

@@ -1,0 +1,114 @@
+"""The fused, blocked head-and-KL loss (drafters/training/fused_head_loss.py) computes what the
+plain path computes from the whole step's logits: loss, gradients of every trained parameter,
+per-step agreement, alpha and chain tau, in float64 exactly to rounding and under bf16 autocast
+to bf16 rounding; the blocks' boundaries do not matter."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drafter_fixtures import tiny_drafter_model, tiny_target
+from drafters.losses import acceptance_rate, forward_kl
+from drafters.training import fused_head_loss
+from drafters.training.fused_head_loss import TargetRows, head_kl
+from drafters.training.target_side import full_vocab_stats, target_side
+from drafters.training.train import TrainConfig, Unroll, collate, unroll_loss
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 40), vocab=st.integers(8, 60), block=st.integers(1, 64), truncate=st.booleans(),
+       alpha_rows=st.sampled_from([None, 1, 3, 7]), seed=st.integers(0, 2**16))
+def test_head_kl_equals_the_plain_losses_and_metrics(n, vocab, block, truncate, alpha_rows, seed):
+    g = torch.Generator().manual_seed(seed)
+    d, full_vocab = 6, vocab + 11
+    x = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    head = torch.randn(full_vocab, d, generator=g, dtype=torch.float64)
+    draft_ids = torch.randperm(full_vocab, generator=g)[:vocab].sort().values if truncate else None
+    weight = (head[draft_ids] if truncate else head).clone().requires_grad_(True)
+    last = torch.randn(n, d, generator=g, dtype=torch.float64) * 2
+    lse, top = full_vocab_stats(last, head) if truncate else (None, None)
+    target = TargetRows(last, head[draft_ids] if truncate else head, lse, top)
+    old = fused_head_loss.BLOCK_ELEMENTS
+    fused_head_loss.BLOCK_ELEMENTS = block * weight.shape[0]  # blocks of `block` rows (at least 16)
+    try:
+        got = head_kl(x, weight, target, draft_ids, alpha_rows)
+    finally:
+        fused_head_loss.BLOCK_ELEMENTS = old
+    side = target_side(last, head, draft_ids)
+    logits = x @ weight.T
+    want = forward_kl(side.logits, logits, side.loss_ids).mean()
+    torch.testing.assert_close(got.loss.double(), want, rtol=1e-5, atol=1e-6)
+    gx, gw = torch.autograd.grad(got.loss * 0.7, [x, weight])
+    wx, ww = torch.autograd.grad(want * 0.7, [x, weight])
+    torch.testing.assert_close(gx, wx)
+    torch.testing.assert_close(gw, ww)
+    drafted = logits.argmax(-1)
+    assert torch.equal(got.hits, (draft_ids[drafted] if truncate else drafted) == side.top)
+    every = max(1, -(-n // alpha_rows)) if alpha_rows else 1
+    alpha = acceptance_rate(side.logits[::every], logits.detach()[::every], side.loss_ids).mean()
+    torch.testing.assert_close(got.alpha.double(), alpha, rtol=1e-5, atol=1e-6)
+
+
+def test_head_kl_keeps_no_gradient_state_without_grad():
+    g = torch.Generator().manual_seed(0)
+    x, w, last = torch.randn(5, 4, generator=g), torch.randn(9, 4, generator=g), torch.randn(5, 4, generator=g)
+    with torch.no_grad():
+        r = head_kl(x, w, TargetRows(last, w, None, None))
+    assert not r.loss.requires_grad and r.hits.shape == (5,) and torch.isfinite(r.alpha)
+
+
+def _records(target, n=4, length=18, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, target.config.vocab_size, (length,), generator=g)
+        with torch.no_grad():
+            hs = target(ids[None], output_hidden_states=True).hidden_states
+        out.append({"input_ids": ids, "features": hs[-1][0], "last_hidden": hs[-1][0], "prompt_len": 2 + len(out)})
+    return out
+
+
+@pytest.mark.parametrize("head", ["truncated", "target", "lowrank"])
+@pytest.mark.parametrize("cached_stats", [False, True])
+def test_fused_unroll_loss_equals_the_plain_unroll_loss(head, cached_stats):
+    target = tiny_target(vocab=128, layers=2, hidden=64, seed=3).double()
+    model = tiny_drafter_model(target, head=head, seed=5, **({"head_rank": 8} if head == "lowrank" else {})).double()
+    cfg = TrainConfig(unroll_steps=3, step_weights=[1.0, 0.5, 0.25], precision="float32", max_len=64)
+    weight = target.get_output_embeddings().weight
+    batch = collate(_records(target), 64)
+    batch = batch | {"feats": batch["feats"].double(), "last": batch["last"].double()}
+    if cached_stats:  # what a state cache stores beside the states
+        lse, top = full_vocab_stats(batch["last"].flatten(0, 1), weight)
+        batch |= {"lse": lse.view(batch["ids"].shape), "top": top.view(batch["ids"].shape)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    unroll = Unroll(model)
+    got, got_m = unroll_loss(unroll, model, batch, weight, cfg, steps=4, alpha_rows=5)
+    want, want_m = unroll_loss(unroll, model, batch, weight, cfg, steps=4, alpha_rows=5, fused=False)
+    torch.testing.assert_close(got.double(), want.double())
+    for a, b in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params)):
+        torch.testing.assert_close(a, b)
+    assert got_m.keys() == want_m.keys()
+    for k in want_m:
+        assert got_m[k] == pytest.approx(want_m[k], rel=1e-6, abs=1e-7, nan_ok=True), k
+
+
+def test_fused_unroll_loss_under_bf16_autocast_matches_the_plain_one():
+    target = tiny_target(vocab=128, layers=2, hidden=64, seed=3)
+    model = tiny_drafter_model(target, head="truncated", seed=5)
+    cfg = TrainConfig(unroll_steps=3, precision="bfloat16", max_len=64)
+    weight = target.get_output_embeddings().weight
+    batch = collate(_records(target, n=6), 64)
+    params = [p for p in model.parameters() if p.requires_grad]
+    unroll = Unroll(model)
+    with torch.autocast("cpu", torch.bfloat16):
+        got, got_m = unroll_loss(unroll, model, batch, weight, cfg)
+        want, want_m = unroll_loss(unroll, model, batch, weight, cfg, fused=False)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=1e-4)
+    for a, b in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params)):
+        # bf16 gradients, summed in another order: compared as vectors
+        assert (a - b).norm() <= 0.02 * b.norm() + 1e-6, (float((a - b).norm()), float(b.norm()))
+    assert got_m["acc_0"] == pytest.approx(want_m["acc_0"], abs=0.02)
+    assert got_m["chain_tau"] == pytest.approx(want_m["chain_tau"], abs=0.05)
