@@ -1,6 +1,6 @@
 """The KL loss of one unroll step through the draft head, a block of rows at a time.
 
-The plain path (train.unroll_loss with any other loss) materialises each step's [N, V] logits,
+The plain path (unroll_loss.py with any other loss) materialises each step's [N, V] logits,
 casts them to float32, takes log-softmaxes, products and row gathers and keeps them for the
 backward pass: a dozen passes over N x 3,584 x 4 bytes (180 MB at a chat batch's N = 12,518),
 about a quarter of a bf16 step on 2 cores, all of it memory traffic. Here each block of rows
