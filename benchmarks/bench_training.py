@@ -3,13 +3,17 @@
 load average beside every figure.
 
     python benchmarks/bench_training.py [--threads 2] [--steps 6] [--batch 8] [--seq 384]
-        [--cache-records 16] [--parts train,cache] [--recipe plain|suite] [--work DIR]
+        [--cache-records 16] [--parts train,cache] [--recipe plain|suite] [--drafter eagle1|eagle3]
+        [--loss-path fused|plain] [--work DIR]
 
 Data: real text, not random ids: ShareGPT conversations (a human turn and the ShareGPT answer)
 through the target's chat template, cut to --seq tokens; the loss covers the answer (what the
-suite trains), and "trained tokens" counts exactly those rows. The drafter is the shipped math
-drafter's shape (eagle1, one layer, truncated 3,584-token head, 3-step unroll, AdamW), with the
-suite's final recipe (RepSpec during training, `--recipe suite`) or without it (`plain`).
+suite trains), and "trained tokens" counts exactly those rows. The drafter: one layer, truncated
+3,584-token head, 3-step unroll, KL, AdamW; `--drafter eagle3` (the shipped drafters: features
+from three target layers) or eagle1 (the last layer's state); RepSpec branches while training
+(`--recipe suite`, the earlier suite recipe) or a plain layer (`plain`, what the shipped drafters
+train). `--loss-path plain` takes the whole step's logits instead of the fused, blocked head and
+loss (drafters/training/fused_head_loss.py), for comparison.
 Training reads states from the cache (the suite's CPU path): each run times `train_drafter`
 itself over --steps steps, resumed after --warmup untimed ones. Beside wall-clock figures it
 prints tokens per CPU-second of this process, which other busy processes inflate far less (with
@@ -32,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runtime import assets  # noqa: E402
+from drafters.config import default_eagle3_layers  # noqa: E402
 from drafters.training.cli import make_drafter_config  # noqa: E402
 from drafters.training.corpus import chat_prompt_ids  # noqa: E402
 from drafters.training.data import iter_sharegpt  # noqa: E402
@@ -77,7 +82,7 @@ def bench_cache(target, records, dtype, batch_tokens: int, folder: Path) -> dict
 
 def bench_train(target, records, precision: str, args, work: Path) -> dict:
     # suite.json's recipe: lr 6e-4 after a 30-step warm-up (RepSpec diverges without one)
-    cfg = TrainConfig(drafter="eagle1", head="truncated", draft_vocab_size=3584, loss="kl", unroll_steps=3,
+    cfg = TrainConfig(drafter=args.drafter, head="truncated", draft_vocab_size=3584, loss="kl", unroll_steps=3,
                       step_weights=[1.0, 0.8, 0.64], lr=6e-4, warmup_steps=30, batch_size=args.batch, max_len=args.seq,
                       repspec="repspec" if args.recipe == "suite" else "off", precision=precision,
                       epochs=1000, max_steps=args.warmup + args.steps, checkpoint_every=10**6)
@@ -91,10 +96,18 @@ def bench_train(target, records, precision: str, args, work: Path) -> dict:
     # warm-up steps first (their checkpoint ends the run), then the timed steps resume from it,
     # timed around the call: wall seconds, and this process's CPU seconds, which a busy machine
     # inflates far less than wall time (one thread: about what an idle core would take)
-    train_drafter(model, head, records, cfg.model_copy(update={"max_steps": args.warmup}), work, progress=False)
-    wall, cpu = time.perf_counter(), time.process_time()
-    train_drafter(model, head, records, cfg, work, progress=False)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    from drafters.training import train
+
+    real = train.unroll_loss
+    if args.loss_path == "plain":
+        train.unroll_loss = lambda *a, **k: real(*a, **k, fused=False)
+    try:
+        train_drafter(model, head, records, cfg.model_copy(update={"max_steps": args.warmup}), work, progress=False)
+        wall, cpu = time.perf_counter(), time.process_time()
+        train_drafter(model, head, records, cfg, work, progress=False)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        train.unroll_loss = real
     log = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     timed = log[args.warmup :]
     trained = sum(r["tokens"] for r in timed)
@@ -116,6 +129,10 @@ def main() -> None:
     p.add_argument("--cache-batch-tokens", type=int, default=4096)
     p.add_argument("--recipe", choices=("suite", "plain"), default="plain",
                    help="plain: the shipped (merged) drafter's layer; suite: RepSpec branches while training")
+    p.add_argument("--drafter", choices=("eagle1", "eagle3"), default="eagle3",
+                   help="eagle3: features from three target layers (the shipped drafters); eagle1: the last state")
+    p.add_argument("--loss-path", choices=("fused", "plain"), default="fused",
+                   help="fused: the KL loss through the blocked head (the default path); plain: whole-step logits")
     p.add_argument("--work", help="keep the training states here (reused by later runs) instead of a temporary folder")
     p.add_argument("--parts", default="train,cache")
     p.add_argument("--precisions", default="float32,bfloat16")
@@ -146,11 +163,12 @@ def main() -> None:
                 print(f"\nbf16 vs float32 states: the target's argmax agrees on {float((a == b).float().mean()):.4f} "
                       "of the tokens")
         if "train" in parts:
-            cache_dir = keep / f"train-states-{args.seq}"
-            cache_hidden_states(target, records[:n_train], [-1], cache_dir, shard_records=8, dtype=torch.bfloat16,
+            layers = [-1] if args.drafter == "eagle1" else default_eagle3_layers(int(target.config.num_hidden_layers))
+            cache_dir = keep / f"train-states-{args.seq}-{args.drafter}"
+            cache_hidden_states(target, records[:n_train], layers, cache_dir, shard_records=8, dtype=torch.bfloat16,
                                 compute_dtype=torch.bfloat16, on_change="rebuild", progress=False)
             train_records = load_hidden_cache(cache_dir)
-            print(f"\n| drafter training ({args.recipe} recipe), batch {args.batch} x {args.seq} | steps | s/step | "
+            print(f"\n| {args.drafter} drafter training ({args.recipe} recipe, {args.loss_path} loss), batch {args.batch} x {args.seq} | steps | s/step | "
                   "trained tokens/s | all tokens/s | trained tokens per CPU-second | loss first -> last | load |"
                   "\n|---|---:|---:|---:|---:|---:|---|---|")
             for prec in precisions:

@@ -51,12 +51,22 @@ def test_head_kl_equals_the_plain_losses_and_metrics(n, vocab, block, truncate, 
     torch.testing.assert_close(got.alpha.double(), alpha, rtol=1e-5, atol=1e-6)
 
 
-def test_head_kl_keeps_no_gradient_state_without_grad():
+def test_head_kl_computes_no_gradients_without_grad(monkeypatch):
+    """Evaluation (torch.no_grad) with trainable inputs: no gradient matmul runs."""
     g = torch.Generator().manual_seed(0)
-    x, w, last = torch.randn(5, 4, generator=g), torch.randn(9, 4, generator=g), torch.randn(5, 4, generator=g)
+    x = torch.randn(5, 4, generator=g, requires_grad=True)
+    w = torch.randn(9, 4, generator=g, requires_grad=True)
+    last = torch.randn(5, 4, generator=g)
+    shapes = []
+    real = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: shapes.append((tuple(a.shape), tuple(b.shape))) or real(a, b))
     with torch.no_grad():
         r = head_kl(x, w, TargetRows(last, w, None, None))
     assert not r.loss.requires_grad and r.hits.shape == (5,) and torch.isfinite(r.alpha)
+    assert sorted(shapes) == [((5, 4), (4, 9)), ((5, 4), (4, 9))]  # the drafter's and the target's logits only
+    shapes.clear()
+    head_kl(x, w, TargetRows(last, w, None, None))
+    assert ((5, 9), (9, 4)) in shapes and ((9, 5), (5, 4)) in shapes  # with grad: both gradients
 
 
 def _records(target, n=4, length=18, seed=0):

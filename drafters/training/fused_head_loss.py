@@ -49,9 +49,10 @@ def block_rows(vocab: int) -> int:
 
 class _HeadKL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, target: TargetRows, draft_ids, alpha_every: int, dtype: torch.dtype):
+    def forward(ctx, x, weight, target: TargetRows, draft_ids, alpha_every: int, dtype: torch.dtype, grad: bool):
         n, vocab = x.shape[0], weight.shape[0]
-        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # needs_input_grad holds under no_grad too: `grad` says whether a graph is being recorded
+        want_x, want_w = grad and ctx.needs_input_grad[0], grad and ctx.needs_input_grad[1]
         xc, wc = x.to(dtype), weight.to(dtype)
         th, tw = target.hidden.to(dtype), target.weight.to(dtype)
         kl_sum = torch.zeros((), dtype=torch.float64, device=x.device)
@@ -99,7 +100,7 @@ class _HeadKL(torch.autograd.Function):
     def backward(ctx, grad_loss, _hits, _alpha):
         grad_x, grad_w = ctx.saved_tensors
         return (grad_x * grad_loss if grad_x is not None else None,
-                grad_w * grad_loss if grad_w is not None else None, None, None, None, None)
+                grad_w * grad_loss if grad_w is not None else None, None, None, None, None, None)
 
 
 def head_kl(x: torch.Tensor, weight: torch.Tensor, target: TargetRows, draft_ids: torch.Tensor | None = None,
@@ -114,4 +115,4 @@ def head_kl(x: torch.Tensor, weight: torch.Tensor, target: TargetRows, draft_ids
     every = max(1, -(-x.shape[0] // alpha_rows)) if alpha_rows else 1
     dtype = compute_dtype(x)
     with torch.autocast(x.device.type, enabled=False):
-        return StepKL(*_HeadKL.apply(x, weight, target, draft_ids, every, dtype))
+        return StepKL(*_HeadKL.apply(x, weight, target, draft_ids, every, dtype, torch.is_grad_enabled()))
