@@ -51,3 +51,17 @@ def char_tokenizer():
                                    pad_token="<unk>")
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def states_records(target, n: int = 6, length: int = 20, seed: int = 0, prompt_lens=None) -> list[dict]:
+    """n random sequences with the target's last-layer states cached as a state cache holds them
+    (features = last_hidden); prompt_len 4 each, or `prompt_lens[i]`."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        ids = torch.randint(0, target.config.vocab_size, (length,), generator=g)
+        with torch.no_grad():
+            hs = target(ids[None], output_hidden_states=True).hidden_states
+        prompt_len = 4 if prompt_lens is None else prompt_lens[i]
+        out.append({"input_ids": ids, "features": hs[-1][0], "last_hidden": hs[-1][0], "prompt_len": prompt_len})
+    return out

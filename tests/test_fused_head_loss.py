@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drafter_fixtures import tiny_drafter_model, tiny_target
+from drafter_fixtures import states_records, tiny_drafter_model, tiny_target
 from drafters.losses import acceptance_rate, forward_kl
 from drafters.training import fused_head_loss
 from drafters.training.fused_head_loss import TargetRows, head_kl
@@ -69,17 +69,6 @@ def test_head_kl_computes_no_gradients_without_grad(monkeypatch):
     assert ((5, 9), (9, 4)) in shapes and ((9, 5), (5, 4)) in shapes  # with grad: both gradients
 
 
-def _records(target, n=4, length=18, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(0, target.config.vocab_size, (length,), generator=g)
-        with torch.no_grad():
-            hs = target(ids[None], output_hidden_states=True).hidden_states
-        out.append({"input_ids": ids, "features": hs[-1][0], "last_hidden": hs[-1][0], "prompt_len": 2 + len(out)})
-    return out
-
-
 @pytest.mark.parametrize("head", ["truncated", "target", "lowrank"])
 @pytest.mark.parametrize("cached_stats", [False, True])
 def test_fused_unroll_loss_equals_the_plain_unroll_loss(head, cached_stats):
@@ -87,7 +76,7 @@ def test_fused_unroll_loss_equals_the_plain_unroll_loss(head, cached_stats):
     model = tiny_drafter_model(target, head=head, seed=5, **({"head_rank": 8} if head == "lowrank" else {})).double()
     cfg = TrainConfig(unroll_steps=3, step_weights=[1.0, 0.5, 0.25], precision="float32", max_len=64)
     weight = target.get_output_embeddings().weight
-    batch = collate(_records(target), 64)
+    batch = collate(states_records(target, n=4, length=18, prompt_lens=[2, 3, 4, 5]), 64)
     batch = batch | {"feats": batch["feats"].double(), "last": batch["last"].double()}
     if cached_stats:  # what a state cache stores beside the states
         lse, top = full_vocab_stats(batch["last"].flatten(0, 1), weight)
@@ -109,7 +98,7 @@ def test_fused_unroll_loss_under_bf16_autocast_matches_the_plain_one():
     model = tiny_drafter_model(target, head="truncated", seed=5)
     cfg = TrainConfig(unroll_steps=3, precision="bfloat16", max_len=64)
     weight = target.get_output_embeddings().weight
-    batch = collate(_records(target, n=6), 64)
+    batch = collate(states_records(target, n=6, length=18, prompt_lens=[2, 3, 4, 5, 6, 7]), 64)
     params = [p for p in model.parameters() if p.requires_grad]
     unroll = Unroll(model)
     with torch.autocast("cpu", torch.bfloat16):

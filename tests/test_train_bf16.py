@@ -8,22 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drafter_fixtures import tiny_drafter_model, tiny_target
+from drafter_fixtures import states_records, tiny_drafter_model, tiny_target
 from drafters.training import precision
 from drafters.losses import LOSSES, acceptance_rate, distillation_loss
 from drafters.training.target_side import full_vocab_stats, target_side
 from drafters.training.train import TrainConfig, Unroll, collate, make_optimizer, train_drafter, unroll_loss
-
-
-def states_records(target, n=6, length=20, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(0, target.config.vocab_size, (length,), generator=g)
-        with torch.no_grad():
-            hs = target(ids[None], output_hidden_states=True).hidden_states
-        out.append({"input_ids": ids, "features": hs[-1][0], "last_hidden": hs[-1][0], "prompt_len": 4})
-    return out
 
 
 @pytest.mark.parametrize("loss", LOSSES)
