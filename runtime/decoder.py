@@ -72,7 +72,7 @@ class Decoder:
         return len(self.model.model.layers)
 
     def new_cache(self, capacity: int = 256) -> KVCache:
-        return KVCache(self.num_layers, self.n_kv, self.head_dim, self.dtype, self.device, capacity, spaced=self.invariant)
+        return KVCache(self.num_layers, self.n_kv, self.head_dim, self.dtype, self.device, capacity)
 
     def plan(self) -> Plan:
         """The model's plan for a forward now (runtime/plan.py): packed linears on the CPU with
@@ -145,8 +145,7 @@ class Decoder:
             windowed = windows.get(self.windows[i])
             mask, causal = (windowed, False) if windowed is not None else (mask, causal)
             if blocks is not None:
-                cached = cache.spaced_operands(i) if cache.spaced else None
-                y = invariant_attention(qs, keys, values, None if mask is None else mask[0, 0], blocks, self.scale, cached)
+                y = invariant_attention(qs, keys, values, None if mask is None else mask[0, 0], blocks, self.scale)
             else:
                 y = F.scaled_dot_product_attention(qs, keys, values, attn_mask=mask, is_causal=causal,
                                                    scale=self.scale, enable_gqa=self.n_heads != self.n_kv)

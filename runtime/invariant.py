@@ -32,7 +32,6 @@ facts that `check_kernels` verifies on the running machine:
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import torch
 
@@ -47,14 +46,11 @@ KEY_SPACING = 2  # slots per key on the bf16 matmul's key axis: the key, then it
 
 
 def invariant_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
-                        blocks: list[slice | torch.Tensor], scale: float,
-                        cached: "SpacedOperands | None" = None) -> torch.Tensor:
+                        blocks: list[slice | torch.Tensor], scale: float) -> torch.Tensor:
     """q [1, H, n, hd] (bf16), keys/values [1, KV, S, hd] (bf16), mask additive [n, S] or None
     (every query sees every key), blocks: `key_blocks` of the key slots' positions
     -> [1, H, n, hd] bf16; each query row's result is a function of its own visible keys in
-    position order alone. `cached`: the same keys and values kept by the KV cache in the forms
-    this attention multiplies (float32 keys, spaced values), so they are not rebuilt per call;
-    the result is the same to the bit (check_kernels compares both)."""
+    position order alone."""
     _, heads, n, hd = q.shape
     kv, s = keys.shape[1], keys.shape[2]
     group = heads // kv
@@ -62,27 +58,24 @@ def invariant_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     # head h = kv_head * group + g: rows (g, query) per kv head; fewer than MIN_ROWS padded with zeros
     qf = torch.zeros(kv, max(rows, MIN_ROWS), hd, dtype=torch.float32, device=q.device)
     qf[:, :rows].view(kv, group, n, hd).copy_(q[0].unflatten(0, (kv, group)))
-    keys32 = keys[0].float() if cached is None else cached.keys32[0, :, :s]
-    scores = torch.matmul(qf, keys32.transpose(1, 2))[:, :rows] * scale  # [KV, rows, S]
+    scores = torch.matmul(qf, keys[0].float().transpose(1, 2))[:, :rows] * scale  # [KV, rows, S]
     scores = scores.view(kv, group, n, s)
     if mask is not None:
         scores = scores + mask.to(torch.float32)
     weights = torch.exp(scores - scores.amax(dim=-1, keepdim=True)).view(kv, rows, s)
     total = None
     for cols in blocks:
-        part = _block_sum(weights, values[0], cols, None if cached is None else cached.spaced[0])
+        part = _block_sum(weights, values[0], cols)
         total = part if total is None else total + part
     out = total[..., :hd] / total[..., hd:]
     return out.view(1, heads, n, hd).to(q.dtype)
 
 
-def _block_sum(weights: torch.Tensor, values: torch.Tensor, cols: slice | torch.Tensor,
-               spaced: torch.Tensor | None = None) -> torch.Tensor:
+def _block_sum(weights: torch.Tensor, values: torch.Tensor, cols: slice | torch.Tensor) -> torch.Tensor:
     """float32 [KV, rows, hd + 1]: the key slots `cols` of weights [KV, rows, S] (float32, rounded
     to bf16 here) times [V | 1] (values [KV, S, hd] bf16), in ONE bf16 matmul whose key axis
     holds each key at an even slot with a zero key after it, padded with zero keys to a
-    multiple of KEY_QUANTUM (the module docstring says why). `spaced` [KV, R, hd + 1]: that
-    operand for every slot already (`spaced_values`): a contiguous block is a view of it."""
+    multiple of KEY_QUANTUM (the module docstring says why)."""
     kv, rows, hd = weights.shape[0], weights.shape[1], values.shape[2]
     count = _width(cols, weights.shape[2])
     _check_width(count)
@@ -90,45 +83,10 @@ def _block_sum(weights: torch.Tensor, values: torch.Tensor, cols: slice | torch.
     width = used + -used % KEY_QUANTUM
     w = torch.zeros(kv, rows, width, dtype=torch.bfloat16, device=weights.device)
     w[..., :used:KEY_SPACING] = weights[..., cols]  # rounded to bf16 as .to(bfloat16) rounds
-    start = _contiguous_start(cols, weights.shape[2])
-    if spaced is not None and start is not None:
-        # rows past `used` hold other slots' [v, 1] or zeros: their weights are exactly zero, so
-        # they add exact zeros, as the zero padding does
-        x = spaced[:, KEY_SPACING * start : KEY_SPACING * start + width]
-    else:
-        x = torch.zeros(kv, width, hd + 1, dtype=values.dtype, device=values.device)
-        x[:, :used:KEY_SPACING, :hd] = values[:, cols]
-        x[:, :used:KEY_SPACING, hd] = 1
+    x = torch.zeros(kv, width, hd + 1, dtype=values.dtype, device=values.device)
+    x[:, :used:KEY_SPACING, :hd] = values[:, cols]
+    x[:, :used:KEY_SPACING, hd] = 1
     return torch.matmul(w, x).float()
-
-
-def _contiguous_start(cols: slice | torch.Tensor, total: int) -> int | None:
-    """The first slot of `cols` when they are consecutive slots (a slice of step 1), else None."""
-    if not isinstance(cols, slice):
-        return None
-    start, _, step = cols.indices(total)
-    return start if step == 1 else None
-
-
-class SpacedOperands(NamedTuple):
-    """A KV cache layer's keys and values in the forms the invariant attention multiplies."""
-    keys32: torch.Tensor  # [1, KV, >= S, hd] float32
-    spaced: torch.Tensor  # [1, KV, >= spaced_rows(S), hd + 1] bf16: slot s's [v, 1] at row 2s, zeros at 2s + 1
-
-
-def spaced_rows(slots: int) -> int:
-    """Rows of a spaced-values buffer for `slots` key slots (room for the last block's padding)."""
-    return KEY_SPACING * slots + KEY_QUANTUM
-
-
-def spaced_values(values: torch.Tensor, rows: int | None = None) -> torch.Tensor:
-    """values [..., S, hd] -> [..., rows (default spaced_rows(S)), hd + 1]: slot s's values and a
-    one at row KEY_SPACING * s, zeros elsewhere."""
-    s, hd = values.shape[-2], values.shape[-1]
-    out = values.new_zeros(*values.shape[:-2], spaced_rows(s) if rows is None else rows, hd + 1)
-    out[..., : KEY_SPACING * s : KEY_SPACING, :hd] = values
-    out[..., : KEY_SPACING * s : KEY_SPACING, hd] = 1
-    return out
 
 
 def _check_width(keys: int) -> None:
@@ -182,12 +140,6 @@ def check_kernels(device: str = "cpu") -> str | None:
                                   key_blocks(positions[: prefix + n]), 0.125)
         if not torch.equal(out[:, :, :1], one):
             return f"attention row 0 differs between 1 and {n} query rows"
-        # the KV cache's forms of the same keys and values (views with later slots' values
-        # beyond the block, where the weights are zero)
-        cached = SpacedOperands(keys.float(), spaced_values(values))
-        if not torch.equal(invariant_attention(q[:, :, :n], keys[:, :, : prefix + n], values[:, :, : prefix + n],
-                                               mask, key_blocks(positions[: prefix + n]), 0.125, cached), out):
-            return f"attention over the cache's spaced values differs from the values spaced per call ({n} rows)"
         # row n-1 sees the prefix plus the visible tail slots: the same keys packed contiguously
         visible = allowed[n - 1].nonzero().flatten().to(device) + prefix
         cols = torch.cat([torch.arange(prefix, device=device), visible])

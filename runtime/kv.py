@@ -5,29 +5,18 @@ drafters (batched or not).
 Layout [layers, batch, kv_heads, capacity, head_dim]; positions [0, length) are live. A forward
 writes its new entries at `length` and attends over a view of [0, length + n): no concatenation,
 no allocation per step. Compaction after verification moves the kept rows down in place.
-Capacity grows by doubling when a write would not fit (one copy, rare).
-
-With `spaced=True` (a bf16 target on the CPU: runtime/invariant.py) the cache also keeps each
-layer's keys in float32 and its values in the spaced [v, 1 | 0] layout that attention multiplies,
-written once per token instead of rebuilt by every layer at every step (at 300 cached tokens
-that rebuilding was ~2 ms of a ~43 ms forward on one thread; docs/results/amx-2026-12-05b)."""
+Capacity grows by doubling when a write would not fit (one copy, rare)."""
 from __future__ import annotations
 
 import torch
 
-from .invariant import KEY_SPACING, SpacedOperands, spaced_rows
-
 
 class KVCache:
     def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device | str = "cpu", capacity: int = 256, batch: int = 1, spaced: bool = False):
+                 device: torch.device | str = "cpu", capacity: int = 256, batch: int = 1):
         shape = (layers, batch, kv_heads, max(1, capacity), head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
-        self.spaced = spaced
-        if spaced:
-            self.keys32 = torch.zeros(shape, dtype=torch.float32, device=device)
-            self.spaced_values = self._new_spaced(max(1, capacity))
         # the token position of every slot (tree nodes share positions): sliding windows need it
         self.positions = torch.zeros(max(1, capacity), dtype=torch.long)
         self.length = 0
@@ -42,15 +31,11 @@ class KVCache:
         if need <= self.capacity:
             return
         capacity = max(need, 2 * self.capacity)
-        for name in ("keys", "values") + (("keys32",) if self.spaced else ()):
+        for name in ("keys", "values"):
             old = getattr(self, name)
             new = old.new_zeros((*old.shape[:3], capacity, old.shape[4]))
             new[:, :, :, : self.length] = old[:, :, :, : self.length]
             setattr(self, name, new)
-        if self.spaced:
-            old, used = self.spaced_values, KEY_SPACING * self.length
-            self.spaced_values = self._new_spaced(capacity)
-            self.spaced_values[:, :, :, :used] = old[:, :, :, :used]
         positions = self.positions.new_zeros(capacity)
         positions[: self.length] = self.positions[: self.length]
         self.positions = positions
@@ -69,22 +54,7 @@ class KVCache:
         end = self.length + k.shape[2]
         self.keys[layer, :, :, self.length : end] = k
         self.values[layer, :, :, self.length : end] = v
-        if self.spaced:
-            self.keys32[layer, :, :, self.length : end] = k
-            self.spaced_values[layer, :, :, KEY_SPACING * self.length : KEY_SPACING * end : KEY_SPACING, :-1] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
-
-    def spaced_operands(self, layer: int) -> SpacedOperands:
-        """Layer's float32 keys and spaced values (a `spaced` cache; views, every slot)."""
-        return SpacedOperands(self.keys32[layer], self.spaced_values[layer])
-
-    def _new_spaced(self, capacity: int) -> torch.Tensor:
-        """[layers, batch, kv_heads, spaced_rows(capacity), head_dim + 1]: the ones column set at
-        every slot's row (a slot not yet written holds zero values and a one; its weight is zero)."""
-        layers, batch, kv, _, hd = self.keys.shape
-        out = self.keys.new_zeros(layers, batch, kv, spaced_rows(capacity), hd + 1)
-        out[..., : KEY_SPACING * capacity : KEY_SPACING, hd] = 1
-        return out
 
     def advance(self, n: int) -> None:
         self.length += n
@@ -105,9 +75,5 @@ class KVCache:
             src = start + tail.to(self.keys.device)
             self.keys[:, :, :, start : start + n] = self.keys[:, :, :, src]
             self.values[:, :, :, start : start + n] = self.values[:, :, :, src]
-            if self.spaced:
-                self.keys32[:, :, :, start : start + n] = self.keys32[:, :, :, src]
-                rows = slice(KEY_SPACING * start, KEY_SPACING * (start + n), KEY_SPACING)
-                self.spaced_values[:, :, :, rows] = self.spaced_values[:, :, :, KEY_SPACING * src]
             self.positions[start : start + n] = self.positions[src.cpu()]
         self.length = start + n

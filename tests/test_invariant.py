@@ -154,38 +154,6 @@ def test_tree_forward_logits_equal_plain_decoding(tiny_bf16, prefix, n, seed):
         _check_tree_against_plain(tiny_bf16, prefix, n, seed)
 
 
-@SETTINGS
-@given(prefix=st.integers(1, 600), trees=st.lists(st.integers(1, 40), min_size=1, max_size=4),
-       capacity=st.sampled_from([1, 16, 256]), seed=st.integers(0, 2**16))
-def test_the_caches_spaced_values_give_the_bits_of_values_spaced_per_call(tiny_bf16, prefix, trees, capacity, seed):
-    """A spaced cache (float32 keys and [v, 1 | 0] values kept beside the plain ones, written once
-    per token, grown, compacted after each tree) gives every logit of a prefill, trees and the
-    tokens after them bit-identical to a plain cache whose operands are built per call."""
-    from runtime.kv import KVCache
-
-    g = torch.Generator().manual_seed(seed)
-    d = tiny_bf16
-    caches = [KVCache(d.num_layers, d.n_kv, d.head_dim, BF16, capacity=capacity, spaced=spaced) for spaced in (True, False)]
-    prompt = torch.randint(0, 96, (prefix,), generator=g)
-    with torch.inference_mode():
-        outs = [d.forward(prompt, torch.arange(prefix), c, None).logits for c in caches]
-        assert torch.equal(*outs)
-        for n in trees:
-            parents = _random_tree(n, g, reach=3)
-            tokens = torch.randint(0, 96, (n,), generator=g)
-            depths = _depths(parents)
-            anc = ancestor_matrix(parents, depths)
-            start = caches[0].length
-            outs = [d.forward(tokens, depths + start, c, attention_mask(anc, start, BF16)).logits for c in caches]
-            assert torch.equal(*outs), (prefix, n)
-            path = anc[int(torch.randint(0, n, (1,), generator=g))].nonzero().flatten()
-            for c in caches:
-                c.keep(start, path)
-            nxt = torch.randint(0, 96, (1,), generator=g)
-            outs = [d.forward(nxt, torch.tensor([c.length]), c, None).logits for c in caches]
-            assert torch.equal(*outs), (prefix, n, "after keep")
-
-
 @settings(derandomize=True, deadline=None, max_examples=6)
 @given(offset=st.integers(-40, 8), n=st.integers(8, 48), seed=st.integers(0, 2**16))
 def test_tree_forward_equal_plain_decoding_across_a_key_block_boundary(tiny_bf16, offset, n, seed):

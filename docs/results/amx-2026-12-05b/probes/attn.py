@@ -1,7 +1,7 @@
 # run from the repository root: PYTHONPATH=. .venv/bin/python docs/results/amx-2026-12-05b/probes/attn.py [args]
 import time, torch, statistics
 import torch.nn.functional as F
-from runtime.invariant import SpacedOperands, invariant_attention, key_blocks, spaced_values
+from runtime.invariant import invariant_attention, key_blocks
 torch.set_num_threads(1)
 bf = torch.bfloat16
 for S in (300, 600):
@@ -10,15 +10,12 @@ for S in (300, 600):
         blocks = key_blocks(torch.arange(S))
         mask = torch.zeros(n, S, dtype=bf)
         def inv(): invariant_attention(q, k, v, mask if n > 1 else None, blocks, 0.125)
-        cached = SpacedOperands(k.float(), spaced_values(v))
-        def inv_cached(): invariant_attention(q, k, v, mask if n > 1 else None, blocks, 0.125, cached)
         def sdpa(): F.scaled_dot_product_attention(q, k, v, attn_mask=mask if n > 1 else None, enable_gqa=True, scale=0.125)
         res = {}
-        for name, f in (("inv", inv), ("cached", inv_cached), ("sdpa", sdpa)):
+        for name, f in (("inv", inv), ("sdpa", sdpa)):
             for _ in range(20): f()
             ts = []
             for _ in range(200):
                 t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
             res[name] = statistics.median(ts) * 1e6
-        print(f"S {S} n {n}: invariant {res['inv']:.0f} us, with the cache's operands {res['cached']:.0f} us, sdpa {res['sdpa']:.0f} us"
-              f"  (x30 layers: {res['inv']*30/1e3:.1f} / {res['cached']*30/1e3:.1f} / {res['sdpa']*30/1e3:.1f} ms)")
+        print(f"S {S} n {n}: invariant {res['inv']:.0f} us, sdpa {res['sdpa']:.0f} us  (x30 layers: {res['inv']*30/1e3:.1f} ms vs {res['sdpa']*30/1e3:.1f} ms)")
