@@ -19,12 +19,15 @@ itself over --steps steps, resumed after --warmup untimed ones. Beside wall-cloc
 prints tokens per CPU-second of this process, which other busy processes inflate far less (with
 one thread, about what an idle core would give).
 Run it alone: on 2 cores another busy process changes the figures several-fold.
+`SPECMUX_KEEP_FREED_MEMORY=0` measures with glibc's default malloc (runtime/allocator.py; the
+page faults column shows the difference).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -36,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runtime import assets  # noqa: E402
+from runtime.allocator import keep_freed_memory  # noqa: E402
 from drafters.config import default_eagle3_layers  # noqa: E402
 from drafters.training.cli import make_drafter_config  # noqa: E402
 from drafters.training.corpus import chat_prompt_ids  # noqa: E402
@@ -103,16 +107,17 @@ def bench_train(target, records, precision: str, args, work: Path) -> dict:
         train.unroll_loss = lambda *a, **k: real(*a, **k, fused=False)
     try:
         train_drafter(model, head, records, cfg.model_copy(update={"max_steps": args.warmup}), work, progress=False)
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu, faults = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         train_drafter(model, head, records, cfg, work, progress=False)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     finally:
         train.unroll_loss = real
     log = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     timed = log[args.warmup :]
     trained = sum(r["tokens"] for r in timed)
     return {"steps": len(timed), "seconds": wall, "cpu_seconds": cpu, "trained_per_s": trained / wall,
-            "trained_per_cpu_s": trained / cpu, "processed_per_s": args.batch * (args.seq - 1) * len(timed) / wall,
+            "trained_per_cpu_s": trained / cpu, "faults_per_step": faults / max(1, len(timed)), "processed_per_s": args.batch * (args.seq - 1) * len(timed) / wall,
             "loss": [round(log[0]["loss"], 4), round(log[-1]["loss"], 4)], "load": load()}
 
 
@@ -144,6 +149,7 @@ def main() -> None:
     n_train = max(args.train_records, args.batch)  # the steps cycle over them (epochs)
     records = sharegpt_records(tokenizer, max(n_train, args.cache_records), args.seq)
     print(f"torch {torch.__version__}, {args.threads} threads, CPU native bf16: {cpu_native_bf16()}, "
+          f"freed memory kept (runtime/allocator.py): {keep_freed_memory()}, "
           f"{torch.backends.cpu.get_cpu_capability()}; {len(records)} ShareGPT records of {args.seq} tokens")
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,12 +175,13 @@ def main() -> None:
                                 compute_dtype=torch.bfloat16, on_change="rebuild", progress=False)
             train_records = load_hidden_cache(cache_dir)
             print(f"\n| {args.drafter} drafter training ({args.recipe} recipe, {args.loss_path} loss), batch {args.batch} x {args.seq} | steps | s/step | "
-                  "trained tokens/s | all tokens/s | trained tokens per CPU-second | loss first -> last | load |"
-                  "\n|---|---:|---:|---:|---:|---:|---|---|")
+                  "trained tokens/s | all tokens/s | trained tokens per CPU-second | page faults/step | loss first -> last | load |"
+                  "\n|---|---:|---:|---:|---:|---:|---:|---|---|")
             for prec in precisions:
                 r = bench_train(target, train_records, prec, args, Path(tmp) / f"train-{prec}")
                 print(f"| {prec} | {r['steps']} | {r['seconds'] / r['steps']:.2f} | {r['trained_per_s']:,.0f} | "
-                      f"{r['processed_per_s']:,.0f} | {r['trained_per_cpu_s']:,.0f} | {r['loss'][0]} -> {r['loss'][1]} | "
+                      f"{r['processed_per_s']:,.0f} | {r['trained_per_cpu_s']:,.0f} | {r['faults_per_step']:,.0f} | "
+                      f"{r['loss'][0]} -> {r['loss'][1]} | "
                       f"{r['load']} |", flush=True)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from runtime.allocator import keep_freed_memory
 from runtime.atomic import save_tensors, write_json
 from drafters.checkpoint import target_fingerprint
 from .target_side import full_vocab_stats
@@ -107,6 +108,7 @@ def cache_hidden_states(target, records: list[dict], layers, out_dir: str | Path
     """Cache the states of `records` under `out_dir`, resuming after the last finished shard.
     `dtype`: what is stored; `compute_dtype`: what the target runs in (None: its own dtype);
     `batch_tokens`: padded tokens per forward."""
+    keep_freed_memory()  # runtime/allocator.py
     out_dir = Path(out_dir)
     layers = list(layers)
     dedup = features_are_last(target, layers)

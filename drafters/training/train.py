@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from trees import attention_mask
 
 from runtime import prepacked
+from runtime.allocator import keep_freed_memory
 from runtime.atomic import recover_folder
 from drafters.losses import LOSSES, unroll_weights
 from drafters.model import FeatureDrafterModel
@@ -218,6 +219,7 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
     run re-evaluates from its checkpoint on."""
     from accelerate import Accelerator
 
+    keep_freed_memory()  # large temporaries reuse freed memory instead of fresh pages (runtime/allocator.py)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     # every process trains its share of the same global batch, so the schedule steps once per
