@@ -8,7 +8,7 @@ training step makes hundreds of temporaries of 10-100 MB (a block of the fused h
 16 MB, a layer's activations at batch 16 x 1,000 are 37-98 MB): measured on the AMX VM, three
 14.7 MB elementwise temporaries cost 21.8 ms and 10,720 page faults a step by default against
 6.6 ms and 143 faults with freed memory kept; a bf16 training step of the shipped recipe ran
-1.2x faster (docs/results/amx-2026-12-05b). Keeping freed memory means the process's resident
+1.06-1.11x faster and state caching 1.36-1.47x (docs/results/amx-2026-12-05b). Keeping freed memory means the process's resident
 size stays at its peak, which a training or caching process has reached anyway.
 
 `keep_freed_memory()` raises glibc's mmap threshold (so large blocks come from the heap and are
