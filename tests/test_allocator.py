@@ -3,11 +3,13 @@ instead of faulting in fresh pages every time (glibc)."""
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 import subprocess
 import sys
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]  # the probe imports runtime from the repository
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc only")
 
 PROBE = """
@@ -26,7 +28,7 @@ print(on, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 
 def _faults_per_temporary(mode: str) -> tuple[bool, float]:
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
-                         env={"SPECMUX_KEEP_FREED_MEMORY": "1", "PATH": ""}, cwd=None)
+                         env={"SPECMUX_KEEP_FREED_MEMORY": "1", "PATH": ""}, cwd=ROOT)
     on, faults = out.stdout.split()
     return on == "True", float(faults)
 

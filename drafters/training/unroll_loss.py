@@ -64,12 +64,12 @@ def _fused_steps(unroll, model, batch, head_weight, steps, alpha_rows):
     rows = batch["rows"]
     draft_ids = model.head.draft_ids if model.config.head == "truncated" else None
     last = batch["last"][:, 1:][rows]
-    lse, top = _cached_stats(batch, rows)
-    if draft_ids is not None and (lse is None or top is None):
-        lse, top = full_vocab_stats(last, head_weight)
-    t_weight = head_weight[draft_ids] if draft_ids is not None else head_weight
-    if draft_ids is None:
-        lse = top = None  # the blocks hold the whole vocabulary: normaliser and argmax come from them
+    if draft_ids is None:  # the blocks hold the whole vocabulary: normaliser and argmax come from them
+        t_weight, lse, top = head_weight, None, None
+    else:
+        t_weight, (lse, top) = head_weight[draft_ids], _cached_stats(batch, rows)
+        if lse is None or top is None:
+            lse, top = full_vocab_stats(last, head_weight)
     out = []
     for j, (x, w) in enumerate(unroll(batch["ids"], batch["feats"].to(model.dtype), rows, steps, logits=False)):
         keep, at = _step_rows(rows, j)
