@@ -13,20 +13,21 @@ ROOT = Path(__file__).resolve().parents[1]  # the probe imports runtime from the
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc only")
 
 PROBE = """
-import resource, sys, torch
+import resource, statistics, sys, torch
 from runtime.allocator import keep_freed_memory
 on = keep_freed_memory() if sys.argv[1] == "keep" else False
 x = torch.ones(4096, 4096)  # 64 MB: above the largest mmap threshold glibc picks by itself (32 MB)
-for _ in range(3):
+faults = []
+for _ in range(3 + 20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     (x * 2).sum()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    (x * 2).sum()
-print(on, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(on, statistics.median(faults[3:]))
 """
 
 
 def _faults_per_temporary(mode: str) -> tuple[bool, float]:
+    """(whether freed memory is kept, the median page faults of one 64 MB temporary)."""
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
                          env={"SPECMUX_KEEP_FREED_MEMORY": "1", "PATH": ""}, cwd=ROOT)
     on, faults = out.stdout.split()
@@ -38,5 +39,6 @@ def test_a_large_temporary_reuses_freed_memory():
     _, default = _faults_per_temporary("default")
     assert on
     # by default a 64 MB temporary is mapped afresh each time (16,384 pages faulted in); kept
-    # memory is reused (at most a rare heap growth)
+    # memory is reused: most steps fault nothing (now and then small allocations split the freed
+    # block and the heap grows once more: measured 0-3 of 20 steps, more on a busy machine)
     assert default > 10_000 and kept < 0.1 * default, (default, kept)
