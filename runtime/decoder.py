@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 
 from trees import attention_mask, within_window
 
-from .invariant import invariant_attention, key_blocks
+from .invariant import invariant_attention
 from .kv import KVCache
 from .plan import Plan
 from .prepacked import padded_rows
@@ -119,7 +119,7 @@ class Decoder:
     def attention_inputs(self, positions: torch.Tensor, cache: KVCache, mask: torch.Tensor | None):
         """Make room in `cache` for rows at `positions` and return what every layer's attention
         over them needs: (the 4D additive mask or None, causal flag, sliding-window masks by
-        window, the invariant attention's key blocks or None). One place for the target's forward
+        window, whether the attention is the batch-invariant one). One place for the target's forward
         and the server's batched one (serve/batch.py)."""
         n = int(positions.numel())
         cache.reserve(n)
@@ -130,7 +130,7 @@ class Decoder:
             allowed = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
             attn_mask, causal = attention_mask(allowed, cache.length, self.dtype)[None, None], False
         layer_masks = self._window_masks(attn_mask, causal, positions.view(-1), key_positions)
-        return attn_mask, causal, layer_masks, key_blocks(key_positions) if self.invariant else None
+        return attn_mask, causal, layer_masks, self.invariant
 
     def attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments) -> torch.Tensor:
         """Layer i's grouped-query attention, q [P, heads, hd], k, v [P, kv_heads, hd], for each
@@ -139,13 +139,13 @@ class Decoder:
         and the server's batched one, whose rows must be this forward's to the bit."""
         rows = q.shape[0]
         out = None
-        for a, e, cache, (mask, causal, windows, blocks) in segments:
+        for a, e, cache, (mask, causal, windows, invariant) in segments:
             qs = q[a:e].transpose(0, 1)[None]
             keys, values = cache.write(i, k[a:e].transpose(0, 1)[None], v[a:e].transpose(0, 1)[None])
             windowed = windows.get(self.windows[i])
             mask, causal = (windowed, False) if windowed is not None else (mask, causal)
-            if blocks is not None:
-                y = invariant_attention(qs, keys, values, None if mask is None else mask[0, 0], blocks, self.scale)
+            if invariant:
+                y = invariant_attention(qs, keys, values, None if mask is None else mask[0, 0], self.scale)
             else:
                 y = F.scaled_dot_product_attention(qs, keys, values, attn_mask=mask, is_causal=causal,
                                                    scale=self.scale, enable_gqa=self.n_heads != self.n_kv)

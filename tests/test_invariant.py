@@ -3,8 +3,6 @@ bit-identical whatever the number of rows beside it and wherever masked keys sit
 visible ones, op by op and for the whole forward of a tree against plain decoding."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,7 +11,7 @@ from hypothesis import strategies as st
 from runtime.target_dtype import resolve_dtype
 from runtime.decoder import Decoder
 from runtime.plan import Norm, rotate, rotation_tables
-from runtime.invariant import BLOCK, check_kernels, invariant_attention, key_blocks
+from runtime.invariant import check_kernels, invariant_attention
 from runtime.prepacked import matmul
 from tiny_models import needs_native_bf16, tiny_model
 from trees import ancestor_matrix, attention_mask
@@ -76,11 +74,10 @@ def _check_attention_rows(prefix: int, n: int, seed: int, heads: int = 6, kv: in
     """Every checked row of a tree's attention equals the same query over only its visible keys,
     contiguous at positions 0.., as plain decoding has them."""
     q, keys, values, anc, positions = _attention_case(prefix, n, seed, heads, kv, hd)
-    out = invariant_attention(q, keys, values, attention_mask(anc, prefix, torch.float32), key_blocks(positions), 0.25)
+    out = invariant_attention(q, keys, values, attention_mask(anc, prefix, torch.float32), 0.25)
     for i in sorted({0, n // 2, n - 1}):
         cols = torch.cat([torch.arange(prefix), anc[i].nonzero().flatten() + prefix])
-        alone = invariant_attention(q[:, :, i : i + 1], keys[:, :, cols], values[:, :, cols], None,
-                                    key_blocks(torch.arange(cols.numel())), 0.25)
+        alone = invariant_attention(q[:, :, i : i + 1], keys[:, :, cols], values[:, :, cols], None, 0.25)
         assert torch.equal(out[:, :, i : i + 1], alone), (prefix, n, i)
 
 
@@ -92,10 +89,9 @@ def test_attention_row_equals_its_visible_keys_packed_alone(n, prefix, seed):
 
 @settings(derandomize=True, deadline=None, max_examples=8)
 @given(prefix=st.sampled_from([1000, 1020, 1990, 2000, 2040, 4060]), n=st.integers(33, 64), seed=st.integers(0, 2**16))
-def test_attention_rows_invariant_past_one_kernel_block(prefix, n, seed):
+def test_attention_rows_invariant_on_long_contexts(prefix, n, seed):
     """The default target's attention shape (9 heads, 3 kv heads, head dim 64) with key axes past
-    1024, where one bf16 matmul over the tree layout is measured not invariant (the kernel splits
-    the key axis) and the per-BLOCK matmuls are; trees straddling a block boundary included."""
+    1024 (where the bf16 matmul of the former torch formulation split the key axis)."""
     _check_attention_rows(prefix, n, seed, heads=9, kv=3, hd=64)
 
 
@@ -156,100 +152,7 @@ def test_tree_forward_logits_equal_plain_decoding(tiny_bf16, prefix, n, seed):
 
 @settings(derandomize=True, deadline=None, max_examples=6)
 @given(offset=st.integers(-40, 8), n=st.integers(8, 48), seed=st.integers(0, 2**16))
-def test_tree_forward_equal_plain_decoding_across_a_key_block_boundary(tiny_bf16, offset, n, seed):
-    """Prefixes around 4 * BLOCK: the tree's nodes straddle a block boundary (the whole forward,
-    positions from the cache)."""
+def test_tree_forward_equal_plain_decoding_after_a_long_prefix(tiny_bf16, offset, n, seed):
+    """Prefixes around 1024 (the whole forward, positions from the cache)."""
     with torch.inference_mode():
-        _check_tree_against_plain(tiny_bf16, 4 * BLOCK + offset, n, seed, nodes_checked=2)
-
-
-def test_key_blocks_follow_positions_not_slots():
-    # a prefix up to 4 * BLOCK - 2, then tree slots at positions 4B - 2, 4B - 1, 4B, 4B - 1, 4B
-    b = BLOCK
-    positions = torch.cat([torch.arange(4 * b - 2), torch.tensor([4 * b - 2, 4 * b - 1, 4 * b, 4 * b - 1, 4 * b])])
-    blocks = key_blocks(positions)
-    assert blocks[:3] == [slice(0, b), slice(b, 2 * b), slice(2 * b, 3 * b)]
-    assert torch.equal(blocks[3], torch.cat([torch.arange(3 * b, 4 * b), torch.tensor([4 * b + 1])]))
-    assert torch.equal(blocks[4], torch.tensor([4 * b, 4 * b + 2]))
-    assert len(blocks) == 5
-    assert key_blocks(torch.arange(b - 1)) == [slice(None)]
-    assert key_blocks(torch.arange(2 * b + 5)) == [slice(0, b), slice(b, 2 * b), slice(2 * b, 2 * b + 5)]
-
-
-def test_a_tree_too_large_for_one_kernel_block_is_refused():
-    q, keys, values, anc, positions = _attention_case(500, 600, 0, 6, 2, 16, reach=None)  # a bushy tree
-    with pytest.raises(ValueError, match="too large"):
-        invariant_attention(q, keys, values, attention_mask(anc, 500, torch.float32), key_blocks(positions), 0.25)
-
-
-def test_a_block_as_the_whole_axis_a_slice_or_indices_gives_the_same_bits():
-    g = torch.Generator().manual_seed(11)
-    for s, n in ((1, 1), (5, 2), (64, 4), (130, 9), (250, 12)):
-        q = torch.randn(1, 6, n, 32, generator=g).to(BF16)
-        keys, values = (torch.randn(1, 2, s, 32, generator=g).to(BF16) for _ in range(2))
-        mask = torch.zeros(n, s)
-        mask[:, s - n :].masked_fill_(torch.rand(n, n, generator=g) < 0.5, torch.finfo(torch.float32).min)
-        mask[:, s - n :].fill_diagonal_(0)
-        with torch.inference_mode():
-            whole = invariant_attention(q, keys, values, mask, [slice(None)], 0.17)
-            sliced = invariant_attention(q, keys, values, mask, [slice(0, s)], 0.17)
-            indexed = invariant_attention(q, keys, values, mask, [torch.arange(s)], 0.17)
-        assert torch.equal(whole, sliced) and torch.equal(whole, indexed), (s, n)
-
-
-PAIR_CASE = Path(__file__).parent / "data" / "bf16_pair_order_case.safetensors"
-
-
-@settings(derandomize=True, deadline=None, max_examples=40)
-@given(gaps=st.lists(st.integers(0, 5), min_size=1, max_size=12), seed=st.integers(0, 2**16))
-def test_the_attention_sum_seen_on_the_default_target_is_layout_invariant(gaps, seed):
-    """A tree node's layer-26 attention on the default target (its weights and visible values,
-    tests/data): moving its last keys apart with masked keys between them left the bf16 sum
-    unchanged only after every key got a zero partner (before: 88 of 100 layouts differed)."""
-    from safetensors.torch import load_file
-
-    from runtime.invariant import _block_sum
-
-    case = load_file(str(PAIR_CASE))
-    w, v = case["weights"], case["values"]
-    s, extra = w.shape[-1], len(gaps)
-    slots = torch.cat([torch.arange(s - extra), s - extra + torch.cumsum(torch.tensor(gaps), 0) + torch.arange(extra)])
-    spread_w = torch.zeros(*w.shape[:2], int(slots[-1]) + 1)
-    spread_w[..., slots] = w
-    spread_v = torch.zeros(v.shape[0], int(slots[-1]) + 1, v.shape[2], dtype=BF16)
-    spread_v[:, slots] = v
-    with torch.inference_mode():
-        assert torch.equal(_block_sum(w, v, slice(None)), _block_sum(spread_w, spread_v, slice(None)))
-
-
-def _pairwise_sum(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """What a kernel that adds keys in pairs, odd slot first, rounding in float32 after each
-    add and the result to bf16 (AVX512-BF16's dot product) makes of one row: [columns]."""
-    acc = torch.zeros(values.shape[1], dtype=torch.float32)
-    products = weights.to(BF16).double()[:, None] * values.double()  # exact
-    if products.shape[0] % 2:
-        products = torch.cat([products, products.new_zeros(1, products.shape[1])])
-    for j in range(0, products.shape[0], 2):
-        acc = (acc.double() + products[j + 1]).float()
-        acc = (acc.double() + products[j]).float()
-    return acc.to(BF16)
-
-
-def test_the_self_checks_pair_order_case_catches_a_kernel_that_sums_keys_in_pairs():
-    """runtime.invariant's self-check feeds four keys whose sum moves with the order of a pair;
-    a pairing kernel without zero partners gives another result once masked keys sit between
-    them, with zero partners the same."""
-    from runtime.invariant import _pair_order_case
-
-    w, v = _pair_order_case(64)
-    row, vals = w[0, 0], v[0]
-    spread_row, spread_vals = torch.zeros(6), torch.zeros(6, 64, dtype=BF16)
-    spread_row[[0, 1, 3, 5]], spread_vals[[0, 1, 3, 5]] = row, vals
-    assert not torch.equal(_pairwise_sum(row, vals), _pairwise_sum(spread_row, spread_vals))
-
-    def partnered(r, x):  # each key at an even slot, a zero after it
-        out_r, out_x = torch.zeros(2 * r.numel()), torch.zeros(2 * r.numel(), x.shape[1], dtype=BF16)
-        out_r[::2], out_x[::2] = r, x
-        return out_r, out_x
-
-    assert torch.equal(_pairwise_sum(*partnered(row, vals)), _pairwise_sum(*partnered(spread_row, spread_vals)))
+        _check_tree_against_plain(tiny_bf16, 1024 + offset, n, seed, nodes_checked=2)

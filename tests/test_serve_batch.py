@@ -296,26 +296,3 @@ def test_trimmer_asks_glibc_at_most_once_per_interval():
     if memory._libc() is not None:  # the real one runs
         assert memory.Trimmer(interval=0).maybe_trim()
 
-
-@needs_native_bf16()
-def test_bf16_attention_key_padding_is_bit_exact(monkeypatch):
-    """A bf16 target's attention pads each key block to a multiple of KEY_QUANTUM with zero
-    weights, so a long-running server meets a few dozen matmul shapes instead of one per cache
-    length (oneDNN keeps state per shape, never freed): the output is bit-identical to the
-    unpadded one, masked keys and block boundaries included."""
-    import runtime.invariant as inv
-
-    gen = torch.Generator().manual_seed(5)
-    for s, n in ((1, 1), (9, 3), (64, 4), (65, 16), (300, 5), (511, 2), (513, 7), (1000, 3)):
-        q = torch.randn(1, 6, n, 32, generator=gen).bfloat16()
-        keys, values = (torch.randn(1, 2, s, 32, generator=gen).bfloat16() for _ in range(2))
-        mask = torch.zeros(n, s)
-        mask[:, s - n:].masked_fill_(torch.rand(n, n, generator=gen) < 0.5, torch.finfo(torch.float32).min)
-        mask[:, s - n:].fill_diagonal_(0)
-        blocks = inv.key_blocks(torch.arange(s))
-        with torch.inference_mode():
-            padded = inv.invariant_attention(q, keys, values, mask, blocks, 0.17)
-            monkeypatch.setattr(inv, "KEY_QUANTUM", 1)
-            plain = inv.invariant_attention(q, keys, values, mask, blocks, 0.17)
-            monkeypatch.undo()
-        assert torch.equal(padded, plain), (s, n)

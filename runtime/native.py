@@ -1,0 +1,120 @@
+"""The compiled exact bf16 attention (runtime/attention_kernel.c; docs/design.md "Exact bf16").
+
+The kernel is a few dozen lines of C compiled on first use with the system's C compiler for the
+running CPU (-march=native) into $SPECMUX_HOME/kernels/<digest>/ (written whole: compiled to a
+temporary name, then renamed), and called through ctypes. The digest covers the source, the
+compiler command, the compiler's version and the CPU's flags, so a home shared between machines
+never loads a library built for another CPU.
+
+Where no C compiler is found (or SPECMUX_NATIVE_ATTENTION=0), `attention_kernel()` is None: a
+bf16 target is then not exact here, so dtype="auto" runs float32 and dtype="bfloat16" is refused
+with that reason (runtime/target_dtype.py).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("attention_kernel.c")
+FLAGS = ["-O3", "-march=native", "-fno-fast-math", "-fPIC", "-shared"]
+ENV_SWITCH = "SPECMUX_NATIVE_ATTENTION"  # "0": the torch formulation of runtime/invariant.py
+
+
+class KernelBuildError(RuntimeError):
+    """A C compiler was found but the kernel did not compile or load."""
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() + platform.machine()
+
+
+def _library_path(cc: str) -> Path:
+    from .assets import specmux_home
+
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+    digest = hashlib.sha256("\0".join([SOURCE.read_text(), cc, *FLAGS, version, _cpu_flags()]).encode()).hexdigest()
+    return specmux_home() / "kernels" / digest[:16] / "attention_kernel.so"
+
+
+def _build(cc: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise KernelBuildError(f"compiling {SOURCE.name} with {cc} failed:\n{done.stderr.strip()}")
+        os.replace(tmp, path)  # whole or not at all: a concurrent build renames the same bytes
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=None)
+def attention_kernel() -> ctypes.CDLL | None:
+    """The compiled kernel (built on first use), or None where it is switched off or no C
+    compiler exists. A compiler that fails raises KernelBuildError."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return None
+    cc = _compiler()
+    if cc is None:
+        return None
+    path = _library_path(cc)
+    if not path.exists():
+        _build(cc, path)
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise KernelBuildError(f"loading {path}: {e} (delete the file to rebuild it)") from e
+    fn = lib.invariant_attention
+    i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    fn.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, i32, i32, i32, i32, i32, ctypes.c_float, ptr]
+    fn.restype = ctypes.c_int
+    return lib
+
+
+def native_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+                     scale: float) -> torch.Tensor:
+    """q [1, H, n, hd], keys/values [1, KV, S, hd] (bf16 on the CPU, head dim contiguous), mask
+    additive [n, S] or None -> [n, H, hd] bf16 (contiguous), by the compiled kernel."""
+    lib = attention_kernel()
+    if lib is None:
+        raise RuntimeError("the compiled attention kernel is not available (runtime.native.attention_kernel)")
+    _, heads, n, hd = q.shape
+    kv, s = keys.shape[1], keys.shape[2]
+    if q.stride(3) != 1:
+        q = q.contiguous()
+    if keys.stride(3) != 1 or keys.stride() != values.stride():
+        keys, values = keys.contiguous(), values.contiguous()
+    if mask is not None:
+        mask = mask.to(torch.bfloat16)
+        if mask.stride(1) != 1:
+            mask = mask.contiguous()
+    out = torch.empty(n, heads, hd, dtype=torch.bfloat16)
+    work = torch.empty(s + 16, dtype=torch.float32)
+    status = lib.invariant_attention(
+        q.data_ptr(), q.stride(1), q.stride(2), keys.data_ptr(), values.data_ptr(), keys.stride(1), keys.stride(2),
+        None if mask is None else mask.data_ptr(), 0 if mask is None else mask.stride(0), out.data_ptr(),
+        heads, kv, n, s, hd, scale, work.data_ptr())
+    if status == -1:
+        raise ValueError("a query row of the bf16 attention sees no key (its mask hides every key)")
+    if status == -2:
+        raise ValueError(f"head dim {hd} is over the 256 the compiled bf16 attention takes")
+    return out
