@@ -77,71 +77,135 @@ static inline v16f exp16(v16f x) {
     return (v16f)((v16u)y & ~under);
 }
 
-/* One (query row, head): q row qi, its kv head's keys kh and values vh (slot stride kv_ss), the
- * row's additive mask mi (or NULL), into o[0:hd]. score: keys + 16 floats. Inlined with a
- * constant hd for the common head sizes (the accumulators stay in registers); the arithmetic is
- * the same code whatever hd is. */
-static inline void attend_row(const uint16_t *qi, const uint16_t *kh, const uint16_t *vh, int64_t kv_ss,
-                              const uint16_t *mi, int keys, const int hd, float scale, float *score, uint16_t *o) {
-    enum { MAXC = 16 };              /* head dims up to 256 */
-    const int nc = (hd + 15) / 16;   /* 16-dim chunks; the last one zero-padded */
-    v16f qv[MAXC], acc[MAXC];
-    for (int c = 0; c < nc; c++) {
-        uint16_t tmp[16] = {0};
-        memcpy(tmp, qi + 16 * c, sizeof(uint16_t) * (hd - 16 * c < 16 ? hd - 16 * c : 16));
-        qv[c] = load16(tmp);
-        acc[c] = (v16f){0};
-    }
-    /* scores: the dot over head dims in 16 lanes (lane j sums dims j, j + 16, ...), lanes in a fixed tree */
-    float top = -INFINITY;
-    for (int s = 0; s < keys; s++) {
-        float m = mi ? bf16_to_float(mi[s]) : 0.0f;
-        if (m <= MASKED) {
-            score[s] = -INFINITY;
-            continue;
-        }
-        const uint16_t *ks = kh + s * kv_ss;
-        v16f d = {0};
+/* lanes_sum of 16 vectors at once, the same tree for each: lane j of the result is
+ * lanes_sum(d[j]) bit for bit (pairs j, j+8; then j, j+4; then j, j+2; then j, j+1). */
+static inline v16f sixteen_sums(const v16f *d) {
+    v16f a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++) /* keys 2i, 2i+1: lanes 0-7 and 8-15 hold their s8 */
+        a[i] = __builtin_shufflevector(d[2 * i], d[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+               __builtin_shufflevector(d[2 * i], d[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    for (int i = 0; i < 4; i++) /* keys 4i..4i+3: s4 in lanes of 4 */
+        b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+               __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    for (int i = 0; i < 2; i++) /* keys 8i..8i+7: s2 in lanes of 2 */
+        c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+               __builtin_shufflevector(b[2 * i], b[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+    return __builtin_shufflevector(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+           __builtin_shufflevector(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+static inline v16f lane_index(void) {
+    return (v16f){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+}
+
+static inline int any_lane(v16u m) {
+    uint32_t any = 0;
+    for (int j = 0; j < 16; j++) any |= m[j];
+    return any != 0;
+}
+
+static inline void store_lanes(float *p, v16f x) { memcpy(p, &x, sizeof x); }
+
+/* 16 mask entries from p on (fewer than 16 left: the rest masked) */
+static inline v16f load_mask(const uint16_t *p, int left) {
+    if (left >= 16) return load16(p);
+    uint16_t tmp[16];
+    for (int j = 0; j < 16; j++) tmp[j] = j < left ? p[j] : 0xff80; /* bf16 -inf */
+    return load16(tmp);
+}
+
+/* Load 16 dims of a bf16 row from dim 16c on; past hd, zeros (the last chunk of an odd head size). */
+static inline v16f load_chunk(const uint16_t *row, int c, const int hd) {
+    if (16 * c + 16 <= hd) return load16(row + 16 * c);
+    uint16_t tmp[16] = {0};
+    memcpy(tmp, row + 16 * c, sizeof(uint16_t) * (hd - 16 * c));
+    return load16(tmp);
+}
+
+enum { MAXC = 16, BLOCK = 4 }; /* head dims up to 256; up to BLOCK query rows of one kv head share each key's loads */
+
+/* Up to BLOCK (query row, head) pairs of one kv head: q rows qs[r], masks ms[r] (NULL: all
+ * visible), outputs os[r]. Keys and values are loaded and widened once per block; every pair's
+ * arithmetic is its own and the same whichever pairs share its block (that sharing is the only
+ * thing the block changes). score: BLOCK * (keys + 16) floats. Inlined with a constant hd for
+ * the common head sizes. */
+static inline void attend_block(int count, const uint16_t *const *qs, const uint16_t *const *ms, uint16_t *const *os,
+                                const uint16_t *kh, const uint16_t *vh, int64_t kv_ss, int keys, const int hd,
+                                float scale, float *score) {
+    const int nc = (hd + 15) / 16, stride = keys + 16;
+    v16f qv[BLOCK][MAXC], acc[BLOCK][MAXC], tops[BLOCK];
+    float top[BLOCK], total[BLOCK];
+    for (int r = 0; r < count; r++) {
+        tops[r] = (v16f){0} - INFINITY;
         for (int c = 0; c < nc; c++) {
-            if (16 * c + 16 <= hd) {
-                d += qv[c] * load16(ks + 16 * c);
-            } else {
-                uint16_t tmp[16] = {0};
-                memcpy(tmp, ks + 16 * c, sizeof(uint16_t) * (hd - 16 * c));
-                d += qv[c] * load16(tmp);
-            }
+            qv[r][c] = load_chunk(qs[r], c, hd);
+            acc[r][c] = (v16f){0};
         }
-        score[s] = lanes_sum(d) * scale + m;
-        top = score[s] > top ? score[s] : top;
+        top[r] = -INFINITY;
+        total[r] = 0.0f;
     }
-    for (int s = keys; s < keys + 16; s++) score[s] = -INFINITY;
+    /* scores, 16 keys at a time: each key's dot over head dims in 16 lanes (lane j sums dims j,
+     * j + 16, ...), then lanes_sum's tree for the 16 keys together (sixteen_sums). Keys past the
+     * end read a zero row and are masked. */
+    static const uint16_t zero_row[256] = {0};
+    for (int s0 = 0; s0 < keys; s0 += 16) {
+        v16f kf[16][MAXC]; /* the block's keys, widened once for every row of the block */
+        for (int j = 0; j < 16; j++) {
+            const uint16_t *row = s0 + j < keys ? kh + (s0 + j) * kv_ss : zero_row;
+            for (int c = 0; c < nc; c++) kf[j][c] = load_chunk(row, c, hd);
+        }
+        v16u inside = (v16u)(lane_index() < (float)(keys - s0));
+        for (int r = 0; r < count; r++) {
+            v16f m = ms[r] ? load_mask(ms[r] + s0, keys - s0) : (v16f){0};
+            v16u visible = (v16u)(m > MASKED) & inside;
+            if (!any_lane(visible)) {
+                store_lanes(score + r * stride + s0, (v16f){0} - INFINITY);
+                continue;
+            }
+            v16f d[16];
+            for (int j = 0; j < 16; j++) {
+                d[j] = (v16f){0};
+                for (int c = 0; c < nc; c++) d[j] += qv[r][c] * kf[j][c];
+            }
+            v16f sc = sixteen_sums(d) * scale + m;
+            sc = (v16f)((visible & (v16u)sc) | (~visible & (v16u)((v16f){0} - INFINITY)));
+            store_lanes(score + r * stride + s0, sc);
+            v16u more = (v16u)(sc > tops[r]); /* max: exact in any order */
+            tops[r] = (v16f)((more & (v16u)sc) | (~more & (v16u)tops[r]));
+        }
+    }
+    for (int r = 0; r < count; r++)
+        for (int j = 0; j < 16; j++) top[r] = tops[r][j] > top[r] ? tops[r][j] : top[r];
     /* weights (masked keys: exactly 0) */
-    for (int s = 0; s < keys; s += 16) {
-        v16f x;
-        memcpy(&x, score + s, sizeof x);
-        x = exp16(x - top);
-        memcpy(score + s, &x, sizeof x);
-    }
-    /* the weighted sum, key after key in slot order (a zero weight adds nothing: skipped) */
-    float total = 0.0f;
-    for (int s = 0; s < keys; s++) {
-        float w = score[s];
-        if (w == 0.0f) continue;
-        total += w;
-        const uint16_t *vs = vh + s * kv_ss;
-        for (int c = 0; c < nc; c++) {
-            if (16 * c + 16 <= hd) {
-                acc[c] += w * load16(vs + 16 * c);
-            } else {
-                uint16_t tmp[16] = {0};
-                memcpy(tmp, vs + 16 * c, sizeof(uint16_t) * (hd - 16 * c));
-                acc[c] += w * load16(tmp);
-            }
+    for (int r = 0; r < count; r++) {
+        float *sc = score + r * stride;
+        for (int s = keys; s < keys + 16; s++) sc[s] = -INFINITY;
+        for (int s = 0; s < keys; s += 16) {
+            v16f x;
+            memcpy(&x, sc + s, sizeof x);
+            x = exp16(x - top[r]);
+            memcpy(sc + s, &x, sizeof x);
         }
     }
-    for (int c = 0; c < nc; c++) {
-        v16f y = acc[c] / total;
-        for (int j = 0; j < 16 && 16 * c + j < hd; j++) o[16 * c + j] = float_to_bf16(y[j]);
+    /* the weighted sums, key after key in slot order (a zero weight adds nothing: skipped) */
+    for (int s = 0; s < keys; s++) {
+        int any = 0;
+        for (int r = 0; r < count; r++) any |= score[r * stride + s] != 0.0f;
+        if (!any) continue;
+        v16f vc[MAXC];
+        for (int c = 0; c < nc; c++) vc[c] = load_chunk(vh + s * kv_ss, c, hd);
+        for (int r = 0; r < count; r++) {
+            float w = score[r * stride + s];
+            if (w == 0.0f) continue;
+            total[r] += w;
+            for (int c = 0; c < nc; c++) acc[r][c] += w * vc[c];
+        }
+    }
+    for (int r = 0; r < count; r++) {
+        for (int c = 0; c < nc; c++) {
+            v16f y = acc[r][c] / total[r];
+            for (int j = 0; j < 16 && 16 * c + j < hd; j++) os[r][16 * c + j] = float_to_bf16(y[j]);
+        }
     }
 }
 
@@ -149,29 +213,36 @@ static inline void attend_row(const uint16_t *qi, const uint16_t *kh, const uint
  * k, v[g, s, d]   at k + g * kv_sg + s * kv_ss + d          (bf16, the same strides for both)
  * mask[i, s]      at mask + i * mask_sn + s                 (bf16 additive, or NULL: all visible)
  * out[i, h, d]    at out + (i * heads + h) * hd + d         (bf16, contiguous)
- * work: keys + 16 floats; head h reads kv head h / (heads / kv_heads). Returns 0; -1 when a
- * row sees no key, -2 for a head dim over 256. */
+ * work: BLOCK * (keys + 16) floats; head h reads kv head h / (heads / kv_heads). Returns 0; -1
+ * when a row sees no key, -2 for a head dim over 256. */
 int invariant_attention(const uint16_t *q, int64_t q_sh, int64_t q_sn,
                         const uint16_t *k, const uint16_t *v, int64_t kv_sg, int64_t kv_ss,
                         const uint16_t *mask, int64_t mask_sn, uint16_t *out,
                         int heads, int kv_heads, int rows, int keys, int hd, float scale, float *work) {
     if (hd > 256) return -2;
-    int group = heads / kv_heads;
-    for (int i = 0; i < rows; i++) {
-        const uint16_t *mi = mask ? mask + i * mask_sn : NULL;
-        if (mi) {
-            int seen = 0;
-            for (int s = 0; s < keys && !seen; s++) seen = bf16_to_float(mi[s]) > MASKED;
-            if (!seen) return -1;
-        }
-        for (int h = 0; h < heads; h++) {
-            const uint16_t *kh = k + (int64_t)(h / group) * kv_sg, *vh = v + (int64_t)(h / group) * kv_sg;
-            const uint16_t *qi = q + h * q_sh + i * q_sn;
-            uint16_t *o = out + ((int64_t)i * heads + h) * hd;
-            switch (hd) { /* constant head sizes: the same arithmetic, registers instead of memory */
-            case 64: attend_row(qi, kh, vh, kv_ss, mi, keys, 64, scale, work, o); break;
-            case 128: attend_row(qi, kh, vh, kv_ss, mi, keys, 128, scale, work, o); break;
-            default: attend_row(qi, kh, vh, kv_ss, mi, keys, hd, scale, work, o);
+    for (int i = 0; mask && i < rows; i++) {
+        int seen = 0;
+        for (int s = 0; s < keys && !seen; s++) seen = bf16_to_float(mask[i * mask_sn + s]) > MASKED;
+        if (!seen) return -1;
+    }
+    const int group = heads / kv_heads, pairs = rows * group;
+    for (int g = 0; g < kv_heads; g++) {
+        const uint16_t *kh = k + g * kv_sg, *vh = v + g * kv_sg;
+        /* the kv head's (row, head) pairs, row-major, BLOCK at a time */
+        for (int first = 0; first < pairs; first += BLOCK) {
+            const uint16_t *qs[BLOCK], *ms[BLOCK];
+            uint16_t *os[BLOCK];
+            int count = pairs - first < BLOCK ? pairs - first : BLOCK;
+            for (int r = 0; r < count; r++) {
+                int i = (first + r) / group, h = g * group + (first + r) % group;
+                qs[r] = q + h * q_sh + i * q_sn;
+                ms[r] = mask ? mask + i * mask_sn : NULL;
+                os[r] = out + ((int64_t)i * heads + h) * hd;
+            }
+            switch (hd) { /* constant head sizes: the same arithmetic, fewer loads and stores */
+            case 64: attend_block(count, qs, ms, os, kh, vh, kv_ss, keys, 64, scale, work); break;
+            case 128: attend_block(count, qs, ms, os, kh, vh, kv_ss, keys, 128, scale, work); break;
+            default: attend_block(count, qs, ms, os, kh, vh, kv_ss, keys, hd, scale, work);
             }
         }
     }
