@@ -106,6 +106,12 @@ static inline int any_lane(v16u m) {
 
 static inline void store_lanes(float *p, v16f x) { memcpy(p, &x, sizeof x); }
 
+static inline v16f load_floats(const float *p) {
+    v16f x;
+    memcpy(&x, p, sizeof x);
+    return x;
+}
+
 /* 16 mask entries from p on (fewer than 16 left: the rest masked) */
 static inline v16f load_mask(const uint16_t *p, int left) {
     if (left >= 16) return load16(p);
@@ -118,7 +124,7 @@ static inline v16f load_mask(const uint16_t *p, int left) {
 static inline v16f load_chunk(const uint16_t *row, int c, const int hd) {
     if (16 * c + 16 <= hd) return load16(row + 16 * c);
     uint16_t tmp[16] = {0};
-    memcpy(tmp, row + 16 * c, sizeof(uint16_t) * (hd - 16 * c));
+    for (int j = 0; 16 * c + j < hd; j++) tmp[j] = row[16 * c + j];
     return load16(tmp);
 }
 
@@ -130,9 +136,8 @@ enum { MAXC = 16, BLOCK = 4 }; /* head dims up to 256; up to BLOCK query rows of
  * thing the block changes). score: BLOCK * (keys + 16) floats. Inlined with a constant hd for
  * the common head sizes. */
 static inline void attend_block(int count, const uint16_t *const *qs, const uint16_t *const *ms, uint16_t *const *os,
-                                const uint16_t *kh, const uint16_t *vh, int64_t kv_ss, int keys, const int hd,
-                                float scale, float *score) {
-    const int nc = (hd + 15) / 16, stride = keys + 16;
+                                const float *kf, const float *vf, int keys, const int hd, float scale, float *score) {
+    const int nc = (hd + 15) / 16, width = 16 * nc, stride = keys + 16;
     v16f qv[BLOCK][MAXC], acc[BLOCK][MAXC], tops[BLOCK];
     float top[BLOCK], total[BLOCK];
     for (int r = 0; r < count; r++) {
@@ -147,13 +152,7 @@ static inline void attend_block(int count, const uint16_t *const *qs, const uint
     /* scores, 16 keys at a time: each key's dot over head dims in 16 lanes (lane j sums dims j,
      * j + 16, ...), then lanes_sum's tree for the 16 keys together (sixteen_sums). Keys past the
      * end read a zero row and are masked. */
-    static const uint16_t zero_row[256] = {0};
     for (int s0 = 0; s0 < keys; s0 += 16) {
-        v16f kf[16][MAXC]; /* the block's keys, widened once for every row of the block */
-        for (int j = 0; j < 16; j++) {
-            const uint16_t *row = s0 + j < keys ? kh + (s0 + j) * kv_ss : zero_row;
-            for (int c = 0; c < nc; c++) kf[j][c] = load_chunk(row, c, hd);
-        }
         v16u inside = (v16u)(lane_index() < (float)(keys - s0));
         for (int r = 0; r < count; r++) {
             v16f m = ms[r] ? load_mask(ms[r] + s0, keys - s0) : (v16f){0};
@@ -165,7 +164,7 @@ static inline void attend_block(int count, const uint16_t *const *qs, const uint
             v16f d[16];
             for (int j = 0; j < 16; j++) {
                 d[j] = (v16f){0};
-                for (int c = 0; c < nc; c++) d[j] += qv[r][c] * kf[j][c];
+                for (int c = 0; c < nc; c++) d[j] += qv[r][c] * load_floats(kf + (s0 + j) * width + 16 * c);
             }
             v16f sc = sixteen_sums(d) * scale + m;
             sc = (v16f)((visible & (v16u)sc) | (~visible & (v16u)((v16f){0} - INFINITY)));
@@ -192,13 +191,11 @@ static inline void attend_block(int count, const uint16_t *const *qs, const uint
         int any = 0;
         for (int r = 0; r < count; r++) any |= score[r * stride + s] != 0.0f;
         if (!any) continue;
-        v16f vc[MAXC];
-        for (int c = 0; c < nc; c++) vc[c] = load_chunk(vh + s * kv_ss, c, hd);
         for (int r = 0; r < count; r++) {
             float w = score[r * stride + s];
             if (w == 0.0f) continue;
             total[r] += w;
-            for (int c = 0; c < nc; c++) acc[r][c] += w * vc[c];
+            for (int c = 0; c < nc; c++) acc[r][c] += w * load_floats(vf + s * width + 16 * c);
         }
     }
     for (int r = 0; r < count; r++) {
@@ -209,12 +206,24 @@ static inline void attend_block(int count, const uint16_t *const *qs, const uint
     }
 }
 
+/* rows [keys, hd] of bf16 (row stride ss) -> float rows [keys + 16, width] (zeros past hd and
+ * past keys: the score pass reads keys in blocks of 16) */
+static void widen(const uint16_t *x, int64_t ss, int keys, int hd, int width, float *out) {
+    for (int s = 0; s < keys; s++) {
+        for (int c = 0; 16 * c < width; c++) {
+            v16f f = load_chunk(x + s * ss, c, hd);
+            memcpy(out + (int64_t)s * width + 16 * c, &f, sizeof f);
+        }
+    }
+    memset(out + (int64_t)keys * width, 0, sizeof(float) * 16 * width);
+}
+
 /* q[h, i, d]      at q + h * q_sh + i * q_sn + d            (bf16)
  * k, v[g, s, d]   at k + g * kv_sg + s * kv_ss + d          (bf16, the same strides for both)
  * mask[i, s]      at mask + i * mask_sn + s                 (bf16 additive, or NULL: all visible)
  * out[i, h, d]    at out + (i * heads + h) * hd + d         (bf16, contiguous)
- * work: BLOCK * (keys + 16) floats; head h reads kv head h / (heads / kv_heads). Returns 0; -1
- * when a row sees no key, -2 for a head dim over 256. */
+ * work: (2 * width + BLOCK) * (keys + 16) floats, width = hd rounded up to 16; head h reads kv
+ * head h / (heads / kv_heads). Returns 0; -1 when a row sees no key, -2 for a head dim over 256. */
 int invariant_attention(const uint16_t *q, int64_t q_sh, int64_t q_sn,
                         const uint16_t *k, const uint16_t *v, int64_t kv_sg, int64_t kv_ss,
                         const uint16_t *mask, int64_t mask_sn, uint16_t *out,
@@ -225,9 +234,12 @@ int invariant_attention(const uint16_t *q, int64_t q_sh, int64_t q_sn,
         for (int s = 0; s < keys && !seen; s++) seen = bf16_to_float(mask[i * mask_sn + s]) > MASKED;
         if (!seen) return -1;
     }
-    const int group = heads / kv_heads, pairs = rows * group;
+    const int group = heads / kv_heads, pairs = rows * group, width = (hd + 15) / 16 * 16;
+    float *kf = work, *vf = work + (int64_t)(keys + 16) * width, *score = work + 2 * (int64_t)(keys + 16) * width;
     for (int g = 0; g < kv_heads; g++) {
-        const uint16_t *kh = k + g * kv_sg, *vh = v + g * kv_sg;
+        /* the kv head's keys and values widened to float32 once, for all its rows */
+        widen(k + g * kv_sg, kv_ss, keys, hd, width, kf);
+        widen(v + g * kv_sg, kv_ss, keys, hd, width, vf);
         /* the kv head's (row, head) pairs, row-major, BLOCK at a time */
         for (int first = 0; first < pairs; first += BLOCK) {
             const uint16_t *qs[BLOCK], *ms[BLOCK];
@@ -240,9 +252,9 @@ int invariant_attention(const uint16_t *q, int64_t q_sh, int64_t q_sn,
                 os[r] = out + ((int64_t)i * heads + h) * hd;
             }
             switch (hd) { /* constant head sizes: the same arithmetic, fewer loads and stores */
-            case 64: attend_block(count, qs, ms, os, kh, vh, kv_ss, keys, 64, scale, work); break;
-            case 128: attend_block(count, qs, ms, os, kh, vh, kv_ss, keys, 128, scale, work); break;
-            default: attend_block(count, qs, ms, os, kh, vh, kv_ss, keys, hd, scale, work);
+            case 64: attend_block(count, qs, ms, os, kf, vf, keys, 64, scale, score); break;
+            case 128: attend_block(count, qs, ms, os, kf, vf, keys, 128, scale, score); break;
+            default: attend_block(count, qs, ms, os, kf, vf, keys, hd, scale, score);
             }
         }
     }

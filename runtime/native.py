@@ -108,7 +108,8 @@ def native_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         if mask.stride(1) != 1:
             mask = mask.contiguous()
     out = torch.empty(n, heads, hd, dtype=torch.bfloat16)
-    work = torch.empty(4 * (s + 16), dtype=torch.float32)  # BLOCK rows of scores (attention_kernel.c)
+    width = -(-hd // 16) * 16
+    work = torch.empty((2 * width + 4) * (s + 16), dtype=torch.float32)  # widened keys, values, BLOCK rows of scores
     status = lib.invariant_attention(
         q.data_ptr(), q.stride(1), q.stride(2), keys.data_ptr(), values.data_ptr(), keys.stride(1), keys.stride(2),
         None if mask is None else mask.data_ptr(), 0 if mask is None else mask.stride(0), out.data_ptr(),
