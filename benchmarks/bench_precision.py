@@ -34,9 +34,9 @@ from eval.datasets import load_benchmark, sample_items  # noqa: E402
 TARGET = "smollm2-135m-instruct"
 
 
-def prompts(items: int) -> list[tuple[str, str]]:
+def prompts(items: int, benchmarks: list[str]) -> list[tuple[str, str]]:
     out = []
-    for bench in ("gsm8k", "mtbench"):
+    for bench in benchmarks:
         for item in sample_items(load_benchmark(bench), items, seed=1):
             out.append((bench, item.turns[0]))
     return out
@@ -59,7 +59,7 @@ def llama_cpp_models(threads: int) -> dict[str, object]:
 
 
 def run(args) -> None:
-    items = prompts(args.items)
+    items = prompts(args.items, args.benchmarks)
     composers = {dt: Composer(TARGET, drafters=default_drafters(TARGET), dtype=dt, threads=None)
                  for dt in ("float32", "bfloat16")}
     for threads in args.threads:
@@ -69,9 +69,15 @@ def run(args) -> None:
         tokens: dict[str, int] = {}
         mismatches: dict[str, int] = {}
 
+        by_bench: dict[tuple[str, str], list[float]] = {}  # (benchmark, method) -> [tokens, seconds]
+        bench = ""
+
         def add(name: str, n: int, seconds: float) -> None:
             times[name] = times.get(name, 0.0) + seconds
             tokens[name] = tokens.get(name, 0) + n
+            row = by_bench.setdefault((bench, name), [0, 0.0])
+            row[0] += n
+            row[1] += seconds
 
         for bench, text in items:
             messages = [{"role": "user", "content": text}]
@@ -101,13 +107,26 @@ def run(args) -> None:
         for name in times:
             rate = tokens[name] / times[name]
             print(f"| {name} | {rate:.1f} | {rate / base:.2f}x |")
+        benches = list(dict.fromkeys(b for b, _ in items))
+        if len(benches) > 1:
+            print(f"\nper benchmark, tokens/s as a ratio to ours float32 autoregressive ({args.items} prompts each)\n")
+            print("| method | " + " | ".join(benches) + " |\n|---|" + "---:|" * len(benches))
+            for name in times:
+                cells = []
+                for b in benches:
+                    n, t = by_bench[(b, name)]
+                    n0, t0 = by_bench[(b, "ours float32 autoregressive")]
+                    cells.append(f"{(n / t) / (n0 / t0):.2f}x")
+                print(f"| {name} | " + " | ".join(cells) + " |")
         print("\ngreedy mismatches against plain decoding: "
               + ", ".join(f"{dt} {m} of {len(items)}" for dt, m in mismatches.items()))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--items", type=int, default=3, help="prompts per benchmark (GSM8K, MT-Bench)")
+    p.add_argument("--items", type=int, default=3, help="prompts per benchmark")
+    p.add_argument("--benchmarks", type=lambda s: s.split(","), default=["gsm8k", "mtbench"],
+                   help="comma-separated: gsm8k, mtbench, humaneval, math (the composition benchmarks)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     run(p.parse_args())

@@ -19,6 +19,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef float v16f __attribute__((vector_size(64)));
 typedef uint32_t v16u __attribute__((vector_size(64)));
@@ -218,45 +221,61 @@ static void widen(const uint16_t *x, int64_t ss, int keys, int hd, int width, fl
     memset(out + (int64_t)keys * width, 0, sizeof(float) * 16 * width);
 }
 
+/* One task: kv head g's pairs first .. first + BLOCK - 1 (row-major over (row, head of the group)). */
+static void run_block(int g, int first, const uint16_t *q, int64_t q_sh, int64_t q_sn, const uint16_t *mask,
+                      int64_t mask_sn, uint16_t *out, int heads, int group, int rows, int keys, int hd,
+                      float scale, const float *kf, const float *vf, float *score) {
+    const uint16_t *qs[BLOCK], *ms[BLOCK];
+    uint16_t *os[BLOCK];
+    int pairs = rows * group, count = pairs - first < BLOCK ? pairs - first : BLOCK;
+    for (int r = 0; r < count; r++) {
+        int i = (first + r) / group, h = g * group + (first + r) % group;
+        qs[r] = q + h * q_sh + i * q_sn;
+        ms[r] = mask ? mask + i * mask_sn : NULL;
+        os[r] = out + ((int64_t)i * heads + h) * hd;
+    }
+    switch (hd) { /* constant head sizes: the same arithmetic, fewer loads and stores */
+    case 64: attend_block(count, qs, ms, os, kf, vf, keys, 64, scale, score); break;
+    case 128: attend_block(count, qs, ms, os, kf, vf, keys, 128, scale, score); break;
+    default: attend_block(count, qs, ms, os, kf, vf, keys, hd, scale, score);
+    }
+}
+
 /* q[h, i, d]      at q + h * q_sh + i * q_sn + d            (bf16)
  * k, v[g, s, d]   at k + g * kv_sg + s * kv_ss + d          (bf16, the same strides for both)
  * mask[i, s]      at mask + i * mask_sn + s                 (bf16 additive, or NULL: all visible)
  * out[i, h, d]    at out + (i * heads + h) * hd + d         (bf16, contiguous)
- * work: (2 * width + BLOCK) * (keys + 16) floats, width = hd rounded up to 16; head h reads kv
- * head h / (heads / kv_heads). Returns 0; -1 when a row sees no key, -2 for a head dim over 256. */
+ * work: (2 * kv_heads * width + threads * BLOCK) * (keys + 16) floats, width = hd rounded up to
+ * 16; head h reads kv head h / (heads / kv_heads). threads > 1: the blocks run on that many
+ * OpenMP threads (torch's own pool: runtime/native.py links the same libgomp); which thread
+ * computes a block changes nothing in it. Returns 0; -1 when a row sees no key, -2 for a head
+ * dim over 256. */
 int invariant_attention(const uint16_t *q, int64_t q_sh, int64_t q_sn,
                         const uint16_t *k, const uint16_t *v, int64_t kv_sg, int64_t kv_ss,
                         const uint16_t *mask, int64_t mask_sn, uint16_t *out,
-                        int heads, int kv_heads, int rows, int keys, int hd, float scale, float *work) {
+                        int heads, int kv_heads, int rows, int keys, int hd, float scale, int threads, float *work) {
     if (hd > 256) return -2;
     for (int i = 0; mask && i < rows; i++) {
         int seen = 0;
         for (int s = 0; s < keys && !seen; s++) seen = bf16_to_float(mask[i * mask_sn + s]) > MASKED;
         if (!seen) return -1;
     }
-    const int group = heads / kv_heads, pairs = rows * group, width = (hd + 15) / 16 * 16;
-    float *kf = work, *vf = work + (int64_t)(keys + 16) * width, *score = work + 2 * (int64_t)(keys + 16) * width;
-    for (int g = 0; g < kv_heads; g++) {
-        /* the kv head's keys and values widened to float32 once, for all its rows */
-        widen(k + g * kv_sg, kv_ss, keys, hd, width, kf);
-        widen(v + g * kv_sg, kv_ss, keys, hd, width, vf);
-        /* the kv head's (row, head) pairs, row-major, BLOCK at a time */
-        for (int first = 0; first < pairs; first += BLOCK) {
-            const uint16_t *qs[BLOCK], *ms[BLOCK];
-            uint16_t *os[BLOCK];
-            int count = pairs - first < BLOCK ? pairs - first : BLOCK;
-            for (int r = 0; r < count; r++) {
-                int i = (first + r) / group, h = g * group + (first + r) % group;
-                qs[r] = q + h * q_sh + i * q_sn;
-                ms[r] = mask ? mask + i * mask_sn : NULL;
-                os[r] = out + ((int64_t)i * heads + h) * hd;
-            }
-            switch (hd) { /* constant head sizes: the same arithmetic, fewer loads and stores */
-            case 64: attend_block(count, qs, ms, os, kf, vf, keys, 64, scale, score); break;
-            case 128: attend_block(count, qs, ms, os, kf, vf, keys, 128, scale, score); break;
-            default: attend_block(count, qs, ms, os, kf, vf, keys, hd, scale, score);
-            }
-        }
+    const int group = heads / kv_heads, width = (hd + 15) / 16 * 16, blocks = (rows * group + BLOCK - 1) / BLOCK;
+    const int64_t plane = (int64_t)(keys + 16) * width; /* one kv head's widened keys (or values) */
+    float *widened = work, *scores = work + 2 * kv_heads * plane;
+    (void)threads;
+    /* every kv head's keys and values widened to float32 once, for all its rows */
+    #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+    for (int t = 0; t < 2 * kv_heads; t++)
+        widen((t % 2 ? v : k) + (t / 2) * kv_sg, kv_ss, keys, hd, width, widened + t * plane);
+    #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+    for (int t = 0; t < kv_heads * blocks; t++) {
+        int g = t / blocks, tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        run_block(g, (t % blocks) * BLOCK, q, q_sh, q_sn, mask, mask_sn, out, heads, group, rows, keys, hd, scale,
+                  widened + 2 * g * plane, widened + (2 * g + 1) * plane, scores + (int64_t)tid * BLOCK * (keys + 16));
     }
     return 0;
 }

@@ -6,6 +6,11 @@ temporary name, then renamed), and called through ctypes. The digest covers the 
 compiler command, the compiler's version and the CPU's flags, so a home shared between machines
 never loads a library built for another CPU.
 
+Large calls (a tree, a prefill) run on torch's threads: the kernel is built with -fopenmp, and
+the dynamic loader resolves its libgomp.so.1 to the one torch has already loaded (same soname),
+so its parallel loops use torch's OpenMP pool and thread count rather than a second pool.
+`openmp_runtimes()` lists the libgomp files mapped in the process (tests check there is one).
+
 Where no C compiler is found (or SPECMUX_NATIVE_ATTENTION=0), `attention_kernel()` is None: a
 bf16 target is then not exact here, so dtype="auto" runs float32 and dtype="bfloat16" is refused
 with that reason (runtime/target_dtype.py).
@@ -23,7 +28,10 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("attention_kernel.c")
-FLAGS = ["-O3", "-march=native", "-fno-fast-math", "-fPIC", "-shared"]
+FLAGS = ["-O3", "-march=native", "-fno-fast-math", "-fopenmp", "-fPIC", "-shared"]
+# below this many (query row, head, key) triples a call runs on one thread: waking the pool
+# costs more than it saves on a one-token forward (9 heads x 300 keys)
+PARALLEL_WORK = 32_768
 ENV_SWITCH = "SPECMUX_NATIVE_ATTENTION"  # "0": the torch formulation of runtime/invariant.py
 
 
@@ -85,7 +93,7 @@ def attention_kernel() -> ctypes.CDLL | None:
         raise KernelBuildError(f"loading {path}: {e} (delete the file to rebuild it)") from e
     fn = lib.invariant_attention
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
-    fn.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, i32, i32, i32, i32, i32, ctypes.c_float, ptr]
+    fn.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, i32, i32, i32, i32, i32, ctypes.c_float, i32, ptr]
     fn.restype = ctypes.c_int
     return lib
 
@@ -108,14 +116,25 @@ def native_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         if mask.stride(1) != 1:
             mask = mask.contiguous()
     out = torch.empty(n, heads, hd, dtype=torch.bfloat16)
+    threads = torch.get_num_threads() if n * heads * s >= PARALLEL_WORK else 1
     width = -(-hd // 16) * 16
-    work = torch.empty((2 * width + 4) * (s + 16), dtype=torch.float32)  # widened keys, values, BLOCK rows of scores
+    # every kv head's widened keys and values, then BLOCK rows of scores per thread (attention_kernel.c)
+    work = torch.empty((2 * kv * width + 4 * threads) * (s + 16), dtype=torch.float32)
     status = lib.invariant_attention(
         q.data_ptr(), q.stride(1), q.stride(2), keys.data_ptr(), values.data_ptr(), keys.stride(1), keys.stride(2),
         None if mask is None else mask.data_ptr(), 0 if mask is None else mask.stride(0), out.data_ptr(),
-        heads, kv, n, s, hd, scale, work.data_ptr())
+        heads, kv, n, s, hd, scale, threads, work.data_ptr())
     if status == -1:
         raise ValueError("a query row of the bf16 attention sees no key (its mask hides every key)")
     if status == -2:
         raise ValueError(f"head dim {hd} is over the 256 the compiled bf16 attention takes")
     return out
+
+
+def openmp_runtimes() -> list[str]:
+    """Paths of the OpenMP runtimes (libgomp) mapped into this process (Linux)."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    return sorted({line.split()[-1] for line in maps if "libgomp" in line and "/" in line})

@@ -122,3 +122,22 @@ def test_switched_off_bf16_is_refused_with_the_reason(fresh_kernel, monkeypatch)
         assert target_dtype.resolve_dtype("auto") == torch.float32
         with pytest.raises(ValueError, match="SPECMUX_NATIVE_ATTENTION=0"):
             target_dtype.resolve_dtype("bfloat16")
+
+
+def test_threads_change_nothing_and_share_torchs_openmp_runtime():
+    """A tree-sized call runs on torch's threads (one OpenMP runtime in the process) with the
+    same bits as on one thread."""
+    g = torch.Generator().manual_seed(3)
+    q, keys, values, mask, _ = _case(g, 9, 3, 48, 700, 64, 0.3)
+    assert 48 * 9 * 700 >= native.PARALLEL_WORK
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.native_attention(q, keys, values, mask, 0.125)
+        torch.set_num_threads(2)
+        two = native.native_attention(q, keys, values, mask, 0.125)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+    runtimes = native.openmp_runtimes()
+    assert len(runtimes) <= 1, runtimes

@@ -28,3 +28,12 @@ with torch.inference_mode():
         dec.forward(ids, pos, cache, mask); cache.crop(ctx)
         d.invariant_attention = orig
         print(f"rows {n}: forward {statistics.median(ts)*1e3:.1f} ms, attention {sum(attn_time)*1e3:.1f} ms ({len(attn_time)} calls), load {os.getloadavg()[0]:.2f}")
+if os.environ.get("PROFILE"):
+    from torch.profiler import profile, ProfilerActivity
+    with torch.inference_mode():
+        ids, pos = torch.randint(0, 40000, (rows,), generator=g), torch.arange(ctx, ctx + rows)
+        mask = attention_mask(torch.ones(rows, rows, dtype=torch.bool).tril(), ctx, torch.bfloat16)
+        with profile(activities=[ProfilerActivity.CPU]) as p:
+            for _ in range(5):
+                dec.forward(ids, pos, cache, mask); cache.crop(ctx)
+    print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
