@@ -47,7 +47,7 @@ def main() -> None:
 
     base = load_base(args.base)
 
-    def base_attention(q, keys, values, mask, scale):  # the current call; versions before 2026-12-06 took key blocks
+    def base_attention(q, keys, values, mask, scale):  # the current call; versions up to 37f9ef6 took key blocks
         if not hasattr(base, "key_blocks"):
             return base.invariant_attention(q, keys, values, mask, scale)
         return base.invariant_attention(q, keys, values, mask, base.key_blocks(torch.arange(keys.shape[2])), scale)

@@ -15,11 +15,11 @@ rows beside it, the key axis' length or where masked keys sit. A tree's slots ho
 ancestors in depth order, as plain decoding's cache holds them. Invariant by construction; the
 self-check below probes it (and the linears) on the running machine anyway.
 
-(Until 2026-12-06 this was a torch formulation: float32 scores, the weights rounded to bf16 and
+(Until 2026-12-05 this was a torch formulation: float32 scores, the weights rounded to bf16 and
 one bf16 matmul against [V | 1] with every key given a zero partner and the key axis cut into
 blocks of 256 positions, because the AVX512-BF16 dot product adds a pair of keys in one
 instruction. It cost ~250 us a layer for one row over 300 keys against SDPA's 26, from per-call
-overhead of small matmuls; the kernel replaced it. docs/results/amx-2026-12-06 has the A/B.)
+overhead of small matmuls; the kernel replaced it. docs/results/amx-2026-12-05c has the A/B.)
 """
 from __future__ import annotations
 

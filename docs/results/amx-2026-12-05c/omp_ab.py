@@ -1,4 +1,4 @@
-# run from the repository root: PYTHONPATH=. .venv/bin/python docs/results/amx-2026-12-06/omp_ab.py [rounds]
+# run from the repository root: PYTHONPATH=. .venv/bin/python docs/results/amx-2026-12-05c/omp_ab.py [rounds]
 # A/B in one process, alternating order each round: the attention kernel's OpenMP threads for
 # large calls (runtime.native.PARALLEL_WORK) against one thread always; bf16 default target,
 # 2 torch threads, plain decoding and the default strategy over GSM8K and MT-Bench prompts.

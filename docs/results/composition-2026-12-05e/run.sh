@@ -2,7 +2,7 @@
 # the composition table's three runs (same commands as composition-2026-12-05d), from the repository root
 set -euo pipefail
 P=drafters/pretrained/smollm2-135m-instruct
-O=docs/results/composition-2026-12-06
+O=docs/results/composition-2026-12-05e
 C="--limit 4 --max-new-tokens 64 --temperatures 0,1"
 uptime
 .venv/bin/specmux eval --drafter math=eagle:$P/math --drafter chat=eagle:$P/chat --domain-router $P/domain_router.safetensors \

@@ -1,4 +1,4 @@
-# run from the repository root: PYTHONPATH=. .venv/bin/python docs/results/amx-2026-12-06/prof_tree.py [rows] [threads]
+# run from the repository root: PYTHONPATH=. .venv/bin/python docs/results/amx-2026-12-05c/prof_tree.py [rows] [threads]
 # where a bf16 forward of `rows` rows after a 300-token context goes (torch.profiler; ctypes calls
 # to the attention kernel show as the time between ops, so it is timed apart)
 import sys, time, os, statistics, torch
