@@ -1,6 +1,6 @@
 """The compiled exact bf16 attention (runtime/attention_kernel.c; docs/design.md "Exact bf16").
 
-The kernel is a few dozen lines of C compiled on first use with the system's C compiler for the
+The kernel (about 280 lines of C) is compiled on first use with the system's C compiler for the
 running CPU (-march=native) into $SPECMUX_HOME/kernels/<digest>/ (written whole: compiled to a
 temporary name, then renamed), and called through ctypes. The digest covers the source, the
 compiler command, the compiler's version and the CPU's flags, so a home shared between machines
@@ -32,7 +32,7 @@ FLAGS = ["-O3", "-march=native", "-fno-fast-math", "-fopenmp", "-fPIC", "-shared
 # below this many (query row, head, key) triples a call runs on one thread: waking the pool
 # costs more than it saves on a one-token forward (9 heads x 300 keys)
 PARALLEL_WORK = 32_768
-ENV_SWITCH = "SPECMUX_NATIVE_ATTENTION"  # "0": the torch formulation of runtime/invariant.py
+ENV_SWITCH = "SPECMUX_NATIVE_ATTENTION"  # "0": no kernel (a bf16 target is then not exact: auto runs float32)
 
 
 class KernelBuildError(RuntimeError):
