@@ -65,17 +65,11 @@ def run(args) -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         llama = llama_cpp_models(threads)
-        times: dict[str, float] = {}
-        tokens: dict[str, int] = {}
         mismatches: dict[str, int] = {}
+        measured: dict[tuple[str, str], list[float]] = {}  # (benchmark, method) -> [tokens, seconds]
 
-        by_bench: dict[tuple[str, str], list[float]] = {}  # (benchmark, method) -> [tokens, seconds]
-        bench = ""
-
-        def add(name: str, n: int, seconds: float) -> None:
-            times[name] = times.get(name, 0.0) + seconds
-            tokens[name] = tokens.get(name, 0) + n
-            row = by_bench.setdefault((bench, name), [0, 0.0])
+        def add(bench: str, name: str, n: int, seconds: float) -> None:
+            row = measured.setdefault((bench, name), [0, 0.0])
             row[0] += n
             row[1] += seconds
 
@@ -84,14 +78,14 @@ def run(args) -> None:
             for dt, composer in composers.items():
                 ids = composer.encode(messages)
                 plain = composer.generate(ids, strategy="autoregressive", max_new_tokens=args.new_tokens)
-                add(f"ours {dt} autoregressive", len(plain.token_ids), plain.stats.total_time)
+                add(bench, f"ours {dt} autoregressive", len(plain.token_ids), plain.stats.total_time)
                 spec = composer.generate(ids, max_new_tokens=args.new_tokens)  # default strategy, tree="auto"
-                add(f"ours {dt} {spec.stats.strategy} (auto)", len(spec.token_ids), spec.stats.total_time)
+                add(bench, f"ours {dt} {spec.stats.strategy} (auto)", len(spec.token_ids), spec.stats.total_time)
                 bad = spec.token_ids != plain.token_ids
                 mismatches[dt] = mismatches.get(dt, 0) + bad
                 t = time.perf_counter()
                 out = composer.target.model.generate(ids[None], max_new_tokens=args.new_tokens, do_sample=False)
-                add(f"transformers generate {dt}", out.shape[1] - ids.numel(), time.perf_counter() - t)
+                add(bench, f"transformers generate {dt}", out.shape[1] - ids.numel(), time.perf_counter() - t)
             for name, model in llama.items():
                 prompt = composers["float32"].encode(messages).tolist()
                 t = time.perf_counter()
@@ -100,24 +94,23 @@ def run(args) -> None:
                     n += 1
                     if n >= args.new_tokens:
                         break
-                add(name, n, time.perf_counter() - t)
-        base = tokens["ours float32 autoregressive"] / times["ours float32 autoregressive"]
+                add(bench, name, n, time.perf_counter() - t)
+        benches = list(dict.fromkeys(b for b, _ in items))
+        names = list(dict.fromkeys(name for _, name in measured))
+
+        def rate(name: str, over: list[str]) -> float:  # tokens/s of `name` over the benchmarks `over`
+            return sum(measured[(b, name)][0] for b in over) / sum(measured[(b, name)][1] for b in over)
+
+        base = "ours float32 autoregressive"
         print(f"\n### {threads} thread(s), {len(items)} prompts x {args.new_tokens} tokens (load average {load_average()})\n")
         print("| method | tokens/s | vs ours float32 autoregressive |\n|---|---:|---:|")
-        for name in times:
-            rate = tokens[name] / times[name]
-            print(f"| {name} | {rate:.1f} | {rate / base:.2f}x |")
-        benches = list(dict.fromkeys(b for b, _ in items))
+        for name in names:
+            print(f"| {name} | {rate(name, benches):.1f} | {rate(name, benches) / rate(base, benches):.2f}x |")
         if len(benches) > 1:
             print(f"\nper benchmark, tokens/s as a ratio to ours float32 autoregressive ({args.items} prompts each)\n")
             print("| method | " + " | ".join(benches) + " |\n|---|" + "---:|" * len(benches))
-            for name in times:
-                cells = []
-                for b in benches:
-                    n, t = by_bench[(b, name)]
-                    n0, t0 = by_bench[(b, "ours float32 autoregressive")]
-                    cells.append(f"{(n / t) / (n0 / t0):.2f}x")
-                print(f"| {name} | " + " | ".join(cells) + " |")
+            for name in names:
+                print(f"| {name} | " + " | ".join(f"{rate(name, [b]) / rate(base, [b]):.2f}x" for b in benches) + " |")
         print("\ngreedy mismatches against plain decoding: "
               + ", ".join(f"{dt} {m} of {len(items)}" for dt, m in mismatches.items()))
 
