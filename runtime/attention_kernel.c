@@ -8,13 +8,13 @@
  *
  *   score_s = (q . k_s) * scale + mask_s            float32; the dot over head dims in lanes of 16
  *                                                   (lane j sums dims j, j+16, ...), lanes added in a
- *                                                   fixed tree
- *   w_s     = expf(score_s - max over visible s)    float32
+ *                                                   fixed tree (sixteen_sums)
+ *   w_s     = exp(score_s - max over visible s)     float32 (exp16)
  *   out     = (sum_s w_s v_s) / (sum_s w_s)         float32, summed key after key in slot order,
  *                                                   then rounded to bf16 (nearest even)
  *
- * Compiled on first use for the running CPU (-O3 -march=native, no fast-math: the compiler may
- * not reassociate these sums).
+ * Compiled on first use for the running CPU (-O3 -march=native -fopenmp, no fast-math: the
+ * compiler may not reassociate these sums).
  */
 #include <math.h>
 #include <stdint.h>
@@ -53,13 +53,6 @@ static inline v16f load16(const uint16_t *p) {
     return f;
 }
 
-static inline float lanes_sum(v16f a) { /* a fixed tree over the 16 lanes */
-    float s8[8], s4[4];
-    for (int j = 0; j < 8; j++) s8[j] = a[j] + a[j + 8];
-    for (int j = 0; j < 4; j++) s4[j] = s8[j] + s8[j + 4];
-    return (s4[0] + s4[2]) + (s4[1] + s4[3]);
-}
-
 /* e^x for x <= 0 in 16 lanes (Cephes' expf: 2^n e^r, |r| <= ln2 / 2, degree-6 polynomial; within
  * 2 ulp of expf); -inf and anything below -87 give exactly 0. */
 static inline v16f exp16(v16f x) {
@@ -80,8 +73,9 @@ static inline v16f exp16(v16f x) {
     return (v16f)((v16u)y & ~under);
 }
 
-/* lanes_sum of 16 vectors at once, the same tree for each: lane j of the result is
- * lanes_sum(d[j]) bit for bit (pairs j, j+8; then j, j+4; then j, j+2; then j, j+1). */
+/* The lane sums of 16 vectors at once, the same tree for each: lane j of the result is
+ * ((s[0] + s[2]) + (s[1] + s[3])) with s[i] = (d[j][i] + d[j][i+8]) + (d[j][i+4] + d[j][i+12]),
+ * i.e. lanes paired j, j+8; then j, j+4; then j, j+2; then j, j+1. */
 static inline v16f sixteen_sums(const v16f *d) {
     v16f a[8], b[4], c[2];
     for (int i = 0; i < 8; i++) /* keys 2i, 2i+1: lanes 0-7 and 8-15 hold their s8 */
@@ -134,10 +128,10 @@ static inline v16f load_chunk(const uint16_t *row, int c, const int hd) {
 enum { MAXC = 16, BLOCK = 4 }; /* head dims up to 256; up to BLOCK query rows of one kv head share each key's loads */
 
 /* Up to BLOCK (query row, head) pairs of one kv head: q rows qs[r], masks ms[r] (NULL: all
- * visible), outputs os[r]. Keys and values are loaded and widened once per block; every pair's
- * arithmetic is its own and the same whichever pairs share its block (that sharing is the only
- * thing the block changes). score: BLOCK * (keys + 16) floats. Inlined with a constant hd for
- * the common head sizes. */
+ * visible), outputs os[r]; the kv head's keys kf and values vf widened to float32 rows of width
+ * floats (`widen`). Each key is loaded once for the block; every pair's arithmetic is its own and
+ * the same whichever pairs share its block (that sharing is the only thing the block changes).
+ * score: BLOCK * (keys + 16) floats. Inlined with a constant hd for the common head sizes. */
 static inline void attend_block(int count, const uint16_t *const *qs, const uint16_t *const *ms, uint16_t *const *os,
                                 const float *kf, const float *vf, int keys, const int hd, float scale, float *score) {
     const int nc = (hd + 15) / 16, width = 16 * nc, stride = keys + 16;
@@ -153,7 +147,7 @@ static inline void attend_block(int count, const uint16_t *const *qs, const uint
         total[r] = 0.0f;
     }
     /* scores, 16 keys at a time: each key's dot over head dims in 16 lanes (lane j sums dims j,
-     * j + 16, ...), then lanes_sum's tree for the 16 keys together (sixteen_sums). Keys past the
+     * j + 16, ...), then the lane tree for the 16 keys together (sixteen_sums). Keys past the
      * end read a zero row and are masked. */
     for (int s0 = 0; s0 < keys; s0 += 16) {
         v16u inside = (v16u)(lane_index() < (float)(keys - s0));
@@ -178,10 +172,9 @@ static inline void attend_block(int count, const uint16_t *const *qs, const uint
     }
     for (int r = 0; r < count; r++)
         for (int j = 0; j < 16; j++) top[r] = tops[r][j] > top[r] ? tops[r][j] : top[r];
-    /* weights (masked keys: exactly 0) */
+    /* weights, over the blocks of 16 the score pass wrote (masked keys and those past the end: exactly 0) */
     for (int r = 0; r < count; r++) {
         float *sc = score + r * stride;
-        for (int s = keys; s < keys + 16; s++) sc[s] = -INFINITY;
         for (int s = 0; s < keys; s += 16) {
             v16f x;
             memcpy(&x, sc + s, sizeof x);
