@@ -55,24 +55,39 @@ def _cpu_flags() -> str:
     return platform.processor() + platform.machine()
 
 
-def _library_path(cc: str) -> Path:
+def _library_path(cc: str, source: Path) -> Path:
     from .assets import specmux_home
 
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    digest = hashlib.sha256("\0".join([SOURCE.read_text(), cc, *FLAGS, version, _cpu_flags()]).encode()).hexdigest()
-    return specmux_home() / "kernels" / digest[:16] / "attention_kernel.so"
+    digest = hashlib.sha256("\0".join([source.read_text(), cc, *FLAGS, version, _cpu_flags()]).encode()).hexdigest()
+    return specmux_home() / "kernels" / digest[:16] / f"{source.stem}.so"
 
 
-def _build(cc: str, path: Path) -> None:
+def _build(cc: str, source: Path, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True, text=True)
+        done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(source), "-lm"], capture_output=True, text=True)
         if done.returncode != 0:
-            raise KernelBuildError(f"compiling {SOURCE.name} with {cc} failed:\n{done.stderr.strip()}")
+            raise KernelBuildError(f"compiling {source.name} with {cc} failed:\n{done.stderr.strip()}")
         os.replace(tmp, path)  # whole or not at all: a concurrent build renames the same bytes
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def load_library(source: Path) -> ctypes.CDLL | None:
+    """`source` compiled for this CPU (built on first use, cached under $SPECMUX_HOME/kernels),
+    or None where no C compiler exists. A compiler that fails raises KernelBuildError."""
+    cc = _compiler()
+    if cc is None:
+        return None
+    path = _library_path(cc, source)
+    if not path.exists():
+        _build(cc, source, path)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as e:
+        raise KernelBuildError(f"loading {path}: {e} (delete the file to rebuild it)") from e
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,16 +96,9 @@ def attention_kernel() -> ctypes.CDLL | None:
     compiler exists. A compiler that fails raises KernelBuildError."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return None
-    cc = _compiler()
-    if cc is None:
+    lib = load_library(SOURCE)
+    if lib is None:
         return None
-    path = _library_path(cc)
-    if not path.exists():
-        _build(cc, path)
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as e:
-        raise KernelBuildError(f"loading {path}: {e} (delete the file to rebuild it)") from e
     fn = lib.invariant_attention
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     fn.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, i32, i32, i32, i32, i32, ctypes.c_float, i32, ptr]

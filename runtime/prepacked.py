@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import amx
+
 BATCH_HINT = 8  # the row count the layout is tuned for; 1..64 rows all run well on it
 # oneDNN takes a slower kernel for 1 or 2 rows than for 3-6 on this layout, so fewer rows are
 # padded to this many (docs/design.md "Measurements behind the code")
@@ -74,6 +76,8 @@ def apply(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -
     """The packed kernel over `rows` [m, in] (m already `padded_rows(m)`) -> [m, out], at most
     ROW_TILE rows per kernel call (a short last tile padded to MIN_ROWS), so that every row is
     computed by the kernel that computes it alone."""
+    if isinstance(packed, amx.AmxWeight):  # row-invariant at any row count: one call
+        return amx.linear(rows, packed, bias)
     m = rows.shape[0]
     if m <= ROW_TILE:
         return _kernel(rows, packed, bias)
@@ -191,9 +195,10 @@ def packed_group(weights: list[torch.Tensor], biases: list[torch.Tensor | None])
         return hit[2], hit[3]
     if not enabled():
         return None
+    use_amx = _amx_ready(weights[0].dtype)  # outside the try: a kernel that fails to build is an error
     try:
         with torch.inference_mode():
-            packed = torch.ops.mkldnn._reorder_linear_weight(torch.cat([w.detach() for w in weights]), BATCH_HINT)
+            packed = _reorder(torch.cat([w.detach() for w in weights]), use_amx)
             bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
     except (RuntimeError, NotImplementedError):
         return None
@@ -210,13 +215,25 @@ def _packed(weight: torch.Tensor, has_bias: bool = False) -> torch.Tensor | None
         return hit[2]
     packed = None
     if enabled():
+        use_amx = _amx_ready(weight.dtype)  # outside the try: a kernel that fails to build is an error
         try:
             with torch.inference_mode():
-                packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), BATCH_HINT)
+                packed = _reorder(weight.detach(), use_amx)
         except (RuntimeError, NotImplementedError):  # a dtype or build oneDNN cannot pack: plain F.linear
             packed = None
     _PACKED[key] = (weakref.ref(weight, lambda _, k=key: _PACKED.pop(k, None)), version, packed, has_bias)
     return packed
+
+
+def _reorder(weight: torch.Tensor, use_amx: bool) -> torch.Tensor | amx.AmxWeight:
+    """The packed form of `weight`: the AMX kernel's (runtime/amx.py), or oneDNN's layout for
+    BATCH_HINT rows."""
+    return amx.AmxWeight(weight) if use_amx else torch.ops.mkldnn._reorder_linear_weight(weight, BATCH_HINT)
+
+
+def _amx_ready(dtype: torch.dtype) -> bool:
+    """bf16 weights go to the AMX kernel where it runs here (a compiler that fails raises)."""
+    return dtype == torch.bfloat16 and amx.linear_kernel() is not None
 
 
 def forget(tensors) -> None:
