@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{bug.name:34s} {verdict:7s} {seconds:5.0f} s  {summary}", flush=True)
     finally:
         shutil.rmtree(where, ignore_errors=True)
-    print(f"\n| bug | verdict | seconds | first failure |\n|---|---|---|---|")
+    print("\n| bug | verdict | seconds | first failure |\n|---|---|---|---|")
     for name, verdict, seconds, summary in rows:
         print(f"| {name} | {verdict} | {seconds:.0f} | {summary} |")
     print(f"\n{caught} of {len(bugs)} planted bugs caught")
