@@ -11,6 +11,11 @@ torch.compile's CPU backend uses) reads the weight once per call at any row coun
 input row i alone (bitwise, whatever the row count), so a verify forward's row for a node is
 the very number a one-token forward gives.
 
+Where a C compiler exists the packed weight is for our own kernels instead
+(runtime/native_linear.py, runtime/linear_kernel.c: float32 everywhere, bf16 on CPUs with AMX):
+row-invariant at any row count and faster than oneDNN's at the row counts decoding runs. oneDNN
+remains the path for bf16 without AMX and where no compiler exists.
+
 `linear(module, x)` is what the decoder and the feature drafters call. It takes the packed
 path for a plain `nn.Linear` on the CPU when gradients are off and the dtypes match, and the
 module's own forward otherwise (training, CUDA, a wrapper such as an adapted head, a module
@@ -27,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import amx
+from . import native_linear
 
 BATCH_HINT = 8  # the row count the layout is tuned for; 1..64 rows all run well on it
 # oneDNN takes a slower kernel for 1 or 2 rows than for 3-6 on this layout, so fewer rows are
@@ -76,8 +81,8 @@ def apply(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -
     """The packed kernel over `rows` [m, in] (m already `padded_rows(m)`) -> [m, out], at most
     ROW_TILE rows per kernel call (a short last tile padded to MIN_ROWS), so that every row is
     computed by the kernel that computes it alone."""
-    if isinstance(packed, amx.AmxWeight):  # row-invariant at any row count: one call
-        return amx.linear(rows, packed, bias)
+    if isinstance(packed, (native_linear.AmxWeight, native_linear.F32Weight)):  # row-invariant at any row count
+        return native_linear.linear(rows, packed, bias)
     m = rows.shape[0]
     if m <= ROW_TILE:
         return _kernel(rows, packed, bias)
@@ -195,10 +200,10 @@ def packed_group(weights: list[torch.Tensor], biases: list[torch.Tensor | None])
         return hit[2], hit[3]
     if not enabled():
         return None
-    use_amx = _amx_ready(weights[0].dtype)  # outside the try: a kernel that fails to build is an error
+    native = native_linear.native_dtype(weights[0].dtype)  # outside the try: a kernel that fails to build is an error
     try:
         with torch.inference_mode():
-            packed = _reorder(torch.cat([w.detach() for w in weights]), use_amx)
+            packed = _reorder(torch.cat([w.detach() for w in weights]), native)
             bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
     except (RuntimeError, NotImplementedError):
         return None
@@ -215,25 +220,20 @@ def _packed(weight: torch.Tensor, has_bias: bool = False) -> torch.Tensor | None
         return hit[2]
     packed = None
     if enabled():
-        use_amx = _amx_ready(weight.dtype)  # outside the try: a kernel that fails to build is an error
+        native = native_linear.native_dtype(weight.dtype)  # outside the try: a kernel that fails to build is an error
         try:
             with torch.inference_mode():
-                packed = _reorder(weight.detach(), use_amx)
+                packed = _reorder(weight.detach(), native)
         except (RuntimeError, NotImplementedError):  # a dtype or build oneDNN cannot pack: plain F.linear
             packed = None
     _PACKED[key] = (weakref.ref(weight, lambda _, k=key: _PACKED.pop(k, None)), version, packed, has_bias)
     return packed
 
 
-def _reorder(weight: torch.Tensor, use_amx: bool) -> torch.Tensor | amx.AmxWeight:
-    """The packed form of `weight`: the AMX kernel's (runtime/amx.py), or oneDNN's layout for
-    BATCH_HINT rows."""
-    return amx.AmxWeight(weight) if use_amx else torch.ops.mkldnn._reorder_linear_weight(weight, BATCH_HINT)
-
-
-def _amx_ready(dtype: torch.dtype) -> bool:
-    """bf16 weights go to the AMX kernel where it runs here (a compiler that fails raises)."""
-    return dtype == torch.bfloat16 and amx.linear_kernel() is not None
+def _reorder(weight: torch.Tensor, native: bool):
+    """The packed form of `weight`: for our kernel (runtime/native_linear.py) where it runs this
+    dtype here, else oneDNN's layout for BATCH_HINT rows."""
+    return native_linear.pack(weight) if native else torch.ops.mkldnn._reorder_linear_weight(weight, BATCH_HINT)
 
 
 def forget(tensors) -> None:

@@ -1,11 +1,11 @@
 # run from the repository root: PYTHONPATH=. .venv/bin/python docs/results/amx-2026-12-05d/linear_ab.py [threads]
 # One bf16 linear, weights streamed from memory (many distinct copies), the AMX kernel
-# (runtime/amx.py) against oneDNN's packed linear as runtime/prepacked.py ran it before (layout
+# (runtime/native_linear.py) against oneDNN's packed linear as runtime/prepacked.py ran it before (layout
 # hint 8, at least 4 rows): best of 5 passes, ms per call and the weight bytes read per second.
 import sys, time, torch
-from runtime import amx
+from runtime import native_linear as amx
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
-assert amx.linear_kernel() is not None, "no AMX kernel here"
+assert amx.amx_ready(), "no AMX kernel here"
 for n, k, count in ((1536, 576, 60), (576, 1536, 60), (49152, 576, 2)):
     ws = [(torch.randn(n, k) / k ** 0.5).bfloat16() for _ in range(count)]
     packed = [amx.AmxWeight(w) for w in ws]

@@ -1,0 +1,129 @@
+"""The linears of the CPU inference path on kernels of our own (runtime/linear_kernel.c;
+docs/design.md "Exact bf16").
+
+runtime.prepacked runs every linear at inference here where it can: bf16 on Intel AMX
+(`AmxWeight`), float32 on vector FMAs (`F32Weight`, any CPU the C compiler targets). In both,
+each output row is a function of its own input row alone at any row count (oneDNN's kernels are
+too, but only up to 32 rows a call), and they read the weights faster than oneDNN's at the row
+counts decoding runs (one token, trees of up to ~32 nodes): decoding is bound by reading the
+weights, and the weight is packed once in the order the kernel reads it.
+
+`linear_kernel()` is None, and oneDNN runs the linears as before, where no C compiler exists or
+with SPECMUX_NATIVE_LINEAR=0; `amx_ready()` is False on a CPU without AMX (bf16 then runs on
+oneDNN). Built and cached like the attention kernel (runtime/native.py).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+from .native import _cpu_flags, load_library
+
+SOURCE = Path(__file__).with_name("linear_kernel.c")
+SWITCH = "SPECMUX_NATIVE_LINEAR"  # "0": every linear on oneDNN's kernels
+BLOCK_N, CHUNK_K = 64, 32  # outputs per packed block; k values per AMX tile multiply (linear_kernel.c)
+
+
+def cpu_has_amx() -> bool:
+    flags = set(_cpu_flags().split())
+    return {"amx_tile", "amx_bf16", "avx512_bf16"} <= flags
+
+
+@functools.lru_cache(maxsize=None)
+def linear_kernel() -> ctypes.CDLL | None:
+    """The compiled linears (built on first use), or None where switched off or no C compiler
+    exists. A compiler that fails raises runtime.native.KernelBuildError."""
+    if os.environ.get(SWITCH, "1") == "0":
+        return None
+    lib = load_library(SOURCE)
+    if lib is None:
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    for fn in (lib.amx_linear, lib.f32_linear):
+        fn.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, ptr, ctypes.c_int]
+        fn.restype = ctypes.c_int
+    lib.amx_linear_ready.restype = ctypes.c_int
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def amx_ready() -> bool:
+    """The bf16 kernel runs here: the library is built, the CPU has AMX, the OS grants the tiles."""
+    lib = linear_kernel()
+    return lib is not None and cpu_has_amx() and lib.amx_linear_ready() == 1
+
+
+def native_dtype(dtype: torch.dtype) -> bool:
+    """Linears of this dtype run on a kernel of ours here."""
+    if dtype == torch.bfloat16:
+        return amx_ready()
+    return dtype == torch.float32 and linear_kernel() is not None
+
+
+class AmxWeight:
+    """A bf16 weight [out, in] packed for amx_linear: [out/64][in/32][4][16][16][2], zero padded."""
+
+    __slots__ = ("data", "shape", "dtype", "__weakref__")
+
+    def __init__(self, weight: torch.Tensor):
+        if weight.dtype != torch.bfloat16 or weight.dim() != 2:
+            raise ValueError(f"the AMX linear packs a 2-d bf16 weight, got {weight.dtype} {tuple(weight.shape)}")
+        n, k = weight.shape
+        n_pad, k_pad = -(-n // BLOCK_N) * BLOCK_N, -(-k // CHUNK_K) * CHUNK_K
+        padded = weight.detach().new_zeros(n_pad, k_pad)
+        padded[:n, :k] = weight.detach()
+        # w[64 b + 16 t + j, 32 c + 2 r + e] -> [b][c][t][r][j][e]
+        self.data = padded.view(n_pad // 64, 4, 16, k_pad // 32, 16, 2).permute(0, 3, 1, 4, 2, 5).contiguous()
+        self.shape = torch.Size((n, k))
+        self.dtype = torch.bfloat16
+
+
+class F32Weight:
+    """A float32 weight [out, in] packed for f32_linear: [out/64][in][64], zero past out."""
+
+    __slots__ = ("data", "shape", "dtype", "__weakref__")
+
+    def __init__(self, weight: torch.Tensor):
+        if weight.dtype != torch.float32 or weight.dim() != 2:
+            raise ValueError(f"the float32 linear packs a 2-d float32 weight, got {weight.dtype} {tuple(weight.shape)}")
+        n, k = weight.shape
+        n_pad = -(-n // BLOCK_N) * BLOCK_N
+        padded = weight.detach().new_zeros(n_pad, k)
+        padded[:n] = weight.detach()
+        self.data = padded.view(n_pad // 64, 64, k).transpose(1, 2).contiguous()  # w[64 b + j, i] -> [b][i][j]
+        self.shape = torch.Size((n, k))
+        self.dtype = torch.float32
+
+
+def pack(weight: torch.Tensor) -> AmxWeight | F32Weight:
+    return AmxWeight(weight) if weight.dtype == torch.bfloat16 else F32Weight(weight)
+
+
+def linear(rows: torch.Tensor, packed: AmxWeight | F32Weight, bias: torch.Tensor | None) -> torch.Tensor:
+    """rows [m, in] -> [m, out] = rows @ w.T + bias, by the kernel `packed` is for."""
+    lib = linear_kernel()
+    amx = isinstance(packed, AmxWeight)
+    if lib is None or (amx and not amx_ready()):
+        raise RuntimeError("the native linear kernel is not available here (runtime.native_linear)")
+    n, k = packed.shape
+    if rows.dim() != 2 or rows.shape[1] != k or rows.dtype != packed.dtype:
+        raise ValueError(f"this linear takes {packed.dtype} rows [m, {k}], got {rows.dtype} {tuple(rows.shape)}")
+    if rows.stride(1) != 1:
+        rows = rows.contiguous()
+    m = rows.shape[0]
+    out = torch.empty(m, n, dtype=packed.dtype)
+    if m == 0:
+        return out
+    bias32 = None if bias is None else bias.detach().to(torch.float32).contiguous()
+    fn = lib.amx_linear if amx else lib.f32_linear
+    status = fn(rows.data_ptr(), m, k, rows.stride(0), packed.data.data_ptr(), n,
+                None if bias32 is None else bias32.data_ptr(), out.data_ptr(), torch.get_num_threads())
+    if status == -1:
+        raise MemoryError(f"the AMX linear could not allocate its {m}-row input buffer")
+    if status != 0:
+        raise RuntimeError(f"the native linear failed (status {status})")
+    return out
