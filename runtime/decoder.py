@@ -111,7 +111,7 @@ class Decoder:
         """Token ids and positions [P] of the rows side by side, padded (token 0 at position 0)
         to the rows every packed linear runs (runtime.prepacked.padded_rows)."""
         total = sum(int(t.numel()) for t in input_ids)
-        pad = [torch.zeros(padded_rows(total) - total, dtype=torch.long)]
+        pad = [torch.zeros(padded_rows(total, self.dtype) - total, dtype=torch.long)]
         ids = torch.cat([t.reshape(-1).cpu() for t in input_ids] + pad)
         pos = torch.cat([t.reshape(-1).cpu() for t in positions] + pad)
         return ids.to(self.device), pos.to(self.device)

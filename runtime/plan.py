@@ -43,7 +43,7 @@ class Packed:
         self.weight, self.bias = weight, bias
 
     def __call__(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        if x.shape[0] == prepacked.padded_rows(x.shape[0]):  # a layer's state: padded already
+        if x.shape[0] == prepacked.padded_rows(x.shape[0], x.dtype):  # a layer's state: padded already
             return prepacked.apply(x, self.weight, self.bias)
         return prepacked.apply(prepacked.pad_rows(x), self.weight, self.bias)[: x.shape[0]]
 

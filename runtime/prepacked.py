@@ -94,8 +94,12 @@ def _kernel(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None)
     return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
 
 
-def padded_rows(rows: int) -> int:
-    """Rows a packed matmul over `rows` real rows runs (MIN_ROWS at least, then `bucket`)."""
+def padded_rows(rows: int, dtype: torch.dtype | None = None) -> int:
+    """Rows a packed matmul over `rows` real rows of `dtype` runs: exactly `rows` where our own
+    kernels run that dtype (runtime.native_linear: any row count is exact and none is slower for
+    its size); on oneDNN's kernels MIN_ROWS at least, then `bucket` (also for dtype None)."""
+    if dtype is not None and native_linear.native_dtype(dtype):
+        return rows
     return max(MIN_ROWS, bucket(rows))
 
 
@@ -103,7 +107,7 @@ def pad_rows(rows: torch.Tensor) -> torch.Tensor:
     """rows [n, in] with zero rows appended up to `padded_rows(n)`: padding rows are computed
     and dropped, each row's result is its own."""
     n = rows.shape[0]
-    padded = padded_rows(n)
+    padded = padded_rows(n, rows.dtype)
     if padded == n:
         return rows
     return torch.cat([rows, rows.new_zeros(padded - n, *rows.shape[1:])])
@@ -133,15 +137,15 @@ def row_sizes(max_rows: int) -> list[int]:
 
 
 def warm_shapes(max_rows: int) -> int:
-    """Run every packed weight shape met so far (one weight of each shape, dtype and bias, single
-    or a group's) at every row count up to `max_rows`, so that a server meets the kernels'
-    per-shape state at startup and its memory stays flat under traffic. Returns the number of
-    matmuls run."""
+    """Run every oneDNN-packed weight shape met so far (one weight of each shape, dtype and bias,
+    single or a group's) at every row count up to `max_rows`, so that a server meets oneDNN's
+    per-shape state at startup and its memory stays flat under traffic (our own kernels,
+    runtime.native_linear, keep no such state). Returns the number of matmuls run."""
     shapes: dict[tuple, torch.Tensor] = {}
     singles = [(packed, has_bias) for ref, _, packed, has_bias in list(_PACKED.values()) if ref() is not None]
     groups = [(packed, bias is not None) for _, _, packed, bias in list(_GROUPS.values())]
     for packed, has_bias in singles + groups:
-        if packed is not None:
+        if isinstance(packed, torch.Tensor):  # oneDNN's (None: not packed; ours: no per-shape state)
             shapes.setdefault((tuple(packed.shape), packed.dtype, has_bias), packed)
     runs = 0
     with torch.inference_mode():
@@ -164,7 +168,7 @@ def stacked_matmul(x: torch.Tensor, weights: list[torch.Tensor], biases: list[to
         return None
     rows = x.reshape(len(weights), -1, x.shape[-1])
     n = rows.shape[1]
-    padded = padded_rows(n)
+    padded = padded_rows(n, x.dtype)
     if padded > n:  # as in matmul: padding rows are computed and dropped
         rows = torch.cat([rows, rows.new_zeros(rows.shape[0], padded - n, rows.shape[2])], dim=1)
     out = torch.stack([apply(r, p, b) for r, p, b in zip(rows, packed, biases)])

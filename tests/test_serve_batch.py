@@ -21,10 +21,10 @@ from tiny_models import needs_native_bf16, tiny_model
 TARGET = tiny_model("llama", vocab=96, layers=3, seed=1)
 
 
-def composer() -> Composer:
+def composer(target=TARGET) -> Composer:
     lm = CausalLMDrafter(tiny_model("llama", vocab=96, layers=1, seed=8), 96, name="lm")
-    return Composer(TARGET, drafters={"ee": EarlyExitDrafter(TARGET, 1), "lm": lm,
-                                      "self": CausalLMDrafter(copy.deepcopy(TARGET), 96, name="self")})
+    return Composer(target, drafters={"ee": EarlyExitDrafter(target, 1), "lm": lm,
+                                      "self": CausalLMDrafter(copy.deepcopy(target), 96, name="self")})
 
 
 def reference_greedy(prompt: list[int], n: int) -> list[int]:

@@ -4,6 +4,7 @@ traffic (metrics untouched); /health says 503 until it is done; a non-streaming 
 no text events."""
 from __future__ import annotations
 
+import copy
 import threading
 
 import httpx
@@ -11,17 +12,24 @@ import pytest
 import torch
 from torch import nn
 
-from runtime import prepacked
+from runtime import native_linear, prepacked
 from serve.scheduler import Scheduler
 from serve.slot import new_slot
 from serve.warmup import WarmUp
-from test_serve_batch import Collector, composer
+from test_serve_batch import TARGET, Collector, composer
+
+
+def _native_caches_clear():
+    native_linear.linear_kernel.cache_clear()
+    native_linear.amx_ready.cache_clear()
 
 
 @pytest.fixture
 def shapes_run(monkeypatch):
-    """Every (packed weight shape, dtype, bias, rows) the packed kernel runs from now on: single
-    linears, the fast decoder's fused ones (runtime/plan.py) and the warm-up's own."""
+    """Every (packed weight shape, dtype, bias, rows) oneDNN's packed kernel runs from now on:
+    single linears, the fast decoder's fused ones (runtime/plan.py) and the warm-up's own. Our
+    own linear kernels (runtime/native_linear.py) keep no per-shape state and are switched off
+    here, so that every weight packed in the test is oneDNN's."""
     seen: set[tuple] = set()
     kernel = prepacked._kernel
 
@@ -30,7 +38,14 @@ def shapes_run(monkeypatch):
         return kernel(rows, packed, bias)
 
     monkeypatch.setattr(prepacked, "_kernel", spy)
-    return seen
+    # weights other tests packed (on our kernels) are packed afresh, on oneDNN's
+    monkeypatch.setattr(prepacked, "_PACKED", {})
+    monkeypatch.setattr(prepacked, "_GROUPS", {})
+    monkeypatch.setenv(native_linear.SWITCH, "0")
+    _native_caches_clear()
+    yield seen
+    monkeypatch.undo()
+    _native_caches_clear()
 
 
 @pytest.mark.skipif(not prepacked.enabled(), reason="this torch has no oneDNN packed linear")
@@ -46,6 +61,7 @@ def test_warm_shapes_runs_every_shape_later_matmuls_meet(shapes_run, monkeypatch
         shapes_run.clear()
         assert prepacked.warm_shapes(300) == 2 * len(prepacked.row_sizes(300))  # one weight per shape
         warmed = set(shapes_run)
+        assert warmed  # oneDNN's kernel ran
         shapes_run.clear()
         for rows in (1, 2, 5, 17, 64, 65, 81, 127, 129, 200, 300):
             for layer in layers:
@@ -58,7 +74,7 @@ def test_warm_shapes_runs_every_shape_later_matmuls_meet(shapes_run, monkeypatch
 
 @pytest.mark.skipif(not prepacked.enabled(), reason="this torch has no oneDNN packed linear")
 def test_serving_after_the_warm_up_meets_no_new_matmul_shape(shapes_run):
-    c = composer()
+    c = composer(copy.deepcopy(TARGET))  # a target whose fast decoder is planned here, on oneDNN's weights
     scheduler = Scheduler(c, max_batch=4, max_queue=16, warm_up=WarmUp(max_rows=128, new_tokens=4))
     report = scheduler.warm_up.run(scheduler)
     assert "2 requests" in report  # the default strategy and autoregressive
