@@ -4,11 +4,12 @@
  * visible keys in slot order alone: no blocking or reduction order here depends on how many rows
  * a call holds, how long its key axis is, or where masked keys sit between the visible ones.
  * That is what makes a tree node's row bit-identical to the row plain decoding computes for the
- * same token (masked keys are skipped; the visible ones are the same keys in the same order).
+ * same token (masked keys weigh exactly 0, which changes no bit of the sums; the visible ones
+ * are the same keys in the same order).
  *
- *   score_s = (q . k_s) * scale + mask_s            float32; the dot over head dims in lanes of 16
- *                                                   (lane j sums dims j, j+16, ...), lanes added in a
- *                                                   fixed tree (sixteen_sums)
+ *   score_s = (q . k_s) * scale + mask_s            float32; the dot over head dims one multiply-add
+ *                                                   per dim, in dim order (16 keys side by side in
+ *                                                   the lanes, from keys transposed once per call)
  *   w_s     = exp(score_s - max over visible s)     float32 (exp16)
  *   out     = (sum_s w_s v_s) / (sum_s w_s)         float32, summed key after key in slot order,
  *                                                   then rounded to bf16 (nearest even)
@@ -73,24 +74,6 @@ static inline v16f exp16(v16f x) {
     return (v16f)((v16u)y & ~under);
 }
 
-/* The lane sums of 16 vectors at once, the same tree for each: lane j of the result is
- * ((s[0] + s[2]) + (s[1] + s[3])) with s[i] = (d[j][i] + d[j][i+8]) + (d[j][i+4] + d[j][i+12]),
- * i.e. lanes paired j, j+8; then j, j+4; then j, j+2; then j, j+1. */
-static inline v16f sixteen_sums(const v16f *d) {
-    v16f a[8], b[4], c[2];
-    for (int i = 0; i < 8; i++) /* keys 2i, 2i+1: lanes 0-7 and 8-15 hold their s8 */
-        a[i] = __builtin_shufflevector(d[2 * i], d[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-               __builtin_shufflevector(d[2 * i], d[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-    for (int i = 0; i < 4; i++) /* keys 4i..4i+3: s4 in lanes of 4 */
-        b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-               __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-    for (int i = 0; i < 2; i++) /* keys 8i..8i+7: s2 in lanes of 2 */
-        c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
-               __builtin_shufflevector(b[2 * i], b[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
-    return __builtin_shufflevector(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
-           __builtin_shufflevector(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-}
-
 static inline v16f lane_index(void) {
     return (v16f){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 }
@@ -125,53 +108,58 @@ static inline v16f load_chunk(const uint16_t *row, int c, const int hd) {
     return load16(tmp);
 }
 
-enum { MAXC = 16, BLOCK = 4 }; /* head dims up to 256; up to BLOCK query rows of one kv head share each key's loads */
+enum { MAXC = 16, BLOCK = 8, VBLOCK = 4 }; /* head dims up to 256; BLOCK (row, head) pairs of one kv head per task, VBLOCK of them per value pass */
 
-/* Up to BLOCK (query row, head) pairs of one kv head: q rows qs[r], masks ms[r] (NULL: all
- * visible), outputs os[r]; the kv head's keys kf and values vf widened to float32 rows of width
- * floats (`widen`). Each key is loaded once for the block; every pair's arithmetic is its own and
- * the same whichever pairs share its block (that sharing is the only thing the block changes).
- * score: BLOCK * (keys + 16) floats. Inlined with a constant hd for the common head sizes. */
-static inline void attend_block(int count, const uint16_t *const *qs, const uint16_t *const *ms, uint16_t *const *os,
-                                const float *kf, const float *vf, int keys, const int hd, float scale, float *score) {
-    const int nc = (hd + 15) / 16, width = 16 * nc, stride = keys + 16;
-    v16f qv[BLOCK][MAXC], acc[BLOCK][MAXC], tops[BLOCK];
-    float top[BLOCK], total[BLOCK];
-    for (int r = 0; r < count; r++) {
-        tops[r] = (v16f){0} - INFINITY;
-        for (int c = 0; c < nc; c++) {
-            qv[r][c] = load_chunk(qs[r], c, hd);
-            acc[r][c] = (v16f){0};
-        }
-        top[r] = -INFINITY;
-        total[r] = 0.0f;
-    }
-    /* scores, 16 keys at a time: each key's dot over head dims in 16 lanes (lane j sums dims j,
-     * j + 16, ...), then the lane tree for the 16 keys together (sixteen_sums). Keys past the
-     * end read a zero row and are masked. */
+/* The score pass of attend_block over R pairs (a constant after inlining: 4 for small blocks,
+ * BLOCK else; pairs past count compute zeros that nothing reads). */
+static inline __attribute__((always_inline)) void score_pass(const int R, int count, float qf[][16 * MAXC],
+        const uint16_t *const *ms, const float *kt, int keys, const int hd, float scale, float *score, v16f *tops) {
+    const int stride = keys + 16;
     for (int s0 = 0; s0 < keys; s0 += 16) {
+        v16f acc[BLOCK];
+        for (int r = 0; r < R; r++) acc[r] = (v16f){0};
+        for (int d = 0; d < hd; d++) {
+            v16f k = load_floats(kt + (int64_t)d * stride + s0);
+            for (int r = 0; r < R; r++) acc[r] += qf[r][d] * k;
+        }
         v16u inside = (v16u)(lane_index() < (float)(keys - s0));
         for (int r = 0; r < count; r++) {
             v16f m = ms[r] ? load_mask(ms[r] + s0, keys - s0) : (v16f){0};
             v16u visible = (v16u)(m > MASKED) & inside;
-            if (!any_lane(visible)) {
-                store_lanes(score + r * stride + s0, (v16f){0} - INFINITY);
-                continue;
-            }
-            v16f d[16];
-            for (int j = 0; j < 16; j++) {
-                d[j] = (v16f){0};
-                for (int c = 0; c < nc; c++) d[j] += qv[r][c] * load_floats(kf + (s0 + j) * width + 16 * c);
-            }
-            v16f sc = sixteen_sums(d) * scale + m;
+            v16f sc = acc[r] * scale + m;
             sc = (v16f)((visible & (v16u)sc) | (~visible & (v16u)((v16f){0} - INFINITY)));
             store_lanes(score + r * stride + s0, sc);
             v16u more = (v16u)(sc > tops[r]); /* max: exact in any order */
             tops[r] = (v16f)((more & (v16u)sc) | (~more & (v16u)tops[r]));
         }
     }
-    for (int r = 0; r < count; r++)
+}
+
+/* Up to BLOCK (query row, head) pairs of one kv head: q rows qs[r], masks ms[r] (NULL: all
+ * visible), outputs os[r]; the kv head's keys transposed and widened to float32, kt[d][s] (row
+ * stride keys + 16), and its values widened, vf[s][d] (row stride width) (`widen_keys`,
+ * `widen_values`). Each key's loads are shared by the block; every pair's arithmetic is its own
+ * and the same whichever pairs share its block. score: BLOCK * (keys + 16) floats. Inlined with
+ * a constant hd for the common head sizes. */
+static inline void attend_block(int count, const uint16_t *const *qs, const uint16_t *const *ms, uint16_t *const *os,
+                                const float *kt, const float *vf, int keys, const int hd, float scale, float *score) {
+    const int nc = (hd + 15) / 16, width = 16 * nc, stride = keys + 16;
+    float qf[BLOCK][16 * MAXC], top[BLOCK];
+    v16f tops[BLOCK];
+    for (int r = 0; r < BLOCK; r++) {
+        tops[r] = (v16f){0} - INFINITY;
+        for (int d = 0; d < hd; d++) qf[r][d] = r < count ? bf16_to_float(qs[r][d]) : 0.0f;
+    }
+    /* scores, 16 keys at a time in the lanes: each key's dot over head dims, dim after dim
+     * (one multiply-add per dim, in dim order); a key's score depends on its q and k alone */
+    if (count <= 4)
+        score_pass(4, count, qf, ms, kt, keys, hd, scale, score, tops);
+    else
+        score_pass(BLOCK, count, qf, ms, kt, keys, hd, scale, score, tops);
+    for (int r = 0; r < count; r++) {
+        top[r] = -INFINITY;
         for (int j = 0; j < 16; j++) top[r] = tops[r][j] > top[r] ? tops[r][j] : top[r];
+    }
     /* weights, over the blocks of 16 the score pass wrote (masked keys and those past the end: exactly 0) */
     for (int r = 0; r < count; r++) {
         float *sc = score + r * stride;
@@ -182,29 +170,84 @@ static inline void attend_block(int count, const uint16_t *const *qs, const uint
             memcpy(sc + s, &x, sizeof x);
         }
     }
-    /* the weighted sums, key after key in slot order (a zero weight adds nothing: skipped) */
-    for (int s = 0; s < keys; s++) {
-        int any = 0;
-        for (int r = 0; r < count; r++) any |= score[r * stride + s] != 0.0f;
-        if (!any) continue;
-        for (int r = 0; r < count; r++) {
-            float w = score[r * stride + s];
-            if (w == 0.0f) continue;
-            total[r] += w;
-            for (int c = 0; c < nc; c++) acc[r][c] += w * load_floats(vf + s * width + 16 * c);
+    /* the weighted sums, key after key in slot order, VBLOCK pairs at a time. A zero weight (a
+     * masked key) changes no bit of a sum that starts at +0 (x + 0 = x; a sum of finite terms is
+     * never -0 in round-to-nearest), so keys whose weights are all zero are skipped or not alike. */
+    for (int r0 = 0; r0 < count; r0 += VBLOCK) {
+        int n = count - r0 < VBLOCK ? count - r0 : VBLOCK;
+        v16f acc[VBLOCK][MAXC];
+        float total[VBLOCK];
+        for (int r = 0; r < VBLOCK; r++) {
+            total[r] = 0.0f;
+            for (int c = 0; c < nc; c++) acc[r][c] = (v16f){0};
         }
-    }
-    for (int r = 0; r < count; r++) {
-        for (int c = 0; c < nc; c++) {
-            v16f y = acc[r][c] / total[r];
-            for (int j = 0; j < 16 && 16 * c + j < hd; j++) os[r][16 * c + j] = float_to_bf16(y[j]);
+        const float *w = score + r0 * stride;
+        for (int s = 0; s < keys; s++) {
+            int any = 0;
+            for (int r = 0; r < n; r++) any |= w[r * stride + s] != 0.0f;
+            if (!any) continue;
+            for (int c = 0; c < nc; c++) {
+                v16f v = load_floats(vf + (int64_t)s * width + 16 * c);
+                for (int r = 0; r < VBLOCK; r++) acc[r][c] += w[(r < n ? r : 0) * stride + s] * v;
+            }
+            for (int r = 0; r < n; r++) total[r] += w[r * stride + s];
+        }
+        for (int r = 0; r < n; r++) {
+            for (int c = 0; c < nc; c++) {
+                v16f y = acc[r][c] / total[r];
+                for (int j = 0; j < 16 && 16 * c + j < hd; j++) os[r0 + r][16 * c + j] = float_to_bf16(y[j]);
+            }
         }
     }
 }
 
-/* rows [keys, hd] of bf16 (row stride ss) -> float rows [keys + 16, width] (zeros past hd and
- * past keys: the score pass reads keys in blocks of 16) */
-static void widen(const uint16_t *x, int64_t ss, int keys, int hd, int width, float *out) {
+/* x[0..15] (16 rows of 16 floats) transposed in place: four stages, each swapping one bit
+ * between the row and the column index */
+static inline void transpose16(v16f *x) {
+    for (int i = 0; i < 16; i++) {
+        if (i & 8) continue;
+        v16f a = x[i], c = x[i + 8];
+        x[i] = __builtin_shufflevector(a, c, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+        x[i + 8] = __builtin_shufflevector(a, c, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    }
+    for (int i = 0; i < 16; i++) {
+        if (i & 4) continue;
+        v16f a = x[i], c = x[i + 4];
+        x[i] = __builtin_shufflevector(a, c, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+        x[i + 4] = __builtin_shufflevector(a, c, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    }
+    for (int i = 0; i < 16; i++) {
+        if (i & 2) continue;
+        v16f a = x[i], c = x[i + 2];
+        x[i] = __builtin_shufflevector(a, c, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+        x[i + 2] = __builtin_shufflevector(a, c, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    }
+    for (int i = 0; i < 16; i++) {
+        if (i & 1) continue;
+        v16f a = x[i], c = x[i + 1];
+        x[i] = __builtin_shufflevector(a, c, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+        x[i + 1] = __builtin_shufflevector(a, c, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+    }
+}
+
+/* keys [keys, hd] of bf16 (row stride ss) -> float [width][keys + 16], transposed 16 x 16 at a
+ * time (zeros past hd and past keys: the score pass reads keys in blocks of 16) */
+static void widen_keys(const uint16_t *x, int64_t ss, int keys, int hd, int width, float *out) {
+    const int64_t stride = keys + 16;
+    for (int s0 = 0; s0 < keys + 16; s0 += 16) { /* the last block: the zeros past keys */
+        for (int c = 0; 16 * c < width; c++) {
+            v16f t[16];
+            for (int j = 0; j < 16; j++) t[j] = s0 + j < keys ? load_chunk(x + (s0 + j) * ss, c, hd) : (v16f){0};
+            transpose16(t);
+            for (int j = 0; j < 16; j++)
+                if (s0 + 16 <= stride) memcpy(out + (16 * c + j) * stride + s0, &t[j], sizeof t[j]);
+                else memcpy(out + (16 * c + j) * stride + s0, &t[j], sizeof(float) * (size_t)(stride - s0));
+        }
+    }
+}
+
+/* values [keys, hd] of bf16 (row stride ss) -> float rows [keys + 16, width] (zeros past hd and keys) */
+static void widen_values(const uint16_t *x, int64_t ss, int keys, int hd, int width, float *out) {
     for (int s = 0; s < keys; s++) {
         for (int c = 0; 16 * c < width; c++) {
             v16f f = load_chunk(x + s * ss, c, hd);
@@ -260,7 +303,7 @@ int invariant_attention(const uint16_t *q, int64_t q_sh, int64_t q_sn,
     /* every kv head's keys and values widened to float32 once, for all its rows */
     #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (int t = 0; t < 2 * kv_heads; t++)
-        widen((t % 2 ? v : k) + (t / 2) * kv_sg, kv_ss, keys, hd, width, widened + t * plane);
+        (t % 2 ? widen_values : widen_keys)((t % 2 ? v : k) + (t / 2) * kv_sg, kv_ss, keys, hd, width, widened + t * plane);
     #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
     for (int t = 0; t < kv_heads * blocks; t++) {
         int g = t / blocks, tid = 0;

@@ -127,7 +127,7 @@ def native_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     threads = torch.get_num_threads() if n * heads * s >= PARALLEL_WORK else 1
     width = -(-hd // 16) * 16
     # every kv head's widened keys and values, then BLOCK rows of scores per thread (attention_kernel.c)
-    work = torch.empty((2 * kv * width + 4 * threads) * (s + 16), dtype=torch.float32)
+    work = torch.empty((2 * kv * width + 8 * threads) * (s + 16), dtype=torch.float32)
     status = lib.invariant_attention(
         q.data_ptr(), q.stride(1), q.stride(2), keys.data_ptr(), values.data_ptr(), keys.stride(1), keys.stride(2),
         None if mask is None else mask.data_ptr(), 0 if mask is None else mask.stride(0), out.data_ptr(),
