@@ -201,33 +201,28 @@ static inline void attend_block(int count, const uint16_t *const *qs, const uint
     }
 }
 
-/* x[0..15] (16 rows of 16 floats) transposed in place: four stages, each swapping one bit
- * between the row and the column index */
+/* x[0..15] (16 rows of 16 floats) transposed in place: four stages, each swapping bit B between
+ * the row and the column index (rows i and i + B exchange the halves LO and HI pick out) */
+#define SWAP_BIT(B, LO, HI)                                  \
+    for (int i = 0; i < 16; i++) {                           \
+        if (i & B) continue;                                 \
+        v16f a = x[i], c = x[i + B];                         \
+        x[i] = __builtin_shufflevector(a, c, LO);            \
+        x[i + B] = __builtin_shufflevector(a, c, HI);        \
+    }
+#define LO8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define HI8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define LO4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
+#define HI4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define LO2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define HI2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define LO1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
+#define HI1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
 static inline void transpose16(v16f *x) {
-    for (int i = 0; i < 16; i++) {
-        if (i & 8) continue;
-        v16f a = x[i], c = x[i + 8];
-        x[i] = __builtin_shufflevector(a, c, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-        x[i + 8] = __builtin_shufflevector(a, c, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-    }
-    for (int i = 0; i < 16; i++) {
-        if (i & 4) continue;
-        v16f a = x[i], c = x[i + 4];
-        x[i] = __builtin_shufflevector(a, c, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
-        x[i + 4] = __builtin_shufflevector(a, c, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
-    }
-    for (int i = 0; i < 16; i++) {
-        if (i & 2) continue;
-        v16f a = x[i], c = x[i + 2];
-        x[i] = __builtin_shufflevector(a, c, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
-        x[i + 2] = __builtin_shufflevector(a, c, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
-    }
-    for (int i = 0; i < 16; i++) {
-        if (i & 1) continue;
-        v16f a = x[i], c = x[i + 1];
-        x[i] = __builtin_shufflevector(a, c, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
-        x[i + 1] = __builtin_shufflevector(a, c, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
-    }
+    SWAP_BIT(8, LO8, HI8)
+    SWAP_BIT(4, LO4, HI4)
+    SWAP_BIT(2, LO2, HI2)
+    SWAP_BIT(1, LO1, HI1)
 }
 
 /* keys [keys, hd] of bf16 (row stride ss) -> float [width][keys + 16], transposed 16 x 16 at a

@@ -64,39 +64,45 @@ def native_dtype(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 and linear_kernel() is not None
 
 
-class AmxWeight:
-    """A bf16 weight [out, in] packed for amx_linear: [out/64][in/32][4][16][16][2], zero padded."""
+class _PackedWeight:
+    """A weight [out, in] of `dtype`, zero padded to [out_pad, in_pad] and laid out by `_layout`."""
 
     __slots__ = ("data", "shape", "dtype", "__weakref__")
+    kind, dtype_needed, in_multiple = "", torch.float32, 1
 
     def __init__(self, weight: torch.Tensor):
-        if weight.dtype != torch.bfloat16 or weight.dim() != 2:
-            raise ValueError(f"the AMX linear packs a 2-d bf16 weight, got {weight.dtype} {tuple(weight.shape)}")
+        if weight.dtype != self.dtype_needed or weight.dim() != 2:
+            raise ValueError(f"the {self.kind} linear packs a 2-d {str(self.dtype_needed)[6:].replace('bfloat16', 'bf16')} "
+                             f"weight, got {weight.dtype} {tuple(weight.shape)}")
         n, k = weight.shape
-        n_pad, k_pad = -(-n // BLOCK_N) * BLOCK_N, -(-k // CHUNK_K) * CHUNK_K
+        n_pad, k_pad = -(-n // BLOCK_N) * BLOCK_N, -(-k // self.in_multiple) * self.in_multiple
         padded = weight.detach().new_zeros(n_pad, k_pad)
         padded[:n, :k] = weight.detach()
-        # w[64 b + 16 t + j, 32 c + 2 r + e] -> [b][c][t][r][j][e]
-        self.data = padded.view(n_pad // 64, 4, 16, k_pad // 32, 16, 2).permute(0, 3, 1, 4, 2, 5).contiguous()
+        self.data = self._layout(padded).contiguous()
         self.shape = torch.Size((n, k))
-        self.dtype = torch.bfloat16
+        self.dtype = self.dtype_needed
 
 
-class F32Weight:
-    """A float32 weight [out, in] packed for f32_linear: [out/64][in][64], zero past out."""
+class AmxWeight(_PackedWeight):
+    """A bf16 weight packed for amx_linear: [out/64][in/32][4][16][16][2]."""
 
-    __slots__ = ("data", "shape", "dtype", "__weakref__")
+    __slots__ = ()
+    kind, dtype_needed, in_multiple = "AMX", torch.bfloat16, CHUNK_K
 
-    def __init__(self, weight: torch.Tensor):
-        if weight.dtype != torch.float32 or weight.dim() != 2:
-            raise ValueError(f"the float32 linear packs a 2-d float32 weight, got {weight.dtype} {tuple(weight.shape)}")
-        n, k = weight.shape
-        n_pad = -(-n // BLOCK_N) * BLOCK_N
-        padded = weight.detach().new_zeros(n_pad, k)
-        padded[:n] = weight.detach()
-        self.data = padded.view(n_pad // 64, 64, k).transpose(1, 2).contiguous()  # w[64 b + j, i] -> [b][i][j]
-        self.shape = torch.Size((n, k))
-        self.dtype = torch.float32
+    @staticmethod
+    def _layout(w: torch.Tensor) -> torch.Tensor:  # w[64 b + 16 t + j, 32 c + 2 r + e] -> [b][c][t][r][j][e]
+        return w.view(w.shape[0] // 64, 4, 16, w.shape[1] // 32, 16, 2).permute(0, 3, 1, 4, 2, 5)
+
+
+class F32Weight(_PackedWeight):
+    """A float32 weight packed for f32_linear: [out/64][in][64]."""
+
+    __slots__ = ()
+    kind, dtype_needed = "float32", torch.float32
+
+    @staticmethod
+    def _layout(w: torch.Tensor) -> torch.Tensor:  # w[64 b + j, i] -> [b][i][j]
+        return w.view(w.shape[0] // 64, 64, w.shape[1]).transpose(1, 2)
 
 
 def pack(weight: torch.Tensor) -> AmxWeight | F32Weight:
