@@ -78,12 +78,6 @@ static inline v16f lane_index(void) {
     return (v16f){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 }
 
-static inline int any_lane(v16u m) {
-    uint32_t any = 0;
-    for (int j = 0; j < 16; j++) any |= m[j];
-    return any != 0;
-}
-
 static inline void store_lanes(float *p, v16f x) { memcpy(p, &x, sizeof x); }
 
 static inline v16f load_floats(const float *p) {

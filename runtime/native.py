@@ -1,4 +1,5 @@
-"""The compiled exact bf16 attention (runtime/attention_kernel.c; docs/design.md "Exact bf16").
+"""The compiled exact bf16 attention (runtime/attention_kernel.c; docs/design.md "Exact bf16"),
+and the build of every compiled kernel (`load_library`, also used by runtime/native_linear.py).
 
 The kernel (about 280 lines of C) is compiled on first use with the system's C compiler for the
 running CPU (-march=native) into $SPECMUX_HOME/kernels/<digest>/ (written whole: compiled to a
@@ -32,6 +33,7 @@ FLAGS = ["-O3", "-march=native", "-fno-fast-math", "-fopenmp", "-fPIC", "-shared
 # below this many (query row, head, key) triples a call runs on one thread: waking the pool
 # costs more than it saves on a one-token forward (9 heads x 300 keys)
 PARALLEL_WORK = 32_768
+SCORE_ROWS = 8  # (row, head) pairs of one kv head per task: attention_kernel.c's BLOCK, its score rows
 ENV_SWITCH = "SPECMUX_NATIVE_ATTENTION"  # "0": no kernel (a bf16 target is then not exact: auto runs float32)
 
 
@@ -126,8 +128,8 @@ def native_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     out = torch.empty(n, heads, hd, dtype=torch.bfloat16)
     threads = torch.get_num_threads() if n * heads * s >= PARALLEL_WORK else 1
     width = -(-hd // 16) * 16
-    # every kv head's widened keys and values, then BLOCK rows of scores per thread (attention_kernel.c)
-    work = torch.empty((2 * kv * width + 8 * threads) * (s + 16), dtype=torch.float32)
+    # every kv head's widened keys and values, then SCORE_ROWS rows of scores per thread (attention_kernel.c)
+    work = torch.empty((2 * kv * width + SCORE_ROWS * threads) * (s + 16), dtype=torch.float32)
     status = lib.invariant_attention(
         q.data_ptr(), q.stride(1), q.stride(2), keys.data_ptr(), values.data_ptr(), keys.stride(1), keys.stride(2),
         None if mask is None else mask.data_ptr(), 0 if mask is None else mask.stride(0), out.data_ptr(),

@@ -64,7 +64,7 @@ def native_dtype(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 and linear_kernel() is not None
 
 
-class _PackedWeight:
+class NativeWeight:
     """A weight [out, in] of `dtype`, zero padded to [out_pad, in_pad] and laid out by `_layout`."""
 
     __slots__ = ("data", "shape", "dtype", "__weakref__")
@@ -83,7 +83,7 @@ class _PackedWeight:
         self.dtype = self.dtype_needed
 
 
-class AmxWeight(_PackedWeight):
+class AmxWeight(NativeWeight):
     """A bf16 weight packed for amx_linear: [out/64][in/32][4][16][16][2]."""
 
     __slots__ = ()
@@ -94,7 +94,7 @@ class AmxWeight(_PackedWeight):
         return w.view(w.shape[0] // 64, 4, 16, w.shape[1] // 32, 16, 2).permute(0, 3, 1, 4, 2, 5)
 
 
-class F32Weight(_PackedWeight):
+class F32Weight(NativeWeight):
     """A float32 weight packed for f32_linear: [out/64][in][64]."""
 
     __slots__ = ()

@@ -78,10 +78,10 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def apply(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The packed kernel over `rows` [m, in] (m already `padded_rows(m)`) -> [m, out], at most
-    ROW_TILE rows per kernel call (a short last tile padded to MIN_ROWS), so that every row is
+    """The packed kernel over `rows` [m, in] (m already `padded_rows(m)`) -> [m, out]: ours in
+    one call (runtime.native_linear), oneDNN's at most ROW_TILE rows per kernel call (a short last tile padded to MIN_ROWS), so that every row is
     computed by the kernel that computes it alone."""
-    if isinstance(packed, (native_linear.AmxWeight, native_linear.F32Weight)):  # row-invariant at any row count
+    if isinstance(packed, native_linear.NativeWeight):  # row-invariant at any row count: one call
         return native_linear.linear(rows, packed, bias)
     m = rows.shape[0]
     if m <= ROW_TILE:

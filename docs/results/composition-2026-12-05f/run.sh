@@ -1,15 +1,4 @@
 #!/usr/bin/env bash
-# the composition table's three runs (same commands as composition-2026-12-05e, with the native linears), from the repository root
-set -euo pipefail
-P=drafters/pretrained/smollm2-135m-instruct
-O=docs/results/composition-2026-12-05f
-C="--limit 4 --max-new-tokens 64 --temperatures 0,1"
-uptime
-.venv/bin/specmux eval --drafter math=eagle:$P/math --drafter chat=eagle:$P/chat --domain-router $P/domain_router.safetensors \
-  --strategies autoregressive,single:math,single:chat,averaged,confidence,entropy,merged_tree,online,domain $C --out $O/A
-uptime
-.venv/bin/specmux eval --drafter mixed=eagle:$P/mixed --strategies autoregressive,single:mixed $C --out $O/B
-uptime
-.venv/bin/specmux eval --drafter math=eagle:$P/math --drafter chat=eagle:$P/chat \
-  --strategies autoregressive,merged_tree --merge-budget equal $C --out $O/C
-uptime
+# the composition table's three runs: composition-2026-12-05e's commands (the code now has the native
+# linears and the transposed-key attention), written into this folder; from the repository root
+exec "$(dirname "$0")/../composition-2026-12-05e/run.sh" docs/results/composition-2026-12-05f
