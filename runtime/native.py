@@ -22,6 +22,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -61,8 +62,23 @@ def _library_path(cc: str, source: Path) -> Path:
     from .assets import specmux_home
 
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    digest = hashlib.sha256("\0".join([source.read_text(), cc, *FLAGS, version, _cpu_flags()]).encode()).hexdigest()
+    texts = [p.read_text() for p in _sources(source)]
+    digest = hashlib.sha256("\0".join([*texts, cc, *FLAGS, version, _cpu_flags()]).encode()).hexdigest()
     return specmux_home() / "kernels" / digest[:16] / f"{source.stem}.so"
+
+
+def _sources(source: Path) -> list[Path]:
+    """`source` and the local files it includes (`#include "x.c"`), recursively: a change to any
+    of them is a new library."""
+    seen: list[Path] = []
+    todo = [source]
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.append(p)
+        todo += [p.with_name(name) for name in re.findall(r'^#include "([^"]+)"', p.read_text(), flags=re.M)]
+    return seen
 
 
 def _build(cc: str, source: Path, path: Path) -> None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-from . import prepacked
+from . import native_layer, prepacked
 
 RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 SILU = ("SiLU", "SiLUActivation")
@@ -91,7 +91,7 @@ class GatedMLP:
 
 
 class LayerPlan:
-    __slots__ = ("input_norm", "qkv", "q", "k", "v", "q_norm", "k_norm", "o", "post_norm", "mlp")
+    __slots__ = ("input_norm", "qkv", "q", "k", "v", "q_norm", "k_norm", "o", "post_norm", "mlp", "fused")
 
     def __init__(self, **parts):
         for name in self.__slots__:
@@ -115,6 +115,7 @@ class Plan:
         self.rotary = self._child(body, "rotary_emb")
         self.layers = [self._layer(self._child(self._layer_list, str(i)), packed) for i in range(len(self._layer_list))]
         self.norm = self._norm(self._child(body, "norm"))
+        self.fused = any(layer.fused is not None for layer in self.layers)
         self.head = self._linears([self._child(model, "lm_head")], packed)
         self._ids = [id(o) for o in self._objects]
         self._versions = [t._version for t in self._versioned]
@@ -137,9 +138,17 @@ class Plan:
         cos, sin = rotation_tables(*self.rotary(h, positions.view(1, rows)))
         h = h[0]
         captured = {}
+        if self.fused:  # the compiled layers update h in place: captures are copies, rotations rows
+            h = h.contiguous()
+            rows_cos, rows_sin = cos.reshape(rows, -1).contiguous(), sin.reshape(rows, -1).contiguous()
+        heads, kv = self.heads, self.kv_heads
         for i, layer in enumerate(self.layers):
             if i in wanted:
-                captured[i] = h[:n]
+                captured[i] = h[:n].clone() if self.fused else h[:n]
+            if layer.fused is not None:
+                qkv = layer.fused.pre(h, rows_cos, rows_sin)
+                layer.fused.post(h, attend(i, qkv[:, :heads], qkv[:, heads : heads + kv], qkv[:, heads + kv :]))
+                continue
             q, k, v = self._project(layer, layer.input_norm(h, n), n, cos, sin)
             h = h + layer.o(attend(i, q, k, v), n)
             h = h + layer.mlp(layer.post_norm(h, n), n)
@@ -201,10 +210,24 @@ class Plan:
                                                                     v=self._linears([v], packed))
         if "q_norm" in attn._modules:
             parts.update(q_norm=self._norm(self._child(attn, "q_norm")), k_norm=self._norm(self._child(attn, "k_norm")))
-        return LayerPlan(input_norm=self._norm(self._child(layer, "input_layernorm")),
+        plan = LayerPlan(input_norm=self._norm(self._child(layer, "input_layernorm")),
                          o=self._linears([self._child(attn, "o_proj")], packed),
                          post_norm=self._norm(self._child(layer, "post_attention_layernorm")),
                          mlp=self._mlp(mlp, packed), **parts)
+        plan.fused = self._fused(plan) if self.dtype == torch.bfloat16 else None
+        return plan
+
+    def _fused(self, layer: LayerPlan) -> "native_layer.FusedLayer | None":
+        """The compiled bf16 layer (runtime/native_layer.py) where every piece around the
+        attention is a plain one it computes; None: the layer runs op by op."""
+        mlp = layer.mlp
+        if not (isinstance(layer.input_norm, Norm) and isinstance(layer.post_norm, Norm) and isinstance(layer.qkv, Packed)
+                and isinstance(layer.o, Packed) and layer.q_norm is None and isinstance(mlp, GatedMLP)
+                and mlp.act is F.silu and isinstance(mlp.down, Packed)):
+            return None
+        parts = (layer.input_norm, layer.qkv, layer.o, layer.post_norm, mlp.gate_up, mlp.down,
+                 self.heads, self.kv_heads, self.head_dim)
+        return native_layer.FusedLayer(*parts) if native_layer.FusedLayer.fits(*parts) else None
 
     def _mlp(self, mlp: nn.Module, packed: bool):
         names = ("gate_proj", "up_proj", "down_proj", "act_fn")

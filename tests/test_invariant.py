@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime.target_dtype import resolve_dtype
+from runtime import native_layer
 from runtime.decoder import Decoder
 from runtime.plan import Norm, rotate, rotation_tables
 from runtime.invariant import check_kernels, invariant_attention
@@ -121,11 +122,16 @@ def _depths(parents: torch.Tensor) -> torch.Tensor:
     return depths
 
 
-@pytest.fixture(scope="module")
-def tiny_bf16():
-    model = tiny_model("llama", vocab=96, layers=2, hidden=64)
+@pytest.fixture(scope="module", params=[64, 128], ids=["op-by-op", "compiled-layer"])
+def tiny_bf16(request):
+    """Head dim 16: the layers op by op; 128 wide (head dim 32): the compiled layer where the
+    CPU has AMX (runtime/native_layer.py)."""
+    model = tiny_model("llama", vocab=96, layers=2, hidden=request.param)
     model.config.max_position_embeddings = 4096
-    return Decoder(model.to(BF16))
+    decoder = Decoder(model.to(BF16))
+    with torch.inference_mode():  # the plan a forward at inference runs
+        assert decoder.plan().fused == (request.param == 128 and native_layer.layer_kernel() is not None)
+    return decoder
 
 
 def _check_tree_against_plain(decoder, prefix: int, n: int, seed: int, nodes_checked: int = 3) -> None:

@@ -1,0 +1,111 @@
+"""A bf16 decoder layer around its attention in two compiled calls (runtime/layer_kernel.c;
+docs/design.md "Exact bf16").
+
+runtime/plan.py runs a layer this way where every piece around the attention is a plain one
+(RMSNorm, packed q|k|v, o and gate|up / down on AMX weights, SiLU, no per-head q/k norm) and the
+model runs bf16 on AMX: `pre` (input norm, q|k|v, rotation) and `post` (o and the residual,
+post norm, gated MLP and the residual). Between them the decoder's attention writes the cache and
+attends as before. Each row is computed from its own row alone by one code path at any row
+count, so the forward stays row-invariant (greedy speculative output equals plain decoding).
+
+SPECMUX_NATIVE_LAYER=0 runs these layers op by op again (transformers' ops on the same kernels).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+from . import native_linear
+from .native import load_library
+
+SOURCE = Path(__file__).with_name("layer_kernel.c")
+SWITCH = "SPECMUX_NATIVE_LAYER"  # "0": layers op by op (runtime/plan.py)
+
+
+@functools.lru_cache(maxsize=None)
+def layer_kernel() -> ctypes.CDLL | None:
+    """The compiled layer (built on first use), or None where switched off, no C compiler exists
+    or the bf16 linears do not run on AMX here. A compiler that fails raises KernelBuildError."""
+    if os.environ.get(SWITCH, "1") == "0" or not native_linear.amx_ready():
+        return None
+    lib = load_library(SOURCE)
+    if lib is None:
+        return None
+    i64, i32, ptr, f32 = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
+    lib.layer_pre.argtypes = [ptr, i64, i64, ptr, f32, ptr, ptr, i32, i32, i32, ptr, ptr, ptr, i32]
+    lib.layer_post.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, f32, ptr, i64, ptr, ptr, i32]
+    lib.layer_pre.restype = lib.layer_post.restype = ctypes.c_int
+    return lib
+
+
+def _bias32(bias: torch.Tensor | None) -> torch.Tensor | None:
+    return None if bias is None else bias.detach().to(torch.float32).contiguous()
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class FusedLayer:
+    """One layer's weights as the compiled calls take them (the packed AMX weights, the norms'
+    bf16 weights, float32 biases), resolved once per plan."""
+
+    __slots__ = ("lib", "d", "heads", "kv_heads", "hd", "inter", "keep", "args_pre", "args_post", "width")
+
+    def __init__(self, input_norm, qkv, o, post_norm, gate_up, down, heads: int, kv_heads: int, head_dim: int):
+        self.lib = layer_kernel()
+        self.heads, self.kv_heads, self.hd = heads, kv_heads, head_dim
+        self.d = int(input_norm.weight.shape[0])
+        self.inter = int(down.weight.shape[1])
+        self.width = int(o.weight.shape[1])
+        norms = [n.weight.detach().contiguous() for n in (input_norm, post_norm)]
+        biases = [_bias32(p.bias) for p in (qkv, o, down)]
+        self.keep = (norms, biases, qkv.weight, o.weight, gate_up.weight, down.weight)  # alive while pointed to
+        self.args_pre = (_ptr(norms[0]), float(input_norm.eps), qkv.weight.data.data_ptr(), _ptr(biases[0]),
+                         heads, kv_heads, head_dim)
+        self.args_post = (o.weight.data.data_ptr(), _ptr(biases[1]), _ptr(norms[1]), float(post_norm.eps),
+                          gate_up.weight.data.data_ptr(), self.inter, down.weight.data.data_ptr(), _ptr(biases[2]))
+
+    @staticmethod
+    def fits(input_norm, qkv, o, post_norm, gate_up, down, heads: int, kv_heads: int, head_dim: int) -> bool:
+        """Whether these parts are what the compiled layer computes (the caller checked their kinds)."""
+        if layer_kernel() is None:
+            return False
+        packed = [p.weight for p in (qkv, o, gate_up, down)]
+        if not all(isinstance(w, native_linear.AmxWeight) for w in packed):
+            return False
+        d, inter = int(input_norm.weight.shape[0]), int(down.weight.shape[1])
+        return (head_dim % 32 == 0 and head_dim <= 256 and d % 32 == 0 and inter % 16 == 0
+                and all(n.weight.dtype == torch.bfloat16 and tuple(n.weight.shape) == (d,) for n in (input_norm, post_norm))
+                and tuple(qkv.weight.shape) == ((heads + 2 * kv_heads) * head_dim, d)
+                and tuple(o.weight.shape) == (d, heads * head_dim)
+                and tuple(gate_up.weight.shape) == (2 * inter, d) and tuple(down.weight.shape) == (d, inter))
+
+    def pre(self, h: torch.Tensor, cos: torch.Tensor, ssin: torch.Tensor) -> torch.Tensor:
+        """h [P, d] (contiguous), cos / ssin [P, hd] (contiguous) -> qkv [P, heads + 2 kv, hd],
+        q and k rotated."""
+        rows = h.shape[0]
+        qkv = torch.empty(rows, self.heads + 2 * self.kv_heads, self.hd, dtype=torch.bfloat16)
+        status = self.lib.layer_pre(h.data_ptr(), rows, self.d, *self.args_pre, cos.data_ptr(), ssin.data_ptr(),
+                                    qkv.data_ptr(), torch.get_num_threads())
+        _check(status)
+        return qkv
+
+    def post(self, h: torch.Tensor, attn: torch.Tensor) -> None:
+        """h [P, d] += o(attn) then += mlp(norm(h)), in place; attn [P, heads * hd] (unit column stride)."""
+        if attn.stride(1) != 1:
+            attn = attn.contiguous()
+        status = self.lib.layer_post(h.data_ptr(), h.shape[0], self.d, attn.data_ptr(), self.width, attn.stride(0),
+                                     *self.args_post, torch.get_num_threads())
+        _check(status)
+
+
+def _check(status: int) -> None:
+    if status == -1:
+        raise MemoryError("the compiled bf16 layer could not allocate its buffers")
+    if status != 0:
+        raise RuntimeError(f"the compiled bf16 layer failed (status {status})")
