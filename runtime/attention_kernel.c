@@ -275,6 +275,7 @@ static void run_block(int g, int first, const uint16_t *q, int64_t q_sh, int64_t
  * OpenMP threads (torch's own pool: runtime/native.py links the same libgomp); which thread
  * computes a block changes nothing in it. Returns 0; -1 when a row sees no key, -2 for a head
  * dim over 256. */
+__attribute__((noinline)) /* one machine code wherever it is called from (layer_kernel.c includes this file) */
 int invariant_attention(const uint16_t *q, int64_t q_sh, int64_t q_sn,
                         const uint16_t *k, const uint16_t *v, int64_t kv_sg, int64_t kv_ss,
                         const uint16_t *mask, int64_t mask_sn, uint16_t *out,

@@ -80,7 +80,8 @@ class Decoder:
         packed = self.device.type == "cpu" and not torch.is_grad_enabled()
         plan = self._plans.get(packed)
         if plan is None or not plan.current():
-            plan = self._plans[packed] = Plan(self.model, packed, self.dtype, self.n_heads, self.n_kv, self.head_dim)
+            plan = self._plans[packed] = Plan(self.model, packed, self.dtype, self.n_heads, self.n_kv, self.head_dim,
+                                              self.scale)
         return plan
 
     def forward(
@@ -102,7 +103,8 @@ class Decoder:
         plan = self.plan()
         ids, pos = self.padded_inputs([input_ids], [positions])
         wanted = {self.num_layers if i == -1 else i for i in hidden_layers}
-        h, captured = plan.run(ids, pos, n, lambda i, q, k, v: self.attend(i, q, k, v, segment), wanted)
+        h, captured = plan.run(ids, pos, n, lambda i, q, k, v: self.attend(i, q, k, v, segment), wanted,
+                               self._direct(cache, segment[0][3]) if plan.fused else None)
         cache.advance(n)
         hidden = {i: captured[self.num_layers if i == -1 else i] for i in hidden_layers}
         return DecoderOutput(logits=plan.logits(h if logits_rows is None else h[logits_rows]), hidden_states=hidden)
@@ -131,6 +133,18 @@ class Decoder:
             attn_mask, causal = attention_mask(allowed, cache.length, self.dtype)[None, None], False
         layer_masks = self._window_masks(attn_mask, causal, positions.view(-1), key_positions)
         return attn_mask, causal, layer_masks, self.invariant
+
+    def _direct(self, cache: KVCache, inputs):
+        """For Plan.run: layer i -> (its cache keys, values [kv, capacity, hd], the cache length,
+        the 2-d mask or None) where its rows attend this one cache with the exact kernel and no
+        window of its own, else None (runtime/native_layer.py's whole-layer call)."""
+        mask, causal, windows, invariant = inputs
+        if not invariant or causal or cache.keys.shape[1] != 1:
+            return None
+        if mask is not None:
+            mask = mask[0, 0] if mask[0, 0].stride(1) == 1 else mask[0, 0].contiguous()
+        keys, values, length = cache.keys, cache.values, cache.length
+        return lambda i: None if windows.get(self.windows[i]) is not None else (keys[i, 0], values[i, 0], length, mask)
 
     def attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments) -> torch.Tensor:
         """Layer i's grouped-query attention, q [P, heads, hd], k, v [P, kv_heads, hd], for each

@@ -4,8 +4,9 @@ docs/design.md "Exact bf16").
 runtime/plan.py runs a layer this way where every piece around the attention is a plain one
 (RMSNorm, packed q|k|v, o and gate|up / down on AMX weights, SiLU, no per-head q/k norm) and the
 model runs bf16 on AMX: `pre` (input norm, q|k|v, rotation) and `post` (o and the residual,
-post norm, gated MLP and the residual). Between them the decoder's attention writes the cache and
-attends as before. Each row is computed from its own row alone by one code path at any row
+post norm, gated MLP and the residual), with the decoder's attention between them; or, where the
+rows attend one cache with the exact kernel (every forward of runtime/decoder.py on a bf16
+target), `forward`: the whole layer, cache write and attention included, in one call. Each row is computed from its own row alone by one code path at any row
 count, so the forward stays row-invariant (greedy speculative output equals plain decoding).
 
 SPECMUX_NATIVE_LAYER=0 runs these layers op by op again (transformers' ops on the same kernels).
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import native_linear
-from .native import load_library
+from .native import PARALLEL_WORK, load_library
 
 SOURCE = Path(__file__).with_name("layer_kernel.c")
 SWITCH = "SPECMUX_NATIVE_LAYER"  # "0": layers op by op (runtime/plan.py)
@@ -38,8 +39,19 @@ def layer_kernel() -> ctypes.CDLL | None:
     i64, i32, ptr, f32 = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
     lib.layer_pre.argtypes = [ptr, i64, i64, ptr, f32, ptr, ptr, i32, i32, i32, ptr, ptr, ptr, i32]
     lib.layer_post.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, f32, ptr, i64, ptr, ptr, i32]
-    lib.layer_pre.restype = lib.layer_post.restype = ctypes.c_int
+    lib.layer_forward.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr, i64, i32, i32]
+    lib.layer_pre.restype = lib.layer_post.restype = lib.layer_forward.restype = ctypes.c_int
     return lib
+
+
+class LayerWeights(ctypes.Structure):
+    """layer_kernel.c's layer_weights."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in ("norm1", "qkv_w", "o_w", "norm2", "gu_w", "down_w",
+                                                      "qkv_b", "o_b", "down_b")] + [
+        ("eps1", ctypes.c_float), ("eps2", ctypes.c_float), ("scale", ctypes.c_float),
+        ("d", ctypes.c_int64), ("inter", ctypes.c_int64),
+        ("heads", ctypes.c_int), ("kv_heads", ctypes.c_int), ("hd", ctypes.c_int)]
 
 
 def _bias32(bias: torch.Tensor | None) -> torch.Tensor | None:
@@ -54,9 +66,10 @@ class FusedLayer:
     """One layer's weights as the compiled calls take them (the packed AMX weights, the norms'
     bf16 weights, float32 biases), resolved once per plan."""
 
-    __slots__ = ("lib", "d", "heads", "kv_heads", "hd", "inter", "keep", "args_pre", "args_post", "width")
+    __slots__ = ("lib", "d", "heads", "kv_heads", "hd", "inter", "keep", "args_pre", "args_post", "width", "weights")
 
-    def __init__(self, input_norm, qkv, o, post_norm, gate_up, down, heads: int, kv_heads: int, head_dim: int):
+    def __init__(self, input_norm, qkv, o, post_norm, gate_up, down, heads: int, kv_heads: int, head_dim: int,
+                 scale: float):
         self.lib = layer_kernel()
         self.heads, self.kv_heads, self.hd = heads, kv_heads, head_dim
         self.d = int(input_norm.weight.shape[0])
@@ -69,6 +82,10 @@ class FusedLayer:
                          heads, kv_heads, head_dim)
         self.args_post = (o.weight.data.data_ptr(), _ptr(biases[1]), _ptr(norms[1]), float(post_norm.eps),
                           gate_up.weight.data.data_ptr(), self.inter, down.weight.data.data_ptr(), _ptr(biases[2]))
+        self.weights = ctypes.byref(LayerWeights(
+            _ptr(norms[0]), qkv.weight.data.data_ptr(), o.weight.data.data_ptr(), _ptr(norms[1]),
+            gate_up.weight.data.data_ptr(), down.weight.data.data_ptr(), *(_ptr(b) for b in biases),
+            float(input_norm.eps), float(post_norm.eps), float(scale), self.d, self.inter, heads, kv_heads, head_dim))
 
     @staticmethod
     def fits(input_norm, qkv, o, post_norm, gate_up, down, heads: int, kv_heads: int, head_dim: int) -> bool:
@@ -101,6 +118,23 @@ class FusedLayer:
             attn = attn.contiguous()
         status = self.lib.layer_post(h.data_ptr(), h.shape[0], self.d, attn.data_ptr(), self.width, attn.stride(0),
                                      *self.args_post, torch.get_num_threads())
+        _check(status)
+
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, ssin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                length: int, mask: torch.Tensor | None) -> None:
+        """The whole layer over h [P, d] (in place) after `length` entries of this layer's cache
+        keys / values [kv, capacity, hd] (the rows' entries written at length..), mask [P, length
+        + P] bf16 additive (unit column stride) or None (every slot visible)."""
+        rows = h.shape[0]
+        threads = torch.get_num_threads()
+        attention_threads = threads if rows * self.heads * (length + rows) >= PARALLEL_WORK else 1
+        status = self.lib.layer_forward(
+            h.data_ptr(), rows, self.weights, cos.data_ptr(), ssin.data_ptr(), keys.data_ptr(), values.data_ptr(),
+            keys.stride(0), keys.stride(1), length, None if mask is None else mask.data_ptr(),
+            0 if mask is None else mask.stride(0), threads, attention_threads)
+        if status == -2:
+            raise ValueError("a row of the bf16 attention sees no key (its mask hides every key)")
         _check(status)
 
 

@@ -102,9 +102,11 @@ class Plan:
     """A model's plan; `Plan(model, packed, dtype, heads, kv_heads, head_dim)`. packed: use packed
     linears (the caller's check: CPU, gradients off); they take weights of the state's dtype."""
 
-    def __init__(self, model: nn.Module, packed: bool, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int):
+    def __init__(self, model: nn.Module, packed: bool, dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int,
+                 scale: float | None = None):
         self.model, self.dtype = model, dtype
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.scale = head_dim ** -0.5 if scale is None else scale  # the attention's
         self._slots: list[tuple[dict, str]] = []  # (a parent's _modules or _parameters, name) looked up
         self._objects: list = []  # what each slot held when built (kept alive, so ids stay theirs)
         self._hooks: list[dict] = []  # hook dicts of modules run without their forward
@@ -127,10 +129,13 @@ class Plan:
                 and [t._version for t in self._versioned] == self._versions and not any(self._hooks)
                 and not (torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks))
 
-    def run(self, ids: torch.Tensor, positions: torch.Tensor, n: int, attend: Callable, wanted=frozenset()):
+    def run(self, ids: torch.Tensor, positions: torch.Tensor, n: int, attend: Callable, wanted=frozenset(),
+            direct: Callable | None = None):
         """The layers over `ids` / `positions` [P] (P = padded_rows(n); rows past n are padding,
         their attention output zero). attend(i, q, k, v) -> [P, heads * head_dim]: layer i's
         attention of the rotated q [P, heads, hd], k, v [P, kv_heads, hd] (it writes the cache).
+        direct(i) -> (keys, values, length, mask) where layer i's rows attend one cache with the
+        exact kernel (a compiled layer then runs whole: FusedLayer.forward), else None.
         Returns the final normed state of the n real rows and {layer: its input's n rows} for
         the layer indices in `wanted` (len(layers): the final normed state)."""
         rows = ids.shape[0]
@@ -146,6 +151,10 @@ class Plan:
             if i in wanted:
                 captured[i] = h[:n].clone() if self.fused else h[:n]
             if layer.fused is not None:
+                cache = None if direct is None else direct(i)
+                if cache is not None:
+                    layer.fused.forward(h, rows_cos, rows_sin, *cache)
+                    continue
                 qkv = layer.fused.pre(h, rows_cos, rows_sin)
                 layer.fused.post(h, attend(i, qkv[:, :heads], qkv[:, heads : heads + kv], qkv[:, heads + kv :]))
                 continue
@@ -227,7 +236,7 @@ class Plan:
             return None
         parts = (layer.input_norm, layer.qkv, layer.o, layer.post_norm, mlp.gate_up, mlp.down,
                  self.heads, self.kv_heads, self.head_dim)
-        return native_layer.FusedLayer(*parts) if native_layer.FusedLayer.fits(*parts) else None
+        return native_layer.FusedLayer(*parts, self.scale) if native_layer.FusedLayer.fits(*parts) else None
 
     def _mlp(self, mlp: nn.Module, packed: bool):
         names = ("gate_proj", "up_proj", "down_proj", "act_fn")

@@ -13,6 +13,7 @@ from runtime import native_layer
 from runtime.decoder import Decoder
 from runtime.native_linear import amx_ready
 from tiny_models import tiny_model
+from trees import attention_mask
 
 pytestmark = pytest.mark.skipif(not amx_ready(), reason="the compiled bf16 layer runs the AMX linears: this CPU has no AMX")
 BF16 = torch.bfloat16
@@ -103,3 +104,27 @@ def test_rows_do_not_depend_on_the_row_count(n, prefix, seed):
             assert torch.equal(alone.logits[0], full.logits[i]), (n, prefix, i)
             assert torch.equal(alone.hidden_states[1][0], full.hidden_states[1][i])
     assert torch.equal(full.logits, last.logits)
+
+
+def test_one_call_layer_equals_the_layer_around_the_attention(monkeypatch):
+    """The whole-layer call (cache write and attention inside) computes the same bits as pre,
+    the decoder's attention and post (what a batch of requests runs: serve/batch.py)."""
+    decoder = _decoder()
+    g = torch.Generator().manual_seed(3)
+    prompt, tree = torch.randint(0, 96, (50,), generator=g), torch.randint(0, 96, (9,), generator=g)
+    allowed = (torch.rand(9, 9, generator=g) < 0.5).tril(-1) | torch.eye(9, dtype=torch.bool)  # a random tree's rows
+    mask = attention_mask(allowed, 50, BF16)
+    runs = []
+    for whole in (True, False):
+        if not whole:
+            monkeypatch.setattr(Decoder, "_direct", lambda self, cache, inputs: lambda i: None)
+        with torch.inference_mode():
+            cache = decoder.new_cache(64)
+            first = decoder.forward(prompt, torch.arange(50), cache, None, hidden_layers=[1, -1])
+            second = decoder.forward(tree, torch.arange(50, 59), cache, mask, hidden_layers=[1, -1])
+        runs.append((first, second, cache))
+    for a, b in zip(runs[0][:2], runs[1][:2]):
+        assert torch.equal(a.logits, b.logits)
+        assert all(torch.equal(a.hidden_states[i], b.hidden_states[i]) for i in (1, -1))
+    assert torch.equal(runs[0][2].keys[:, :, :, :59], runs[1][2].keys[:, :, :, :59])
+    assert torch.equal(runs[0][2].values[:, :, :, :59], runs[1][2].values[:, :, :, :59])

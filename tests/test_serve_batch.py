@@ -16,6 +16,7 @@ from serve.batch import Segment, batchable, forward_segments
 from serve.scheduler import BatchTrees, QueueFull, Scheduler
 from serve.slot import Event, new_slot
 from trees import DraftTree, pack_tree
+from runtime import native_layer
 from tiny_models import needs_native_bf16, tiny_model
 
 TARGET = tiny_model("llama", vocab=96, layers=3, seed=1)
@@ -85,12 +86,17 @@ def test_batched_forward_equals_each_requests_own_forward():
 
 
 @needs_native_bf16()
-def test_batched_bf16_forward_is_bit_identical_to_each_requests_own_forward():
+@pytest.mark.parametrize("hidden", [64, 128], ids=["op-by-op", "compiled-layer"])
+def test_batched_bf16_forward_is_bit_identical_to_each_requests_own_forward(hidden):
     """A bf16 target batches too (its batch-invariant attention per request): every request's
-    logits, hidden states and cache entries are the very bits its own forward computes."""
-    target = tiny_model("llama", layers=2, seed=3).to(torch.bfloat16)
+    logits, hidden states and cache entries are the very bits its own forward computes. 128
+    wide, on AMX: a request's own forward runs each layer in one compiled call, the batch
+    around the attention per request (runtime/native_layer.py)."""
+    target = tiny_model("llama", layers=2, seed=3, hidden=hidden).to(torch.bfloat16)
     decoder = Decoder(target)
     assert decoder.invariant and batchable(decoder)
+    with torch.inference_mode():
+        assert decoder.plan().fused == (hidden == 128 and native_layer.layer_kernel() is not None)
     prompts = [[5, 9, 2, 7], [1, 2, 3], [40, 41, 42, 43, 44, 45, 46, 47, 48]]
     tree = DraftTree.from_lists([3, 4, 5, 6, 7], [-1, 0, 0, 1, 2])
     refs, segments = [], []
