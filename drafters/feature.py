@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import pad_sequence
 from trees import DraftTree, SamplingSpec, SparseLogits, TreeSpec, attention_mask, build_lockstep, new_build
 
 from .base import Drafter
+from .compiled import compiled_forward, compiled_members
 from .heads import TargetHead, TruncatedHead
 from runtime.kv import KVCache
 from .model import FeatureDrafterModel, RMSNorm
@@ -181,6 +182,12 @@ class _FeatureDrafting:
         [m, T, d], each member's logits at its last `last` rows (default all))."""
         n = ids.shape[1]
         self.cache.reserve(n)
+        members = compiled_members(self.models) if ids.device.type == "cpu" else None
+        if members is not None:  # each member's level in two compiled calls (drafters/compiled.py)
+            out, heads = compiled_forward(members, self.models[0], ids, feats, from_target, positions, mask, self.cache,
+                                          last or n)
+            self.cache.advance(n)
+            return out, [_as_logits(m, h, v) for m, h, v in zip(self.models, heads, self._vocab_ids)]
         out, _ = self.runner(ids, feats, from_target, positions, mask[:, None], self.cache)
         self.cache.advance(n)
         head_out = self.runner.logits(out[:, -(last or n):])  # one head call for every member

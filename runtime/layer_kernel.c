@@ -7,7 +7,9 @@
  *               h += (silu(g) * u) @ Wdown.T                             -> h, in place
  *   layer_forward: all of it in one call where the rows attend one cache with the exact kernel
  *               (attention_kernel.c's invariant_attention, the same machine code as the
- *               attention library's): pre, k and v written to the cache, attention, post
+ *               attention library's): pre, k and v written to the cache, attention, post;
+ *               also an EAGLE-3 drafter's layer (q|k|v over [norm(emb) | norm(h)])
+ *   norm_linear: a drafter's final norm and head
  *
  * Why: a one-token forward of a 135M target on two threads spent ~6 ms of ~21 in the ~30 torch
  * ops a layer runs besides its linears and attention (dispatch, views, bf16 temporaries), more
@@ -37,8 +39,10 @@ static inline __m512 round_bf16(__m512 v) { /* v rounded to bf16 and back: torch
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)), 16));
 }
 
-/* out = w * bf16(x * rsqrt(mean(x^2) + eps)), per row of d values (d a multiple of 16) */
-static void norm_rows(const uint16_t *x, int64_t rows, int64_t d, const uint16_t *w, float eps, uint16_t *out) {
+/* out = w * bf16(x * rsqrt(mean(x^2) + eps)), per row of d values (d a multiple of 16); out rows
+ * at stride out_stride */
+static void norm_rows_at(const uint16_t *x, int64_t rows, int64_t d, const uint16_t *w, float eps, uint16_t *out,
+                         int64_t out_stride) {
     for (int64_t r = 0; r < rows; r++) {
         const uint16_t *xr = x + r * d;
         __m512 acc = _mm512_setzero_ps();
@@ -51,8 +55,12 @@ static void norm_rows(const uint16_t *x, int64_t rows, int64_t d, const uint16_t
         for (int l = 0; l < 16; l++) sum += lanes[l];
         const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(sum / (float)d + eps));
         for (int64_t j = 0; j < d; j += 16)
-            store_bf16(out + r * d + j, _mm512_mul_ps(load_bf16(w + j), round_bf16(_mm512_mul_ps(load_bf16(xr + j), scale))));
+            store_bf16(out + r * out_stride + j, _mm512_mul_ps(load_bf16(w + j), round_bf16(_mm512_mul_ps(load_bf16(xr + j), scale))));
     }
+}
+
+static void norm_rows(const uint16_t *x, int64_t rows, int64_t d, const uint16_t *w, float eps, uint16_t *out) {
+    norm_rows_at(x, rows, d, w, eps, out, d);
 }
 
 /* h = bf16(h + y), n values (a multiple of 16) */
@@ -117,6 +125,38 @@ static void silu_mul(const uint16_t *gu, int64_t rows, int64_t inter, uint16_t *
 }
 #endif
 
+/* The weights of one layer, resolved once (runtime/native_layer.py's LayerWeights). norm_emb:
+ * NULL for a target layer; an EAGLE-3 drafter layer's norm of the token embedding, whose q|k|v
+ * read [norm_emb(emb) | norm1(h)] (2 d wide). */
+typedef struct {
+    const uint16_t *norm1, *qkv_w, *o_w, *norm2, *gu_w, *down_w;
+    const float *qkv_b, *o_b, *down_b;
+    float eps1, eps2, scale;
+    int64_t d, inter;
+    int heads, kv_heads, hd;
+    const uint16_t *norm_emb;
+} layer_weights;
+
+#if HAVE_AMX
+/* layer_pre over the layer's weights; emb [rows][d] (with w->norm_emb) or NULL */
+static int pre_rows(const uint16_t *h, const uint16_t *emb, int64_t rows, const layer_weights *w, const uint16_t *cos,
+                    const uint16_t *ssin, uint16_t *qkv, int threads) {
+    const int64_t d = w->d, in = emb ? 2 * d : d;
+    uint16_t *x = malloc((size_t)(rows * in) * 2);
+    if (!x) return -1;
+    if (emb) {
+        norm_rows_at(emb, rows, d, w->norm_emb, w->eps1, x, in);
+        norm_rows_at(h, rows, d, w->norm1, w->eps1, x + d, in);
+    } else {
+        norm_rows(h, rows, d, w->norm1, w->eps1, x);
+    }
+    int status = amx_linear(x, rows, in, in, w->qkv_w, (int64_t)(w->heads + 2 * w->kv_heads) * w->hd, w->qkv_b, qkv, threads);
+    free(x);
+    if (!status) rotate_rows(qkv, rows, w->heads + 2 * w->kv_heads, w->heads + w->kv_heads, w->hd, cos, ssin);
+    return status;
+}
+#endif
+
 /* qkv [rows][heads + 2 kv_heads][hd] = norm(h) @ Wqkv.T (+ bias), the first heads + kv_heads
  * heads of each row rotated. h [rows][d]; cos, ssin [rows][hd]. d, hd: multiples of 32 (hd <=
  * 256). Returns 0, -1 when memory runs out, -3 without AMX. */
@@ -124,14 +164,9 @@ int layer_pre(const uint16_t *h, int64_t rows, int64_t d, const uint16_t *norm_w
               const uint16_t *qkv_w, const float *qkv_b, int heads, int kv_heads, int hd,
               const uint16_t *cos, const uint16_t *ssin, uint16_t *qkv, int threads) {
 #if HAVE_AMX
-    uint16_t *x = malloc((size_t)(rows * d) * 2);
-    if (!x) return -1;
-    norm_rows(h, rows, d, norm_w, eps, x);
-    int status = amx_linear(x, rows, d, d, qkv_w, (int64_t)(heads + 2 * kv_heads) * hd, qkv_b, qkv, threads);
-    free(x);
-    if (status) return status;
-    rotate_rows(qkv, rows, heads + 2 * kv_heads, heads + kv_heads, hd, cos, ssin);
-    return 0;
+    layer_weights w = {0};
+    w.norm1 = norm_w, w.eps1 = eps, w.qkv_w = qkv_w, w.qkv_b = qkv_b, w.d = d, w.heads = heads, w.kv_heads = kv_heads, w.hd = hd;
+    return pre_rows(h, NULL, rows, &w, cos, ssin, qkv, threads);
 #else
     (void)h; (void)rows; (void)d; (void)norm_w; (void)eps; (void)qkv_w; (void)qkv_b; (void)heads; (void)kv_heads;
     (void)hd; (void)cos; (void)ssin; (void)qkv; (void)threads;
@@ -169,31 +204,23 @@ int layer_post(uint16_t *h, int64_t rows, int64_t d, const uint16_t *attn, int64
 #endif
 }
 
-/* The weights of one layer, resolved once (runtime/native_layer.py's LayerWeights). */
-typedef struct {
-    const uint16_t *norm1, *qkv_w, *o_w, *norm2, *gu_w, *down_w;
-    const float *qkv_b, *o_b, *down_b;
-    float eps1, eps2, scale;
-    int64_t d, inter;
-    int heads, kv_heads, hd;
-} layer_weights;
 
 /* One whole layer over h [rows][d] (in place) after `length` cached entries: layer_pre; each
  * row's k and v to cache slot length + row (k, v [g][s][hd] at strides kv_sg, kv_ss); the exact
  * attention over the length + rows slots (mask [rows][length + rows] bf16 additive at row stride
  * mask_sn, or NULL: every slot visible); layer_post. Returns 0, -1 (memory), -2 (a row sees no
  * key or head dim over 256), -3 (no AMX). */
-int layer_forward(uint16_t *h, int64_t rows, const layer_weights *w, const uint16_t *cos, const uint16_t *ssin,
-                  uint16_t *cache_k, uint16_t *cache_v, int64_t kv_sg, int64_t kv_ss, int64_t length,
+int layer_forward(uint16_t *h, const uint16_t *emb, int64_t rows, const layer_weights *w, const uint16_t *cos,
+                  const uint16_t *ssin, uint16_t *cache_k, uint16_t *cache_v, int64_t kv_sg, int64_t kv_ss, int64_t length,
                   const uint16_t *mask, int64_t mask_sn, int threads, int attention_threads) {
+#if HAVE_AMX
     const int heads = w->heads, kv = w->kv_heads, hd = w->hd, width = (hd + 15) / 16 * 16, all = heads + 2 * kv;
     const int64_t keys = length + rows;
     uint16_t *qkv = malloc((size_t)(rows * all * hd + rows * heads * hd) * 2);
     float *work = malloc(sizeof(float) * (size_t)((2 * kv * width + BLOCK * (attention_threads < 1 ? 1 : attention_threads)) * (keys + 16)));
     int status = qkv && work ? 0 : -1;
     uint16_t *attn = qkv ? qkv + rows * all * hd : NULL;
-    if (!status)
-        status = layer_pre(h, rows, w->d, w->norm1, w->eps1, w->qkv_w, w->qkv_b, heads, kv, hd, cos, ssin, qkv, threads);
+    if (!status) status = pre_rows(h, emb, rows, w, cos, ssin, qkv, threads);
     if (!status) {
         for (int64_t r = 0; r < rows; r++)
             for (int g = 0; g < kv; g++) {
@@ -210,4 +237,25 @@ int layer_forward(uint16_t *h, int64_t rows, const layer_weights *w, const uint1
     free(qkv);
     free(work);
     return status;
+#else
+    (void)h; (void)emb; (void)rows; (void)w; (void)cos; (void)ssin; (void)cache_k; (void)cache_v; (void)kv_sg; (void)kv_ss;
+    (void)length; (void)mask; (void)mask_sn; (void)threads; (void)attention_threads;
+    return -3;
+#endif
+}
+
+/* out [rows][n] = norm(h) @ W.T (a drafter's final norm and head): h [rows][d]. Returns 0, -1, -3. */
+int norm_linear(const uint16_t *h, int64_t rows, int64_t d, const uint16_t *norm_w, float eps, const uint16_t *w,
+                int64_t n, uint16_t *out, int threads) {
+#if HAVE_AMX
+    uint16_t *x = malloc((size_t)(rows * d) * 2);
+    if (!x) return -1;
+    norm_rows(h, rows, d, norm_w, eps, x);
+    int status = amx_linear(x, rows, d, d, w, n, NULL, out, threads);
+    free(x);
+    return status;
+#else
+    (void)h; (void)rows; (void)d; (void)norm_w; (void)eps; (void)w; (void)n; (void)out; (void)threads;
+    return -3;
+#endif
 }

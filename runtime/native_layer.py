@@ -39,8 +39,9 @@ def layer_kernel() -> ctypes.CDLL | None:
     i64, i32, ptr, f32 = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
     lib.layer_pre.argtypes = [ptr, i64, i64, ptr, f32, ptr, ptr, i32, i32, i32, ptr, ptr, ptr, i32]
     lib.layer_post.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, f32, ptr, i64, ptr, ptr, i32]
-    lib.layer_forward.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr, i64, i32, i32]
-    lib.layer_pre.restype = lib.layer_post.restype = lib.layer_forward.restype = ctypes.c_int
+    lib.layer_forward.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr, i64, i32, i32]
+    lib.norm_linear.argtypes = [ptr, i64, i64, ptr, f32, ptr, i64, ptr, i32]
+    lib.layer_pre.restype = lib.layer_post.restype = lib.layer_forward.restype = lib.norm_linear.restype = ctypes.c_int
     return lib
 
 
@@ -51,7 +52,7 @@ class LayerWeights(ctypes.Structure):
                                                       "qkv_b", "o_b", "down_b")] + [
         ("eps1", ctypes.c_float), ("eps2", ctypes.c_float), ("scale", ctypes.c_float),
         ("d", ctypes.c_int64), ("inter", ctypes.c_int64),
-        ("heads", ctypes.c_int), ("kv_heads", ctypes.c_int), ("hd", ctypes.c_int)]
+        ("heads", ctypes.c_int), ("kv_heads", ctypes.c_int), ("hd", ctypes.c_int), ("norm_emb", ctypes.c_void_p)]
 
 
 def _bias32(bias: torch.Tensor | None) -> torch.Tensor | None:
@@ -130,7 +131,7 @@ class FusedLayer:
         threads = torch.get_num_threads()
         attention_threads = threads if rows * self.heads * (length + rows) >= PARALLEL_WORK else 1
         status = self.lib.layer_forward(
-            h.data_ptr(), rows, self.weights, cos.data_ptr(), ssin.data_ptr(), keys.data_ptr(), values.data_ptr(),
+            h.data_ptr(), None, rows, self.weights, cos.data_ptr(), ssin.data_ptr(), keys.data_ptr(), values.data_ptr(),
             keys.stride(0), keys.stride(1), length, None if mask is None else mask.data_ptr(),
             0 if mask is None else mask.stride(0), threads, attention_threads)
         if status == -2:

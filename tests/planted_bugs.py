@@ -70,6 +70,11 @@ BUGS = [
         "memcpy(cache_k + g * kv_sg + (length + r) * kv_ss, qkv + (r * all + heads + g) * hd, (size_t)hd * 2);",
         "memcpy(cache_k + g * kv_sg + (length + r) * kv_ss, qkv + (r * all + heads + kv + g) * hd, (size_t)hd * 2);",
         ("tests/test_native_layer.py::test_one_call_layer_equals_the_layer_around_the_attention",), needs="amx"),
+    # an EAGLE-3 drafter's compiled layer reads [norm(h) | norm(emb)] instead of [norm(emb) | norm(h)]
+    Bug("drafter-layer-inputs-swapped", "runtime/layer_kernel.c",
+        "        norm_rows_at(emb, rows, d, w->norm_emb, w->eps1, x, in);\n        norm_rows_at(h, rows, d, w->norm1, w->eps1, x + d, in);",
+        "        norm_rows_at(emb, rows, d, w->norm_emb, w->eps1, x + d, in);\n        norm_rows_at(h, rows, d, w->norm1, w->eps1, x, in);",
+        ("tests/test_drafters_compiled.py::test_compiled_drafts_close_to_the_module_forward",), needs="amx"),
     # the float32 kernel's 6-row loop adds its products in another order than the 1..5-row ones
     Bug("f32-six-rows-reordered", "runtime/linear_kernel.c",
         "            default: f32_rows(6, xr, x_stride, wb, k, first, acc);",

@@ -1,10 +1,13 @@
-# run from the repository root: PYTHONPATH=. .venv/bin/python docs/results/drafting-2026-12-05/prof_step.py [threads] [strategy] [--profile]
+# run from the repository root: PYTHONPATH=. .venv/bin/python docs/results/drafting-2026-12-05/prof_step.py [threads] [strategy] [--module-drafters] [--profile [cumulative|tottime]]
 # Per-step split of the default strategy (draft / target forward / the rest), bf16, T=0.
 import os, sys, time, statistics as st
 import torch
 from compose import Composer, default_drafters
 
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+if "--module-drafters" in sys.argv:  # the drafters' module forward (drafters/compiled.py off)
+    import drafters.feature
+    drafters.feature.compiled_members = lambda models: None
 strategy = sys.argv[2] if len(sys.argv) > 2 else "merged_tree"
 torch.set_num_threads(threads)
 c = Composer("smollm2-135m-instruct", drafters=default_drafters("smollm2-135m-instruct"), dtype="bfloat16", threads=threads)
