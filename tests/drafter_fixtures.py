@@ -5,6 +5,7 @@ import torch
 
 from drafters.config import DrafterConfig
 from drafters.model import build_drafter_model
+from trees import SamplingSpec, TreeSpec
 from tiny_models import tiny_model
 
 
@@ -28,6 +29,34 @@ def target_features(target, ids: torch.Tensor, layers) -> torch.Tensor:
     with torch.no_grad():
         out = target(ids[None], output_hidden_states=True)
     return torch.cat([out.hidden_states[i][0] for i in layers], dim=-1)
+
+
+def assert_group_drafts_members_trees(target, drafters, group, seed: int, exact: bool = False) -> None:
+    """A lockstep group and its members, fed the same committed tokens (1, 0, then 3 accepted a
+    step), draft the same trees step after step: tokens and parents equal, scores bit-identical
+    (exact) or within 1e-4."""
+    seq = torch.randint(0, 96, (40,), generator=torch.Generator().manual_seed(seed))
+    feats = target_features(target, seq, drafters[0].target_layers).to(drafters[0].dtype)
+    spec = TreeSpec(depth=4, top_k=3, budget=9)
+    for d in [*drafters, group]:
+        d.start(seq[:8], feats[:8])
+    pos = 8
+    for accepted in (1, 0, 3):
+        root = int(seq[pos])
+        together = group.draft(root, spec, SamplingSpec(), None, group.names)
+        for d, tree in zip(drafters, together):
+            alone = d.propose(root, spec, SamplingSpec())
+            assert tree.drafter_names == (d.name,)
+            assert torch.equal(tree.tokens, alone.tokens) and torch.equal(tree.parents, alone.parents)
+            if exact:
+                assert torch.equal(tree.scores, alone.scores)
+            else:
+                torch.testing.assert_close(tree.scores, alone.scores, atol=1e-4, rtol=1e-4)
+        step = slice(pos, pos + accepted + 1)
+        for d in [*drafters, group]:
+            d.advance(seq[step], feats[step])
+        pos += accepted + 1
+    assert group.cache.length == drafters[0].cache.length
 
 
 CHAT_TEMPLATE = (

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drafter_fixtures import target_features, tiny_drafter_model, tiny_target
+from drafter_fixtures import assert_group_drafts_members_trees, target_features, tiny_drafter_model, tiny_target
 from drafters import FeatureDrafter, FeatureDrafterGroup
 from drafters.compiled import compiled_members
 from runtime import native_layer
 from runtime.native_linear import amx_ready
-from trees import DraftTree, SamplingSpec, TreeSpec
+from trees import DraftTree
 
 pytestmark = pytest.mark.skipif(not amx_ready(), reason="the compiled layer runs the AMX linears: this CPU has no AMX")
 BF16 = torch.bfloat16
@@ -83,20 +83,4 @@ def test_group_on_the_compiled_layer_drafts_members_trees(target):
     group = FeatureDrafterGroup(drafters)
     with torch.inference_mode():
         assert compiled_members(group.models) is not None
-    seq = torch.randint(0, 96, (40,), generator=torch.Generator().manual_seed(6))
-    feats = target_features(target, seq, drafters[0].target_layers).to(BF16)
-    spec = TreeSpec(depth=4, top_k=3, budget=9)
-    for d in [*drafters, group]:
-        d.start(seq[:8], feats[:8])
-    pos = 8
-    for accepted in (1, 0, 3):
-        root = int(seq[pos])
-        together = group.draft(root, spec, SamplingSpec(), None, group.names)
-        for d, tree in zip(drafters, together):
-            alone = d.propose(root, spec, SamplingSpec())
-            assert torch.equal(tree.tokens, alone.tokens) and torch.equal(tree.parents, alone.parents)
-            assert torch.equal(tree.scores, alone.scores)
-        step = slice(pos, pos + accepted + 1)
-        for d in [*drafters, group]:
-            d.advance(seq[step], feats[step])
-        pos += accepted + 1
+    assert_group_drafts_members_trees(target, drafters, group, seed=6, exact=True)

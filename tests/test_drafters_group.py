@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drafter_fixtures import target_features, tiny_drafter_model, tiny_target
+from drafter_fixtures import assert_group_drafts_members_trees, target_features, tiny_drafter_model, tiny_target
 from drafters import FeatureDrafter, FeatureDrafterGroup
 from trees import SamplingSpec, TreeSpec
 
@@ -29,25 +29,7 @@ def test_group_trees_equal_members_alone(target, style, head):
     extra = {"head_rank": 16} if head == "lowrank" else {}
     drafters = [FeatureDrafter(tiny_drafter_model(target, style, head=head, seed=10 + i, **extra), name=f"d{i}")
                 for i in range(3)]
-    group = FeatureDrafterGroup(drafters)
-    layers = drafters[0].target_layers
-    seq = torch.randint(0, 96, (40,), generator=torch.Generator().manual_seed(5))
-    feats = target_features(target, seq, layers)
-    spec = TreeSpec(depth=4, top_k=3, budget=9)
-    for d in [*drafters, group]:
-        d.start(seq[:8], feats[:8])
-    pos = 8
-    for accepted in (1, 0, 3):
-        root = int(seq[pos])
-        together = group.draft(root, spec, SamplingSpec(), None, group.names)
-        for d, tree in zip(drafters, together):
-            assert tree.drafter_names == (d.name,)
-            assert_same_tree(tree, d.propose(root, spec, SamplingSpec()))
-        step = slice(pos, pos + accepted + 1)
-        for d in [*drafters, group]:
-            d.advance(seq[step], feats[step])
-        pos += accepted + 1
-    assert group.cache.length == drafters[0].cache.length
+    assert_group_drafts_members_trees(target, drafters, FeatureDrafterGroup(drafters), seed=5)
 
 
 def test_group_sampled_trees_are_valid(target):
