@@ -56,8 +56,8 @@ BUGS = [
     # the compiled layer's norm keeps float32 precision for rows past the first 16: close to the
     # op-by-op layer, but a tree's rows then differ from the same rows computed alone
     Bug("layer-norm-rows-past-16-unrounded", "runtime/layer_kernel.c",
-        "store_bf16(out + r * d + j, _mm512_mul_ps(load_bf16(w + j), round_bf16(_mm512_mul_ps(load_bf16(xr + j), scale))));",
-        "store_bf16(out + r * d + j, _mm512_mul_ps(load_bf16(w + j), r < 16 ? round_bf16(_mm512_mul_ps(load_bf16(xr + j), scale))"
+        "store_bf16(out + r * out_stride + j, _mm512_mul_ps(load_bf16(w + j), round_bf16(_mm512_mul_ps(load_bf16(xr + j), scale))));",
+        "store_bf16(out + r * out_stride + j, _mm512_mul_ps(load_bf16(w + j), r < 16 ? round_bf16(_mm512_mul_ps(load_bf16(xr + j), scale))"
         " : _mm512_mul_ps(load_bf16(xr + j), scale)));",
         ("tests/test_native_layer.py::test_rows_do_not_depend_on_the_row_count",), needs="amx"),
     # the compiled layer forgets the attention's residual add
