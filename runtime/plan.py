@@ -145,7 +145,7 @@ class Plan:
         captured = {}
         if self.fused:  # the compiled layers update h in place: captures are copies, rotations rows
             h = h.contiguous()
-            rows_cos, rows_sin = cos.reshape(rows, -1).contiguous(), sin.reshape(rows, -1).contiguous()
+            rows_cos, rows_sin = (t.reshape(rows, -1).to(torch.bfloat16).contiguous() for t in (cos, sin))
         heads, kv = self.heads, self.kv_heads
         for i, layer in enumerate(self.layers):
             if i in wanted:
