@@ -45,7 +45,7 @@ class CompiledMember:
         o, gate_up, down = _packed([attn.o_proj]), _packed([mlp.gate_proj, mlp.up_proj]), _packed([mlp.down_proj])
         self.fc = _packed([model.fc])
         head = model.head.weight if isinstance(model.head, TargetHead) else model.head.proj.weight
-        self.head = prepacked.packed_group([head], [None])
+        self.head = _amx([head], [None])
         norms = [n.weight.detach().contiguous() for n in (layer.hidden_norm, layer.post_attention_layernorm,
                                                           layer.input_layernorm, model.norm)]
         biases = [None if b is None else b.detach().float().contiguous() for b in (qkv[1], o[1], down[1])]
@@ -61,7 +61,12 @@ class CompiledMember:
 
 
 def _packed(linears: list[nn.Linear]) -> tuple:
-    group = prepacked.packed_group([m.weight for m in linears], [m.bias for m in linears])
+    return _amx([m.weight for m in linears], [m.bias for m in linears])
+
+
+def _amx(weights: list[torch.Tensor], biases: list) -> tuple:
+    """(packed AMX weight, joint bias) of weights side by side; _NotCompiled where they are not on AMX."""
+    group = prepacked.packed_group(weights, biases)
     if group is None or not isinstance(group[0], native_linear.AmxWeight):
         raise _NotCompiled
     return group
