@@ -266,6 +266,26 @@ static void run_block(int g, int first, const uint16_t *q, int64_t q_sh, int64_t
     }
 }
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#include "attention_amx.c"
+#define ATTENTION_AMX 1
+#else
+#define ATTENTION_AMX 0
+#endif
+
+/* 1: the tile path (attention_amx.c) where this build has it and the OS allows it; 0: the vector
+ * path above. A process must not switch between calls whose rows it compares (tests set it). */
+int attention_use_amx = 1;
+
+/* 1 when calls take the tile path */
+int attention_on_amx(void) {
+#if ATTENTION_AMX
+    return attention_use_amx && attention_amx_ready();
+#else
+    return 0;
+#endif
+}
+
 /* q[h, i, d]      at q + h * q_sh + i * q_sn + d            (bf16)
  * k, v[g, s, d]   at k + g * kv_sg + s * kv_ss + d          (bf16, the same strides for both)
  * mask[i, s]      at mask + i * mask_sn + s                 (bf16 additive, or NULL: all visible)
@@ -273,8 +293,9 @@ static void run_block(int g, int first, const uint16_t *q, int64_t q_sh, int64_t
  * work: (2 * kv_heads * width + threads * BLOCK) * (keys + 16) floats, width = hd rounded up to
  * 16; head h reads kv head h / (heads / kv_heads). threads > 1: the blocks run on that many
  * OpenMP threads (torch's own pool: runtime/native.py links the same libgomp); which thread
- * computes a block changes nothing in it. Returns 0; -1 when a row sees no key, -2 for a head
- * dim over 256. */
+ * computes a block changes nothing in it. On AMX (attention_on_amx) the tile path runs instead
+ * and `work` is not read. Returns 0; -1 when a row sees no key, -2 for a head dim over 256, -4
+ * when memory runs out. */
 __attribute__((noinline)) /* one machine code wherever it is called from (layer_kernel.c includes this file) */
 int invariant_attention(const uint16_t *q, int64_t q_sh, int64_t q_sn,
                         const uint16_t *k, const uint16_t *v, int64_t kv_sg, int64_t kv_ss,
@@ -286,6 +307,10 @@ int invariant_attention(const uint16_t *q, int64_t q_sh, int64_t q_sn,
         for (int s = 0; s < keys && !seen; s++) seen = bf16_to_float(mask[i * mask_sn + s]) > MASKED;
         if (!seen) return -1;
     }
+#if ATTENTION_AMX
+    if (attention_on_amx())
+        return amx_attention(q, q_sh, q_sn, k, v, kv_sg, kv_ss, mask, mask_sn, out, heads, kv_heads, rows, keys, hd, scale, threads);
+#endif
     const int group = heads / kv_heads, width = (hd + 15) / 16 * 16, blocks = (rows * group + BLOCK - 1) / BLOCK;
     const int64_t plane = (int64_t)(keys + 16) * width; /* one kv head's widened keys (or values) */
     float *widened = work, *scores = work + 2 * kv_heads * plane;

@@ -10,8 +10,9 @@ kernel splits keys into blocks sized by the number of queries).
 
 This attention is the compiled kernel runtime/attention_kernel.c (built and loaded by
 runtime/native.py): each (row, head) is one loop over its visible keys in slot order, masked
-keys skipped, so a row's result is a function of its own q and visible keys alone, whatever the
-rows beside it, the key axis' length or where masked keys sit. A tree's slots hold a node's
+keys skipped (on AMX: tile multiplies over its visible keys compacted 32 a chunk,
+runtime/attention_amx.c), so a row's result is a function of its own q and visible keys alone,
+whatever the rows beside it, the key axis' length or where masked keys sit. A tree's slots hold a node's
 ancestors in depth order, as plain decoding's cache holds them. Invariant by construction; the
 self-check below probes it (and the linears) on the running machine anyway.
 

@@ -229,7 +229,7 @@ int layer_forward(uint16_t *h, const uint16_t *emb, int64_t rows, const layer_we
             }
         status = invariant_attention(qkv, hd, (int64_t)all * hd, cache_k, cache_v, kv_sg, kv_ss, mask, mask_sn, attn,
                                      heads, kv, (int)rows, (int)keys, hd, w->scale, attention_threads, work);
-        if (status == -1 || status == -2) status = -2;
+        status = status == -4 ? -1 : status ? -2 : 0;
     }
     if (!status)
         status = layer_post(h, rows, w->d, attn, (int64_t)heads * hd, (int64_t)heads * hd, w->o_w, w->o_b, w->norm2, w->eps2,

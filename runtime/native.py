@@ -1,7 +1,8 @@
 """The compiled exact bf16 attention (runtime/attention_kernel.c; docs/design.md "Exact bf16"),
 and the build of every compiled kernel (`load_library`, also used by runtime/native_linear.py).
 
-The kernel (about 280 lines of C) is compiled on first use with the system's C compiler for the
+The kernel (C: a vector path any x86-64 compiler targets, and an AMX tile path in
+runtime/attention_amx.c taken where the CPU and OS allow it: `tile_path`) is compiled on first use with the system's C compiler for the
 running CPU (-march=native) into $SPECMUX_HOME/kernels/<digest>/ (written whole: compiled to a
 temporary name, then renamed), and called through ctypes. The digest covers the source, the
 compiler command, the compiler's version and the CPU's flags, so a home shared between machines
@@ -18,6 +19,7 @@ with that reason (runtime/target_dtype.py).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -124,6 +126,28 @@ def attention_kernel() -> ctypes.CDLL | None:
     return lib
 
 
+def tile_path() -> bool:
+    """Whether the kernel's calls take its AMX tile path (runtime/attention_amx.c) here: built for
+    a CPU with AMX, allowed by the OS and not switched off by `vector_path`."""
+    lib = attention_kernel()
+    return lib is not None and bool(lib.attention_on_amx())
+
+
+@contextlib.contextmanager
+def vector_path():
+    """Calls inside take the vector path even where AMX is there (tests compare both paths; a
+    process must not mix paths in one decode: their bits differ)."""
+    lib = attention_kernel()
+    if lib is None:
+        raise RuntimeError("the compiled attention kernel is not available (runtime.native.attention_kernel)")
+    flag = ctypes.c_int.in_dll(lib, "attention_use_amx")
+    before, flag.value = flag.value, 0
+    try:
+        yield
+    finally:
+        flag.value = before
+
+
 def native_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
                      scale: float) -> torch.Tensor:
     """q [1, H, n, hd], keys/values [1, KV, S, hd] (bf16 on the CPU, head dim contiguous), mask
@@ -154,6 +178,8 @@ def native_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         raise ValueError("a query row of the bf16 attention sees no key (its mask hides every key)")
     if status == -2:
         raise ValueError(f"head dim {hd} is over the 256 the compiled bf16 attention takes")
+    if status == -4:
+        raise MemoryError("the compiled bf16 attention could not allocate its buffers")
     return out
 
 

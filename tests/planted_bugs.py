@@ -85,8 +85,14 @@ BUGS = [
     # to float64 attention, but a row's bits then depend on the rows beside it
     Bug("bf16-block-shares-max", "runtime/attention_kernel.c",
         "x = exp16(x - top[r]);", "x = exp16(x - top[0]);",
-        ("tests/test_invariant.py::test_attention_row_equals_its_visible_keys_packed_alone",
-         "tests/test_invariant.py::test_kernel_self_check_passes_here")),
+        ("tests/test_native_attention.py::test_rows_are_bit_identical_alone_with_strided_inputs_and_a_bf16_mask[vectors]",)),
+    # the AMX path adds a row's gathered chunks with the weights' high halves only: close to
+    # float64 attention, but a tree row whose visible run ends in another chunk than plain
+    # decoding's row then differs from it
+    Bug("bf16-tile-gathered-chunks-drop-lo", "runtime/attention_amx.c",
+        "                _tile_loadd(7, w->ta_lo, 64);", "                _tile_zero(7);",
+        ("tests/test_native_attention.py::test_rows_are_bit_identical_alone_with_strided_inputs_and_a_bf16_mask[tiles]",
+         "tests/test_invariant.py::test_attention_row_equals_its_visible_keys_packed_alone"), needs="amx"),
     Bug("domain-evidence-dropped", "compose/strategies/routed.py",
         "self.domain = domain_evidence(router.probabilities(router.feature(hidden_states)), self.drafters)",
         "self.domain = {}",

@@ -3,6 +3,7 @@ float64 attention, bit-identical rows whatever the rows, strides and masked keys
 clear errors, and a build that is cached whole and refused clearly."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 
 import pytest
@@ -18,6 +19,20 @@ pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C compile
                                 "(bf16 targets then run float32 under dtype='auto')")
 BF16 = torch.bfloat16
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=30)
+# each path of the kernel on its own: the AMX tiles where this CPU has them, and the vector path
+# (what a CPU without AMX runs) everywhere
+PATHS = pytest.mark.parametrize("path", ["tiles", "vectors"])
+
+
+@contextlib.contextmanager
+def on(path: str):
+    if path == "vectors":
+        with native.vector_path():
+            yield
+    elif not native.tile_path():
+        pytest.skip("no AMX tile path on this CPU (or the OS does not allow it)")
+    else:
+        yield
 
 
 def _case(g, heads, kv, n, s, hd, masked: float):
@@ -38,38 +53,46 @@ def _reference(q, keys, values, allowed, scale):
     return (torch.softmax(scores, -1) @ v).transpose(0, 1)
 
 
+@PATHS
 @SETTINGS
 @given(kv=st.sampled_from([1, 2, 3]), group=st.sampled_from([1, 3, 4]), hd=st.sampled_from([8, 16, 48, 64, 80, 128, 256]),
        n=st.integers(1, 20), extra=st.integers(0, 300), masked=st.sampled_from([0.0, 0.3, 0.9]),
        seed=st.integers(0, 2**16))
-def test_close_to_float64_attention(kv, group, hd, n, extra, masked, seed):
+def test_close_to_float64_attention(path, kv, group, hd, n, extra, masked, seed):
     g = torch.Generator().manual_seed(seed)
     q, keys, values, mask, allowed = _case(g, kv * group, kv, n, n + extra, hd, masked)
     scale = hd ** -0.5
-    out = native.native_attention(q, keys, values, mask, scale).double()
+    with on(path):
+        out = native.native_attention(q, keys, values, mask, scale).double()
     ref = _reference(q, keys, values, allowed, scale)
     # bf16 output rounding (2^-9 relative) plus float32 sums over up to 320 keys
     bound = ref.abs() * 2.0 ** -8 + 1e-4 * values.double().abs().max()
     assert (out - ref).abs().le(bound).all(), float((out - ref).abs().max())
 
 
+@PATHS
 @SETTINGS
-@given(n=st.integers(1, 33), extra=st.integers(0, 200), seed=st.integers(0, 2**16))
-def test_rows_are_bit_identical_alone_with_strided_inputs_and_a_bf16_mask(n, extra, seed):
+@given(n=st.integers(1, 33), extra=st.integers(0, 200), lead=st.sampled_from([0.0, 0.5, 1.0]), seed=st.integers(0, 2**16))
+def test_rows_are_bit_identical_alone_with_strided_inputs_and_a_bf16_mask(path, n, extra, lead, seed):
     """As the decoder calls it: q a transposed view, keys and values views of a longer cache,
-    the mask in bf16. Each row equals the same query alone over its visible keys packed."""
+    the mask in bf16. Each row equals the same query alone over its visible keys packed. `lead`:
+    the share of the first `extra` slots every row sees (a tree's prefix: the tile path reads a
+    row's visible run from slot 0 in place and gathers the rest)."""
     g = torch.Generator().manual_seed(seed)
     s = n + extra
     q, keys, values, mask, allowed = _case(g, 9, 3, n, s, 64, 0.4)
+    allowed[:, : int(lead * extra)] = True
+    mask[:, : int(lead * extra)] = 0.0
     cache = torch.zeros(2, 1, 3, s + 17, 64, dtype=BF16)
     cache[0, :, :, :s], cache[1, :, :, :s] = keys, values
     q_view = q[0].transpose(0, 1).contiguous().transpose(0, 1)[None]  # [1, H, n, hd] with the rows outer
-    out = native.native_attention(q_view, cache[0, :, :, :s], cache[1, :, :, :s], mask.to(BF16), 0.125)
-    assert torch.equal(out, native.native_attention(q, keys, values, mask, 0.125))
-    for i in sorted({0, n // 2, n - 1}):
-        cols = allowed[i].nonzero().flatten()
-        alone = native.native_attention(q[:, :, i : i + 1], keys[:, :, cols], values[:, :, cols], None, 0.125)
-        assert torch.equal(out[i], alone[0]), i
+    with on(path):
+        out = native.native_attention(q_view, cache[0, :, :, :s], cache[1, :, :, :s], mask.to(BF16), 0.125)
+        assert torch.equal(out, native.native_attention(q, keys, values, mask, 0.125))
+        for i in sorted({0, n // 2, n - 1}):
+            cols = allowed[i].nonzero().flatten()
+            alone = native.native_attention(q[:, :, i : i + 1], keys[:, :, cols], values[:, :, cols], None, 0.125)
+            assert torch.equal(out[i], alone[0]), i
 
 
 def test_clear_errors():
@@ -124,7 +147,8 @@ def test_switched_off_bf16_is_refused_with_the_reason(fresh_kernel, monkeypatch)
             target_dtype.resolve_dtype("bfloat16")
 
 
-def test_threads_change_nothing_and_share_torchs_openmp_runtime():
+@PATHS
+def test_threads_change_nothing_and_share_torchs_openmp_runtime(path):
     """A tree-sized call runs on torch's threads (one OpenMP runtime in the process) with the
     same bits as on one thread."""
     g = torch.Generator().manual_seed(3)
@@ -132,12 +156,23 @@ def test_threads_change_nothing_and_share_torchs_openmp_runtime():
     assert 48 * 9 * 700 >= native.PARALLEL_WORK
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        one = native.native_attention(q, keys, values, mask, 0.125)
-        torch.set_num_threads(2)
-        two = native.native_attention(q, keys, values, mask, 0.125)
+        with on(path):
+            torch.set_num_threads(1)
+            one = native.native_attention(q, keys, values, mask, 0.125)
+            torch.set_num_threads(2)
+            two = native.native_attention(q, keys, values, mask, 0.125)
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one, two)
     runtimes = native.openmp_runtimes()
     assert len(runtimes) <= 1, runtimes
+
+
+def test_the_tile_path_runs_wherever_the_amx_linears_do():
+    """The [tiles] cases above skip only where AMX is missing, never on a CPU that has it."""
+    from runtime.native_linear import amx_ready
+
+    assert native.tile_path() == amx_ready()
+    with native.vector_path():
+        assert not native.tile_path()
+    assert native.tile_path() == amx_ready()
