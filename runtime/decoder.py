@@ -124,6 +124,9 @@ class Decoder:
         window, whether the attention is the batch-invariant one). One place for the target's forward
         and the server's batched one (serve/batch.py)."""
         n = int(positions.numel())
+        if mask is not None and tuple(mask.shape) != (n, cache.length + n):
+            raise ValueError(f"the attention mask is {tuple(mask.shape)}, but {n} new rows after {cache.length} cached "
+                             f"entries need [{n}, {cache.length + n}]")
         cache.reserve(n)
         key_positions = cache.place(positions)
         attn_mask = None if mask is None else mask.to(self.device, self.dtype)[None, None]

@@ -135,17 +135,23 @@ def tile_path() -> bool:
 
 @contextlib.contextmanager
 def vector_path():
-    """Calls inside take the vector path even where AMX is there (tests compare both paths; a
+    """Calls inside take the vector path even where AMX is there, in the attention library and
+    in the compiled layer's copy of the kernel (tests and benchmarks compare both paths; a
     process must not mix paths in one decode: their bits differ)."""
+    from .native_layer import layer_kernel
+
     lib = attention_kernel()
     if lib is None:
         raise RuntimeError("the compiled attention kernel is not available (runtime.native.attention_kernel)")
-    flag = ctypes.c_int.in_dll(lib, "attention_use_amx")
-    before, flag.value = flag.value, 0
+    flags = [ctypes.c_int.in_dll(kernel, "attention_use_amx") for kernel in (lib, layer_kernel()) if kernel is not None]
+    before = [flag.value for flag in flags]
+    for flag in flags:
+        flag.value = 0
     try:
         yield
     finally:
-        flag.value = before
+        for flag, value in zip(flags, before):
+            flag.value = value
 
 
 def native_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,

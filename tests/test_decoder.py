@@ -60,6 +60,18 @@ def test_causal_chunk_after_a_cache_and_logits_rows():
     torch.testing.assert_close(out.logits, model(ids[None]).logits[0, 7:], rtol=1e-4, atol=1e-4)
 
 
+def test_a_mask_of_the_wrong_width_is_refused_before_any_layer_runs():
+    """A tree mask made for another cache length (the attention would read past its rows) is
+    an error naming both shapes, and the cache is left as it was."""
+    decoder = Decoder(MODELS["llama"]())
+    cache = decoder.new_cache()
+    decoder.forward(torch.arange(5), torch.arange(5), cache, None)
+    stale = torch.zeros(3, 3 + 3)  # made for a cache of 3 entries
+    with pytest.raises(ValueError, match=r"mask is \(3, 6\), but 3 new rows after 5 cached entries need \[3, 8\]"):
+        decoder.forward(torch.arange(3), torch.arange(5, 8), cache, stale)
+    assert cache.length == 5
+
+
 def test_cache_keep_moves_rows_in_place():
     cache = KVCache(layers=2, kv_heads=1, head_dim=1, dtype=torch.float32, capacity=2)
     cache.reserve(6)
