@@ -28,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import torch
 
 from trees import DraftTree, TreeSpec
@@ -108,27 +109,51 @@ class PositionalAcceptance:
             if i + 1 < len(path) and path[i + 1] in ranked:
                 self.hits[level, ranked.index(path[i + 1])] += 1
 
-    def levels(self, depth: int, top_k: int) -> list[torch.Tensor]:
+    def levels(self, depth: int, top_k: int, p: np.ndarray | None = None) -> list[np.ndarray]:
         """The EAGLE-2 build (depth, top_k) on the positional model: per level, the values
         prod(p[level, rank]) of the children made (top_k of each of the top_k best frontier nodes).
-        The build of a smaller depth is a prefix of this one."""
-        p = self.p[:, :top_k]
-        frontier = torch.ones(1, dtype=torch.float64)
+        The build of a smaller depth is a prefix of this one. (numpy: a few hundred tiny array
+        ops per decision, ~1 us each where torch's cost ~5.)"""
+        p = (self.p.numpy() if p is None else p)[:, :top_k]
+        frontier = np.ones(1)
         made = []
         for d in range(depth):
-            children = (frontier[:, None] * p[min(d, LEVELS - 1)][None, :]).flatten()
+            children = (frontier[:, None] * p[min(d, LEVELS - 1)][None, :]).ravel()
             made.append(children)
-            frontier = children.topk(min(top_k, children.numel())).values
+            frontier = children.copy()
+            frontier.sort()
+            frontier = frontier[::-1][:top_k]  # the top_k best, descending
         return made
 
     def expected_by_depth(self, top_k: int, depths=DEPTHS) -> dict[int, torch.Tensor]:
         """E[accepted draft tokens] of the EAGLE-2 build (depth, top_k), for each depth, for every
         budget b (index b - 1): the build's nodes by value, best b kept."""
         levels = self.levels(max(depths), top_k)
-        return {d: torch.cat(levels[:d]).sort(descending=True).values.cumsum(0) for d in depths}
+        return {d: torch.from_numpy(-np.sort(-np.concatenate(levels[:d])).cumsum()) for d in depths}
 
     def expected_accepted(self, depth: int, top_k: int) -> torch.Tensor:
         return self.expected_by_depth(top_k, (depth,))[depth]
+
+    def expected_tables(self, top_ks=TOP_KS, depths=DEPTHS, budgets: int = MAX_NODES) -> list[np.ndarray]:
+        p = self.p.numpy()
+        return [self.expected_table(top_k, depths, budgets, p) for top_k in top_ks]
+
+    def expected_table(self, top_k: int, depths=DEPTHS, budgets: int = MAX_NODES, p: np.ndarray | None = None) -> np.ndarray:
+        """expected_by_depth as one [len(depths), budgets] table (NaN where the build of that
+        depth has fewer nodes than the budget), in a few array ops: `AutoTree._decide` reads
+        every depth and budget of every top-k each time it decides (`expected_tables`)."""
+        levels = self.levels(max(depths), top_k, p)
+        level_of = np.repeat(np.arange(len(levels)), [lv.size for lv in levels])
+        built = level_of[None, :] < np.asarray(depths)[:, None]  # [D, nodes]: made by the build of that depth
+        # values are in [0, 1]: a node the build does not make sorts after every one it makes
+        values = np.where(built, np.concatenate(levels)[None, :], -1.0)
+        values.sort(axis=1)
+        ranked = np.full((len(depths), budgets), -1.0)  # past the build's nodes: none
+        kept = min(budgets, values.shape[1])
+        ranked[:, :kept] = values[:, ::-1][:, :kept]
+        table = ranked.clip(min=0.0).cumsum(1)
+        table[ranked < 0] = np.nan
+        return table
 
 
 class MergedAcceptance:
@@ -156,6 +181,13 @@ class MergedAcceptance:
     def expected_accepted(self, depth: int, top_k: int) -> torch.Tensor:
         return self.expected_by_depth(top_k, (depth,))[depth]
 
+    def expected_table(self, top_k: int, depths=DEPTHS, budgets: int = MAX_NODES) -> np.ndarray:
+        return self.expected_tables((top_k,), depths, budgets)[0]
+
+    def expected_tables(self, top_ks=TOP_KS, depths=DEPTHS, budgets: int = MAX_NODES) -> list[np.ndarray]:
+        each = [m.expected_tables(top_ks, depths, budgets) for m in self.models.values()]
+        return [np.stack([e[i] for e in each]).max(0) for i in range(len(top_ks))]
+
 
 @dataclass
 class TreeChoice:
@@ -179,7 +211,7 @@ class AutoTree:
         if acceptance is None:
             acceptance = MergedAcceptance(drafters) if self.width > 1 and len(drafters) > 1 else PositionalAcceptance()
         # ms of a forward over 1 + n nodes, n = 0..MAX_NODES (index n)
-        self._forward_ms = torch.tensor([costs.forward(1 + n) for n in range(MAX_NODES + 1)], dtype=torch.float64)
+        self._forward_ms = np.array([costs.forward(1 + n) for n in range(MAX_NODES + 1)])
         self.acceptance = acceptance
         self.explore_every, self.refresh_every = explore_every, refresh_every
         self.forward_scale = self.draft_scale = 1.0  # observed / profiled: the load (every step's forward)
@@ -242,23 +274,24 @@ class AutoTree:
 
     def _decide(self) -> tuple[TreeChoice, TreeChoice]:
         """Every (depth, top-k, budget) of the grid at once: expected tokens per step over
-        predicted ms per step, budgets as a vector (the forward's cost is looked up per node count)."""
+        predicted ms per step, a [depth, budget] table per top-k (the forward's cost is looked up
+        per node count). Ties go to the first in (top-k, depth, budget) order."""
         plain = TreeChoice(None, 1e3 / (self.forward_scale * self.plain_shape * self.costs.forward(1) + self.overhead_ms))
         best = TreeChoice(TreeSpec(depth=1, top_k=1, budget=1, sampled=self.sampled), 0.0)
         w = self.width
-        for top_k in TOP_KS:
-            by_depth = self.acceptance.expected_by_depth(top_k, DEPTHS)
-            for depth in DEPTHS:
-                accepted = by_depth[depth]  # per drafter's tree, for every budget
-                budgets = torch.arange(1, min(accepted.numel(), MAX_NODES // w) + 1)
-                nodes = (self.node_share * w * budgets).round().long().clamp(1, MAX_NODES)
-                draft_ms = self.draft_scale * self.draft_ms(depth, top_k)
-                step = self.forward_scale * self._forward_ms[nodes] + draft_ms + self.overhead_ms
-                rates = 1e3 * (1.0 + accepted[budgets - 1]) / step
-                i = int(rates.argmax())
-                if float(rates[i]) > best.tokens_per_s:
-                    best = TreeChoice(TreeSpec(depth=depth, top_k=top_k, budget=int(budgets[i]), sampled=self.sampled),
-                                      float(rates[i]))
+        budgets = np.arange(1, MAX_NODES // w + 1)
+        nodes = np.clip(np.round(self.node_share * w * budgets).astype(np.int64), 1, MAX_NODES)
+        forward = self.forward_scale * self._forward_ms[nodes]  # [B]
+        levels = np.asarray(DEPTHS, dtype=np.float64) - 1
+        for top_k, accepted in zip(TOP_KS, self.acceptance.expected_tables(TOP_KS, DEPTHS, budgets.size)):
+            # accepted: [D, B], NaN where the build has no such budget
+            draft = self.draft_scale * self.draft_units * (self.costs.root_ms + levels * self.costs.level(top_k))
+            rates = np.nan_to_num(1e3 * (1.0 + accepted) / (forward[None, :] + draft[:, None] + self.overhead_ms), nan=-1.0)
+            i = int(rates.argmax())  # the first maximum, row-major: depth, then budget
+            if float(rates.flat[i]) > best.tokens_per_s:
+                d, b = divmod(i, budgets.size)
+                best = TreeChoice(TreeSpec(depth=DEPTHS[d], top_k=top_k, budget=b + 1, sampled=self.sampled),
+                                  float(rates.flat[i]))
         return (best if best.tokens_per_s * self.reality > plain.tokens_per_s else plain), best
 
     # --- learning -----------------------------------------------------------------------------------

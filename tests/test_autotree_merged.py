@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compose import Composer
-from compose.autotree import AutoTree, MergedAcceptance, PositionalAcceptance
+from compose.autotree import DEPTHS, MAX_NODES, TOP_KS, AutoTree, MergedAcceptance, PositionalAcceptance
 from compose.costs import CostProfile
 from compose.tree_policy import StepTimes
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
@@ -107,3 +109,49 @@ def test_merged_strategy_gets_per_drafter_acceptance_and_one_cost_per_drafting_u
     assert auto.width == 2 and auto.draft_units == 2  # two architectures: two drafting calls
     # "self" is the target itself: its top-ranked children are learnt to be accepted
     assert auto.acceptance.models["self"].p[0, 0] > auto.acceptance.models["ee"].p[0, 0]
+
+
+def _grid_search(auto: AutoTree) -> tuple[float, TreeSpec]:
+    """The choice by an explicit loop over (top-k, depth, budget), each budget's step costed alone
+    (a forward over the root and the draft nodes)."""
+    best_rate, best = 0.0, None
+    for top_k in TOP_KS:
+        by_depth = auto.acceptance.expected_by_depth(top_k, DEPTHS)
+        for depth in DEPTHS:
+            for budget in range(1, min(by_depth[depth].numel(), MAX_NODES // auto.width) + 1):
+                nodes = min(MAX_NODES, max(1, round(auto.node_share * auto.width * budget)))
+                step = (auto.forward_scale * auto.costs.forward(1 + nodes) + auto.draft_scale * auto.draft_ms(depth, top_k)
+                        + auto.overhead_ms)
+                rate = 1e3 * (1.0 + float(by_depth[depth][budget - 1])) / step
+                if rate > best_rate * (1 + 1e-9):
+                    best_rate, best = rate, TreeSpec(depth=depth, top_k=top_k, budget=budget)
+    return best_rate, best
+
+
+@settings(derandomize=True, deadline=None, max_examples=40)
+@given(width=st.sampled_from([1, 2, 3]), share=st.floats(0.3, 1.0), scale=st.floats(0.5, 3.0),
+       first=st.lists(st.floats(0.0, 1.0), min_size=8, max_size=8), deeper=st.lists(st.floats(0.0, 1.0), min_size=8, max_size=8),
+       knee=st.integers(2, 40), seed=st.integers(0, 2**16))
+def test_the_vectorised_choice_is_the_grid_search(width, share, scale, first, deeper, knee, seed):
+    """AutoTree._decide reads every (depth, budget) of a top-k as one table: its expected tokens
+    are expected_by_depth's to the bit, and it picks the tree an explicit search over the grid
+    picks (or one within 1e-9 of its rate)."""
+    g = torch.Generator().manual_seed(seed)
+    names = [f"d{i}" for i in range(width)]
+    profile = CostProfile(forward_ms={1: 20.0, knee: 20.0 + knee * 0.1, 64: 20.0 + knee * 0.1 + (64 - knee) * 1.5},
+                          level_ms={1: 2.0, 8: 3.5}, root_ms=2.5)
+    auto = AutoTree(profile, width=width, drafters=names)
+    models = auto.acceptance.models.values() if width > 1 else [auto.acceptance]
+    for m in models:
+        m.hits[0] = 50 * torch.tensor(first, dtype=torch.float64) * torch.rand(8, generator=g, dtype=torch.float64)
+        m.hits[1] = 50 * torch.tensor(deeper, dtype=torch.float64)
+        m.trials[:] = 50.0
+    auto.node_share, auto.forward_scale, auto.overhead_ms = share, scale, 1.5
+    for top_k in TOP_KS:
+        table = torch.from_numpy(auto.acceptance.expected_table(top_k, DEPTHS, MAX_NODES))
+        for i, (depth, column) in enumerate(auto.acceptance.expected_by_depth(top_k, DEPTHS).items()):
+            n = min(column.numel(), MAX_NODES)
+            assert torch.equal(table[i, :n], column[:n]) and table[i, n:].isnan().all()
+    _, best = auto._decide()
+    rate, expected = _grid_search(auto)
+    assert best.spec == expected or best.tokens_per_s == pytest.approx(rate, rel=1e-9)
