@@ -219,6 +219,10 @@ class AutoTree:
         self.overhead_ms = 0.0  # pack + verify + bookkeeping per step, learnt online
         # a merged tree's draft nodes over width x budget: drafters that propose the same token share a node
         self.node_share = 1.0
+        # the last drafted steps' shares: a merged tree's node count varies step to step, and a
+        # forward's cost is not linear in it (17 rows run the AMX linears' 32-row pass), so a
+        # budget is priced by the mean cost over recent shares, not the cost at the mean share
+        self._shares: deque[float] = deque(maxlen=REALITY_STEPS)
         # the last drafted steps: (spec, tokens delivered)
         self._drafted: deque[tuple[TreeSpec, float]] = deque(maxlen=REALITY_STEPS)
         self._steps = 0
@@ -244,8 +248,15 @@ class AutoTree:
         return None
 
     def step_ms(self, depth: int, top_k: int, budget: int) -> float:
-        nodes = 1 + self.node_share * self.width * budget
-        return self.forward_scale * self.costs.forward(nodes) + self.draft_scale * self.draft_ms(depth, top_k) + self.overhead_ms
+        forward = self.forward_ms(np.asarray([budget]))[0]
+        return forward + self.draft_scale * self.draft_ms(depth, top_k) + self.overhead_ms
+
+    def forward_ms(self, budgets: np.ndarray) -> np.ndarray:
+        """Predicted ms of the verify forward for each per-drafter budget: the profile at 1 + the
+        draft nodes, averaged over the recent steps' node shares (merged trees), times the load."""
+        shares = np.asarray(self._shares) if self._shares else np.asarray([self.node_share])
+        nodes = np.clip(np.round(shares[:, None] * self.width * budgets[None, :]).astype(np.int64), 1, MAX_NODES)
+        return self.forward_scale * self._forward_ms[nodes].mean(0)
 
     def draft_ms(self, depth: int, top_k: int) -> float:
         """Profiled ms of drafting a (depth, top_k) tree with every merged drafter (unscaled)."""
@@ -280,8 +291,7 @@ class AutoTree:
         best = TreeChoice(TreeSpec(depth=1, top_k=1, budget=1, sampled=self.sampled), 0.0)
         w = self.width
         budgets = np.arange(1, MAX_NODES // w + 1)
-        nodes = np.clip(np.round(self.node_share * w * budgets).astype(np.int64), 1, MAX_NODES)
-        forward = self.forward_scale * self._forward_ms[nodes]  # [B]
+        forward = self.forward_ms(budgets)  # [B]
         levels = np.asarray(DEPTHS, dtype=np.float64) - 1
         for top_k, accepted in zip(TOP_KS, self.acceptance.expected_tables(TOP_KS, DEPTHS, budgets.size)):
             # accepted: [D, B], NaN where the build has no such budget
@@ -309,7 +319,9 @@ class AutoTree:
         self.draft_scale = _robust_ema(self.draft_scale, 1e3 * times.draft / max(predicted, 1e-6))
         self.acceptance.observe(tree, path)
         if self.width > 1:
-            self.node_share = _ema(self.node_share, min(1.0, max(0.05, (nodes - 1) / (self.width * spec.budget))))
+            share = min(1.0, max(0.05, (nodes - 1) / (self.width * spec.budget)))
+            self.node_share = _ema(self.node_share, share)
+            self._shares.append(share)
         self._drafted.append((spec, float(path.numel())))
 
 

@@ -3,6 +3,7 @@ nodes of the verified tree, the tree valued as its best drafter's, its cost that
 drafter's nodes."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -155,3 +156,22 @@ def test_the_vectorised_choice_is_the_grid_search(width, share, scale, first, de
     _, best = auto._decide()
     rate, expected = _grid_search(auto)
     assert best.spec == expected or best.tokens_per_s == pytest.approx(rate, rel=1e-9)
+
+
+def test_a_budget_is_priced_over_the_spread_of_merged_node_counts():
+    """A merged tree's node count varies with how often the drafters agree; past a row tile the
+    forward costs a step more (17 rows run the 32-row pass), so the mean cost over recent steps'
+    shares is what a budget costs, more than the cost at the mean share."""
+    cliff = CostProfile(forward_ms={1: 10.0, 16: 12.0, 17: 20.0, 32: 21.0, 64: 30.0}, level_ms={1: 2.0, 8: 2.5}, root_ms=2.0)
+    auto = AutoTree(cliff, width=2, drafters=["a", "b"])
+    def star(nodes: int) -> DraftTree:  # the root's children, half from each drafter
+        return DraftTree.from_lists(list(range(1 + nodes)), [-1] + [0] * nodes, scores=[0.0] + [-0.1] * nodes,
+                                    proposers=[3] + [1] * (nodes // 2) + [2] * (nodes - nodes // 2), drafter_names=("a", "b"))
+
+    spec = TreeSpec(depth=1, top_k=8, budget=16)
+    for nodes in (8, 16, 8, 16):  # the drafters' 32 nodes merged into 8, then 16
+        auto.observe(spec, star(nodes), torch.tensor([0]), StepTimes(0.004, 0.012, 0.001))
+    assert list(auto._shares) == [0.25, 0.5, 0.25, 0.5]
+    priced = auto.forward_ms(np.array([16]))[0] / auto.forward_scale  # 1 + 8 or 1 + 16 nodes, alternately
+    assert priced == pytest.approx((cliff.forward(9) + cliff.forward(17)) / 2)
+    assert priced > cliff.forward(1 + round(0.375 * 32))
