@@ -24,29 +24,10 @@
  * ~100 vector multiply-adds: a 32-node tree's attention over 330 keys on a 135M target took
  * 10.6 ms a forward there (one thread, 30 layers).
  */
-#include <immintrin.h>
+#include "amx_tiles.h"
 #include <stdlib.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 enum { TILE = 16, ACC = 5 }; /* (row, head) pairs a tile; accumulator tiles a pass (0-4; 5: B; 6, 7: A hi, lo) */
-
-static int attention_amx_ready(void) { /* the OS lets this process use the tile registers */
-    static int ready = -1;
-    if (ready < 0) ready = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
-    return ready;
-}
-
-static void attention_tiles(void) { /* 8 tiles of 16 rows x 64 bytes; per thread */
-    struct { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        c.rows[t] = 16;
-        c.colsb[t] = 64;
-    }
-    _tile_loadconfig(&c);
-}
 
 typedef struct {
     int hd, d32, nt, keys, kb, kc, rows; /* head dim, its chunks of 32 and tiles of 16; keys, their blocks of 16 and chunks of 32; query rows */
@@ -355,7 +336,7 @@ static int amx_attention(const uint16_t *q, int64_t q_sh, int64_t q_sn, const ui
 #ifdef _OPENMP
             me = omp_get_thread_num();
 #endif
-            attention_tiles();
+            configure_tiles();
             #pragma omp for schedule(static)
             for (int t = 0; t < kv_heads * tiles; t++) {
                 int g = t / tiles, first = (t % tiles) * TILE, count = rows * group - first < TILE ? rows * group - first : TILE;

@@ -280,7 +280,7 @@ int attention_use_amx = 1;
 /* 1 when calls take the tile path */
 int attention_on_amx(void) {
 #if ATTENTION_AMX
-    return attention_use_amx && attention_amx_ready();
+    return attention_use_amx && amx_permitted();
 #else
     return 0;
 #endif

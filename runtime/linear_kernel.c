@@ -32,43 +32,24 @@
 #include <unistd.h>
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
-#include <immintrin.h>
+#include "amx_tiles.h"
 #define HAVE_AMX 1
 #else
 #define HAVE_AMX 0
 #endif
 
-#define ARCH_REQ_XCOMP_PERM 0x1023
-#define XFEATURE_XTILEDATA 18
 #define PREFETCH_AHEAD 4096 /* bytes: the next k chunk of the block (one chunk ahead measured best) */
 
 /* 1 when this build has the AMX kernel and the OS lets the process use the tile registers. */
 int amx_linear_ready(void) {
 #if HAVE_AMX
-    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    return amx_permitted();
 #else
     return 0;
 #endif
 }
 
 #if HAVE_AMX
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config;
-
-static void configure_tiles(void) { /* 8 tiles of 16 rows x 64 bytes; per thread */
-    tile_config c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        c.rows[t] = 16;
-        c.colsb[t] = 64;
-    }
-    _tile_loadconfig(&c);
-}
-
 /* acc [rows][64] float32 (+ bias) -> out rows row0.., columns c0..c0+cols, rounded to bf16 */
 static void store_rows(const float *acc, int64_t row0, int64_t rows, int64_t c0, int64_t cols, int64_t n,
                        const float *bias, uint16_t *out) {
