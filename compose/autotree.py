@@ -129,7 +129,9 @@ class PositionalAcceptance:
         """E[accepted draft tokens] of the EAGLE-2 build (depth, top_k), for each depth, for every
         budget b (index b - 1): the build's nodes by value, best b kept."""
         levels = self.levels(max(depths), top_k)
-        return {d: torch.from_numpy(-np.sort(-np.concatenate(levels[:d])).cumsum()) for d in depths}
+        made = np.cumsum([lv.size for lv in levels])  # nodes the build of each depth makes
+        table = _ranked_cumsum(levels, depths, int(made[-1]))
+        return {d: torch.from_numpy(table[i, : made[d - 1]]) for i, d in enumerate(depths)}
 
     def expected_accepted(self, depth: int, top_k: int) -> torch.Tensor:
         return self.expected_by_depth(top_k, (depth,))[depth]
@@ -142,18 +144,23 @@ class PositionalAcceptance:
         """expected_by_depth as one [len(depths), budgets] table (NaN where the build of that
         depth has fewer nodes than the budget), in a few array ops: `AutoTree._decide` reads
         every depth and budget of every top-k each time it decides (`expected_tables`)."""
-        levels = self.levels(max(depths), top_k, p)
-        level_of = np.repeat(np.arange(len(levels)), [lv.size for lv in levels])
-        built = level_of[None, :] < np.asarray(depths)[:, None]  # [D, nodes]: made by the build of that depth
-        # values are in [0, 1]: a node the build does not make sorts after every one it makes
-        values = np.where(built, np.concatenate(levels)[None, :], -1.0)
-        values.sort(axis=1)
-        ranked = np.full((len(depths), budgets), -1.0)  # past the build's nodes: none
-        kept = min(budgets, values.shape[1])
-        ranked[:, :kept] = values[:, ::-1][:, :kept]
-        table = ranked.clip(min=0.0).cumsum(1)
-        table[ranked < 0] = np.nan
-        return table
+        return _ranked_cumsum(self.levels(max(depths), top_k, p), depths, budgets)
+
+
+def _ranked_cumsum(levels: list[np.ndarray], depths, budgets: int) -> np.ndarray:
+    """[len(depths), budgets]: for the build of each depth (the first `depth` levels' nodes), the
+    sum of its best b node values at column b - 1; NaN past the nodes it makes."""
+    level_of = np.repeat(np.arange(len(levels)), [lv.size for lv in levels])
+    built = level_of[None, :] < np.asarray(depths)[:, None]  # [D, nodes]: made by the build of that depth
+    # values are in [0, 1]: a node the build does not make sorts after every one it makes
+    values = np.where(built, np.concatenate(levels)[None, :], -1.0)
+    values.sort(axis=1)
+    ranked = np.full((len(depths), budgets), -1.0)  # past the build's nodes: none
+    kept = min(budgets, values.shape[1])
+    ranked[:, :kept] = values[:, ::-1][:, :kept]
+    table = ranked.clip(min=0.0).cumsum(1)
+    table[ranked < 0] = np.nan
+    return table
 
 
 class MergedAcceptance:
@@ -217,11 +224,10 @@ class AutoTree:
         self.forward_scale = self.draft_scale = 1.0  # observed / profiled: the load (every step's forward)
         self.plain_shape = 1.0  # one-token forwards' observed / profiled time, over forward_scale
         self.overhead_ms = 0.0  # pack + verify + bookkeeping per step, learnt online
-        # a merged tree's draft nodes over width x budget: drafters that propose the same token share a node
-        self.node_share = 1.0
-        # the last drafted steps' shares: a merged tree's node count varies step to step, and a
-        # forward's cost is not linear in it (17 rows run the AMX linears' 32-row pass), so a
-        # budget is priced by the mean cost over recent shares, not the cost at the mean share
+        # the last drafted steps' shares of a merged tree's draft nodes over width x budget (drafters
+        # that propose the same token share a node). The count varies step to step, and a forward's
+        # cost is not linear in it (17 rows run the AMX linears' 32-row pass), so a budget is
+        # priced by the mean cost over recent shares, not the cost at the mean share
         self._shares: deque[float] = deque(maxlen=REALITY_STEPS)
         # the last drafted steps: (spec, tokens delivered)
         self._drafted: deque[tuple[TreeSpec, float]] = deque(maxlen=REALITY_STEPS)
@@ -251,10 +257,15 @@ class AutoTree:
         forward = self.forward_ms(np.asarray([budget]))[0]
         return forward + self.draft_scale * self.draft_ms(depth, top_k) + self.overhead_ms
 
+    @property
+    def node_share(self) -> float:
+        """The recent steps' mean share of draft nodes over width x budget (1 before any)."""
+        return float(np.mean(self._shares)) if self._shares else 1.0
+
     def forward_ms(self, budgets: np.ndarray) -> np.ndarray:
         """Predicted ms of the verify forward for each per-drafter budget: the profile at 1 + the
         draft nodes, averaged over the recent steps' node shares (merged trees), times the load."""
-        shares = np.asarray(self._shares) if self._shares else np.asarray([self.node_share])
+        shares = np.asarray(self._shares) if self._shares else np.ones(1)
         nodes = np.clip(np.round(shares[:, None] * self.width * budgets[None, :]).astype(np.int64), 1, MAX_NODES)
         return self.forward_scale * self._forward_ms[nodes].mean(0)
 
@@ -319,9 +330,7 @@ class AutoTree:
         self.draft_scale = _robust_ema(self.draft_scale, 1e3 * times.draft / max(predicted, 1e-6))
         self.acceptance.observe(tree, path)
         if self.width > 1:
-            share = min(1.0, max(0.05, (nodes - 1) / (self.width * spec.budget)))
-            self.node_share = _ema(self.node_share, share)
-            self._shares.append(share)
+            self._shares.append(min(1.0, max(0.05, (nodes - 1) / (self.width * spec.budget))))
         self._drafted.append((spec, float(path.numel())))
 
 

@@ -147,7 +147,8 @@ def test_the_vectorised_choice_is_the_grid_search(width, share, scale, first, de
         m.hits[0] = 50 * torch.tensor(first, dtype=torch.float64) * torch.rand(8, generator=g, dtype=torch.float64)
         m.hits[1] = 50 * torch.tensor(deeper, dtype=torch.float64)
         m.trials[:] = 50.0
-    auto.node_share, auto.forward_scale, auto.overhead_ms = share, scale, 1.5
+    auto._shares.append(share)
+    auto.forward_scale, auto.overhead_ms = scale, 1.5
     for top_k in TOP_KS:
         table = torch.from_numpy(auto.acceptance.expected_table(top_k, DEPTHS, MAX_NODES))
         for i, (depth, column) in enumerate(auto.acceptance.expected_by_depth(top_k, DEPTHS).items()):
