@@ -217,8 +217,9 @@ int layer_forward(uint16_t *h, const uint16_t *emb, int64_t rows, const layer_we
     const int heads = w->heads, kv = w->kv_heads, hd = w->hd, width = (hd + 15) / 16 * 16, all = heads + 2 * kv;
     const int64_t keys = length + rows;
     uint16_t *qkv = malloc((size_t)(rows * all * hd + rows * heads * hd) * 2);
-    float *work = malloc(sizeof(float) * (size_t)((2 * kv * width + BLOCK * (attention_threads < 1 ? 1 : attention_threads)) * (keys + 16)));
-    int status = qkv && work ? 0 : -1;
+    const int tiles = attention_on_amx(); /* the tile path keeps its own buffers: no vector work area */
+    float *work = tiles ? NULL : malloc(sizeof(float) * (size_t)((2 * kv * width + BLOCK * (attention_threads < 1 ? 1 : attention_threads)) * (keys + 16)));
+    int status = qkv && (work || tiles) ? 0 : -1;
     uint16_t *attn = qkv ? qkv + rows * all * hd : NULL;
     if (!status) status = pre_rows(h, emb, rows, w, cos, ssin, qkv, threads);
     if (!status) {

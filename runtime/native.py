@@ -174,12 +174,13 @@ def native_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     out = torch.empty(n, heads, hd, dtype=torch.bfloat16)
     threads = torch.get_num_threads() if n * heads * s >= PARALLEL_WORK else 1
     width = -(-hd // 16) * 16
-    # every kv head's widened keys and values, then SCORE_ROWS rows of scores per thread (attention_kernel.c)
-    work = torch.empty((2 * kv * width + SCORE_ROWS * threads) * (s + 16), dtype=torch.float32)
+    # the vector path's work area: every kv head's widened keys and values, then SCORE_ROWS rows of
+    # scores per thread (attention_kernel.c); the tile path keeps its own buffers
+    work = None if lib.attention_on_amx() else torch.empty((2 * kv * width + SCORE_ROWS * threads) * (s + 16), dtype=torch.float32)
     status = lib.invariant_attention(
         q.data_ptr(), q.stride(1), q.stride(2), keys.data_ptr(), values.data_ptr(), keys.stride(1), keys.stride(2),
         None if mask is None else mask.data_ptr(), 0 if mask is None else mask.stride(0), out.data_ptr(),
-        heads, kv, n, s, hd, scale, threads, work.data_ptr())
+        heads, kv, n, s, hd, scale, threads, None if work is None else work.data_ptr())
     if status == -1:
         raise ValueError("a query row of the bf16 attention sees no key (its mask hides every key)")
     if status == -2:
