@@ -64,9 +64,10 @@ static void store_rows(const float *acc, int64_t row0, int64_t rows, int64_t c0,
     }
 }
 
-static inline void prefetch_chunk(const uint16_t *w) {
+/* the next k chunk's `bytes` from w (all 4 KB for block_16, the pass's half for block_32) */
+static inline void prefetch_next(const uint16_t *w, int bytes) {
     const char *p = (const char *)w + PREFETCH_AHEAD;
-    for (int line = 0; line < 4096; line += 64) _mm_prefetch(p + line, _MM_HINT_T0);
+    for (int line = 0; line < bytes; line += 64) _mm_prefetch(p + line, _MM_HINT_T0);
 }
 
 /* up to 16 rows: A one tile, the block's 64 columns in 4 accumulators (C tiles 0-3) */
@@ -74,7 +75,7 @@ static void block_16(const uint16_t *xa, int64_t kp, const uint16_t *wb, int64_t
     _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
     for (int64_t c = 0; c < chunks; c++) {
         const uint16_t *w = wb + c * 2048;
-        prefetch_chunk(w);
+        prefetch_next(w, 4096);
         _tile_loadd(4, xa + c * 32, kp * 2);
         _tile_loadd(5, w, 64);
         _tile_loadd(6, w + 512, 64);
@@ -92,14 +93,18 @@ static void block_16(const uint16_t *xa, int64_t kp, const uint16_t *wb, int64_t
 }
 
 /* 32 rows: two A tiles x two column tiles per pass (each loaded B tile serves both row tiles),
- * two passes for the block's 64 columns; acc [32][64] */
+ * two passes for the block's 64 columns; acc [32][64]. Each pass prefetches only its own half of
+ * the next chunk, so both passes stream from memory while they multiply: when the first pass
+ * fetched whole chunks, the second ran its multiplies from L2 with no reads in flight, and a
+ * 32-row forward's linears cost the weight stream plus half the multiplies (10.7 vs 9.0 ms best,
+ * 30 layers, one thread; docs/results/verify-2026-12-06b). */
 static void block_32(const uint16_t *xa, int64_t kp, const uint16_t *wb, int64_t chunks, int prefetch, float *acc) {
     const uint16_t *xb = xa + 16 * kp;
     for (int half = 0; half < 2; half++) {
         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
         for (int64_t c = 0; c < chunks; c++) {
             const uint16_t *w = wb + c * 2048 + half * 1024;
-            if (prefetch && half == 0) prefetch_chunk(wb + c * 2048);
+            if (prefetch) prefetch_next(w, 2048);
             _tile_loadd(4, xa + c * 32, kp * 2);
             _tile_loadd(6, w, 64);
             _tile_dpbf16ps(0, 4, 6);

@@ -1,0 +1,241 @@
+/* The linears of specmux at inference on the CPU (docs/design.md "Exact bf16"; loaded by
+ * runtime/native_linear.py): bf16 on Intel AMX (amx_linear) and float32 on vector FMAs
+ * (f32_linear, any CPU the compiler targets).
+ *
+ * bf16: out[m, n] = bf16(sum_k x[m, k] w[n, k] + bias[n]): float32 accumulation, one TDPBF16PS per 32
+ * values of k in k order, then the bias, then rounding to nearest even. Each output element is a
+ * function of its own input row and its weight column alone (a tile multiply computes every
+ * element from its row of A and its column of B, in a fixed order), so a row's result is the same
+ * bits whatever the rows beside it, the row tile it lands in, or the thread that computes it:
+ * a tree node's row equals the row plain decoding computes for the same token, at any row count.
+ *
+ * Speed: one-token and tree forwards are bound by reading the weights. The weight is packed once
+ * (runtime/amx.py) in the order the loop reads it, 4 KB per 32 values of k for 64 outputs, and
+ * the next 4 KB is prefetched while the current one is multiplied: reads run near the memory's
+ * rate where oneDNN's kernel at a few rows ran at 0.6-0.9 of it (measured 2026-12-05).
+ *
+ * float32: out[m, n] = (sum_k x[m, k] w[n, k]) + bias[n], one fused multiply-add per k in k order
+ * in lane n % 16 of a vector; the same per-element order at any row count, so rows are
+ * invariant in float32 too. At one row it reads the weight 1.3-1.7x faster than oneDNN's
+ * packed float32 kernel did; at 16-32 rows 1.05-1.15x (2026-12-05, AMX VM, one thread).
+ *
+ * Layouts. bf16 packed: [n_pad / 64][k_pad / 32][4][16][16][2] bf16 (block b, k chunk c, tile t, row r,
+ * column j, pair e) = w[64 b + 16 t + j, 32 c + 2 r + e], zero outside w. x: rows of k values
+ * with stride x_stride (elements); copied here into a zero-padded buffer of whole tiles.
+ * float32 packed: [n_pad / 64][k][64] float = w[64 b + j, i] at [b][i][j], zero past n; x read
+ * in place (row stride x_stride).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#include "amx_tiles.h"
+#define HAVE_AMX 1
+#else
+#define HAVE_AMX 0
+#endif
+
+int nb_bytes = 0, nb_hint = 2;
+#define PREFETCH_AHEAD 4096 /* bytes: the next k chunk of the block (one chunk ahead measured best) */
+
+/* 1 when this build has the AMX kernel and the OS lets the process use the tile registers. */
+int amx_linear_ready(void) {
+#if HAVE_AMX
+    return amx_permitted();
+#else
+    return 0;
+#endif
+}
+
+#if HAVE_AMX
+/* acc [rows][64] float32 (+ bias) -> out rows row0.., columns c0..c0+cols, rounded to bf16 */
+static void store_rows(const float *acc, int64_t row0, int64_t rows, int64_t c0, int64_t cols, int64_t n,
+                       const float *bias, uint16_t *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        uint16_t *o = out + (row0 + r) * n + c0;
+        for (int64_t j = 0; j < cols; j += 16) {
+            __mmask16 keep = cols - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (cols - j)) - 1);
+            __m512 v = _mm512_load_ps(acc + r * 64 + j);
+            if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(keep, bias + c0 + j));
+            _mm256_mask_storeu_epi16(o + j, keep, (__m256i)_mm512_cvtneps_pbh(v));
+        }
+    }
+}
+
+static inline void prefetch_chunk(const uint16_t *w) {
+    const char *p = (const char *)w + PREFETCH_AHEAD;
+    for (int line = 0; line < 4096; line += 64) _mm_prefetch(p + line, _MM_HINT_T0);
+}
+
+/* up to 16 rows: A one tile, the block's 64 columns in 4 accumulators (C tiles 0-3) */
+static void block_16(const uint16_t *xa, int64_t kp, const uint16_t *wb, int64_t chunks, float *acc) {
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    for (int64_t c = 0; c < chunks; c++) {
+        const uint16_t *w = wb + c * 2048;
+        prefetch_chunk(w);
+        _tile_loadd(4, xa + c * 32, kp * 2);
+        _tile_loadd(5, w, 64);
+        _tile_loadd(6, w + 512, 64);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_loadd(7, w + 1024, 64);
+        _tile_dpbf16ps(1, 4, 6);
+        _tile_loadd(5, w + 1536, 64);
+        _tile_dpbf16ps(2, 4, 7);
+        _tile_dpbf16ps(3, 4, 5);
+    }
+    _tile_stored(0, acc, 256);
+    _tile_stored(1, acc + 16, 256);
+    _tile_stored(2, acc + 32, 256);
+    _tile_stored(3, acc + 48, 256);
+}
+
+/* 32 rows: two A tiles x two column tiles per pass (each loaded B tile serves both row tiles),
+ * two passes for the block's 64 columns; acc [32][64] */
+static void block_32(const uint16_t *xa, int64_t kp, const uint16_t *wb, int64_t chunks, int prefetch, float *acc, const uint16_t *next) {
+    const uint16_t *xb = xa + 16 * kp;
+    for (int half = 0; half < 2; half++) {
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        for (int64_t c = 0; c < chunks; c++) {
+            const uint16_t *w = wb + c * 2048 + half * 1024;
+            if (nb_bytes == -1) { if (prefetch) { const char *p = (const char *)w + 4096; for (int line = 0; line < 2048; line += 64) _mm_prefetch(p + line, _MM_HINT_T0);} }
+            else if (prefetch && half == 0) prefetch_chunk(wb + c * 2048);
+            if (prefetch && half == 1 && next && nb_bytes) {
+                const char *p = (const char *)(next) + c * nb_bytes;
+                if (nb_hint == 1) for (int line = 0; line < nb_bytes; line += 64) _mm_prefetch(p + line, _MM_HINT_T1);
+                else for (int line = 0; line < nb_bytes; line += 64) _mm_prefetch(p + line, _MM_HINT_T2);
+            }
+            _tile_loadd(4, xa + c * 32, kp * 2);
+            _tile_loadd(6, w, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_loadd(5, xb + c * 32, kp * 2);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_loadd(7, w + 512, 64);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        float *a = acc + half * 32;
+        _tile_stored(0, a, 256);
+        _tile_stored(1, a + 16, 256);
+        _tile_stored(2, a + 16 * 64, 256);
+        _tile_stored(3, a + 16 * 64 + 16, 256);
+    }
+}
+#endif
+
+/* out [m, n] bf16 = x [m, k] (bf16, row stride x_stride) @ w.T + bias (float32 [n] or NULL), w
+ * packed as above with k_pad = k rounded up to 32 and n_pad = n rounded up to 64. Blocks of 64
+ * outputs run on `threads` OpenMP threads (torch's pool: runtime/native.py). Returns 0, -1 when
+ * memory runs out, -3 when this build has no AMX. */
+int amx_linear(const uint16_t *x, int64_t m, int64_t k, int64_t x_stride, const uint16_t *packed, int64_t n,
+               const float *bias, uint16_t *out, int threads) {
+#if HAVE_AMX
+    int64_t kp = (k + 31) / 32 * 32, chunks = kp / 32, blocks = (n + 63) / 64;
+    int64_t mp = m <= 16 ? 16 : (m + 31) / 32 * 32;
+    uint16_t *xp = aligned_alloc(64, (size_t)(mp * kp * 2 + 64) / 64 * 64);
+    if (!xp) return -1;
+    for (int64_t r = 0; r < mp; r++) {
+        uint16_t *dst = xp + r * kp;
+        if (r < m) {
+            memcpy(dst, x + r * x_stride, (size_t)k * 2);
+            memset(dst + k, 0, (size_t)(kp - k) * 2);
+        } else {
+            memset(dst, 0, (size_t)kp * 2);
+        }
+    }
+    if (threads < 1) threads = 1;
+    if (threads > blocks) threads = (int)blocks;
+#pragma omp parallel num_threads(threads)
+    {
+        float acc[32 * 64] __attribute__((aligned(64)));
+        configure_tiles();
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < blocks; b++) {
+            const uint16_t *wb = packed + b * chunks * 2048;
+            int64_t c0 = b * 64, cols = n - c0 < 64 ? n - c0 : 64;
+            if (mp == 16) {
+                block_16(xp, kp, wb, chunks, acc);
+                store_rows(acc, 0, m, c0, cols, n, bias, out);
+                continue;
+            }
+            for (int64_t r0 = 0; r0 < mp; r0 += 32) {
+                block_32(xp + r0 * kp, kp, wb, chunks, r0 == 0, acc, b + 1 < blocks ? wb + chunks * 2048 : 0);
+                store_rows(acc, r0, m - r0 < 32 ? m - r0 : 32, c0, cols, n, bias, out);
+            }
+        }
+        _tile_release();
+    }
+    free(xp);
+    return 0;
+#else
+    (void)x; (void)m; (void)k; (void)x_stride; (void)packed; (void)n; (void)bias; (void)out; (void)threads;
+    return -3;
+#endif
+}
+
+/* ---- float32 ---------------------------------------------------------------------------- */
+
+typedef float v16f __attribute__((vector_size(64)));
+
+static inline v16f load_v16f(const float *p) {
+    v16f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* R rows (a constant after inlining) x the block's 64 outputs: acc [R][64] */
+static inline __attribute__((always_inline)) void f32_rows(const int R, const float *x, int64_t xs, const float *wb,
+                                                           int64_t k, int prefetch, float *acc) {
+    v16f a[6][4];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < 4; t++) a[r][t] = (v16f){0};
+    for (int64_t i = 0; i < k; i++) {
+        const float *w = wb + i * 64;
+        if (prefetch) /* the weight row 8 k ahead (2 KB): the one-row pass streams from memory */
+            for (int line = 0; line < 256; line += 64) __builtin_prefetch((const char *)w + 2048 + line, 0, 3);
+        v16f w0 = load_v16f(w), w1 = load_v16f(w + 16), w2 = load_v16f(w + 32), w3 = load_v16f(w + 48);
+        for (int r = 0; r < R; r++) {
+            float s = x[r * xs + i];
+            a[r][0] += s * w0;
+            a[r][1] += s * w1;
+            a[r][2] += s * w2;
+            a[r][3] += s * w3;
+        }
+    }
+    for (int r = 0; r < R; r++) memcpy(acc + r * 64, a[r], sizeof a[r]);
+}
+
+/* out [m, n] float32 = x [m, k] (row stride x_stride) @ w.T + bias (float32 [n] or NULL), w
+ * packed as above. Rows go 6 at a time (24 accumulators) over each block of 64 outputs; blocks
+ * run on `threads` OpenMP threads. Returns 0. */
+int f32_linear(const float *x, int64_t m, int64_t k, int64_t x_stride, const float *packed, int64_t n,
+               const float *bias, float *out, int threads) {
+    int64_t blocks = (n + 63) / 64;
+    if (threads < 1) threads = 1;
+    if (threads > blocks) threads = (int)blocks;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        const float *wb = packed + b * k * 64;
+        int64_t c0 = b * 64, cols = n - c0 < 64 ? n - c0 : 64;
+        float acc[6 * 64];
+        for (int64_t r0 = 0; r0 < m; r0 += 6) {
+            int rows = m - r0 < 6 ? (int)(m - r0) : 6, first = r0 == 0;
+            const float *xr = x + r0 * x_stride;
+            switch (rows) { /* one specialised loop per row count: the same arithmetic per element */
+            case 1: f32_rows(1, xr, x_stride, wb, k, first, acc); break;
+            case 2: f32_rows(2, xr, x_stride, wb, k, first, acc); break;
+            case 3: f32_rows(3, xr, x_stride, wb, k, first, acc); break;
+            case 4: f32_rows(4, xr, x_stride, wb, k, first, acc); break;
+            case 5: f32_rows(5, xr, x_stride, wb, k, first, acc); break;
+            default: f32_rows(6, xr, x_stride, wb, k, first, acc);
+            }
+            for (int r = 0; r < rows; r++) {
+                float *o = out + (r0 + r) * n + c0;
+                for (int64_t j = 0; j < cols; j++) o[j] = bias ? acc[r * 64 + j] + bias[c0 + j] : acc[r * 64 + j];
+            }
+        }
+    }
+    return 0;
+}
