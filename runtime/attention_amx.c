@@ -244,12 +244,19 @@ static void amx_tile(const shape_t *s, int g, int first, int count, int group, i
         for (int c0 = 0; c0 < n; c0 += 32) {
             int *slot = w->slots + c0, have = n - c0 < 32 ? n - c0 : 32;
             for (int j = have; j < 32; j++) slot[j] = -1;
-            for (int u = 0; u < TILE; u++) {
-                float x[32] __attribute__((aligned(64)));
-                for (int j = 0; j < 32; j++) x[j] = u < r1 - r0 && slot[j] >= 0 ? w->sc[(r0 + u) * ss + slot[j]] : 0.0f;
-                split16(_mm512_load_ps(x), w->ta_hi + u * 32, w->ta_lo + u * 32);
-                split16(_mm512_load_ps(x + 16), w->ta_hi + u * 32 + 16, w->ta_lo + u * 32 + 16);
+            /* the A rows of this query row's pairs: their weights at the chunk's slots (zero where
+             * none); the tile's other rows zero, so the other pairs' accumulators pass unchanged */
+            const __m512i i0 = _mm512_loadu_si512(slot), i1 = _mm512_loadu_si512(slot + 16);
+            const __mmask16 k0 = _mm512_cmpge_epi32_mask(i0, _mm512_setzero_si512());
+            const __mmask16 k1 = _mm512_cmpge_epi32_mask(i1, _mm512_setzero_si512());
+            for (int u = 0; u < r1 - r0; u++) {
+                const float *row = w->sc + (r0 + u) * ss;
+                split16(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), k0, i0, row, 4), w->ta_hi + u * 32, w->ta_lo + u * 32);
+                split16(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), k1, i1, row, 4), w->ta_hi + u * 32 + 16,
+                        w->ta_lo + u * 32 + 16);
             }
+            memset(w->ta_hi + (r1 - r0) * 32, 0, 64 * (size_t)(TILE - (r1 - r0)));
+            memset(w->ta_lo + (r1 - r0) * 32, 0, 64 * (size_t)(TILE - (r1 - r0)));
             for (int t0 = 0; t0 < ntiles; t0 += ACC) {
                 int m = ntiles - t0 < ACC ? ntiles - t0 : ACC;
                 const uint16_t *b[ACC];
