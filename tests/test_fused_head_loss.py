@@ -4,6 +4,8 @@ per-step agreement, alpha and chain tau, in float64 exactly to rounding and unde
 to bf16 rounding; the blocks' boundaries do not matter."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -111,3 +113,56 @@ def test_fused_unroll_loss_under_bf16_autocast_matches_the_plain_one():
         assert (a - b).norm() <= 0.02 * b.norm() + 1e-6, (float((a - b).norm()), float(b.norm()))
     assert got_m["acc_0"] == pytest.approx(want_m["acc_0"], abs=0.02)
     assert got_m["chain_tau"] == pytest.approx(want_m["chain_tau"], abs=0.05)
+
+
+def _block_inputs(rows: int, vocab: int, seed: int, cached_lse: bool):
+    g = torch.Generator().manual_seed(seed)
+    z = (torch.randn(rows, vocab, generator=g) * 3).to(torch.bfloat16)
+    t = (torch.randn(rows, vocab, generator=g) * 3).to(torch.bfloat16)
+    lse = torch.logsumexp(t.float(), -1) + torch.rand(rows, generator=g) if cached_lse else None
+    sampled = torch.arange(rows) % 3 == 0
+    return z, t, lse, sampled, torch.tensor(1.0 / rows), torch.bfloat16, torch.float32
+
+
+@pytest.mark.parametrize("cached_lse", [False, True])
+def test_compiled_block_equals_the_eager_block(cached_lse, monkeypatch):
+    """Blocks of COMPILE_MIN_ROWS rows or more run kl_block compiled (fused loops): the same loss,
+    gradient, argmaxes and alpha as the eager function, to float rounding."""
+    monkeypatch.delenv("SPECMUX_COMPILE_LOSS", raising=False)
+    rows = fused_head_loss.COMPILE_MIN_ROWS + 44
+    compiled = fused_head_loss.block_function(rows, torch.device("cpu"))
+    assert compiled is not fused_head_loss.kl_block
+    args = _block_inputs(rows, 200, seed=1, cached_lse=cached_lse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a compiled run, not the eager fallback
+        got = compiled(*args)
+    want = fused_head_loss.kl_block(*args)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-6)  # KL summed over the rows
+    torch.testing.assert_close(got[1].float(), want[1].float(), rtol=0.0, atol=2e-3 / rows)  # bf16 (q - p) / rows
+    assert torch.equal(got[2], want[2]) and torch.equal(got[3], want[3])
+    torch.testing.assert_close(got[4], want[4], rtol=1e-6, atol=1e-6)
+    assert fused_head_loss.block_function(fused_head_loss.COMPILE_MIN_ROWS - 1, torch.device("cpu")) is fused_head_loss.kl_block
+
+
+def test_a_failing_compiler_warns_and_the_block_runs_eagerly(monkeypatch):
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler here")
+        return call
+
+    monkeypatch.delenv("SPECMUX_COMPILE_LOSS", raising=False)
+    monkeypatch.setattr(fused_head_loss, "_compiled", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    args = _block_inputs(fused_head_loss.COMPILE_MIN_ROWS, 50, seed=2, cached_lse=True)
+    block = fused_head_loss.block_function(fused_head_loss.COMPILE_MIN_ROWS, torch.device("cpu"))
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here"):
+        got = block(*args)
+    want = fused_head_loss.kl_block(*args)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert fused_head_loss.block_function(fused_head_loss.COMPILE_MIN_ROWS, torch.device("cpu")) is fused_head_loss.kl_block
+
+
+def test_the_compiled_block_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("SPECMUX_COMPILE_LOSS", "0")
+    assert fused_head_loss.block_function(10**6, torch.device("cpu")) is fused_head_loss.kl_block
+
