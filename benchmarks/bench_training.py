@@ -4,7 +4,7 @@ load average beside every figure.
 
     python benchmarks/bench_training.py [--threads 2] [--steps 6] [--batch 8] [--seq 384]
         [--cache-records 16] [--parts train,cache] [--recipe plain|suite] [--drafter eagle1|eagle3]
-        [--loss-path fused|plain] [--work DIR]
+        [--loss-path fused|plain] [--compile on|off|auto] [--work DIR]
 
 Data: real text, not random ids: ShareGPT conversations (a human turn and the ShareGPT answer)
 through the target's chat template, cut to --seq tokens; the loss covers the answer (what the
@@ -89,7 +89,7 @@ def bench_train(target, records, precision: str, args, work: Path) -> dict:
     cfg = TrainConfig(drafter=args.drafter, head="truncated", draft_vocab_size=3584, loss="kl", unroll_steps=3,
                       step_weights=[1.0, 0.8, 0.64], lr=6e-4, warmup_steps=30, batch_size=args.batch, max_len=args.seq,
                       repspec="repspec" if args.recipe == "suite" else "off", precision=precision,
-                      epochs=1000, max_steps=args.warmup + args.steps, checkpoint_every=10**6)
+                      epochs=1000, max_steps=args.warmup + args.steps, checkpoint_every=10**6, compile=args.compile)
     dcfg = make_drafter_config(cfg, target)
     tokens = torch.cat([torch.as_tensor(r["input_ids"][r["prompt_len"]:]) for r in records])
     from drafters.heads import most_frequent_tokens
@@ -140,6 +140,8 @@ def main() -> None:
                    help="fused: the KL loss through the blocked head (the default path); plain: whole-step logits")
     p.add_argument("--work", help="keep the training states here (reused by later runs) instead of a temporary folder")
     p.add_argument("--parts", default="train,cache")
+    p.add_argument("--compile", choices=("on", "off", "auto"), default="on",
+                   help="the unroll's layer through torch.compile (TrainConfig.compile; 'auto' would skip it for a run this short)")
     p.add_argument("--precisions", default="float32,bfloat16")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -174,7 +176,7 @@ def main() -> None:
             cache_hidden_states(target, records[:n_train], layers, cache_dir, shard_records=8, dtype=torch.bfloat16,
                                 compute_dtype=torch.bfloat16, on_change="rebuild", progress=False)
             train_records = load_hidden_cache(cache_dir)
-            print(f"\n| {args.drafter} drafter training ({args.recipe} recipe, {args.loss_path} loss), batch {args.batch} x {args.seq} | steps | s/step | "
+            print(f"\n| {args.drafter} drafter training ({args.recipe} recipe, {args.loss_path} loss, compile {args.compile}), batch {args.batch} x {args.seq} | steps | s/step | "
                   "trained tokens/s | all tokens/s | trained tokens per CPU-second | page faults/step | loss first -> last | load |"
                   "\n|---|---:|---:|---:|---:|---:|---:|---|---|")
             for prec in precisions:

@@ -180,12 +180,13 @@ class FeatureDrafterModel(nn.Module):
             return linear(self.fc, torch.cat([emb, features], dim=-1)), None
         return (linear(self.fc, features) if from_target else features), emb
 
-    def forward(self, input_ids, features, from_target: bool, positions, mask, past=None):
+    def forward(self, input_ids, features, from_target: bool, positions, mask, past=None, layer=None):
         """input_ids [B, T]; features [B, T, feature_size] (target) or [B, T, d] (own outputs);
-        positions [B, T]; mask additive [B|1, 1, T, S]. Returns (outputs [B, T, d], (k, v))."""
+        positions [B, T]; mask additive [B|1, 1, T, S]. Returns (outputs [B, T, d], (k, v)).
+        `layer`: a stand-in for the decoder layer (the training unroll's compiled one)."""
         h, emb = self.fuse(input_ids, features, from_target)
         cos, sin = self.rotary(positions, self.dtype)
-        return self.layers[0](h, emb, cos, sin, mask, past)
+        return (layer or self.layers[0])(h, emb, cos, sin, mask, past)
 
     def logits(self, outputs: torch.Tensor) -> torch.Tensor:
         """Logits over the head's own vocabulary (the draft vocabulary for a truncated head)."""

@@ -13,6 +13,7 @@ import json
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -70,6 +71,10 @@ class TrainConfig(BaseModel):
     # matmuls in bf16 (autocast, float32 master weights and losses): "auto" where the device
     # multiplies bf16 natively (CUDA, AMX / AVX512-BF16 CPUs), float32 elsewhere
     precision: Precision = "auto"
+    # the unroll's decoder layer through torch.compile (forward and backward as fused loops):
+    # "auto" on the CPU in one process for runs of COMPILE_MIN_STEPS+ steps of batch_size x
+    # max_len >= COMPILE_MIN_TOKENS (compiling costs about a minute once)
+    compile: Literal["auto", "on", "off"] = "auto"
     work_dir: str = "runs/drafter"
     output: str | None = None  # final checkpoint folder (default: work_dir/drafter)
     save_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -105,11 +110,17 @@ def ttt_mask(n: int, step: int, dtype: torch.dtype, device=None) -> torch.Tensor
 class Unroll(nn.Module):
     """The training forward (one module, so DDP sees every parameter): per step, the draft
     logits at the rows where that step is trained, or with `logits=False` the head's operands
-    there ((x, weight) with logits = x @ weight.T: the fused loss runs the head itself)."""
+    there ((x, weight) with logits = x @ weight.T: the fused loss runs the head itself).
+    `compiled`: the decoder layer runs through torch.compile (its norms, rotation, activation
+    and casts, forward and backward, as fused loops); a compiler that fails warns once and the
+    layer runs eagerly."""
 
-    def __init__(self, model: FeatureDrafterModel):
+    def __init__(self, model: FeatureDrafterModel, compiled: bool = False):
         super().__init__()
         self.model = model
+        # kept out of the module tree: the compiled function shares the layer's parameters and
+        # must not add a second copy of them to the state dict
+        self.__dict__["layer"] = compiled_layer(model.layers[0]) if compiled else None
 
     def forward(self, ids, feats, rows, steps: int, logits: bool = True) -> list:
         B, T = ids.shape
@@ -121,7 +132,7 @@ class Unroll(nn.Module):
             # on the CPU the structured attention (drafters/ttt_attention.py) replaces the dense
             # mask; a GPU keeps SDPA's fused kernels (the structured form holds n x n scores)
             mask = TTTMask(n, j) if ids.device.type == "cpu" else ttt_mask(n, j, self.model.dtype, ids.device)
-            out, (k, v) = self.model(x, h, from_target, positions, mask, past)
+            out, (k, v) = self.model(x, h, from_target, positions, mask, past, layer=self.layer)
             past = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
             step_rows = rows.clone()
             step_rows[:, :j] = False  # no anchor before position 0
@@ -129,6 +140,38 @@ class Unroll(nn.Module):
             h = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], dim=1)
             from_target = False
         return outs
+
+
+COMPILE_MIN_STEPS = 200  # compile="auto": runs shorter than this stay eager (compiling costs ~1 min)
+COMPILE_MIN_TOKENS = 2048  # ... and so do batches of fewer padded tokens (batch_size x max_len)
+
+
+def compile_wanted(cfg: TrainConfig, device: torch.device, processes: int, total_steps: int) -> bool:
+    """Whether the training unroll compiles its layer (TrainConfig.compile)."""
+    if cfg.compile != "auto":
+        return cfg.compile == "on"
+    return (torch.device(device).type == "cpu" and processes == 1 and total_steps >= COMPILE_MIN_STEPS
+            and cfg.batch_size * cfg.max_len >= COMPILE_MIN_TOKENS)
+
+
+def compiled_layer(layer: nn.Module):
+    """layer's forward through torch.compile (dynamic shapes: batches differ in length), falling
+    back to the eager layer, with one warning, where compiling or running it fails."""
+    compiled = torch.compile(layer, dynamic=True)
+    state = {"ok": True}
+
+    def call(*args, **kwargs):
+        if state["ok"]:
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - torch.compile raises many kinds; any means: run eager
+                state["ok"] = False
+                warnings.warn(f"the training unroll's compiled layer failed ({type(e).__name__}: {str(e)[:200]}); "
+                              "running it eagerly (slower, same values; TrainConfig.compile='off' skips the attempt)",
+                              RuntimeWarning, stacklevel=2)
+        return layer(*args, **kwargs)
+
+    return call
 
 
 def collate(records: list[dict], max_len: int) -> dict[str, torch.Tensor]:
@@ -233,7 +276,7 @@ def train_drafter(model: FeatureDrafterModel, head_weight: torch.Tensor, records
     per_epoch = len(epoch_batches(len(records), cfg, 0, lengths))
     total = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total))
-    unroll = Unroll(model)
+    unroll = Unroll(model, compiled=compile_wanted(cfg, acc.device, acc.num_processes, total))
     unroll, optimizer, schedule = acc.prepare(unroll, optimizer, schedule)
     inner = acc.unwrap_model(unroll).model
     head_weight = head_weight.to(acc.device)
