@@ -8,7 +8,7 @@ int amx_linear(const uint16_t *x, int64_t m, int64_t k, int64_t x_stride, const 
 int amx_linear_ready(void);
 static double now(){struct timespec t; clock_gettime(CLOCK_MONOTONIC,&t); return t.tv_sec+t.tv_nsec*1e-9;}
 extern int nb_bytes, nb_hint;
-int main(int argc, char**argv){ int modes[][2]={{0,2},{-1,2},{1024,2}}; int nm=3; double bests[7], sums[7]; for(int i=0;i<7;i++){bests[i]=1e9;sums[i]=0;}
+int main(int argc, char**argv){ int modes[][2]={{0,2},{-1,2},{1024,2}}; int nm=3; /* make_modes.py */ double bests[7], sums[7]; for(int i=0;i<7;i++){bests[i]=1e9;sums[i]=0;}
   amx_linear_ready();
   int M = atoi(argv[1]); int reps = atoi(argv[2]);
   int shapes[7][2] = {{576,576},{576,192},{576,192},{576,576},{576,1536},{576,1536},{1536,576}};
