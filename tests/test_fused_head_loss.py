@@ -159,7 +159,10 @@ def test_a_failing_compiler_warns_and_the_block_runs_eagerly(monkeypatch):
         got = block(*args)
     want = fused_head_loss.kl_block(*args)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
-    assert fused_head_loss.block_function(fused_head_loss.COMPILE_MIN_ROWS, torch.device("cpu")) is fused_head_loss.kl_block
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # reported once; the eager function serves on
+        again = block(*args)
+    assert all(torch.equal(a, b) for a, b in zip(again, want))
 
 
 def test_the_compiled_block_can_be_switched_off(monkeypatch):

@@ -17,10 +17,11 @@ softmaxes in float32. Same loss, gradients and metrics as the plain path up to f
 from __future__ import annotations
 
 import os
-import warnings
 from typing import NamedTuple
 
 import torch
+
+from .compiling import eager_on_failure
 
 BLOCK_ELEMENTS = 1 << 22  # float32 logits per block (16 MB): blocks of ~1,000 rows keep the head matmul near its peak
 # a block's elementwise work (two log-softmaxes, p, q, the KL, its gradient, argmaxes, alpha) is
@@ -123,31 +124,19 @@ def kl_block(z: torch.Tensor, t: torch.Tensor, lse_all: torch.Tensor | None, sam
     return kl, g, z.argmax(-1), t.argmax(-1), alpha
 
 
-_compiled: dict = {}  # "fn": the compiled kl_block, or None once compiling failed in this process
+_compiled: dict = {}  # "fn": kl_block compiled, built on first use in this process
 
 
 def block_function(rows: int, device: torch.device):
     """kl_block compiled (CPU blocks of COMPILE_MIN_ROWS rows or more, unless switched off), else
-    kl_block itself. A compiler that fails (no C++ compiler, say) is reported once and the eager
-    function serves from then on: the same values to float rounding."""
+    kl_block itself. A compiler that fails is reported once and the eager function serves from
+    then on (drafters/training/compiling.py)."""
     if device.type != "cpu" or rows < COMPILE_MIN_ROWS or os.environ.get("SPECMUX_COMPILE_LOSS", "1") == "0":
         return kl_block
     if "fn" not in _compiled:
-        _compiled["fn"] = _checked(torch.compile(kl_block, dynamic=True))
-    return _compiled["fn"] or kl_block
-
-
-def _checked(compiled):
-    def call(*args):
-        try:
-            return compiled(*args)
-        except Exception as e:  # noqa: BLE001 - torch.compile raises many kinds; any means: run eager
-            warnings.warn(f"the training loss's compiled block failed ({type(e).__name__}: {str(e)[:200]}); "
-                          "running it eagerly (slower, same values; SPECMUX_COMPILE_LOSS=0 skips the attempt)",
-                          RuntimeWarning, stacklevel=2)
-            _compiled["fn"] = None
-            return kl_block(*args)
-    return call
+        _compiled["fn"] = eager_on_failure(torch.compile(kl_block, dynamic=True), kl_block,
+                                           "the training loss's compiled block", "SPECMUX_COMPILE_LOSS=0")
+    return _compiled["fn"]
 
 
 def head_kl(x: torch.Tensor, weight: torch.Tensor, target: TargetRows, draft_ids: torch.Tensor | None = None,

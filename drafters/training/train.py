@@ -13,7 +13,6 @@ import json
 import math
 import random
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -30,6 +29,7 @@ from runtime.atomic import recover_folder
 from drafters.losses import LOSSES, unroll_weights
 from drafters.model import FeatureDrafterModel
 from .precision import Precision, autocast
+from .compiling import eager_on_failure
 from .unroll_loss import chain_acceptance, unroll_loss  # noqa: F401 (chain_acceptance: a public name here)
 from .train_state import check_resumable, keep_logged_steps, save_train_state
 from drafters.ttt_attention import TTTMask
@@ -155,23 +155,10 @@ def compile_wanted(cfg: TrainConfig, device: torch.device, processes: int, total
 
 
 def compiled_layer(layer: nn.Module):
-    """layer's forward through torch.compile (dynamic shapes: batches differ in length), falling
-    back to the eager layer, with one warning, where compiling or running it fails."""
-    compiled = torch.compile(layer, dynamic=True)
-    state = {"ok": True}
-
-    def call(*args, **kwargs):
-        if state["ok"]:
-            try:
-                return compiled(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - torch.compile raises many kinds; any means: run eager
-                state["ok"] = False
-                warnings.warn(f"the training unroll's compiled layer failed ({type(e).__name__}: {str(e)[:200]}); "
-                              "running it eagerly (slower, same values; TrainConfig.compile='off' skips the attempt)",
-                              RuntimeWarning, stacklevel=2)
-        return layer(*args, **kwargs)
-
-    return call
+    """layer's forward through torch.compile (dynamic shapes: batches differ in length), the eager
+    layer where that fails (drafters/training/compiling.py)."""
+    return eager_on_failure(torch.compile(layer, dynamic=True), layer, "the training unroll's compiled layer",
+                            "TrainConfig.compile='off'")
 
 
 def collate(records: list[dict], max_len: int) -> dict[str, torch.Tensor]:
