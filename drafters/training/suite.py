@@ -54,6 +54,12 @@ class ExtraData(BaseModel):
     n_chat: int = Field(default=0, ge=0)
 
 
+def default_work_dir() -> Path:
+    from runtime.assets import specmux_home
+
+    return specmux_home() / "suite"
+
+
 class SuiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -103,7 +109,9 @@ class SuiteConfig(BaseModel):
     # the step counts actually used are recorded in each manifest's recipe
     time_budget_s: float | None = None
     max_checkpoint_bytes: int = 15_000_000
-    work_dir: str = "/tmp/specmux-suite"
+    # stages' outputs and the cached target states (~4 GB for the shipped corpus' eagle3 layers):
+    # default $SPECMUX_HOME/suite, a folder that outlives /tmp; the manifests' commands set their own
+    work_dir: str = Field(default_factory=lambda: str(default_work_dir()))
     output_dir: str = "drafters/pretrained/smollm2-135m-instruct"
     command: str = "specmux train-suite --config drafters/pretrained/smollm2-135m-instruct/suite.json"
 
