@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from runtime.allocator import keep_freed_memory
+from runtime.allocator import keep_freed_memory, release_freed_memory
 from runtime.atomic import save_tensors, write_json
 from drafters.checkpoint import target_fingerprint
 from .target_side import full_vocab_stats
@@ -141,6 +141,8 @@ def cache_hidden_states(target, records: list[dict], layers, out_dir: str | Path
             tensors["last_hidden"] = torch.cat([st["last_hidden"] for st in states]).to(dtype).cpu()
         save_tensors(shard_path(out_dir, s), tensors)
         add_timing(out_dir, int(tensors["input_ids"].numel()), time.perf_counter() - t0)
+        del tensors, states
+        release_freed_memory()  # shards differ in shape: the kept heap fragments without it (runtime/allocator.py)
     return out_dir
 
 
