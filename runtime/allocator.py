@@ -36,14 +36,22 @@ TOP_PAD = 64 << 20
 
 
 @functools.lru_cache(maxsize=None)
+def _glibc() -> ctypes.CDLL | None:
+    """The C library where it is glibc (whose malloc these functions tune), else None."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
 def keep_freed_memory() -> bool:
     """Tune glibc's malloc as the module docstring says; True when it took effect (False where the
     C library is not glibc, mallopt refused, or the environment turned it off)."""
-    if os.environ.get("SPECMUX_KEEP_FREED_MEMORY", "1") == "0" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc()
+    if os.environ.get("SPECMUX_KEEP_FREED_MEMORY", "1") == "0" or libc is None:
         return False
     if not any(libc.mallopt(M_MMAP_THRESHOLD, value) == 1 for value in MMAP_THRESHOLDS):
         return False
@@ -53,10 +61,8 @@ def keep_freed_memory() -> bool:
 def release_freed_memory() -> bool:
     """Return the heap's free pages to the kernel (glibc malloc_trim(0)); between units of work of
     a job that keeps freed memory, so its resident size stays at one unit's peak. True where it ran."""
-    if platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        return False
+    libc.malloc_trim(0)
     return True

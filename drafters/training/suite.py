@@ -54,12 +54,6 @@ class ExtraData(BaseModel):
     n_chat: int = Field(default=0, ge=0)
 
 
-def default_work_dir() -> Path:
-    from runtime.assets import specmux_home
-
-    return specmux_home() / "suite"
-
-
 class SuiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -111,7 +105,7 @@ class SuiteConfig(BaseModel):
     max_checkpoint_bytes: int = 15_000_000
     # stages' outputs and the cached target states (~4 GB for the shipped corpus' eagle3 layers):
     # default $SPECMUX_HOME/suite, a folder that outlives /tmp; the manifests' commands set their own
-    work_dir: str = Field(default_factory=lambda: str(default_work_dir()))
+    work_dir: str = Field(default_factory=lambda: str(assets.specmux_home() / "suite"))
     output_dir: str = "drafters/pretrained/smollm2-135m-instruct"
     command: str = "specmux train-suite --config drafters/pretrained/smollm2-135m-instruct/suite.json"
 
