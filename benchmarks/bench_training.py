@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import sys
 import tempfile
@@ -139,6 +140,9 @@ def main() -> None:
     p.add_argument("--loss-path", choices=("fused", "plain"), default="fused",
                    help="fused: the KL loss through the blocked head (the default path); plain: whole-step logits")
     p.add_argument("--work", help="keep the training states here (reused by later runs) instead of a temporary folder")
+    p.add_argument("--states", help="train on a suite state cache folder instead (real records, e.g. "
+                   "$SPECMUX_HOME/suite/states/layers-2-15-27/chat_train): --train-records of them, seeded draw; "
+                   "--seq is then the length cap, as the suite's max_len")
     p.add_argument("--parts", default="train,cache")
     p.add_argument("--compile", choices=("on", "off", "auto"), default="on",
                    help="the unroll's layer through torch.compile (TrainConfig.compile; 'auto' would skip it for a run this short)")
@@ -149,7 +153,9 @@ def main() -> None:
     target, tokenizer = assets.load_target(args.target)
     target.eval().requires_grad_(False)
     n_train = max(args.train_records, args.batch)  # the steps cycle over them (epochs)
-    records = sharegpt_records(tokenizer, max(n_train, args.cache_records), args.seq)
+    # ShareGPT records of --seq tokens: the states benchmark's input, and training's unless --states gives it
+    needed = (args.cache_records if "cache" in parts else 0) + (0 if args.states else n_train)
+    records = sharegpt_records(tokenizer, max(n_train, args.cache_records), args.seq) if needed else []
     print(f"torch {torch.__version__}, {args.threads} threads, CPU native bf16: {cpu_native_bf16()}, "
           f"freed memory kept (runtime/allocator.py): {keep_freed_memory()}, "
           f"{torch.backends.cpu.get_cpu_capability()}; {len(records)} ShareGPT records of {args.seq} tokens")
@@ -172,11 +178,17 @@ def main() -> None:
                       "of the tokens")
         if "train" in parts:
             layers = [-1] if args.drafter == "eagle1" else default_eagle3_layers(int(target.config.num_hidden_layers))
-            cache_dir = keep / f"train-states-{args.seq}-{args.drafter}"
-            cache_hidden_states(target, records[:n_train], layers, cache_dir, shard_records=8, dtype=torch.bfloat16,
-                                compute_dtype=torch.bfloat16, on_change="rebuild", progress=False)
-            train_records = load_hidden_cache(cache_dir)
-            print(f"\n| {args.drafter} drafter training ({args.recipe} recipe, {args.loss_path} loss, compile {args.compile}), batch {args.batch} x {args.seq} | steps | s/step | "
+            if args.states:
+                every = load_hidden_cache(args.states)
+                train_records = [every[i] for i in random.Random(0).sample(range(len(every)), min(n_train, len(every)))]
+                data = f"{len(train_records)} records of {args.states}"
+            else:
+                cache_dir = keep / f"train-states-{args.seq}-{args.drafter}"
+                cache_hidden_states(target, records[:n_train], layers, cache_dir, shard_records=8, dtype=torch.bfloat16,
+                                    compute_dtype=torch.bfloat16, on_change="rebuild", progress=False)
+                train_records = load_hidden_cache(cache_dir)
+                data = f"{len(train_records)} ShareGPT records"
+            print(f"\n| {args.drafter} drafter training ({args.recipe} recipe, {args.loss_path} loss, compile {args.compile}), batch {args.batch} x {args.seq}, {data} | steps | s/step | "
                   "trained tokens/s | all tokens/s | trained tokens per CPU-second | page faults/step | loss first -> last | load |"
                   "\n|---|---:|---:|---:|---:|---:|---:|---|---|")
             for prec in precisions:

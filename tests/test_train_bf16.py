@@ -203,3 +203,47 @@ def test_unroll_kl_shares_the_target_side_and_equals_the_per_step_kl(head):
     torch.testing.assert_close(loss, want)
     for a, b in zip(got, torch.autograd.grad(want, [p for p in model.parameters() if p.requires_grad])):
         torch.testing.assert_close(a, b)
+
+
+@settings(max_examples=25, deadline=None)
+@given(steps=st.integers(1, 5), prompt_lens=st.lists(st.integers(0, 19), min_size=1, max_size=4),
+       seed=st.integers(0, 2**16), fused=st.booleans())
+def test_unroll_skipping_prompt_rows_gives_every_row_s_outputs_and_gradients(steps, prompt_lens, seed, fused):
+    """Later unroll steps run only the rows that lead to a trained row (Unroll.skip_prompt_rows):
+    the per-step outputs at the trained rows and the gradients equal the every-row unroll's
+    (float64), for prompts of any length in a batch (all prompt: nothing trained; none)."""
+    target = tiny_target(vocab=128, layers=2, hidden=64, seed=3).double()
+    records = states_records(target, n=len(prompt_lens), length=20, seed=seed, prompt_lens=prompt_lens)
+    model = tiny_drafter_model(target, head="truncated", seed=5).double()
+    batch = collate(records, 64)
+    feats = batch["feats"].double()
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = []
+    for skip in (True, False):
+        outs = Unroll(model, skip_prompt_rows=skip)(batch["ids"], feats, batch["rows"], steps, logits=not fused)
+        flat = [o[0] if fused else o for o in outs]
+        g = torch.Generator().manual_seed(seed)
+        loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in flat)
+        got.append((flat, torch.autograd.grad(loss, params, allow_unused=True)))
+    (skipped, g_skip), (every, g_every) = got
+    for a, b in zip(skipped, every):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for a, b in zip(g_skip, g_every):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_unroll_skips_the_prompt_rows_in_later_steps():
+    """The skip is real: a later step's layer runs on fewer rows than the batch holds."""
+    target = tiny_target(vocab=128, layers=2, hidden=64, seed=3)
+    records = states_records(target, n=2, length=20, prompt_lens=[12, 15])
+    model = tiny_drafter_model(target, head="truncated", seed=5)
+    batch = collate(records, 64)
+    seen = []
+    hook = model.layers[0].register_forward_hook(lambda m, i, o: seen.append(o[0].shape[1]))
+    Unroll(model)(batch["ids"], batch["feats"], batch["rows"], 3)
+    hook.remove()
+    # n = 19 rows; the first trained row is 10: step 1 starts at 9, step 2 at 10
+    assert seen == [19, 10, 9], seen
