@@ -90,14 +90,6 @@ class Attention(nn.Module):
         k = linear(self.k_proj, x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         v = linear(self.v_proj, x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        start = 0
-        if isinstance(mask, TTTMask) and past is not None:
-            # a later unroll step may run on the last T of its n rows only (Unroll.forward): put
-            # them back at their positions so the structured attention and the stored blocks keep
-            # n rows a step; the rows before them are zeros that no kept query reads. n comes from
-            # the earlier blocks' shape, not from the mask, so a compiled layer sees no new constant
-            start = past[0].shape[2] // mask.step - T
-            q, k, v = (torch.cat([t.new_zeros(B, t.shape[1], start, self.hd), t], 2) for t in (q, k, v))
         if past is None:
             keys, values = k, v
         elif isinstance(past, KVCache):
@@ -108,7 +100,7 @@ class Attention(nn.Module):
         if torch.is_grad_enabled() and rep > 1:  # training: the GQA path's backward is not on every device
             keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
         if isinstance(mask, TTTMask):  # the training unroll's structured mask (drafters/ttt_attention.py)
-            y = ttt_attention(q, keys, values, mask.step)[:, :, start:]
+            y = ttt_attention(q, keys, values, mask.step)
         else:
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=keys.shape[1] != self.n_head)
         return linear(self.o_proj, y.transpose(1, 2).reshape(B, T, -1)), (k, v)

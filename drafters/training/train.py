@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from tqdm.auto import tqdm
@@ -114,14 +113,11 @@ class Unroll(nn.Module):
     there ((x, weight) with logits = x @ weight.T: the fused loss runs the head itself).
     `compiled`: the decoder layer runs through torch.compile (its norms, rotation, activation
     and casts, forward and backward, as fused loops); a compiler that fails warns once and the
-    layer runs eagerly. `skip_prompt_rows` (the CPU's structured attention only): later steps
-    skip the rows that lead to no trained row (the same outputs; False runs every row, the
-    reference the tests compare with)."""
+    layer runs eagerly."""
 
-    def __init__(self, model: FeatureDrafterModel, compiled: bool = False, skip_prompt_rows: bool = True):
+    def __init__(self, model: FeatureDrafterModel, compiled: bool = False):
         super().__init__()
         self.model = model
-        self.skip_prompt_rows = skip_prompt_rows
         # kept out of the module tree: the compiled function shares the layer's parameters and
         # must not add a second copy of them to the state dict
         self.__dict__["layer"] = compiled_layer(model.layers[0]) if compiled else None
@@ -131,33 +127,19 @@ class Unroll(nn.Module):
         n = T - 1
         x, h, from_target = ids[:, 1:], feats[:, :-1], True
         positions = torch.arange(n, device=ids.device).expand(B, n)
-        cpu = ids.device.type == "cpu"
-        first = first_trained(rows) if cpu and self.skip_prompt_rows else 0
         past, outs = None, []
         for j in range(steps):
             # on the CPU the structured attention (drafters/ttt_attention.py) replaces the dense
             # mask; a GPU keeps SDPA's fused kernels (the structured form holds n x n scores)
-            mask = TTTMask(n, j) if cpu else ttt_mask(n, j, self.model.dtype, ids.device)
-            # step j at row u feeds only step j+1 at u+1 (and is trained at u): rows before
-            # first - (steps-1-j) reach no trained row, so later steps skip them (the prompt rows:
-            # ~58% of a chat batch). Step 0 runs every row: later steps read all its keys.
-            s = 0 if j == 0 else max(0, first - (steps - 1 - j))
-            out, (k, v) = self.model(x[:, s:], h[:, s:], from_target, positions[:, s:], mask, past, layer=self.layer)
+            mask = TTTMask(n, j) if ids.device.type == "cpu" else ttt_mask(n, j, self.model.dtype, ids.device)
+            out, (k, v) = self.model(x, h, from_target, positions, mask, past, layer=self.layer)
             past = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
-            step_rows = rows[:, s:].clone()  # rows before s are never trained (first - s >= 0)
-            step_rows[:, : max(0, j - s)] = False  # no anchor before position 0
+            step_rows = rows.clone()
+            step_rows[:, :j] = False  # no anchor before position 0
             outs.append(self.model.logits(out[step_rows]) if logits else self.model.head_operands(out[step_rows]))
-            # row u: the output at u - 1 (zeros up to row s); sliced before the pad, so out's
-            # gradient comes back contiguous (the compiled layer's backward asserts strides)
-            h = F.pad(out[:, : n - s - 1], (0, 0, s + 1, 0))
+            h = torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], dim=1)
             from_target = False
         return outs
-
-
-def first_trained(rows: torch.Tensor) -> int:
-    """The first row any sequence of the batch trains (n - 1 where none does)."""
-    n = rows.shape[1]
-    return int(torch.where(rows.any(1), rows.int().argmax(1), n - 1).min()) if rows.numel() else 0
 
 
 COMPILE_MIN_STEPS = 200  # compile="auto": runs shorter than this stay eager (compiling costs ~1 min)
