@@ -154,8 +154,8 @@ def main() -> None:
     target.eval().requires_grad_(False)
     n_train = max(args.train_records, args.batch)  # the steps cycle over them (epochs)
     # ShareGPT records of --seq tokens: the states benchmark's input, and training's unless --states gives it
-    needed = (args.cache_records if "cache" in parts else 0) + (0 if args.states else n_train)
-    records = sharegpt_records(tokenizer, max(n_train, args.cache_records), args.seq) if needed else []
+    needed = max(args.cache_records if "cache" in parts else 0, 0 if args.states else n_train)
+    records = sharegpt_records(tokenizer, needed, args.seq) if needed else []
     print(f"torch {torch.__version__}, {args.threads} threads, CPU native bf16: {cpu_native_bf16()}, "
           f"freed memory kept (runtime/allocator.py): {keep_freed_memory()}, "
           f"{torch.backends.cpu.get_cpu_capability()}; {len(records)} ShareGPT records of {args.seq} tokens")
