@@ -109,8 +109,10 @@ def test_truncated_draft_vocabulary_never_proposes_blocked_tokens():
 @FAST
 @given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 20), st.integers(0, 10**6), st.booleans())
 def test_sparse_logits_build_the_same_tree_as_dense(depth, top_k, budget, seed, sampled):
-    """A truncated head's logits over its sub-vocabulary (SparseLogits) give exactly the tree of
-    the same logits spread over the full vocabulary with -inf elsewhere."""
+    """A truncated head's logits over its sub-vocabulary (SparseLogits) give the tree of the same
+    logits spread over the full vocabulary with -inf elsewhere: the same tokens and parents; the
+    scores to the last ulp or so (a softmax over 5 columns and over 12 reduce in different vector
+    widths on AVX2, to the bit alike on AVX-512 only)."""
     allowed = torch.tensor([1, 4, 5, 9, 11])
     blocked = tuple(sorted(set(range(12)) - set(allowed.tolist())))
     dense, recorder = RecordingDrafter(12, seed, blocked=blocked), RecordingDrafter(12, seed, blocked=blocked)
@@ -122,10 +124,11 @@ def test_sparse_logits_build_the_same_tree_as_dense(depth, top_k, budget, seed, 
     sampling = SamplingSpec(temperature=0.8)
     a = build_tree(4, dense, spec, sampling, torch.Generator().manual_seed(seed))
     b = build_tree(4, sparse, spec, sampling, torch.Generator().manual_seed(seed))
-    for field in ("tokens", "parents", "scores"):
+    for field in ("tokens", "parents"):
         assert torch.equal(getattr(a, field), getattr(b, field))
+    torch.testing.assert_close(a.scores, b.scores, rtol=1e-6, atol=1e-6)
     if sampled:
-        assert torch.equal(a.proposals.q, b.proposals.q)
+        torch.testing.assert_close(a.proposals.q, b.proposals.q, rtol=1e-6, atol=1e-7)
 
 
 def test_chain_is_the_top1_path():
