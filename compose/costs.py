@@ -33,7 +33,7 @@ from .target import TargetModel, drafter_features, layers_read
 FORWARD_SIZES = tuple(range(1, 17)) + (20, 24, 32, 33, 48, 64)
 FRONTIER_SIZES = (1, 2, 4, 8)
 CONTEXT = 256
-PROFILE_FORMAT = 11  # 2: linears on packed weights (runtime.prepacked); 3: every forward size to 16, monotone; 4: the bf16 attention's keys with zero partners (runtime/invariant.py); 5: 32-row tiles, size 33 measured; 6: the compiled bf16 attention (runtime/attention_kernel.c); 7: bf16 linears on the AMX kernel (runtime/linear_kernel.c); 8: the bf16 attention's scores from transposed keys; 9: the compiled bf16 layer (runtime/layer_kernel.c); 10: the bf16 attention on AMX tiles (runtime/attention_amx.c); 11: the AMX linears stream both 32-row passes
+PROFILE_FORMAT = 12  # 2: linears on packed weights (runtime.prepacked); 3: every forward size to 16, monotone; 4: the bf16 attention's keys with zero partners (runtime/invariant.py); 5: 32-row tiles, size 33 measured; 6: the compiled bf16 attention (runtime/attention_kernel.c); 7: bf16 linears on the AMX kernel (runtime/linear_kernel.c); 8: the bf16 attention's scores from transposed keys; 9: the compiled bf16 layer (runtime/layer_kernel.c); 10: the bf16 attention on AMX tiles (runtime/attention_amx.c); 11: the AMX linears stream both 32-row passes; 12: the kernels' sources and switches in the key (runtime.native.kernels_key: a new kernel is a new profile)
 
 
 class CostProfile(BaseModel):
@@ -130,7 +130,9 @@ def profile_path(*parts: str) -> Path:
     """$SPECMUX_COSTS/<digest>.json, default $SPECMUX_HOME/costs/."""
     from runtime.assets import specmux_home
 
-    digest = hashlib.sha256("\n".join((machine_key(), str(PROFILE_FORMAT), *parts)).encode()).hexdigest()[:16]
+    from runtime.native import kernels_key
+
+    digest = hashlib.sha256("\n".join((machine_key(), str(PROFILE_FORMAT), kernels_key(), *parts)).encode()).hexdigest()[:16]
     folder = os.environ.get("SPECMUX_COSTS")
     return (Path(folder) if folder else specmux_home() / "costs") / f"{digest}.json"
 

@@ -15,8 +15,8 @@
  * rate where oneDNN's kernel at a few rows ran at 0.6-0.9 of it (measured 2026-12-05).
  *
  * float32: out[m, n] = (sum_k x[m, k] w[n, k]) + bias[n], one fused multiply-add per k in k order
- * in lane n % 16 of a vector; the same per-element order at any row count, so rows are
- * invariant in float32 too. At one row it reads the weight 1.3-1.7x faster than oneDNN's
+ * in one lane of a vector; the same per-element order at any row count, so rows are
+ * invariant in float32 too (and at any vector width: AVX-512 or AVX2, `f32_block`). At one row it reads the weight 1.3-1.7x faster than oneDNN's
  * packed float32 kernel did; at 16-32 rows 1.05-1.15x (2026-12-05, AMX VM, one thread).
  *
  * Layouts. bf16 packed: [n_pad / 64][k_pad / 32][4][16][16][2] bf16 (block b, k chunk c, tile t, row r,
@@ -173,34 +173,77 @@ int amx_linear(const uint16_t *x, int64_t m, int64_t k, int64_t x_stride, const 
 
 /* ---- float32 ---------------------------------------------------------------------------- */
 
-typedef float v16f __attribute__((vector_size(64)));
+/* The accumulators must fit the vector registers: 24 of AVX-512's 32 for 6 rows x 64 outputs.
+ * With 16 (AVX2) that block spills every step to the stack, and measured 2026-12-06 on an AMD
+ * EPYC without AVX-512 a 16-node tree's forward cost 14 one-token forwards (oneDNN's: 1.7). There
+ * the block is swept in passes that fit 16 registers: all 64 outputs at one row (the weight loads
+ * fold into the multiply-adds), 32 at two rows, 16 at three to six (12 accumulators, 2 weight
+ * vectors, a broadcast; 3 rows x 32 outputs spilled and measured 1.25x slower at 16 rows). Either way each output element is the same chain of fused multiply-adds in k
+ * order: only which elements run side by side changes. */
+#if defined(__AVX512F__)
+#define F32_LANES 16
+#else
+#define F32_LANES 8
+#endif
+typedef float vnf __attribute__((vector_size(4 * F32_LANES)));
 
-static inline v16f load_v16f(const float *p) {
-    v16f v;
+static inline vnf load_vnf(const float *p) {
+    vnf v;
     memcpy(&v, p, sizeof v);
     return v;
 }
 
-/* R rows (a constant after inlining) x the block's 64 outputs: acc [R][64] */
-static inline __attribute__((always_inline)) void f32_rows(const int R, const float *x, int64_t xs, const float *wb,
-                                                           int64_t k, int prefetch, float *acc) {
-    v16f a[6][4];
+/* R rows (a constant after inlining) x V vectors of the block's outputs from column `col`: acc [R][64] */
+static inline __attribute__((always_inline)) void f32_rows(const int R, const int V, const float *x, int64_t xs,
+                                                           const float *wb, int64_t k, int col, int prefetch,
+                                                           float *acc) {
+    vnf a[6][64 / F32_LANES];
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < 4; t++) a[r][t] = (v16f){0};
+        for (int t = 0; t < V; t++) a[r][t] = (vnf){0};
     for (int64_t i = 0; i < k; i++) {
         const float *w = wb + i * 64;
-        if (prefetch) /* the weight row 8 k ahead (2 KB): the one-row pass streams from memory */
+        if (prefetch) /* the weight row 8 k ahead (2 KB): the first pass streams from memory */
             for (int line = 0; line < 256; line += 64) __builtin_prefetch((const char *)w + 2048 + line, 0, 3);
-        v16f w0 = load_v16f(w), w1 = load_v16f(w + 16), w2 = load_v16f(w + 32), w3 = load_v16f(w + 48);
+        w += col;
         for (int r = 0; r < R; r++) {
             float s = x[r * xs + i];
-            a[r][0] += s * w0;
-            a[r][1] += s * w1;
-            a[r][2] += s * w2;
-            a[r][3] += s * w3;
+            for (int t = 0; t < V; t++) a[r][t] += s * load_vnf(w + t * F32_LANES);
         }
     }
-    for (int r = 0; r < R; r++) memcpy(acc + r * 64, a[r], sizeof a[r]);
+    for (int r = 0; r < R; r++) memcpy(acc + r * 64 + col, a[r], V * sizeof(vnf));
+}
+
+/* rows (1..6) x all 64 outputs of the block: one pass where the accumulators fit, else passes
+ * of fewer outputs (the first one prefetching) */
+static void f32_block(int rows, const float *xr, int64_t xs, const float *wb, int64_t k, int first, float *acc) {
+#if F32_LANES == 16
+    switch (rows) { /* one specialised loop per row count: the same arithmetic per element */
+    case 1: f32_rows(1, 4, xr, xs, wb, k, 0, first, acc); break;
+    case 2: f32_rows(2, 4, xr, xs, wb, k, 0, first, acc); break;
+    case 3: f32_rows(3, 4, xr, xs, wb, k, 0, first, acc); break;
+    case 4: f32_rows(4, 4, xr, xs, wb, k, 0, first, acc); break;
+    case 5: f32_rows(5, 4, xr, xs, wb, k, 0, first, acc); break;
+    default: f32_rows(6, 4, xr, xs, wb, k, 0, first, acc);
+    }
+#else
+    if (rows == 1) {
+        f32_rows(1, 8, xr, xs, wb, k, 0, first, acc);
+        return;
+    }
+    if (rows == 2) {
+        for (int col = 0; col < 64; col += 32) f32_rows(2, 4, xr, xs, wb, k, col, first && col == 0, acc);
+        return;
+    }
+    for (int col = 0; col < 64; col += 16) {
+        int fetch = first && col == 0;
+        switch (rows) {
+        case 3: f32_rows(3, 2, xr, xs, wb, k, col, fetch, acc); break;
+        case 4: f32_rows(4, 2, xr, xs, wb, k, col, fetch, acc); break;
+        case 5: f32_rows(5, 2, xr, xs, wb, k, col, fetch, acc); break;
+        default: f32_rows(6, 2, xr, xs, wb, k, col, fetch, acc);
+        }
+    }
+#endif
 }
 
 /* out [m, n] float32 = x [m, k] (row stride x_stride) @ w.T + bias (float32 [n] or NULL), w
@@ -219,14 +262,7 @@ int f32_linear(const float *x, int64_t m, int64_t k, int64_t x_stride, const flo
         for (int64_t r0 = 0; r0 < m; r0 += 6) {
             int rows = m - r0 < 6 ? (int)(m - r0) : 6, first = r0 == 0;
             const float *xr = x + r0 * x_stride;
-            switch (rows) { /* one specialised loop per row count: the same arithmetic per element */
-            case 1: f32_rows(1, xr, x_stride, wb, k, first, acc); break;
-            case 2: f32_rows(2, xr, x_stride, wb, k, first, acc); break;
-            case 3: f32_rows(3, xr, x_stride, wb, k, first, acc); break;
-            case 4: f32_rows(4, xr, x_stride, wb, k, first, acc); break;
-            case 5: f32_rows(5, xr, x_stride, wb, k, first, acc); break;
-            default: f32_rows(6, xr, x_stride, wb, k, first, acc);
-            }
+            f32_block(rows, xr, x_stride, wb, k, first, acc);
             for (int r = 0; r < rows; r++) {
                 float *o = out + (r0 + r) * n + c0;
                 for (int64_t j = 0; j < cols; j++) o[j] = bias ? acc[r * 64 + j] + bias[c0 + j] : acc[r * 64 + j];

@@ -83,6 +83,21 @@ def _sources(source: Path) -> list[Path]:
     return seen
 
 
+def kernels_key() -> str:
+    """What decides how fast the compiled kernels run here: their sources (runtime/*.c, *.h), the
+    compiler flags and the switches that turn kernels off. Cost profiles measured with other
+    kernels are stale (compose/costs.py keys them by this)."""
+    switches = [f"{k}={os.environ[k]}" for k in sorted(os.environ) if k.startswith("SPECMUX_NATIVE") or k == "SPECMUX_PREPACK"]
+    return hashlib.sha256("\0".join([_sources_digest(), *switches]).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _sources_digest() -> str:
+    here = Path(__file__).parent
+    texts = [p.read_text() for p in sorted([*here.glob("*.c"), *here.glob("*.h")])]
+    return hashlib.sha256("\0".join([*texts, *FLAGS]).encode()).hexdigest()
+
+
 def _build(cc: str, source: Path, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

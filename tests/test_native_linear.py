@@ -75,6 +75,17 @@ def test_a_row_is_the_same_bits_at_any_row_count(dtype, n, k, m, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_every_row_group_shape_gives_the_same_bits(dtype):
+    """Rows 1..13: every remainder of the 6-row groups (on AVX2 one row, two rows and three to six
+    run passes of different widths: linear_kernel.c `f32_block`) against each row alone."""
+    w, x, b = _case(5, 200, 576, 13, True, dtype)
+    packed = native_linear.pack(w)
+    alone = torch.cat([native_linear.linear(x[i : i + 1], packed, b) for i in range(13)])
+    for m in range(1, 14):
+        assert torch.equal(native_linear.linear(x[:m], packed, b), alone[:m]), m
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_threads_and_strided_rows_change_no_bit(dtype):
     w, x, b = _case(3, 300, 576, 40, True, dtype)
     packed = native_linear.pack(w)
