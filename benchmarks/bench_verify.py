@@ -1,11 +1,15 @@
-"""What verifying a tree costs against a one-token forward: the default target in bf16 after a
-random context, forwards of 1 / 16 / 32 / 64 rows (a random tree of that many nodes, depth <= 6,
+"""What verifying a tree costs against a one-token forward: the default target in bf16 (or
+--dtype float32, the path of CPUs without native bf16) after a random context, forwards of 1 / 16 / 32 / 64 rows
+(a random tree of that many nodes, depth <= 6,
 as the engine packs it: positions context + depth, the ancestor mask), on 1 and 2 threads, the
 attention's AMX tile path and its vector path interleaved in one process. Prints best and median
 ms and the ratio to the one-token forward of the same path and threads (issue 21's goal: a
 32-node tree <= 1.5x a one-token forward on one thread), with the load average.
 
-    python benchmarks/bench_verify.py [--context 300] [--rows 1,16,32,64] [--threads 1,2] [--reps 15]
+    python benchmarks/bench_verify.py [--context 300] [--rows 1,16,32,64] [--threads 1,2] [--reps 15] [--dtype bfloat16]
+
+The header names the linears' kernel (ours, or oneDNN's with SPECMUX_NATIVE_LINEAR=0): run it
+once with each for an A/B of the linears (docs/results/avx2-2026-12-06).
 """
 from __future__ import annotations
 
@@ -39,14 +43,15 @@ def main() -> None:
     p.add_argument("--rows", default="1,16,32,64")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     args = p.parse_args()
     from compose import Composer
-    from runtime import native
+    from runtime import native, native_linear
     from trees import ancestor_matrix, attention_mask
 
-    dec = Composer("smollm2-135m-instruct", drafters={}, dtype="bfloat16", threads=1).target.decoder
+    dec = Composer("smollm2-135m-instruct", drafters={}, dtype=args.dtype, threads=1).target.decoder
     vocab = int(dec.model.config.vocab_size)
-    paths = {"tiles": contextlib.nullcontext} if native.tile_path() else {}
+    paths = {"tiles": contextlib.nullcontext} if native.tile_path() and args.dtype == "bfloat16" else {}
     paths["vectors"] = native.vector_path
     sizes = [int(r) for r in args.rows.split(",")]
     g = torch.Generator().manual_seed(0)
@@ -73,8 +78,9 @@ def main() -> None:
                             if rep >= 2:
                                 times.setdefault((threads, name, n), []).append(time.perf_counter() - t)
             loads.append(os.getloadavg()[0])
-    print(f"bf16 SmolLM2-135M after {args.context} tokens, {args.reps} interleaved reps, load average "
-          f"{min(loads):.2f}-{max(loads):.2f}\n")
+    linears = "ours (runtime/linear_kernel.c)" if native_linear.native_dtype(dec.dtype) else "oneDNN's"
+    print(f"{args.dtype} SmolLM2-135M after {args.context} tokens, linears on {linears} kernel, "
+          f"{args.reps} interleaved reps, load average {min(loads):.2f}-{max(loads):.2f}\n")
     print("| threads | attention | rows | best ms | median ms | x one token (best / median) |")
     print("|---:|---|---:|---:|---:|---|")
     for (threads, name, n), ts in times.items():
