@@ -96,6 +96,24 @@ def test_cached_json_measures_once_and_writes_atomically(tmp_path):
     assert cached_json(path, lambda: {"b": 2}) == {"b": 2}
 
 
+def test_a_profile_of_other_kernels_is_not_read(monkeypatch, tmp_path):
+    """Profiles are keyed by the kernels' sources and switches: a kernel change or a switched-off
+    kernel measures anew instead of reading times of other code (2026-12-06: a profile of the
+    spilling float32 kernel kept auto from drafting after the fix)."""
+    from compose import costs
+    from runtime import native
+
+    monkeypatch.delenv("SPECMUX_NATIVE_LINEAR", raising=False)
+    monkeypatch.setenv("SPECMUX_COSTS", str(tmp_path))
+    first = costs.profile_path("forward", "t")
+    assert costs.profile_path("forward", "t") == first
+    monkeypatch.setenv("SPECMUX_NATIVE_LINEAR", "0")
+    assert costs.profile_path("forward", "t") != first
+    monkeypatch.delenv("SPECMUX_NATIVE_LINEAR")
+    monkeypatch.setattr(native, "_sources_digest", lambda: "another kernel")
+    assert costs.profile_path("forward", "t") != first
+
+
 @pytest.mark.parametrize("kind, strategy", [("early-exit", "single"), ("self", "single"), ("mixed", "merged_tree")])
 def test_auto_tree_greedy_equals_plain_decoding(kind, strategy):
     """On the injected cost profile (conftest.py), where drafting pays."""
