@@ -1,12 +1,13 @@
 """What verifying a tree costs against a one-token forward: the default target in bf16 (or
---dtype float32, the path of CPUs without native bf16) after a random context, forwards of 1 / 16 / 32 / 64 rows
-(a random tree of that many nodes, depth <= 6,
-as the engine packs it: positions context + depth, the ancestor mask), on 1 and 2 threads, the
-attention's AMX tile path and its vector path interleaved in one process. Prints best and median
+--dtype float32, the path of CPUs without native bf16) after a random context, forwards of
+1 / 16 / 32 / 64 rows (a random tree of that many nodes, depth <= 6, as the engine packs it:
+positions context + depth, the ancestor mask), on 1 and 2 threads, the attention's AMX tile
+path and its vector path interleaved in one process. Prints best and median
 ms and the ratio to the one-token forward of the same path and threads (issue 21's goal: a
 32-node tree <= 1.5x a one-token forward on one thread), with the load average.
 
-    python benchmarks/bench_verify.py [--context 300] [--rows 1,16,32,64] [--threads 1,2] [--reps 15] [--dtype bfloat16]
+    python benchmarks/bench_verify.py [--context 300] [--rows 1,16,32,64] [--threads 1,2] [--reps 15]
+                                      [--dtype bfloat16]
 
 The header names the linears' kernel (ours, or oneDNN's with SPECMUX_NATIVE_LINEAR=0): run it
 once with each for an A/B of the linears (docs/results/avx2-2026-12-06).

@@ -15,9 +15,10 @@
  * rate where oneDNN's kernel at a few rows ran at 0.6-0.9 of it (measured 2026-12-05).
  *
  * float32: out[m, n] = (sum_k x[m, k] w[n, k]) + bias[n], one fused multiply-add per k in k order
- * in one lane of a vector; the same per-element order at any row count, so rows are
- * invariant in float32 too (and at any vector width: AVX-512 or AVX2, `f32_block`). At one row it reads the weight 1.3-1.7x faster than oneDNN's
- * packed float32 kernel did; at 16-32 rows 1.05-1.15x (2026-12-05, AMX VM, one thread).
+ * in one lane of a vector; the same per-element order at any row count and any vector width
+ * (AVX-512 or AVX2: `f32_block`), so rows are invariant in float32 too. At one row it reads the
+ * weight 1.3-1.7x faster than oneDNN's packed float32 kernel did; at 16-32 rows 1.05-1.15x
+ * (2026-12-05, AMX VM, one thread).
  *
  * Layouts. bf16 packed: [n_pad / 64][k_pad / 32][4][16][16][2] bf16 (block b, k chunk c, tile t, row r,
  * column j, pair e) = w[64 b + 16 t + j, 32 c + 2 r + e], zero outside w. x: rows of k values
@@ -178,8 +179,9 @@ int amx_linear(const uint16_t *x, int64_t m, int64_t k, int64_t x_stride, const 
  * EPYC without AVX-512 a 16-node tree's forward cost 14 one-token forwards (oneDNN's: 1.7). There
  * the block is swept in passes that fit 16 registers: all 64 outputs at one row (the weight loads
  * fold into the multiply-adds), 32 at two rows, 16 at three to six (12 accumulators, 2 weight
- * vectors, a broadcast; 3 rows x 32 outputs spilled and measured 1.25x slower at 16 rows). Either way each output element is the same chain of fused multiply-adds in k
- * order: only which elements run side by side changes. */
+ * vectors, a broadcast; 3 rows x 32 outputs spilled and measured 1.25x slower at 16 rows).
+ * Either way each output element is the same chain of fused multiply-adds in k order: only
+ * which elements run side by side changes. */
 #if defined(__AVX512F__)
 #define F32_LANES 16
 #else
@@ -247,7 +249,7 @@ static void f32_block(int rows, const float *xr, int64_t xs, const float *wb, in
 }
 
 /* out [m, n] float32 = x [m, k] (row stride x_stride) @ w.T + bias (float32 [n] or NULL), w
- * packed as above. Rows go 6 at a time (24 accumulators) over each block of 64 outputs; blocks
+ * packed as above. Rows go 6 at a time over each block of 64 outputs (`f32_block`); blocks
  * run on `threads` OpenMP threads. Returns 0. */
 int f32_linear(const float *x, int64_t m, int64_t k, int64_t x_stride, const float *packed, int64_t n,
                const float *bias, float *out, int threads) {
