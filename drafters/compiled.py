@@ -1,5 +1,5 @@
-"""Feature drafters' inference forward on the compiled bf16 layer (runtime/layer_kernel.c;
-docs/design.md "The cost of a step").
+"""Feature drafters' inference forward on the compiled layer (runtime/layer_kernel.c in bf16 on
+AMX, runtime/layer_f32.c in float32 elsewhere; docs/design.md "The cost of a step").
 
 A drafting level of two shipped EAGLE-3 drafters in lockstep ran ~100 torch ops around its
 linears (norms, the concatenation, rotation, SDPA, residuals, the head's norm), about as much
@@ -11,10 +11,12 @@ Drafts move speed, never the output law, so this arithmetic need not be the torc
 close to it (the same bf16 roundings, tests/test_drafters_compiled.py) and row-invariant, so a
 lockstep group still drafts each member's tree exactly as the member alone does.
 
-Taken where every piece is the plain one: bf16 on a CPU with AMX (runtime/native_layer.py),
-EAGLE-3 style without norm_before_residual, plain nn.Linear layers (RepSpec merged), a frozen
-target or truncated head, no hooks, head dim a multiple of 32. Otherwise (training, float32, an
-eagle1 drafter, a low-rank head) the drafter runs its module forward as before.
+Taken where every piece is the plain one: bf16 on a CPU with AMX or float32 on our float32
+linears (runtime/native_layer.py), EAGLE-3 style without norm_before_residual, plain nn.Linear
+layers (RepSpec merged), a frozen target or truncated head, no hooks, head dim a multiple of 32.
+Otherwise (training, an eagle1 drafter, a low-rank head) the drafter runs its module forward as
+before. On a CPU without native bf16 (AVX2) a drafting level ran ~100 float32 torch ops, 2-5 ms
+for a 7M-parameter layer; the float32 calls are the same two per member.
 """
 from __future__ import annotations
 
@@ -41,11 +43,12 @@ class CompiledMember:
     def __init__(self, model: FeatureDrafterModel, state: tuple):
         layer, cfg = model.layers[0], model.config
         attn, mlp = layer.self_attn, layer.mlp
-        qkv = _packed([attn.q_proj, attn.k_proj, attn.v_proj])
-        o, gate_up, down = _packed([attn.o_proj]), _packed([mlp.gate_proj, mlp.up_proj]), _packed([mlp.down_proj])
-        self.fc = _packed([model.fc])
+        packed = lambda linears: _native([m.weight for m in linears], [m.bias for m in linears], model.dtype)  # noqa: E731
+        qkv = packed([attn.q_proj, attn.k_proj, attn.v_proj])
+        o, gate_up, down = packed([attn.o_proj]), packed([mlp.gate_proj, mlp.up_proj]), packed([mlp.down_proj])
+        self.fc = packed([model.fc])
         head = model.head.weight if isinstance(model.head, TargetHead) else model.head.proj.weight
-        self.head = _amx([head], [None])
+        self.head = _native([head], [None], model.dtype)
         norms = [n.weight.detach().contiguous() for n in (layer.hidden_norm, layer.post_attention_layernorm,
                                                           layer.input_layernorm, model.norm)]
         biases = [None if b is None else b.detach().float().contiguous() for b in (qkv[1], o[1], down[1])]
@@ -60,14 +63,12 @@ class CompiledMember:
         self.state = state
 
 
-def _packed(linears: list[nn.Linear]) -> tuple:
-    return _amx([m.weight for m in linears], [m.bias for m in linears])
-
-
-def _amx(weights: list[torch.Tensor], biases: list) -> tuple:
-    """(packed AMX weight, joint bias) of weights side by side; _NotCompiled where they are not on AMX."""
+def _native(weights: list[torch.Tensor], biases: list, dtype: torch.dtype) -> tuple:
+    """(packed weight, joint bias) of weights side by side on our kernel of `dtype` (AMX bf16 or
+    float32); _NotCompiled where they are not."""
     group = prepacked.packed_group(weights, biases)
-    if group is None or not isinstance(group[0], native_linear.AmxWeight):
+    kind = native_linear.AmxWeight if dtype == torch.bfloat16 else native_linear.F32Weight
+    if group is None or not isinstance(group[0], kind):
         raise _NotCompiled
     return group
 
@@ -82,7 +83,7 @@ _MEMBERS: "weakref.WeakKeyDictionary[FeatureDrafterModel, CompiledMember | None]
 def compiled_members(models) -> list[CompiledMember] | None:
     """Every model's CompiledMember (made on first use, remade when a weight changed), or None
     where one of them does not fit (they then all run their module forward)."""
-    if native_layer.layer_kernel() is None or torch.is_grad_enabled():
+    if torch.is_grad_enabled():
         return None
     members = []
     for model in models:
@@ -122,8 +123,8 @@ def _state(model: FeatureDrafterModel) -> tuple | None:
 
 
 def _fits(model: FeatureDrafterModel) -> bool:
-    cfg = model.config
-    if (model.dtype != torch.bfloat16 or model.embed_weight.device.type != "cpu" or cfg.style != "eagle3"
+    cfg, dtype = model.config, model.dtype
+    if (native_layer.kernel_for(dtype) is None or model.embed_weight.device.type != "cpu" or cfg.style != "eagle3"
             or cfg.norm_before_residual or cfg.head_dim % 32 or cfg.head_dim > 256 or cfg.hidden_size % 32
             or cfg.intermediate_size % 16):
         return False
@@ -134,26 +135,28 @@ def _fits(model: FeatureDrafterModel) -> bool:
                layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj, model.fc]
     norms = [layer.input_layernorm, layer.hidden_norm, layer.post_attention_layernorm, model.norm]
     head = model.head
-    return (all(type(m) is nn.Linear and m.weight.dtype == torch.bfloat16 for m in linears)
-            and all(type(n) is RMSNorm and n.weight.dtype == torch.bfloat16 for n in norms)
+    return (all(type(m) is nn.Linear and m.weight.dtype == dtype for m in linears)
+            and all(type(n) is RMSNorm and n.weight.dtype == dtype for n in norms)
             and (isinstance(head, TargetHead) or (isinstance(head, TruncatedHead) and type(head.proj) is nn.Linear))
-            and model.embed_weight.dtype == torch.bfloat16)
+            and model.embed_weight.dtype == dtype)
 
 
 def compiled_forward(members: list[CompiledMember], model: FeatureDrafterModel, ids: torch.Tensor, feats: torch.Tensor,
                      from_target: bool, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache,
                      last: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Every member's forward after the cache's live entries (space reserved by the caller, which
-    advances it): ids [m, T], feats [m, T, *], positions [m, T], mask additive [m, T, S] bf16 ->
-    (outputs [m, T, d], each member's head output at its last `last` rows)."""
-    lib = native_layer.layer_kernel()
+    advances it): ids [m, T], feats [m, T, *], positions [m, T], mask additive [m, T, S] in the
+    model's dtype -> (outputs [m, T, d], each member's head output at its last `last` rows)."""
+    dtype = model.dtype
+    lib = native_layer.kernel_for(dtype)
+    f32 = dtype == torch.float32
     m, rows = ids.shape
     emb = F.embedding(ids, model.embed_weight)
     if from_target:
-        h = torch.stack([prepacked.apply(f.to(torch.bfloat16).contiguous(), *member.fc) for f, member in zip(feats, members)])
+        h = torch.stack([prepacked.apply(f.to(dtype).contiguous(), *member.fc) for f, member in zip(feats, members)])
     else:
-        h = feats.to(torch.bfloat16).contiguous().clone()
-    cos, sin = model.rotary(positions, torch.bfloat16)
+        h = feats.to(dtype).contiguous().clone()
+    cos, sin = model.rotary(positions, dtype)
     half = cos.shape[-1] // 2
     ssin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
     cos = cos.contiguous()
@@ -166,14 +169,14 @@ def compiled_forward(members: list[CompiledMember], model: FeatureDrafterModel, 
     outs = []
     for b, member in enumerate(members):
         k, v = keys[b], values[b]
-        status = lib.layer_forward(h[b].data_ptr(), emb[b].data_ptr(), rows, member.weights, cos[b].data_ptr(),
-                                   ssin[b].data_ptr(), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), length,
-                                   mask[b].data_ptr(), mask.stride(1), threads, attention_threads)
-        _check(status)
+        args = (h[b].data_ptr(), emb[b].data_ptr(), rows, member.weights, cos[b].data_ptr(), ssin[b].data_ptr(),
+                k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), length, mask[b].data_ptr(), mask.stride(1), threads)
+        _check(lib.f32_layer_forward(*args) if f32 else lib.layer_forward(*args, attention_threads))
         head = member.head[0]
-        out = torch.empty(last, head.shape[0], dtype=torch.bfloat16)
-        _check(lib.norm_linear(h[b, rows - last :].data_ptr(), last, h.shape[-1], member.norm[0].data_ptr(),
-                               member.norm[1], head.data.data_ptr(), head.shape[0], out.data_ptr(), threads))
+        out = torch.empty(last, head.shape[0], dtype=dtype)
+        norm_linear = lib.f32_norm_linear if f32 else lib.norm_linear
+        _check(norm_linear(h[b, rows - last :].data_ptr(), last, h.shape[-1], member.norm[0].data_ptr(),
+                           member.norm[1], head.data.data_ptr(), head.shape[0], out.data_ptr(), threads))
         outs.append(out)
     return h, outs
 

@@ -1,13 +1,17 @@
-"""A bf16 decoder layer around its attention in two compiled calls (runtime/layer_kernel.c;
-docs/design.md "Exact bf16").
+"""A decoder layer around its attention in two compiled calls: bf16 on AMX (runtime/layer_kernel.c;
+docs/design.md "Exact bf16") and float32 on our float32 linears (runtime/layer_f32.c, the CPUs
+without native bf16).
 
 runtime/plan.py runs a layer this way where every piece around the attention is a plain one
 (RMSNorm, packed q|k|v, o and gate|up / down on AMX weights, SiLU, no per-head q/k norm) and the
 model runs bf16 on AMX: `pre` (input norm, q|k|v, rotation) and `post` (o and the residual,
 post norm, gated MLP and the residual), with the decoder's attention between them; or, where the
 rows attend one cache with the exact kernel (every forward of runtime/decoder.py on a bf16
-target), `forward`: the whole layer, cache write and attention included, in one call. Each row is computed from its own row alone by one code path at any row
-count, so the forward stays row-invariant (greedy speculative output equals plain decoding).
+target), `forward`: the whole layer, cache write and attention included, in one call. Each row
+is computed from its own row alone by one code path at any row count, so the forward stays
+row-invariant (greedy speculative output equals plain decoding). A float32 target runs `pre`
+and `post` around the decoder's attention; the drafters (drafters/compiled.py) run either
+dtype's whole-layer call.
 
 SPECMUX_NATIVE_LAYER=0 runs these layers op by op again (transformers' ops on the same kernels).
 """
@@ -45,6 +49,36 @@ def layer_kernel() -> ctypes.CDLL | None:
     return lib
 
 
+SOURCE_F32 = Path(__file__).with_name("layer_f32.c")
+
+
+@functools.lru_cache(maxsize=None)
+def f32_layer_kernel() -> ctypes.CDLL | None:
+    """The compiled float32 layer (runtime/layer_f32.c, built on first use), or None where
+    switched off, no C compiler exists or the float32 linears do not run on our kernel."""
+    if os.environ.get(SWITCH, "1") == "0" or not native_linear.native_dtype(torch.float32):
+        return None
+    lib = load_library(SOURCE_F32)
+    if lib is None:
+        return None
+    i64, i32, ptr, f32 = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
+    lib.f32_layer_pre.argtypes = [ptr, i64, i64, ptr, f32, ptr, ptr, i32, i32, i32, ptr, ptr, ptr, i32]
+    lib.f32_layer_post.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, f32, ptr, i64, ptr, ptr, i32]
+    lib.f32_layer_forward.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr, i64, i32]
+    lib.f32_norm_linear.argtypes = [ptr, i64, i64, ptr, f32, ptr, i64, ptr, i32]
+    for fn in (lib.f32_layer_pre, lib.f32_layer_post, lib.f32_layer_forward, lib.f32_norm_linear):
+        fn.restype = ctypes.c_int
+    return lib
+
+
+def kernel_for(dtype: torch.dtype) -> ctypes.CDLL | None:
+    """The compiled layer for a model of this dtype here (bf16 on AMX, float32 on our float32
+    linears), or None."""
+    if dtype == torch.bfloat16:
+        return layer_kernel()
+    return f32_layer_kernel() if dtype == torch.float32 else None
+
+
 class LayerWeights(ctypes.Structure):
     """layer_kernel.c's layer_weights."""
 
@@ -64,14 +98,19 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 class FusedLayer:
-    """One layer's weights as the compiled calls take them (the packed AMX weights, the norms'
-    bf16 weights, float32 biases), resolved once per plan."""
+    """One layer's weights as the compiled calls take them (the packed weights, the norms'
+    weights in the model's dtype, float32 biases), resolved once per plan."""
 
-    __slots__ = ("lib", "d", "heads", "kv_heads", "hd", "inter", "keep", "args_pre", "args_post", "width", "weights")
+    __slots__ = ("lib", "dtype", "d", "heads", "kv_heads", "hd", "inter", "keep", "args_pre", "args_post", "width",
+                 "weights", "_pre", "_post")
 
     def __init__(self, input_norm, qkv, o, post_norm, gate_up, down, heads: int, kv_heads: int, head_dim: int,
                  scale: float):
-        self.lib = layer_kernel()
+        self.dtype = input_norm.weight.dtype
+        self.lib = kernel_for(self.dtype)
+        f32 = self.dtype == torch.float32
+        self._pre, self._post = ((self.lib.f32_layer_pre, self.lib.f32_layer_post) if f32
+                                 else (self.lib.layer_pre, self.lib.layer_post))
         self.heads, self.kv_heads, self.hd = heads, kv_heads, head_dim
         self.d = int(input_norm.weight.shape[0])
         self.inter = int(down.weight.shape[1])
@@ -91,14 +130,16 @@ class FusedLayer:
     @staticmethod
     def fits(input_norm, qkv, o, post_norm, gate_up, down, heads: int, kv_heads: int, head_dim: int) -> bool:
         """Whether these parts are what the compiled layer computes (the caller checked their kinds)."""
-        if layer_kernel() is None:
+        dtype = input_norm.weight.dtype
+        if kernel_for(dtype) is None:
             return False
         packed = [p.weight for p in (qkv, o, gate_up, down)]
-        if not all(isinstance(w, native_linear.AmxWeight) for w in packed):
+        kind = native_linear.AmxWeight if dtype == torch.bfloat16 else native_linear.F32Weight
+        if not all(isinstance(w, kind) for w in packed):
             return False
         d, inter = int(input_norm.weight.shape[0]), int(down.weight.shape[1])
         return (head_dim % 32 == 0 and head_dim <= 256 and d % 32 == 0 and inter % 16 == 0
-                and all(n.weight.dtype == torch.bfloat16 and tuple(n.weight.shape) == (d,) for n in (input_norm, post_norm))
+                and all(n.weight.dtype == dtype and tuple(n.weight.shape) == (d,) for n in (input_norm, post_norm))
                 and tuple(qkv.weight.shape) == ((heads + 2 * kv_heads) * head_dim, d)
                 and tuple(o.weight.shape) == (d, heads * head_dim)
                 and tuple(gate_up.weight.shape) == (2 * inter, d) and tuple(down.weight.shape) == (d, inter))
@@ -107,8 +148,8 @@ class FusedLayer:
         """h [P, d] (contiguous), cos / ssin [P, hd] (contiguous) -> qkv [P, heads + 2 kv, hd],
         q and k rotated."""
         rows = h.shape[0]
-        qkv = torch.empty(rows, self.heads + 2 * self.kv_heads, self.hd, dtype=torch.bfloat16)
-        status = self.lib.layer_pre(h.data_ptr(), rows, self.d, *self.args_pre, cos.data_ptr(), ssin.data_ptr(),
+        qkv = torch.empty(rows, self.heads + 2 * self.kv_heads, self.hd, dtype=self.dtype)
+        status = self._pre(h.data_ptr(), rows, self.d, *self.args_pre, cos.data_ptr(), ssin.data_ptr(),
                                     qkv.data_ptr(), torch.get_num_threads())
         _check(status)
         return qkv
@@ -117,7 +158,7 @@ class FusedLayer:
         """h [P, d] += o(attn) then += mlp(norm(h)), in place; attn [P, heads * hd] (unit column stride)."""
         if attn.stride(1) != 1:
             attn = attn.contiguous()
-        status = self.lib.layer_post(h.data_ptr(), h.shape[0], self.d, attn.data_ptr(), self.width, attn.stride(0),
+        status = self._post(h.data_ptr(), h.shape[0], self.d, attn.data_ptr(), self.width, attn.stride(0),
                                      *self.args_post, torch.get_num_threads())
         _check(status)
 
@@ -126,7 +167,8 @@ class FusedLayer:
                 length: int, mask: torch.Tensor | None) -> None:
         """The whole layer over h [P, d] (in place) after `length` entries of this layer's cache
         keys / values [kv, capacity, hd] (the rows' entries written at length..), mask [P, length
-        + P] bf16 additive (unit column stride) or None (every slot visible)."""
+        + P] bf16 additive (unit column stride) or None (every slot visible). bf16 only (the
+        float32 target attends with the decoder's attention between pre and post)."""
         rows = h.shape[0]
         threads = torch.get_num_threads()
         attention_threads = threads if rows * self.heads * (length + rows) >= PARALLEL_WORK else 1
@@ -141,6 +183,6 @@ class FusedLayer:
 
 def _check(status: int) -> None:
     if status == -1:
-        raise MemoryError("the compiled bf16 layer could not allocate its buffers")
+        raise MemoryError("the compiled layer could not allocate its buffers")
     if status != 0:
-        raise RuntimeError(f"the compiled bf16 layer failed (status {status})")
+        raise RuntimeError(f"the compiled layer failed (status {status})")

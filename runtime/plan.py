@@ -145,7 +145,7 @@ class Plan:
         captured = {}
         if self.fused:  # the compiled layers update h in place: captures are copies, rotations rows
             h = h.contiguous()
-            rows_cos, rows_sin = (t.reshape(rows, -1).to(torch.bfloat16).contiguous() for t in (cos, sin))
+            rows_cos, rows_sin = (t.reshape(rows, -1).to(self.dtype).contiguous() for t in (cos, sin))
         heads, kv = self.heads, self.kv_heads
         for i, layer in enumerate(self.layers):
             if i in wanted:
@@ -223,12 +223,13 @@ class Plan:
                          o=self._linears([self._child(attn, "o_proj")], packed),
                          post_norm=self._norm(self._child(layer, "post_attention_layernorm")),
                          mlp=self._mlp(mlp, packed), **parts)
-        plan.fused = self._fused(plan) if self.dtype == torch.bfloat16 else None
+        plan.fused = self._fused(plan) if self.dtype in (torch.bfloat16, torch.float32) else None
         return plan
 
     def _fused(self, layer: LayerPlan) -> "native_layer.FusedLayer | None":
-        """The compiled bf16 layer (runtime/native_layer.py) where every piece around the
-        attention is a plain one it computes; None: the layer runs op by op."""
+        """The compiled layer (runtime/native_layer.py: bf16 on AMX, float32 on our float32
+        linears) where every piece around the attention is a plain one it computes; None: the
+        layer runs op by op."""
         mlp = layer.mlp
         if not (isinstance(layer.input_norm, Norm) and isinstance(layer.post_norm, Norm) and isinstance(layer.qkv, Packed)
                 and isinstance(layer.o, Packed) and layer.q_norm is None and isinstance(mlp, GatedMLP)

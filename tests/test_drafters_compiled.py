@@ -1,6 +1,6 @@
-"""Feature drafters on the compiled bf16 layer (drafters/compiled.py): taken where it fits,
-close to the module forward, a lockstep group still drafts each member's own tree to the bit,
-and anything else runs the module forward."""
+"""Feature drafters on the compiled layer (drafters/compiled.py), bf16 on AMX and float32 on our
+float32 linears: taken where it fits, close to the module forward, a lockstep group still
+drafts each member's own tree to the bit, and anything else runs the module forward."""
 from __future__ import annotations
 
 import pytest
@@ -13,8 +13,21 @@ from runtime import native_layer
 from runtime.native_linear import amx_ready
 from trees import DraftTree
 
-pytestmark = pytest.mark.skipif(not amx_ready(), reason="the compiled layer runs the AMX linears: this CPU has no AMX")
 BF16 = torch.bfloat16
+
+
+@pytest.fixture(params=["bfloat16", "float32"])
+def dtype(request):
+    if request.param == "bfloat16" and not amx_ready():
+        pytest.skip("the compiled bf16 layer runs the AMX linears: this CPU has no AMX")
+    if request.param == "float32" and native_layer.f32_layer_kernel() is None:
+        pytest.skip("the compiled float32 layer needs a C compiler (runtime/native.py)")
+    return getattr(torch, request.param)
+
+
+def _clear():
+    native_layer.layer_kernel.cache_clear()
+    native_layer.f32_layer_kernel.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +35,7 @@ def target():
     return tiny_target(hidden=128)  # 4 heads: head dim 32
 
 
-def drafter(target, style="eagle3", head="truncated", seed=10, name="d") -> FeatureDrafter:
+def drafter(target, style="eagle3", head="truncated", seed=10, name="d", dtype=BF16) -> FeatureDrafter:
     model = tiny_drafter_model(target, style, head=head, seed=seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -32,37 +45,37 @@ def drafter(target, style="eagle3", head="truncated", seed=10, name="d") -> Feat
         for m in model.layers[0].modules():  # unit-scale linears: the attention's share of the output is not small
             if isinstance(m, torch.nn.Linear):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) * m.in_features ** -0.5)
-    return FeatureDrafter(model.cast(BF16), name=name)
+    return FeatureDrafter(model.cast(dtype), name=name)
 
 
-def test_compiled_where_it_fits(target, monkeypatch):
+def test_compiled_where_it_fits(target, monkeypatch, dtype):
     with torch.inference_mode():
-        assert compiled_members([drafter(target).model]) is not None
-        assert compiled_members([drafter(target, head="target").model]) is not None
-        assert compiled_members([drafter(target, style="eagle1").model]) is None
-        assert compiled_members([drafter(target, head="lowrank").model]) is None
-        model = drafter(target).model
+        assert compiled_members([drafter(target, dtype=dtype).model]) is not None
+        assert compiled_members([drafter(target, head="target", dtype=dtype).model]) is not None
+        assert compiled_members([drafter(target, style="eagle1", dtype=dtype).model]) is None
+        assert compiled_members([drafter(target, head="lowrank", dtype=dtype).model]) is None
+        model = drafter(target, dtype=dtype).model
         model.layers[0].mlp.register_forward_hook(lambda *a: None)
         assert compiled_members([model]) is None
-    assert compiled_members([drafter(target).model]) is None  # gradients on: training
+    assert compiled_members([drafter(target, dtype=dtype).model]) is None  # gradients on: training
     monkeypatch.setenv(native_layer.SWITCH, "0")
-    native_layer.layer_kernel.cache_clear()
+    _clear()
     try:
         with torch.inference_mode():
-            assert compiled_members([drafter(target).model]) is None
+            assert compiled_members([drafter(target, dtype=dtype).model]) is None
     finally:
         monkeypatch.undo()
-        native_layer.layer_kernel.cache_clear()
+        _clear()
 
 
-def test_compiled_drafts_close_to_the_module_forward(target, monkeypatch):
+def test_compiled_drafts_close_to_the_module_forward(target, monkeypatch, dtype):
     seq = torch.randint(0, 96, (40,), generator=torch.Generator().manual_seed(5))
-    feats = target_features(target, seq, drafter(target).target_layers).to(BF16)
+    feats = target_features(target, seq, drafter(target).target_layers).to(dtype)
     logits = {}
     for switch in ("1", "0"):
         monkeypatch.setenv(native_layer.SWITCH, switch)
-        native_layer.layer_kernel.cache_clear()
-        d = drafter(target)
+        _clear()
+        d = drafter(target, dtype=dtype)
         d.start(seq[:20], feats[:20])
         d.begin_tree(int(seq[20]))
         try:
@@ -73,13 +86,14 @@ def test_compiled_drafts_close_to_the_module_forward(target, monkeypatch):
             d.end_tree()
         logits[switch] = root.logits if hasattr(root, "logits") else root
     monkeypatch.undo()
-    native_layer.layer_kernel.cache_clear()
+    _clear()
     a, b = logits["1"], logits["0"]
-    torch.testing.assert_close(a, b, rtol=2 ** -5, atol=2 ** -5 * float(b.abs().max()))
+    tol = 2 ** -5 if dtype == BF16 else 1e-5  # float32: only the sums' orders and silu's exp differ (~1e-7)
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol * float(b.abs().max()))
 
 
-def test_group_on_the_compiled_layer_drafts_members_trees(target):
-    drafters = [drafter(target, seed=10 + i, name=f"d{i}") for i in range(2)]
+def test_group_on_the_compiled_layer_drafts_members_trees(target, dtype):
+    drafters = [drafter(target, seed=10 + i, name=f"d{i}", dtype=dtype) for i in range(2)]
     group = FeatureDrafterGroup(drafters)
     with torch.inference_mode():
         assert compiled_members(group.models) is not None
