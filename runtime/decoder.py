@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 
 from trees import attention_mask, within_window
 
+from . import native_layer
 from .invariant import invariant_attention
 from .kv import KVCache
 from .plan import Plan
@@ -59,7 +60,7 @@ class Decoder:
         self.windows = _layer_windows(config, self.num_layers)
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
-        self.invariant = (self.dtype == torch.bfloat16 and self.device.type == "cpu") if invariant is None else invariant
+        self.invariant = _invariant_here(self.dtype, self.device, self.head_dim) if invariant is None else invariant
         self._plans: dict[bool, Plan] = {}  # by packed (runtime/plan.py)
 
     def __getstate__(self):
@@ -187,6 +188,18 @@ class Decoder:
             allowed = torch.ones(n, n, dtype=torch.bool, device=self.device)
             mask = attention_mask(allowed.tril() if causal else allowed, k - n, self.dtype)[None, None]
         return {w: within_window(mask[0, 0], query_positions, key_positions, w)[None, None] for w in windows}
+
+
+def _invariant_here(dtype: torch.dtype, device: torch.device, head_dim: int) -> bool:
+    """Whether the attention is the batch-invariant kernel by default: bf16 on the CPU (where SDPA
+    is not exact; docs/design.md "Exact bf16"), and float32 on the CPU where the compiled float32
+    attention takes the head dim (runtime/layer_f32.c; SDPA's float32 rows move by ~1e-7 with the
+    rows beside them, a greedy tie could flip)."""
+    if device.type != "cpu":
+        return False
+    if dtype == torch.bfloat16:
+        return True
+    return dtype == torch.float32 and native_layer.f32_attention_fits(head_dim)
 
 
 def _layer_windows(config, n_layers: int) -> list[int | None]:

@@ -34,11 +34,16 @@ from .native import ENV_SWITCH, KernelBuildError, attention_kernel, native_atten
 
 def invariant_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
                         scale: float) -> torch.Tensor:
-    """q [1, H, n, hd] (bf16), keys/values [1, KV, S, hd] (bf16), mask additive [n, S] or None
-    (every query sees every key) -> [1, H, n, hd] bf16 (a view of a contiguous [n, H, hd]);
-    each query row's result is a function of its own visible keys in slot order alone."""
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
-        raise ValueError(f"the batch-invariant attention runs bf16 on the CPU, got {q.dtype} on {q.device}")
+    """q [1, H, n, hd] (bf16 or float32), keys/values [1, KV, S, hd] (the same dtype), mask
+    additive [n, S] or None (every query sees every key) -> [1, H, n, hd] in q's dtype (a view of a
+    contiguous [n, H, hd]); each query row's result is a function of its own visible keys in slot
+    order alone. float32: runtime/layer_f32.c's attention (runtime.native_layer.f32_attention)."""
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"the batch-invariant attention runs bf16 or float32 on the CPU, got {q.dtype} on {q.device}")
+    if q.dtype == torch.float32:
+        from .native_layer import f32_attention
+
+        return f32_attention(q, keys, values, mask, scale).permute(1, 0, 2)[None]
     return native_attention(q, keys, values, mask, scale).permute(1, 0, 2)[None]
 
 

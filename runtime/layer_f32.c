@@ -5,25 +5,31 @@
  *   f32_layer_pre:     x = norm(h); qkv = x @ Wqkv.T (+ b); q, k rotated
  *   f32_layer_post:    h += attn @ Wo.T (+ b); x = norm(h); g|u = x @ Wgu.T;
  *                      h += (silu(g) * u) @ Wdown.T                       (h in place)
- *   f32_layer_forward: pre, k and v written to the cache, attention (attend_rows below), post;
- *                      also an EAGLE-3 drafter's layer (q|k|v over [norm(emb) | norm(h)])
+ *   f32_layer_forward: pre, k and v written to the cache, attention (f32_attention), post; also
+ *                      an EAGLE-3 drafter's layer (q|k|v over [norm(emb) | norm(h)])
  *   f32_norm_linear:   a drafter's final norm and head
+ *   f32_attention:     the batch-invariant float32 attention (also runtime/invariant.py's, for
+ *                      the forwards that attend between pre and post: the server's batches)
  *
  * Why: a one-token float32 forward of SmolLM2-135M on two AVX2 cores spent ~6 ms of ~34 in the
  * ~40 torch ops a layer runs besides its linears and attention (dispatch, views, temporaries),
- * and a drafter's level was almost all of it (2-5 ms for a 7M-parameter layer).
+ * and a drafter's level was almost all of it (2-5 ms for a 7M-parameter layer). And SDPA, the
+ * float32 attention before, is not batch-invariant: a tree row moved by ~1e-7 against plain
+ * decoding's, so greedy equality held only as long as no near-tie flipped.
  *
- * Arithmetic: every row is computed from its own row alone by the same code at any row count
- * (the linears are linear_kernel.c's f32_linear, one FMA chain per output in k order), so a row's
- * result is the same bits in a one-token forward and in a tree's. The target's attention stays
- * the decoder's (pre and post around it); the whole-layer call with its own attention serves
- * the drafters, whose arithmetic moves speed only. Close to transformers' float32 ops, not equal:
- * the norm's sum of squares (8 lanes, added in lane order), 1 / sqrtf, silu's exp (exp8 below)
- * and the compiler's fused multiply-adds are this file's own.
+ * Arithmetic: every row is computed from its own row and its visible keys alone by the same code
+ * at any row count (the linears are linear_kernel.c's f32_linear, one FMA chain per output in k
+ * order; the attention below), so a row's result is the same bits in a one-token forward and in
+ * a tree's (docs/design.md "Exact float32"). Close to transformers' float32 ops, not equal: the
+ * norm's sum of squares (8 lanes, one fixed sum of the lanes), 1 / sqrtf, silu's exp (exp8
+ * below) and the compiler's fused multiply-adds are this file's own.
  */
 #include "linear_kernel.c"
 
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef uint32_t v8u __attribute__((vector_size(32)));
@@ -39,10 +45,11 @@ static inline v8f ld8(const float *p) {
 
 static inline void st8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
 
-static inline float lanes_sum(v8f v) { /* in lane order: the same for every row */
-    float s = 0.0f;
-    for (int l = 0; l < 8; l++) s += v[l];
-    return s;
+typedef float v4f __attribute__((vector_size(16)));
+
+static inline float lanes_sum(v8f v) { /* one fixed tree over the lanes: the same for every row and key */
+    v4f a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    return (a[0] + a[2]) + (a[1] + a[3]);
 }
 
 /* e^x for x <= 0 in 8 lanes (Cephes' expf, as attention_kernel.c's exp16); below -87: exactly 0 */
@@ -116,7 +123,11 @@ static void silu_mul_f32(const float *gu, int64_t rows, int64_t inter, float *ac
 
 /* One (row, head): q [hd] against keys / values [keys][hd] at row stride ss, additive mask
  * [keys] (NULL: all visible); scores in `score` [keys + 8]; out [hd]. Returns -1 when no key is
- * visible. Keys in slot order throughout; masked keys weigh exactly 0. */
+ * visible. Each score is its q and key's alone (a dot over head dims, 8 lanes, one fixed sum of
+ * the lanes); the weights exp(score - max over the visible keys) are added key after key in slot
+ * order, the values likewise; a masked key weighs exactly 0 and is skipped (x + 0 = x: skipped or
+ * not alike). So a row's result is a function of its own q and visible keys in slot order alone,
+ * whatever the rows beside it, the key axis' length or where masked keys sit. */
 static int attend_one(const float *q, const float *k, const float *v, int64_t ss, const float *mask, int keys, int hd,
                       float scale, float *score, float *out) {
     float top = -INFINITY;
@@ -147,24 +158,38 @@ static int attend_one(const float *q, const float *k, const float *v, int64_t ss
     return 0;
 }
 
-/* attn [rows][heads][hd] of q [rows][all][hd] (all = heads + 2 kv) over keys / values [g][s][hd]
- * at strides kv_sg, kv_ss, mask [rows][keys] at row stride mask_sn or NULL */
-static int attend_rows(const float *qkv, int64_t rows, int heads, int kv, int hd, const float *cache_k,
-                       const float *cache_v, int64_t kv_sg, int64_t kv_ss, int64_t keys, const float *mask,
-                       int64_t mask_sn, float scale, float *attn) {
-    const int all = heads + 2 * kv, group = heads / kv;
-    float *score = malloc(sizeof(float) * (size_t)(keys + 8));
-    if (!score) return -1;
-    int status = 0;
-    for (int64_t r = 0; r < rows && !status; r++)
-        for (int h = 0; h < heads && !status; h++) {
-            const int g = h / group;
-            if (attend_one(qkv + (r * all + h) * hd, cache_k + g * kv_sg, cache_v + g * kv_sg, kv_ss,
-                           mask ? mask + r * mask_sn : NULL, (int)keys, hd, scale, score, attn + (r * heads + h) * hd))
-                status = -2;
-        }
-    free(score);
-    return status;
+#define F32_ATTENTION_WORK 32768 /* (row, head, key) triples from which a call runs on several threads */
+
+/* The float32 attention: q[h, i, d] at q + h * q_sh + i * q_sn + d; k, v[g, s, d] at
+ * k + g * kv_sg + s * kv_ss + d; mask[i, s] at mask + i * mask_sn + s (float32 additive, or NULL:
+ * all visible); out[i, h, d] at out + (i * heads + h) * hd + d. Head h reads kv head
+ * h / (heads / kv_heads); hd a multiple of 8, at most 256. The (row, head) pairs run on up to
+ * `threads` OpenMP threads; which thread computes a pair changes nothing in it. Returns 0, -1
+ * when a row sees no key, -2 for a head dim it does not take, -4 when memory runs out. */
+__attribute__((noinline)) /* one machine code for the layer's call and the decoder's (runtime/invariant.py) */
+int f32_attention(const float *q, int64_t q_sh, int64_t q_sn, const float *k, const float *v, int64_t kv_sg,
+                  int64_t kv_ss, const float *mask, int64_t mask_sn, float *out, int heads, int kv_heads, int rows,
+                  int keys, int hd, float scale, int threads) {
+    if (hd % 8 || hd > 256 || hd < 8) return -2;
+    const int group = heads / kv_heads, pairs = rows * heads;
+    if (threads < 1 || (int64_t)pairs * keys < F32_ATTENTION_WORK) threads = 1;
+    if (threads > pairs) threads = pairs;
+    float *scores = malloc(sizeof(float) * (size_t)threads * (size_t)(keys + 8));
+    if (!scores) return -4;
+    int failed = 0;
+    #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static) reduction(| : failed)
+    for (int p = 0; p < pairs; p++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        const int i = p / heads, h = p % heads, g = h / group;
+        failed |= attend_one(q + h * q_sh + (int64_t)i * q_sn, k + g * kv_sg, v + g * kv_sg, kv_ss,
+                             mask ? mask + (int64_t)i * mask_sn : NULL, keys, hd, scale,
+                             scores + (int64_t)tid * (keys + 8), out + ((int64_t)i * heads + h) * hd);
+    }
+    free(scores);
+    return failed ? -1 : 0;
 }
 
 /* The weights of one layer: layer_kernel.c's layer_weights with float32 pointers (the packed
@@ -235,6 +260,7 @@ int f32_layer_post(float *h, int64_t rows, int64_t d, const float *attn, int64_t
 int f32_layer_forward(float *h, const float *emb, int64_t rows, const layer_weights_f32 *w, const float *cos,
                       const float *ssin, float *cache_k, float *cache_v, int64_t kv_sg, int64_t kv_ss, int64_t length,
                       const float *mask, int64_t mask_sn, int threads) {
+    const int64_t keys = length + rows;
     const int heads = w->heads, kv = w->kv_heads, hd = w->hd, all = heads + 2 * kv;
     float *qkv = malloc(sizeof(float) * (size_t)(rows * all * hd + rows * heads * hd));
     if (!qkv) return -1;
@@ -246,8 +272,9 @@ int f32_layer_forward(float *h, const float *emb, int64_t rows, const layer_weig
                 memcpy(cache_k + g * kv_sg + (length + r) * kv_ss, qkv + (r * all + heads + g) * hd, sizeof(float) * (size_t)hd);
                 memcpy(cache_v + g * kv_sg + (length + r) * kv_ss, qkv + (r * all + heads + kv + g) * hd, sizeof(float) * (size_t)hd);
             }
-        status = attend_rows(qkv, rows, heads, kv, hd, cache_k, cache_v, kv_sg, kv_ss, length + rows, mask, mask_sn,
-                             w->scale, attn);
+        status = f32_attention(qkv, hd, (int64_t)all * hd, cache_k, cache_v, kv_sg, kv_ss, mask, mask_sn, attn, heads, kv,
+                               (int)rows, (int)keys, hd, w->scale, threads);
+        status = status == -4 ? -1 : status ? -2 : 0;
     }
     if (!status)
         status = f32_layer_post(h, rows, w->d, attn, (int64_t)heads * hd, (int64_t)heads * hd, w->o_w, w->o_b, w->norm2,

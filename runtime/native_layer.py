@@ -66,9 +66,46 @@ def f32_layer_kernel() -> ctypes.CDLL | None:
     lib.f32_layer_post.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, f32, ptr, i64, ptr, ptr, i32]
     lib.f32_layer_forward.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr, i64, i32]
     lib.f32_norm_linear.argtypes = [ptr, i64, i64, ptr, f32, ptr, i64, ptr, i32]
-    for fn in (lib.f32_layer_pre, lib.f32_layer_post, lib.f32_layer_forward, lib.f32_norm_linear):
+    lib.f32_attention.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, i32, i32, i32, i32, i32, f32, i32]
+    for fn in (lib.f32_layer_pre, lib.f32_layer_post, lib.f32_layer_forward, lib.f32_norm_linear, lib.f32_attention):
         fn.restype = ctypes.c_int
     return lib
+
+
+def f32_attention_fits(head_dim: int) -> bool:
+    """Whether the compiled float32 attention runs here for this head dim (a multiple of 8, at
+    most 256)."""
+    return f32_layer_kernel() is not None and head_dim % 8 == 0 and 8 <= head_dim <= 256
+
+
+def f32_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+                  scale: float) -> torch.Tensor:
+    """q [1, H, n, hd], keys / values [1, KV, S, hd] (float32 on the CPU), mask additive [n, S] or
+    None -> [n, H, hd] float32 (contiguous): runtime/layer_f32.c's attention, each row a function of
+    its own q and visible keys in slot order alone (runtime/invariant.py)."""
+    lib = f32_layer_kernel()
+    _, heads, n, hd = q.shape
+    kv, s = keys.shape[1], keys.shape[2]
+    if q.stride(3) != 1:
+        q = q.contiguous()
+    if keys.stride(3) != 1 or keys.stride() != values.stride():
+        keys, values = keys.contiguous(), values.contiguous()
+    if mask is not None:
+        mask = mask.to(torch.float32)
+        if mask.stride(1) != 1:
+            mask = mask.contiguous()
+    out = torch.empty(n, heads, hd, dtype=torch.float32)
+    status = lib.f32_attention(
+        q.data_ptr(), q.stride(1), q.stride(2), keys.data_ptr(), values.data_ptr(), keys.stride(1), keys.stride(2),
+        None if mask is None else mask.data_ptr(), 0 if mask is None else mask.stride(0), out.data_ptr(),
+        heads, kv, n, s, hd, scale, torch.get_num_threads())
+    if status == -1:
+        raise ValueError("a query row of the float32 attention sees no key (its mask hides every key)")
+    if status == -2:
+        raise ValueError(f"head dim {hd} is not one the compiled float32 attention takes (a multiple of 8, at most 256)")
+    if status == -4:
+        raise MemoryError("the compiled float32 attention could not allocate its buffers")
+    return out
 
 
 def kernel_for(dtype: torch.dtype) -> ctypes.CDLL | None:
@@ -167,17 +204,18 @@ class FusedLayer:
                 length: int, mask: torch.Tensor | None) -> None:
         """The whole layer over h [P, d] (in place) after `length` entries of this layer's cache
         keys / values [kv, capacity, hd] (the rows' entries written at length..), mask [P, length
-        + P] bf16 additive (unit column stride) or None (every slot visible). bf16 only (the
-        float32 target attends with the decoder's attention between pre and post)."""
+        + P] additive in the model's dtype (unit column stride) or None (every slot visible)."""
         rows = h.shape[0]
         threads = torch.get_num_threads()
-        attention_threads = threads if rows * self.heads * (length + rows) >= PARALLEL_WORK else 1
-        status = self.lib.layer_forward(
-            h.data_ptr(), None, rows, self.weights, cos.data_ptr(), ssin.data_ptr(), keys.data_ptr(), values.data_ptr(),
-            keys.stride(0), keys.stride(1), length, None if mask is None else mask.data_ptr(),
-            0 if mask is None else mask.stride(0), threads, attention_threads)
+        args = (h.data_ptr(), None, rows, self.weights, cos.data_ptr(), ssin.data_ptr(), keys.data_ptr(), values.data_ptr(),
+                keys.stride(0), keys.stride(1), length, None if mask is None else mask.data_ptr(),
+                0 if mask is None else mask.stride(0), threads)
+        if self.dtype == torch.float32:
+            status = self.lib.f32_layer_forward(*args)
+        else:
+            status = self.lib.layer_forward(*args, threads if rows * self.heads * (length + rows) >= PARALLEL_WORK else 1)
         if status == -2:
-            raise ValueError("a row of the bf16 attention sees no key (its mask hides every key)")
+            raise ValueError("a row of the attention sees no key (its mask hides every key)")
         _check(status)
 
 
