@@ -38,8 +38,9 @@ def invariant_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
     additive [n, S] or None (every query sees every key) -> [1, H, n, hd] in q's dtype (a view of a
     contiguous [n, H, hd]); each query row's result is a function of its own visible keys in slot
     order alone. float32: runtime/layer_f32.c's attention (runtime.native_layer.f32_attention)."""
-    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float32):
-        raise ValueError(f"the batch-invariant attention runs bf16 or float32 on the CPU, got {q.dtype} on {q.device}")
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float32) or not q.dtype == keys.dtype == values.dtype:
+        raise ValueError(f"the batch-invariant attention runs bf16 or float32 on the CPU, q, keys and values of one "
+                         f"dtype; got {q.dtype} / {keys.dtype} / {values.dtype} on {q.device}")
     if q.dtype == torch.float32:
         from .native_layer import f32_attention
 

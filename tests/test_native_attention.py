@@ -103,7 +103,7 @@ def test_clear_errors():
     big = torch.zeros(1, 2, 1, 320, dtype=BF16)
     with pytest.raises(ValueError, match="head dim 320"):
         native.native_attention(big, big[:, :1], big[:, :1], None, 0.125)
-    with pytest.raises(ValueError, match="bf16 on the CPU"):
+    with pytest.raises(ValueError, match="bf16 or float32 on the CPU, q, keys and values of one dtype"):
         invariant.invariant_attention(q.float(), keys, values, None, 0.125)
 
 
