@@ -180,6 +180,10 @@ int amx_linear(const uint16_t *x, int64_t m, int64_t k, int64_t x_stride, const 
  * the block is swept in passes that fit 16 registers: all 64 outputs at one row (the weight loads
  * fold into the multiply-adds), 32 at two rows, 16 at three to six (12 accumulators, 2 weight
  * vectors, a broadcast; 3 rows x 32 outputs spilled and measured 1.25x slower at 16 rows).
+ * Four passes over a block read it from memory in the first and from L2 in the other three, so
+ * the memory sat idle through three quarters of the multiplies: the first row group's passes
+ * now prefetch the next block, a line per k (3-12 rows of SmolLM2's linears 0.71-0.80x the time,
+ * 2026-12-06; docs/design.md "Exact float32").
  * Either way each output element is the same chain of fused multiply-adds in k order: only
  * which elements run side by side changes. */
 #if defined(__AVX512F__)
@@ -198,7 +202,7 @@ static inline vnf load_vnf(const float *p) {
 /* R rows (a constant after inlining) x V vectors of the block's outputs from column `col`: acc [R][64] */
 static inline __attribute__((always_inline)) void f32_rows(const int R, const int V, const float *x, int64_t xs,
                                                            const float *wb, int64_t k, int col, int prefetch,
-                                                           float *acc) {
+                                                           const float *ahead, float *acc) {
     vnf a[6][64 / F32_LANES];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < V; t++) a[r][t] = (vnf){0};
@@ -206,6 +210,8 @@ static inline __attribute__((always_inline)) void f32_rows(const int R, const in
         const float *w = wb + i * 64;
         if (prefetch) /* the weight row 8 k ahead (2 KB): the first pass streams from memory */
             for (int line = 0; line < 256; line += 64) __builtin_prefetch((const char *)w + 2048 + line, 0, 3);
+        if (ahead) /* a line of the next block a k: its passes multiply from cache, not from memory */
+            __builtin_prefetch((const char *)(ahead + i * 16), 0, 3);
         w += col;
         for (int r = 0; r < R; r++) {
             float s = x[r * xs + i];
@@ -217,32 +223,36 @@ static inline __attribute__((always_inline)) void f32_rows(const int R, const in
 
 /* rows (1..6) x all 64 outputs of the block: one pass where the accumulators fit, else passes
  * of fewer outputs (the first one prefetching) */
-static void f32_block(int rows, const float *xr, int64_t xs, const float *wb, int64_t k, int first, float *acc) {
+static void f32_block(int rows, const float *xr, int64_t xs, const float *wb, int64_t k, int first, const float *next,
+                      float *acc) {
 #if F32_LANES == 16
+    (void)next;
     switch (rows) { /* one specialised loop per row count: the same arithmetic per element */
-    case 1: f32_rows(1, 4, xr, xs, wb, k, 0, first, acc); break;
-    case 2: f32_rows(2, 4, xr, xs, wb, k, 0, first, acc); break;
-    case 3: f32_rows(3, 4, xr, xs, wb, k, 0, first, acc); break;
-    case 4: f32_rows(4, 4, xr, xs, wb, k, 0, first, acc); break;
-    case 5: f32_rows(5, 4, xr, xs, wb, k, 0, first, acc); break;
-    default: f32_rows(6, 4, xr, xs, wb, k, 0, first, acc);
+    case 1: f32_rows(1, 4, xr, xs, wb, k, 0, first, NULL, acc); break;
+    case 2: f32_rows(2, 4, xr, xs, wb, k, 0, first, NULL, acc); break;
+    case 3: f32_rows(3, 4, xr, xs, wb, k, 0, first, NULL, acc); break;
+    case 4: f32_rows(4, 4, xr, xs, wb, k, 0, first, NULL, acc); break;
+    case 5: f32_rows(5, 4, xr, xs, wb, k, 0, first, NULL, acc); break;
+    default: f32_rows(6, 4, xr, xs, wb, k, 0, first, NULL, acc);
     }
 #else
     if (rows == 1) {
-        f32_rows(1, 8, xr, xs, wb, k, 0, first, acc);
+        f32_rows(1, 8, xr, xs, wb, k, 0, first, NULL, acc);
         return;
     }
     if (rows == 2) {
-        for (int col = 0; col < 64; col += 32) f32_rows(2, 4, xr, xs, wb, k, col, first && col == 0, acc);
+        for (int col = 0; col < 64; col += 32) f32_rows(2, 4, xr, xs, wb, k, col, first && col == 0, NULL, acc);
         return;
     }
     for (int col = 0; col < 64; col += 16) {
         int fetch = first && col == 0;
+        /* the first row group's four passes fetch the next block, a quarter each */
+        const float *ahead = first && next ? next + (int64_t)(col / 16) * k * 16 : NULL;
         switch (rows) {
-        case 3: f32_rows(3, 2, xr, xs, wb, k, col, fetch, acc); break;
-        case 4: f32_rows(4, 2, xr, xs, wb, k, col, fetch, acc); break;
-        case 5: f32_rows(5, 2, xr, xs, wb, k, col, fetch, acc); break;
-        default: f32_rows(6, 2, xr, xs, wb, k, col, fetch, acc);
+        case 3: f32_rows(3, 2, xr, xs, wb, k, col, fetch, ahead, acc); break;
+        case 4: f32_rows(4, 2, xr, xs, wb, k, col, fetch, ahead, acc); break;
+        case 5: f32_rows(5, 2, xr, xs, wb, k, col, fetch, ahead, acc); break;
+        default: f32_rows(6, 2, xr, xs, wb, k, col, fetch, ahead, acc);
         }
     }
 #endif
@@ -264,7 +274,7 @@ int f32_linear(const float *x, int64_t m, int64_t k, int64_t x_stride, const flo
         for (int64_t r0 = 0; r0 < m; r0 += 6) {
             int rows = m - r0 < 6 ? (int)(m - r0) : 6, first = r0 == 0;
             const float *xr = x + r0 * x_stride;
-            f32_block(rows, xr, x_stride, wb, k, first, acc);
+            f32_block(rows, xr, x_stride, wb, k, first, b + 1 < blocks ? wb + k * 64 : NULL, acc);
             for (int r = 0; r < rows; r++) {
                 float *o = out + (r0 + r) * n + c0;
                 for (int64_t j = 0; j < cols; j++) o[j] = bias ? acc[r * 64 + j] + bias[c0 + j] : acc[r * 64 + j];
