@@ -210,8 +210,8 @@ static inline __attribute__((always_inline)) void f32_rows(const int R, const in
         const float *w = wb + i * 64;
         if (prefetch) /* the weight row 8 k ahead (2 KB): the first pass streams from memory */
             for (int line = 0; line < 256; line += 64) __builtin_prefetch((const char *)w + 2048 + line, 0, 3);
-        if (ahead) /* a line of the next block a k: its passes multiply from cache, not from memory */
-            __builtin_prefetch((const char *)(ahead + i * 16), 0, 3);
+        if (ahead) /* this pass's share of the next block (V vectors a k): its passes multiply from cache */
+            for (int line = 0; line < V * F32_LANES; line += 16) __builtin_prefetch((const char *)(ahead + i * V * F32_LANES + line), 0, 3);
         w += col;
         for (int r = 0; r < R; r++) {
             float s = x[r * xs + i];
@@ -241,13 +241,14 @@ static void f32_block(int rows, const float *xr, int64_t xs, const float *wb, in
         return;
     }
     if (rows == 2) {
-        for (int col = 0; col < 64; col += 32) f32_rows(2, 4, xr, xs, wb, k, col, first && col == 0, NULL, acc);
+        for (int col = 0; col < 64; col += 32) /* each pass fetches half the next block */
+            f32_rows(2, 4, xr, xs, wb, k, col, first && col == 0, first && next ? next + col * k : NULL, acc);
         return;
     }
     for (int col = 0; col < 64; col += 16) {
         int fetch = first && col == 0;
         /* the first row group's four passes fetch the next block, a quarter each */
-        const float *ahead = first && next ? next + (int64_t)(col / 16) * k * 16 : NULL;
+        const float *ahead = first && next ? next + col * k : NULL;
         switch (rows) {
         case 3: f32_rows(3, 2, xr, xs, wb, k, col, fetch, ahead, acc); break;
         case 4: f32_rows(4, 2, xr, xs, wb, k, col, fetch, ahead, acc); break;
