@@ -132,11 +132,15 @@ class Decoder:
         key_positions = cache.place(positions)
         attn_mask = None if mask is None else mask.to(self.device, self.dtype)[None, None]
         causal = mask is None and n > 1
-        if causal and (cache.length or self.invariant):  # SDPA's is_causal aligns to the top left: spell it out
+        # a float32 prompt feed (causal rows, no mask) attends with SDPA: it is the same call in
+        # every decoding of the prompt, so only speed is at stake there, and SDPA's blocked
+        # kernel is faster over hundreds of rows than the per-(row, head) passes of ours
+        invariant = self.invariant and not (causal and self.dtype == torch.float32)
+        if causal and (cache.length or invariant):  # SDPA's is_causal aligns to the top left: spell it out
             allowed = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
             attn_mask, causal = attention_mask(allowed, cache.length, self.dtype)[None, None], False
         layer_masks = self._window_masks(attn_mask, causal, positions.view(-1), key_positions)
-        return attn_mask, causal, layer_masks, self.invariant
+        return attn_mask, causal, layer_masks, invariant
 
     def _direct(self, cache: KVCache, inputs):
         """For Plan.run: layer i -> (its cache keys, values [kv, capacity, hd], the cache length,
