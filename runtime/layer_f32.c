@@ -128,33 +128,66 @@ static void silu_mul_f32(const float *gu, int64_t rows, int64_t inter, float *ac
  * order, the values likewise; a masked key weighs exactly 0 and is skipped (x + 0 = x: skipped or
  * not alike). So a row's result is a function of its own q and visible keys in slot order alone,
  * whatever the rows beside it, the key axis' length or where masked keys sit. */
-static int attend_one(const float *q, const float *k, const float *v, int64_t ss, const float *mask, int keys, int hd,
-                      float scale, float *score, float *out) {
-    float top = -INFINITY;
-    for (int s = 0; s < keys; s++) {
-        float m = mask ? mask[s] : 0.0f;
-        if (m <= MASKED_F32) {
-            score[s] = -INFINITY;
-            continue;
-        }
-        v8f acc = (v8f){0};
-        for (int d = 0; d < hd; d += 8) acc += ld8(q + d) * ld8(k + s * ss + d);
-        score[s] = lanes_sum(acc) * scale + m;
-        top = score[s] > top ? score[s] : top;
+/* The scores of 8 keys (rows of k at stride ss; the first `valid` are real, mask NULL: visible):
+ * each key's dot over head dims one FMA chain in 8 lanes, then one fixed sum of the lanes; masked
+ * and missing keys -inf. Not inlined: every score of every call is this one machine code, so a
+ * key's score cannot depend on where the compiler put it (a block of 8 or the last, short one).
+ * Returns the largest score. */
+__attribute__((noinline)) static float score8(const float *q, const float *k, int64_t ss, const float *mask, int valid,
+                                              int hd, float scale, float *score) {
+    v8f acc[8];
+    for (int j = 0; j < 8; j++) acc[j] = (v8f){0};
+    for (int d = 0; d < hd; d += 8) { /* eight independent chains, each q vector loaded once for them */
+        v8f qd = ld8(q + d);
+        for (int j = 0; j < 8; j++) acc[j] += qd * ld8(k + j * ss + d);
     }
-    if (top == -INFINITY) return -1;
-    for (int s = keys; s < keys + 8; s++) score[s] = -INFINITY;
-    for (int s = 0; s < keys; s += 8) st8(score + s, exp8(ld8(score + s) - top));
+    float top = -INFINITY;
+    for (int j = 0; j < 8; j++) {
+        float m = j >= valid ? MASKED_F32 : mask ? mask[j] : 0.0f;
+        score[j] = m <= MASKED_F32 ? -INFINITY : lanes_sum(acc[j]) * scale + m;
+        top = score[j] > top ? score[j] : top;
+    }
+    return top;
+}
+
+/* out [hd] = sum_s w_s v_s / sum_s w_s over the weights w (score), key after key in slot order
+ * (a zero weight, a masked key, skipped: x + 0 = x) */
+static inline __attribute__((always_inline)) void weigh_values(const float *v, int64_t ss, const float *w, int keys,
+                                                               const int hd, float *out) {
     v8f acc[32];
     for (int c = 0; c < hd / 8; c++) acc[c] = (v8f){0};
     float total = 0.0f;
     for (int s = 0; s < keys; s++) {
-        float w = score[s];
-        if (w == 0.0f) continue;
-        for (int c = 0; c < hd / 8; c++) acc[c] += w * ld8(v + s * ss + 8 * c);
-        total += w;
+        if (w[s] == 0.0f) continue;
+        for (int c = 0; c < hd / 8; c++) acc[c] += w[s] * ld8(v + s * ss + 8 * c);
+        total += w[s];
     }
     for (int c = 0; c < hd / 8; c++) st8(out + 8 * c, acc[c] / total);
+}
+
+static int attend_one(const float *q, const float *k, const float *v, int64_t ss, const float *mask, int keys, int hd,
+                      float scale, float *score, float *out) {
+    float top = -INFINITY, tail[8 * 256];
+    for (int s = 0; s < keys; s += 8) {
+        const int valid = keys - s < 8 ? keys - s : 8;
+        const float *kb = k + s * ss;
+        int64_t stride = ss;
+        if (valid < 8) { /* the last keys, copied beside zeros: the same code scores them */
+            memset(tail, 0, sizeof(float) * 8 * (size_t)hd);
+            for (int j = 0; j < valid; j++) memcpy(tail + j * hd, kb + j * ss, sizeof(float) * (size_t)hd);
+            kb = tail, stride = hd;
+        }
+        float t = score8(q, kb, stride, mask ? mask + s : NULL, valid, hd, scale, score + s);
+        top = t > top ? t : top;
+    }
+    if (top == -INFINITY) return -1;
+    for (int s = keys; s < keys + 8; s++) score[s] = -INFINITY;
+    for (int s = 0; s < keys; s += 8) st8(score + s, exp8(ld8(score + s) - top));
+    switch (hd) { /* a constant head size keeps the accumulators in registers: the same arithmetic */
+    case 64: weigh_values(v, ss, score, keys, 64, out); break;
+    case 128: weigh_values(v, ss, score, keys, 128, out); break;
+    default: weigh_values(v, ss, score, keys, hd, out);
+    }
     return 0;
 }
 
