@@ -52,7 +52,8 @@ static inline float lanes_sum(v8f v) { /* one fixed tree over the lanes: the sam
     return (a[0] + a[2]) + (a[1] + a[3]);
 }
 
-/* e^x for x <= 0 in 8 lanes (Cephes' expf, as attention_kernel.c's exp16); below -87: exactly 0 */
+/* e^x for x <= 0 in 8 lanes (Cephes' expf, attention_kernel.c's exp16 at this file's vector width:
+ * that one is part of the exact bf16 attention's arithmetic and stays as it is); below -87: 0 */
 static inline v8f exp8(v8f x) {
     const v8f lo = (v8f){0} - 87.0f, magic = (v8f){0} + 12582912.0f;
     v8u under = (v8u)(x < lo);

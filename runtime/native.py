@@ -178,14 +178,7 @@ def native_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         raise RuntimeError("the compiled attention kernel is not available (runtime.native.attention_kernel)")
     _, heads, n, hd = q.shape
     kv, s = keys.shape[1], keys.shape[2]
-    if q.stride(3) != 1:
-        q = q.contiguous()
-    if keys.stride(3) != 1 or keys.stride() != values.stride():
-        keys, values = keys.contiguous(), values.contiguous()
-    if mask is not None:
-        mask = mask.to(torch.bfloat16)
-        if mask.stride(1) != 1:
-            mask = mask.contiguous()
+    q, keys, values, mask = kernel_inputs(q, keys, values, mask, torch.bfloat16)
     out = torch.empty(n, heads, hd, dtype=torch.bfloat16)
     threads = torch.get_num_threads() if n * heads * s >= PARALLEL_WORK else 1
     width = -(-hd // 16) * 16
@@ -203,6 +196,21 @@ def native_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     if status == -4:
         raise MemoryError("the compiled bf16 attention could not allocate its buffers")
     return out
+
+
+def kernel_inputs(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+                  dtype: torch.dtype) -> tuple:
+    """q, keys, values and mask as the compiled attention kernels read them: head dims
+    contiguous, keys and values at the same strides, the mask in `dtype` with unit column stride."""
+    if q.stride(3) != 1:
+        q = q.contiguous()
+    if keys.stride(3) != 1 or keys.stride() != values.stride():
+        keys, values = keys.contiguous(), values.contiguous()
+    if mask is not None:
+        mask = mask.to(dtype)
+        if mask.stride(1) != 1:
+            mask = mask.contiguous()
+    return q, keys, values, mask
 
 
 def openmp_runtimes() -> list[str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import native_linear
-from .native import PARALLEL_WORK, load_library
+from .native import PARALLEL_WORK, kernel_inputs, load_library
 
 SOURCE = Path(__file__).with_name("layer_kernel.c")
 SWITCH = "SPECMUX_NATIVE_LAYER"  # "0": layers op by op (runtime/plan.py)
@@ -86,14 +86,7 @@ def f32_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mas
     lib = f32_layer_kernel()
     _, heads, n, hd = q.shape
     kv, s = keys.shape[1], keys.shape[2]
-    if q.stride(3) != 1:
-        q = q.contiguous()
-    if keys.stride(3) != 1 or keys.stride() != values.stride():
-        keys, values = keys.contiguous(), values.contiguous()
-    if mask is not None:
-        mask = mask.to(torch.float32)
-        if mask.stride(1) != 1:
-            mask = mask.contiguous()
+    q, keys, values, mask = kernel_inputs(q, keys, values, mask, torch.float32)
     out = torch.empty(n, heads, hd, dtype=torch.float32)
     status = lib.f32_attention(
         q.data_ptr(), q.stride(1), q.stride(2), keys.data_ptr(), values.data_ptr(), keys.stride(1), keys.stride(2),

@@ -59,22 +59,24 @@ def test_norm_and_rope_rows_do_not_depend_on_the_row_count(n, prefix, seed):
         assert torch.equal(rotate(x, cos, sin)[-1:], rotate(x[-1:], cos1, sin1))
 
 
-def _attention_case(prefix: int, n: int, seed: int, heads: int, kv: int, hd: int, reach: int | None = 4):
+def _attention_case(prefix: int, n: int, seed: int, heads: int, kv: int, hd: int, reach: int | None = 4,
+                    dtype: torch.dtype = BF16):
     """Random q/k/v and a random tree of n nodes after `prefix` cached keys: positions are
     prefix + depth, as the engine packs them."""
     g = torch.Generator().manual_seed(seed)
     parents = _random_tree(n, g, reach=reach)
     depths = _depths(parents)
-    keys = torch.randn(1, kv, prefix + n, hd, generator=g).to(BF16)
-    values = torch.randn(1, kv, prefix + n, hd, generator=g).to(BF16)
-    q = (torch.randn(1, heads, n, hd, generator=g) * 2).to(BF16)
+    keys = torch.randn(1, kv, prefix + n, hd, generator=g).to(dtype)
+    values = torch.randn(1, kv, prefix + n, hd, generator=g).to(dtype)
+    q = (torch.randn(1, heads, n, hd, generator=g) * 2).to(dtype)
     return q, keys, values, ancestor_matrix(parents, depths), torch.cat([torch.arange(prefix), prefix + depths])
 
 
-def _check_attention_rows(prefix: int, n: int, seed: int, heads: int = 6, kv: int = 2, hd: int = 16) -> None:
+def _check_attention_rows(prefix: int, n: int, seed: int, heads: int = 6, kv: int = 2, hd: int = 16,
+                          dtype: torch.dtype = BF16) -> None:
     """Every checked row of a tree's attention equals the same query over only its visible keys,
-    contiguous at positions 0.., as plain decoding has them."""
-    q, keys, values, anc, positions = _attention_case(prefix, n, seed, heads, kv, hd)
+    contiguous at positions 0.., as plain decoding has them (bf16, or float32: test_invariant_f32)."""
+    q, keys, values, anc, positions = _attention_case(prefix, n, seed, heads, kv, hd, dtype=dtype)
     out = invariant_attention(q, keys, values, attention_mask(anc, prefix, torch.float32), 0.25)
     for i in sorted({0, n // 2, n - 1}):
         cols = torch.cat([torch.arange(prefix), anc[i].nonzero().flatten() + prefix])
@@ -143,7 +145,7 @@ def _check_tree_against_plain(decoder, prefix: int, n: int, seed: int, nodes_che
     anc = ancestor_matrix(parents, depths)
     cache = decoder.new_cache(prefix + n)
     decoder.forward(prompt, torch.arange(prefix), cache, None, logits_rows=slice(-1, None))
-    tree = decoder.forward(tokens, depths + prefix, cache, attention_mask(anc, prefix, BF16))
+    tree = decoder.forward(tokens, depths + prefix, cache, attention_mask(anc, prefix, decoder.dtype))
     for i in sorted({0, n - 1, *torch.randint(0, n, (nodes_checked,), generator=g).tolist()}):
         path = anc[i].nonzero().flatten().tolist()  # ancestors in node order = depth order
         assert torch.equal(tree.logits[i], _plain_logits(decoder, prompt, tokens[path].tolist())), (prefix, n, i)

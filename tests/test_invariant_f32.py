@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from runtime import native_layer
 from runtime.decoder import Decoder
 from runtime.invariant import invariant_attention
-from test_invariant import _depths, _plain_logits, _random_tree
+from test_invariant import _attention_case, _check_attention_rows, _check_tree_against_plain
+from test_native_layer import check_one_call_layer
 from tiny_models import tiny_model
-from trees import ancestor_matrix, attention_mask
+from trees import attention_mask
 
 pytestmark = pytest.mark.skipif(native_layer.f32_layer_kernel() is None,
                                 reason="the compiled float32 attention needs a C compiler (runtime/native.py)")
@@ -23,37 +24,17 @@ F32 = torch.float32
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=25)
 
 
-def _case(prefix: int, n: int, seed: int, heads: int, kv: int, hd: int):
-    g = torch.Generator().manual_seed(seed)
-    parents = _random_tree(n, g, reach=4)
-    keys = torch.randn(1, kv, prefix + n, hd, generator=g)
-    values = torch.randn(1, kv, prefix + n, hd, generator=g)
-    q = torch.randn(1, heads, n, hd, generator=g) * 2
-    return q, keys, values, ancestor_matrix(parents, _depths(parents))
-
-
-def _check_rows(prefix: int, n: int, seed: int, heads: int = 6, kv: int = 2, hd: int = 16) -> None:
-    """Every checked row of a tree's attention equals the same query over only its visible keys,
-    contiguous, as plain decoding has them."""
-    q, keys, values, anc = _case(prefix, n, seed, heads, kv, hd)
-    out = invariant_attention(q, keys, values, attention_mask(anc, prefix, F32), 0.25)
-    for i in sorted({0, n // 2, n - 1}):
-        cols = torch.cat([torch.arange(prefix), anc[i].nonzero().flatten() + prefix])
-        alone = invariant_attention(q[:, :, i : i + 1], keys[:, :, cols], values[:, :, cols], None, 0.25)
-        assert torch.equal(out[:, :, i : i + 1], alone), (prefix, n, i)
-
-
 @SETTINGS
 @given(n=st.integers(1, 40), prefix=st.integers(1, 400), seed=st.integers(0, 2**16))
 def test_attention_row_equals_its_visible_keys_packed_alone(n, prefix, seed):
-    _check_rows(prefix, n, seed)
+    _check_attention_rows(prefix, n, seed, dtype=F32)
 
 
 @settings(derandomize=True, deadline=None, max_examples=6)
 @given(prefix=st.sampled_from([300, 1000, 2040]), n=st.integers(16, 64), seed=st.integers(0, 2**16))
 def test_attention_rows_invariant_at_the_default_targets_shape(prefix, n, seed):
     """9 heads, 3 kv heads, head dim 64; enough (row, head, key) triples to run on several threads."""
-    _check_rows(prefix, n, seed, heads=9, kv=3, hd=64)
+    _check_attention_rows(prefix, n, seed, heads=9, kv=3, hd=64, dtype=F32)
 
 
 @SETTINGS
@@ -75,7 +56,7 @@ def test_close_to_float64_attention(kv, group, hd, n, extra, seed):
 
 
 def test_threads_change_nothing():
-    q, keys, values, anc = _case(300, 40, 1, 9, 3, 64)
+    q, keys, values, anc, _ = _attention_case(300, 40, 1, 9, 3, 64, dtype=F32)
     mask = attention_mask(anc, 300, F32)
     before = torch.get_num_threads()
     try:
@@ -126,41 +107,11 @@ def tiny_f32(request):
 @SETTINGS
 @given(prefix=st.integers(1, 200), n=st.integers(1, 64), seed=st.integers(0, 2**16))
 def test_tree_forward_logits_equal_plain_decoding(tiny_f32, prefix, n, seed):
-    g = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, 96, (prefix,), generator=g)
-    parents = _random_tree(n, g, reach=4)
-    tokens = torch.randint(0, 96, (n,), generator=g)
-    depths = _depths(parents)
-    anc = ancestor_matrix(parents, depths)
     with torch.inference_mode():
-        cache = tiny_f32.new_cache(prefix + n)
-        tiny_f32.forward(prompt, torch.arange(prefix), cache, None, logits_rows=slice(-1, None))
-        tree = tiny_f32.forward(tokens, depths + prefix, cache, attention_mask(anc, prefix, F32))
-        for i in sorted({0, n - 1, *torch.randint(0, n, (3,), generator=g).tolist()}):
-            path = anc[i].nonzero().flatten().tolist()  # ancestors in node order = depth order
-            assert torch.equal(tree.logits[i], _plain_logits(tiny_f32, prompt, tokens[path].tolist())), (prefix, n, i)
+        _check_tree_against_plain(tiny_f32, prefix, n, seed)
 
 
 def test_one_call_layer_equals_the_layer_around_the_attention(monkeypatch):
     """The whole-layer call (cache write and attention inside) computes the same bits as pre, the
     decoder's attention and post (what a batch of requests runs: serve/batch.py)."""
-    model = tiny_model("llama", vocab=96, layers=2, hidden=128)
-    decoder = Decoder(model.float())
-    g = torch.Generator().manual_seed(3)
-    prompt, tree = torch.randint(0, 96, (50,), generator=g), torch.randint(0, 96, (9,), generator=g)
-    allowed = (torch.rand(9, 9, generator=g) < 0.5).tril(-1) | torch.eye(9, dtype=torch.bool)
-    mask = attention_mask(allowed, 50, F32)
-    runs = []
-    for whole in (True, False):
-        if not whole:
-            monkeypatch.setattr(Decoder, "_direct", lambda self, cache, inputs: lambda i: None)
-        with torch.inference_mode():
-            cache = decoder.new_cache(64)
-            first = decoder.forward(prompt, torch.arange(50), cache, None, hidden_layers=[1, -1])
-            second = decoder.forward(tree, torch.arange(50, 59), cache, mask, hidden_layers=[1, -1])
-        runs.append((first, second, cache))
-    for a, b in zip(runs[0][:2], runs[1][:2]):
-        assert torch.equal(a.logits, b.logits)
-        assert all(torch.equal(a.hidden_states[i], b.hidden_states[i]) for i in (1, -1))
-    assert torch.equal(runs[0][2].keys[:, :, :, :59], runs[1][2].keys[:, :, :, :59])
-    assert torch.equal(runs[0][2].values[:, :, :, :59], runs[1][2].values[:, :, :, :59])
+    check_one_call_layer(Decoder(tiny_model("llama", vocab=96, layers=2, hidden=128).float()), monkeypatch)

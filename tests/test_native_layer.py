@@ -109,11 +109,17 @@ def test_rows_do_not_depend_on_the_row_count(n, prefix, seed):
 def test_one_call_layer_equals_the_layer_around_the_attention(monkeypatch):
     """The whole-layer call (cache write and attention inside) computes the same bits as pre,
     the decoder's attention and post (what a batch of requests runs: serve/batch.py)."""
-    decoder = _decoder()
+    check_one_call_layer(_decoder(), monkeypatch)
+
+
+def check_one_call_layer(decoder: Decoder, monkeypatch) -> None:
+    """A prompt, then a random tree's rows: the same logits, hidden states and cache entries with
+    the whole-layer call as with the decoder's attention between pre and post (also the float32
+    layer's: tests/test_invariant_f32.py)."""
     g = torch.Generator().manual_seed(3)
     prompt, tree = torch.randint(0, 96, (50,), generator=g), torch.randint(0, 96, (9,), generator=g)
     allowed = (torch.rand(9, 9, generator=g) < 0.5).tril(-1) | torch.eye(9, dtype=torch.bool)  # a random tree's rows
-    mask = attention_mask(allowed, 50, BF16)
+    mask = attention_mask(allowed, 50, decoder.dtype)
     runs = []
     for whole in (True, False):
         if not whole:
