@@ -83,7 +83,7 @@ _MEMBERS: "weakref.WeakKeyDictionary[FeatureDrafterModel, CompiledMember | None]
 def compiled_members(models) -> list[CompiledMember] | None:
     """Every model's CompiledMember (made on first use, remade when a weight changed), or None
     where one of them does not fit (they then all run their module forward)."""
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or any(native_layer.kernel_for(model.dtype) is None for model in models):
         return None
     members = []
     for model in models:

@@ -9,11 +9,13 @@ post norm, gated MLP and the residual), with the decoder's attention between the
 rows attend one cache with the exact kernel (every forward of runtime/decoder.py on a bf16
 target), `forward`: the whole layer, cache write and attention included, in one call. Each row
 is computed from its own row alone by one code path at any row count, so the forward stays
-row-invariant (greedy speculative output equals plain decoding). A float32 target runs `pre`
-and `post` around the decoder's attention; the drafters (drafters/compiled.py) run either
-dtype's whole-layer call.
+row-invariant (greedy speculative output equals plain decoding). A float32 target takes the
+same calls (runtime/layer_f32.c, whose attention is batch-invariant too: docs/design.md "Exact
+float32"; prompt feeds attend with SDPA between `pre` and `post`); the drafters
+(drafters/compiled.py) run either dtype's whole-layer call.
 
-SPECMUX_NATIVE_LAYER=0 runs these layers op by op again (transformers' ops on the same kernels).
+SPECMUX_NATIVE_LAYER=0 runs these layers op by op again (transformers' ops on the same kernels),
+and a float32 target's attention on SDPA.
 """
 from __future__ import annotations
 
