@@ -149,7 +149,8 @@ def compiled_forward(members: list[CompiledMember], model: FeatureDrafterModel, 
     model's dtype -> (outputs [m, T, d], each member's head output at its last `last` rows)."""
     dtype = model.dtype
     lib = native_layer.kernel_for(dtype)
-    f32 = dtype == torch.float32
+    layer_forward, norm_linear = ((lib.f32_layer_forward, lib.f32_norm_linear) if dtype == torch.float32
+                                  else (lib.layer_forward, lib.norm_linear))
     m, rows = ids.shape
     emb = F.embedding(ids, model.embed_weight)
     if from_target:
@@ -169,12 +170,11 @@ def compiled_forward(members: list[CompiledMember], model: FeatureDrafterModel, 
     outs = []
     for b, member in enumerate(members):
         k, v = keys[b], values[b]
-        args = (h[b].data_ptr(), emb[b].data_ptr(), rows, member.weights, cos[b].data_ptr(), ssin[b].data_ptr(),
-                k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), length, mask[b].data_ptr(), mask.stride(1), threads)
-        _check(lib.f32_layer_forward(*args) if f32 else lib.layer_forward(*args, attention_threads))
+        _check(layer_forward(h[b].data_ptr(), emb[b].data_ptr(), rows, member.weights, cos[b].data_ptr(), ssin[b].data_ptr(),
+                             k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), length, mask[b].data_ptr(), mask.stride(1),
+                             threads, attention_threads))
         head = member.head[0]
         out = torch.empty(last, head.shape[0], dtype=dtype)
-        norm_linear = lib.f32_norm_linear if f32 else lib.norm_linear
         _check(norm_linear(h[b, rows - last :].data_ptr(), last, h.shape[-1], member.norm[0].data_ptr(),
                            member.norm[1], head.data.data_ptr(), head.shape[0], out.data_ptr(), threads))
         outs.append(out)

@@ -122,13 +122,6 @@ static void silu_mul_f32(const float *gu, int64_t rows, int64_t inter, float *ac
     }
 }
 
-/* One (row, head): q [hd] against keys / values [keys][hd] at row stride ss, additive mask
- * [keys] (NULL: all visible); scores in `score` [keys + 8]; out [hd]. Returns -1 when no key is
- * visible. Each score is its q and key's alone (a dot over head dims, 8 lanes, one fixed sum of
- * the lanes); the weights exp(score - max over the visible keys) are added key after key in slot
- * order, the values likewise; a masked key weighs exactly 0 and is skipped (x + 0 = x: skipped or
- * not alike). So a row's result is a function of its own q and visible keys in slot order alone,
- * whatever the rows beside it, the key axis' length or where masked keys sit. */
 /* The scores of 8 keys (rows of k at stride ss; the first `valid` are real, mask NULL: visible):
  * each key's dot over head dims one FMA chain in 8 lanes, then one fixed sum of the lanes; masked
  * and missing keys -inf. Not inlined: every score of every call is this one machine code, so a
@@ -166,6 +159,13 @@ static inline __attribute__((always_inline)) void weigh_values(const float *v, i
     for (int c = 0; c < hd / 8; c++) st8(out + 8 * c, acc[c] / total);
 }
 
+/* One (row, head): q [hd] against keys / values [keys][hd] at row stride ss, additive mask
+ * [keys] (NULL: all visible); scores in `score` [keys + 8]; out [hd]. Returns -1 when no key is
+ * visible. Each score is its q and key's alone (score8); the weights exp(score - max over the
+ * visible keys) are added key after key in slot order, the values likewise; a masked key weighs
+ * exactly 0 and is skipped (x + 0 = x: skipped or not alike). So a row's result is a function of
+ * its own q and visible keys in slot order alone, whatever the rows beside it, the key axis'
+ * length or where masked keys sit. */
 static int attend_one(const float *q, const float *k, const float *v, int64_t ss, const float *mask, int keys, int hd,
                       float scale, float *score, float *out) {
     float top = -INFINITY, tail[8 * 256];
@@ -192,13 +192,12 @@ static int attend_one(const float *q, const float *k, const float *v, int64_t ss
     return 0;
 }
 
-#define F32_ATTENTION_WORK 32768 /* (row, head, key) triples from which a call runs on several threads */
-
 /* The float32 attention: q[h, i, d] at q + h * q_sh + i * q_sn + d; k, v[g, s, d] at
  * k + g * kv_sg + s * kv_ss + d; mask[i, s] at mask + i * mask_sn + s (float32 additive, or NULL:
  * all visible); out[i, h, d] at out + (i * heads + h) * hd + d. Head h reads kv head
  * h / (heads / kv_heads); hd a multiple of 8, at most 256. The (row, head) pairs run on up to
- * `threads` OpenMP threads; which thread computes a pair changes nothing in it. Returns 0, -1
+ * `threads` OpenMP threads (the caller's choice: runtime/native.py PARALLEL_WORK, as for the bf16
+ * attention); which thread computes a pair changes nothing in it. Returns 0, -1
  * when a row sees no key, -2 for a head dim it does not take, -4 when memory runs out. */
 __attribute__((noinline)) /* one machine code for the layer's call and the decoder's (runtime/invariant.py) */
 int f32_attention(const float *q, int64_t q_sh, int64_t q_sn, const float *k, const float *v, int64_t kv_sg,
@@ -206,7 +205,7 @@ int f32_attention(const float *q, int64_t q_sh, int64_t q_sn, const float *k, co
                   int keys, int hd, float scale, int threads) {
     if (hd % 8 || hd > 256 || hd < 8) return -2;
     const int group = heads / kv_heads, pairs = rows * heads;
-    if (threads < 1 || (int64_t)pairs * keys < F32_ATTENTION_WORK) threads = 1;
+    if (threads < 1) threads = 1;
     if (threads > pairs) threads = pairs;
     float *scores = malloc(sizeof(float) * (size_t)threads * (size_t)(keys + 8));
     if (!scores) return -4;
@@ -289,11 +288,12 @@ int f32_layer_post(float *h, int64_t rows, int64_t d, const float *attn, int64_t
 /* One whole layer over h [rows][d] (in place) after `length` cached entries: pre; each row's k
  * and v to cache slot length + row (k, v [g][s][hd] at strides kv_sg, kv_ss); attention over the
  * length + rows slots (mask [rows][length + rows] float32 additive at row stride mask_sn, or
- * NULL: every slot visible); post. emb [rows][d] with w->norm_emb (an EAGLE-3 drafter) or NULL.
- * Returns 0, -1 (memory), -2 (a row sees no key). */
+ * NULL: every slot visible) on attention_threads threads; post. emb [rows][d] with w->norm_emb
+ * (an EAGLE-3 drafter) or NULL. Returns 0, -1 (memory), -2 (a row sees no key): layer_forward's
+ * arguments in float32. */
 int f32_layer_forward(float *h, const float *emb, int64_t rows, const layer_weights_f32 *w, const float *cos,
                       const float *ssin, float *cache_k, float *cache_v, int64_t kv_sg, int64_t kv_ss, int64_t length,
-                      const float *mask, int64_t mask_sn, int threads) {
+                      const float *mask, int64_t mask_sn, int threads, int attention_threads) {
     const int64_t keys = length + rows;
     const int heads = w->heads, kv = w->kv_heads, hd = w->hd, all = heads + 2 * kv;
     float *qkv = malloc(sizeof(float) * (size_t)(rows * all * hd + rows * heads * hd));
@@ -307,7 +307,7 @@ int f32_layer_forward(float *h, const float *emb, int64_t rows, const layer_weig
                 memcpy(cache_v + g * kv_sg + (length + r) * kv_ss, qkv + (r * all + heads + kv + g) * hd, sizeof(float) * (size_t)hd);
             }
         status = f32_attention(qkv, hd, (int64_t)all * hd, cache_k, cache_v, kv_sg, kv_ss, mask, mask_sn, attn, heads, kv,
-                               (int)rows, (int)keys, hd, w->scale, threads);
+                               (int)rows, (int)keys, hd, w->scale, attention_threads);
         status = status == -4 ? -1 : status ? -2 : 0;
     }
     if (!status)

@@ -66,7 +66,7 @@ def f32_layer_kernel() -> ctypes.CDLL | None:
     i64, i32, ptr, f32 = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
     lib.f32_layer_pre.argtypes = [ptr, i64, i64, ptr, f32, ptr, ptr, i32, i32, i32, ptr, ptr, ptr, i32]
     lib.f32_layer_post.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, f32, ptr, i64, ptr, ptr, i32]
-    lib.f32_layer_forward.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr, i64, i32]
+    lib.f32_layer_forward.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, ptr, i64, i32, i32]
     lib.f32_norm_linear.argtypes = [ptr, i64, i64, ptr, f32, ptr, i64, ptr, i32]
     lib.f32_attention.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, i32, i32, i32, i32, i32, f32, i32]
     for fn in (lib.f32_layer_pre, lib.f32_layer_post, lib.f32_layer_forward, lib.f32_norm_linear, lib.f32_attention):
@@ -93,7 +93,7 @@ def f32_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mas
     status = lib.f32_attention(
         q.data_ptr(), q.stride(1), q.stride(2), keys.data_ptr(), values.data_ptr(), keys.stride(1), keys.stride(2),
         None if mask is None else mask.data_ptr(), 0 if mask is None else mask.stride(0), out.data_ptr(),
-        heads, kv, n, s, hd, scale, torch.get_num_threads())
+        heads, kv, n, s, hd, scale, torch.get_num_threads() if n * heads * s >= PARALLEL_WORK else 1)
     if status == -1:
         raise ValueError("a query row of the float32 attention sees no key (its mask hides every key)")
     if status == -2:
@@ -134,15 +134,16 @@ class FusedLayer:
     weights in the model's dtype, float32 biases), resolved once per plan."""
 
     __slots__ = ("lib", "dtype", "d", "heads", "kv_heads", "hd", "inter", "keep", "args_pre", "args_post", "width",
-                 "weights", "_pre", "_post")
+                 "weights", "_pre", "_post", "_forward")
 
     def __init__(self, input_norm, qkv, o, post_norm, gate_up, down, heads: int, kv_heads: int, head_dim: int,
                  scale: float):
         self.dtype = input_norm.weight.dtype
         self.lib = kernel_for(self.dtype)
         f32 = self.dtype == torch.float32
-        self._pre, self._post = ((self.lib.f32_layer_pre, self.lib.f32_layer_post) if f32
-                                 else (self.lib.layer_pre, self.lib.layer_post))
+        self._pre, self._post, self._forward = (
+            (self.lib.f32_layer_pre, self.lib.f32_layer_post, self.lib.f32_layer_forward) if f32
+            else (self.lib.layer_pre, self.lib.layer_post, self.lib.layer_forward))
         self.heads, self.kv_heads, self.hd = heads, kv_heads, head_dim
         self.d = int(input_norm.weight.shape[0])
         self.inter = int(down.weight.shape[1])
@@ -202,13 +203,10 @@ class FusedLayer:
         + P] additive in the model's dtype (unit column stride) or None (every slot visible)."""
         rows = h.shape[0]
         threads = torch.get_num_threads()
-        args = (h.data_ptr(), None, rows, self.weights, cos.data_ptr(), ssin.data_ptr(), keys.data_ptr(), values.data_ptr(),
-                keys.stride(0), keys.stride(1), length, None if mask is None else mask.data_ptr(),
-                0 if mask is None else mask.stride(0), threads)
-        if self.dtype == torch.float32:
-            status = self.lib.f32_layer_forward(*args)
-        else:
-            status = self.lib.layer_forward(*args, threads if rows * self.heads * (length + rows) >= PARALLEL_WORK else 1)
+        status = self._forward(
+            h.data_ptr(), None, rows, self.weights, cos.data_ptr(), ssin.data_ptr(), keys.data_ptr(), values.data_ptr(),
+            keys.stride(0), keys.stride(1), length, None if mask is None else mask.data_ptr(),
+            0 if mask is None else mask.stride(0), threads, threads if rows * self.heads * (length + rows) >= PARALLEL_WORK else 1)
         if status == -2:
             raise ValueError("a row of the attention sees no key (its mask hides every key)")
         _check(status)

@@ -223,7 +223,7 @@ class Plan:
                          o=self._linears([self._child(attn, "o_proj")], packed),
                          post_norm=self._norm(self._child(layer, "post_attention_layernorm")),
                          mlp=self._mlp(mlp, packed), **parts)
-        plan.fused = self._fused(plan) if self.dtype in (torch.bfloat16, torch.float32) else None
+        plan.fused = self._fused(plan)  # None where no compiled layer takes the dtype (native_layer.kernel_for)
         return plan
 
     def _fused(self, layer: LayerPlan) -> "native_layer.FusedLayer | None":

@@ -11,6 +11,7 @@ from drafters import FeatureDrafter, FeatureDrafterGroup
 from drafters.compiled import compiled_members
 from runtime import native_layer
 from runtime.native_linear import amx_ready
+from test_native_layer import clear_layer_kernels
 from trees import DraftTree
 
 BF16 = torch.bfloat16
@@ -21,13 +22,8 @@ def dtype(request):
     if request.param == "bfloat16" and not amx_ready():
         pytest.skip("the compiled bf16 layer runs the AMX linears: this CPU has no AMX")
     if request.param == "float32" and native_layer.f32_layer_kernel() is None:
-        pytest.skip("the compiled float32 layer needs a C compiler (runtime/native.py)")
+        pytest.skip("the compiled float32 layer is not built here (no C compiler: runtime/native.py; or SPECMUX_NATIVE_LAYER=0)")
     return getattr(torch, request.param)
-
-
-def _clear():
-    native_layer.layer_kernel.cache_clear()
-    native_layer.f32_layer_kernel.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +55,13 @@ def test_compiled_where_it_fits(target, monkeypatch, dtype):
         assert compiled_members([model]) is None
     assert compiled_members([drafter(target, dtype=dtype).model]) is None  # gradients on: training
     monkeypatch.setenv(native_layer.SWITCH, "0")
-    _clear()
+    clear_layer_kernels()
     try:
         with torch.inference_mode():
             assert compiled_members([drafter(target, dtype=dtype).model]) is None
     finally:
         monkeypatch.undo()
-        _clear()
+        clear_layer_kernels()
 
 
 def test_compiled_drafts_close_to_the_module_forward(target, monkeypatch, dtype):
@@ -74,7 +70,7 @@ def test_compiled_drafts_close_to_the_module_forward(target, monkeypatch, dtype)
     logits = {}
     for switch in ("1", "0"):
         monkeypatch.setenv(native_layer.SWITCH, switch)
-        _clear()
+        clear_layer_kernels()
         d = drafter(target, dtype=dtype)
         d.start(seq[:20], feats[:20])
         d.begin_tree(int(seq[20]))
@@ -86,7 +82,7 @@ def test_compiled_drafts_close_to_the_module_forward(target, monkeypatch, dtype)
             d.end_tree()
         logits[switch] = root.logits if hasattr(root, "logits") else root
     monkeypatch.undo()
-    _clear()
+    clear_layer_kernels()
     a, b = logits["1"], logits["0"]
     tol = 2 ** -5 if dtype == BF16 else 1e-5  # float32: only the sums' orders and silu's exp differ (~1e-7)
     torch.testing.assert_close(a, b, rtol=tol, atol=tol * float(b.abs().max()))

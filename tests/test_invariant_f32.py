@@ -14,12 +14,12 @@ from runtime import native_layer
 from runtime.decoder import Decoder
 from runtime.invariant import invariant_attention
 from test_invariant import _attention_case, _check_attention_rows, _check_tree_against_plain
-from test_native_layer import check_one_call_layer
+from test_native_layer import check_one_call_layer, clear_layer_kernels
 from tiny_models import tiny_model
 from trees import attention_mask
 
-pytestmark = pytest.mark.skipif(native_layer.f32_layer_kernel() is None,
-                                reason="the compiled float32 attention needs a C compiler (runtime/native.py)")
+pytestmark = pytest.mark.skipif(native_layer.f32_layer_kernel() is None, reason=(
+    "the compiled float32 attention is not built here (no C compiler: runtime/native.py; or SPECMUX_NATIVE_LAYER=0)"))
 F32 = torch.float32
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=25)
 
@@ -83,12 +83,12 @@ def test_clear_errors():
 def test_the_float32_decoder_takes_it_by_default(monkeypatch):
     assert Decoder(tiny_model("llama", vocab=96, layers=2, hidden=64).float()).invariant
     monkeypatch.setenv(native_layer.SWITCH, "0")  # the compiled float32 layer and attention off: SDPA
-    native_layer.f32_layer_kernel.cache_clear()
+    clear_layer_kernels()
     try:
         assert not Decoder(tiny_model("llama", vocab=96, layers=2, hidden=64).float()).invariant
     finally:
         monkeypatch.undo()
-        native_layer.f32_layer_kernel.cache_clear()
+        clear_layer_kernels()
 
 
 @pytest.fixture(scope="module", params=[64, 128], ids=["op-by-op", "compiled-layer"])

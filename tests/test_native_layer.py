@@ -20,24 +20,32 @@ BF16 = torch.bfloat16
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=20)
 
 
-def _decoder(arch: str = "llama", hidden: int = 128) -> Decoder:
+def _decoder(arch: str = "llama", hidden: int = 128, dtype: torch.dtype = BF16) -> Decoder:
+    """A 2-layer tiny model in `dtype` (also the float32 layer's: tests/test_native_layer_f32.py)."""
     model = tiny_model(arch, vocab=96, layers=2, hidden=hidden)  # 4 heads: head dim 32 at 128
     model.config.max_position_embeddings = 2048
     g = torch.Generator().manual_seed(7)
-    for name, p in model.named_parameters():  # norms initialise to ones, which hides their roundings
-        if "norm" in name:
-            p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
-    return Decoder(model.to(BF16))
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # norms initialise to ones, which hides their roundings
+            if "norm" in name:
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
+    return Decoder(model.to(dtype))
+
+
+def clear_layer_kernels() -> None:
+    """Forget the loaded compiled layers (bf16 and float32), so the switch is read again."""
+    native_layer.layer_kernel.cache_clear()
+    native_layer.f32_layer_kernel.cache_clear()
 
 
 @pytest.fixture
 def op_by_op(monkeypatch):
     """Layers op by op (SPECMUX_NATIVE_LAYER=0) for the test's duration."""
     monkeypatch.setenv(native_layer.SWITCH, "0")
-    native_layer.layer_kernel.cache_clear()
+    clear_layer_kernels()
     yield
     monkeypatch.undo()
-    native_layer.layer_kernel.cache_clear()
+    clear_layer_kernels()
 
 
 def _fused(decoder: Decoder) -> bool:
@@ -68,12 +76,12 @@ def test_compiled_layer_computes_the_layer(arch, monkeypatch):
     ids = torch.randint(0, 96, (40,))
     compiled = _forward(_decoder(arch), ids)
     monkeypatch.setenv(native_layer.SWITCH, "0")
-    native_layer.layer_kernel.cache_clear()
+    clear_layer_kernels()
     try:
         ops = _forward(_decoder(arch), ids)
     finally:
         monkeypatch.undo()
-        native_layer.layer_kernel.cache_clear()
+        clear_layer_kernels()
     # the same roundings op for op; only the norm's float32 sum and silu's exp are summed or
     # approximated differently, which moves a bf16 result at a rounding boundary by one step
     for a, b in [(compiled.hidden_states[1], ops.hidden_states[1]), (compiled.hidden_states[-1], ops.hidden_states[-1]),

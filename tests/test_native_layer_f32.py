@@ -11,47 +11,31 @@ from hypothesis import strategies as st
 
 from runtime import native_layer
 from runtime.decoder import Decoder
-from tiny_models import tiny_model
+from test_native_layer import _decoder as _any_decoder
+from test_native_layer import _forward, clear_layer_kernels
 
-pytestmark = pytest.mark.skipif(native_layer.f32_layer_kernel() is None,
-                                reason="the compiled float32 layer needs a C compiler (runtime/native.py)")
+pytestmark = pytest.mark.skipif(native_layer.f32_layer_kernel() is None, reason=(
+    "the compiled float32 layer is not built here (no C compiler: runtime/native.py; or SPECMUX_NATIVE_LAYER=0)"))
 SETTINGS = settings(derandomize=True, deadline=None, max_examples=20)
 
 
 def _decoder(arch: str = "llama", hidden: int = 128) -> Decoder:
-    model = tiny_model(arch, vocab=96, layers=2, hidden=hidden)  # 4 heads: head dim 32 at 128
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for name, p in model.named_parameters():  # norms initialise to ones, which hides their arithmetic
-            if "norm" in name:
-                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
-    return Decoder(model.float())
-
-
-def _clear():
-    native_layer.layer_kernel.cache_clear()
-    native_layer.f32_layer_kernel.cache_clear()
+    return _any_decoder(arch, hidden, torch.float32)
 
 
 @pytest.fixture
 def op_by_op(monkeypatch):
     """Layers op by op (SPECMUX_NATIVE_LAYER=0) for the test's duration."""
     monkeypatch.setenv(native_layer.SWITCH, "0")
-    _clear()
+    clear_layer_kernels()
     yield
     monkeypatch.undo()
-    _clear()
+    clear_layer_kernels()
 
 
 def _plan(decoder: Decoder):
     with torch.inference_mode():  # the plan a forward at inference runs
         return decoder.plan()
-
-
-def _forward(decoder: Decoder, ids: torch.Tensor):
-    cache = decoder.new_cache(ids.numel() + 8)
-    with torch.inference_mode():
-        return decoder.forward(ids, torch.arange(ids.numel()), cache, None, hidden_layers=[1, -1])
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])  # qwen2: q|k|v with a bias
@@ -72,12 +56,12 @@ def test_compiled_layer_computes_the_layer(arch, monkeypatch):
     ids = torch.randint(0, 96, (40,))
     compiled = _forward(_decoder(arch), ids)
     monkeypatch.setenv(native_layer.SWITCH, "0")
-    _clear()
+    clear_layer_kernels()
     try:
         ops = _forward(_decoder(arch), ids)
     finally:
         monkeypatch.undo()
-        _clear()
+        clear_layer_kernels()
     # float32 both: only the norm's sum order, 1 / sqrt, silu's exp and fused multiply-adds
     # differ (~1e-7 relative); a wrong piece moves these by far more
     for a, b in [(compiled.hidden_states[1], ops.hidden_states[1]), (compiled.hidden_states[-1], ops.hidden_states[-1]),
