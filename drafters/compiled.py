@@ -56,8 +56,8 @@ class CompiledMember:
         self.keep = (norms, biases, qkv, o, gate_up, down)  # alive while pointed to
         ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
         self.weights = ctypes.byref(native_layer.LayerWeights(
-            ptr(norms[0]), qkv[0].data.data_ptr(), o[0].data.data_ptr(), ptr(norms[1]), gate_up[0].data.data_ptr(),
-            down[0].data.data_ptr(), *(ptr(b) for b in biases), float(layer.hidden_norm.eps),
+            ptr(norms[0]), qkv[0].pointer, o[0].pointer, ptr(norms[1]), gate_up[0].pointer,
+            down[0].pointer, *(ptr(b) for b in biases), float(layer.hidden_norm.eps),
             float(layer.post_attention_layernorm.eps), cfg.head_dim ** -0.5, cfg.hidden_size, cfg.intermediate_size,
             cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, ptr(norms[2])))
         self.state = state
@@ -176,7 +176,7 @@ def compiled_forward(members: list[CompiledMember], model: FeatureDrafterModel, 
         head = member.head[0]
         out = torch.empty(last, head.shape[0], dtype=dtype)
         _check(norm_linear(h[b, rows - last :].data_ptr(), last, h.shape[-1], member.norm[0].data_ptr(),
-                           member.norm[1], head.data.data_ptr(), head.shape[0], out.data_ptr(), threads))
+                           member.norm[1], head.pointer, head.shape[0], out.data_ptr(), threads))
         outs.append(out)
     return h, outs
 

@@ -225,10 +225,13 @@ int f32_attention(const float *q, int64_t q_sh, int64_t q_sn, const float *k, co
     return failed ? -1 : 0;
 }
 
-/* The weights of one layer: layer_kernel.c's layer_weights with float32 pointers (the packed
- * weights f32_linear reads; runtime/native_layer.py's LayerWeights). */
+/* The weights of one layer: layer_kernel.c's layer_weights with float32 norms and biases and the
+ * packed weights f32_linear reads (runtime/native_layer.py's LayerWeights). */
 typedef struct {
-    const float *norm1, *qkv_w, *o_w, *norm2, *gu_w, *down_w;
+    const float *norm1;
+    const f32_weight *qkv_w, *o_w;
+    const float *norm2;
+    const f32_weight *gu_w, *down_w;
     const float *qkv_b, *o_b, *down_b;
     float eps1, eps2, scale;
     int64_t d, inter;
@@ -248,8 +251,9 @@ static int pre_rows_f32(const float *h, const float *emb, int64_t rows, const la
         norm_rows_f32(h, rows, d, w->norm1, w->eps1, x, in);
     }
     const int all = w->heads + 2 * w->kv_heads;
-    f32_linear(x, rows, in, in, w->qkv_w, (int64_t)all * w->hd, w->qkv_b, qkv, threads);
+    int status = f32_linear(x, rows, in, in, w->qkv_w, (int64_t)all * w->hd, w->qkv_b, qkv, threads);
     free(x);
+    if (status) return status;
     rotate_rows_f32(qkv, rows, all, w->heads + w->kv_heads, w->hd, cos, ssin);
     return 0;
 }
@@ -257,7 +261,7 @@ static int pre_rows_f32(const float *h, const float *emb, int64_t rows, const la
 /* qkv [rows][heads + 2 kv_heads][hd] = norm(h) @ Wqkv.T (+ bias), the first heads + kv_heads
  * heads of each row rotated. h [rows][d]; cos, ssin [rows][hd]. d a multiple of 8, hd of 16
  * (<= 256). Returns 0, -1 when memory runs out. */
-int f32_layer_pre(const float *h, int64_t rows, int64_t d, const float *norm_w, float eps, const float *qkv_w,
+int f32_layer_pre(const float *h, int64_t rows, int64_t d, const float *norm_w, float eps, const f32_weight *qkv_w,
                   const float *qkv_b, int heads, int kv_heads, int hd, const float *cos, const float *ssin, float *qkv,
                   int threads) {
     layer_weights_f32 w = {0};
@@ -269,20 +273,24 @@ int f32_layer_pre(const float *h, int64_t rows, int64_t d, const float *norm_w, 
  * (gate rows first), in place. attn [rows][width] at row stride attn_stride. d, inter: multiples
  * of 8. Returns 0, -1 when memory runs out. */
 int f32_layer_post(float *h, int64_t rows, int64_t d, const float *attn, int64_t width, int64_t attn_stride,
-                   const float *o_w, const float *o_b, const float *norm_w, float eps, const float *gu_w, int64_t inter,
-                   const float *down_w, const float *down_b, int threads) {
+                   const f32_weight *o_w, const float *o_b, const float *norm_w, float eps, const f32_weight *gu_w,
+                   int64_t inter, const f32_weight *down_w, const float *down_b, int threads) {
     float *y = malloc(sizeof(float) * (size_t)(rows * (d + 3 * inter)));
     if (!y) return -1;
     float *gu = y + rows * d, *act = gu + rows * 2 * inter;
-    f32_linear(attn, rows, width, attn_stride, o_w, d, o_b, y, threads);
-    add_into_f32(h, y, rows * d);
-    norm_rows_f32(h, rows, d, norm_w, eps, y, d);
-    f32_linear(y, rows, d, d, gu_w, 2 * inter, NULL, gu, threads);
-    silu_mul_f32(gu, rows, inter, act);
-    f32_linear(act, rows, inter, inter, down_w, d, down_b, y, threads);
-    add_into_f32(h, y, rows * d);
+    int status = f32_linear(attn, rows, width, attn_stride, o_w, d, o_b, y, threads);
+    if (!status) {
+        add_into_f32(h, y, rows * d);
+        norm_rows_f32(h, rows, d, norm_w, eps, y, d);
+        status = f32_linear(y, rows, d, d, gu_w, 2 * inter, NULL, gu, threads);
+    }
+    if (!status) {
+        silu_mul_f32(gu, rows, inter, act);
+        status = f32_linear(act, rows, inter, inter, down_w, d, down_b, y, threads);
+    }
+    if (!status) add_into_f32(h, y, rows * d);
     free(y);
-    return 0;
+    return status;
 }
 
 /* One whole layer over h [rows][d] (in place) after `length` cached entries: pre; each row's k
@@ -318,12 +326,12 @@ int f32_layer_forward(float *h, const float *emb, int64_t rows, const layer_weig
 }
 
 /* out [rows][n] = norm(h) @ W.T (a drafter's final norm and head): h [rows][d]. Returns 0, -1. */
-int f32_norm_linear(const float *h, int64_t rows, int64_t d, const float *norm_w, float eps, const float *w, int64_t n,
+int f32_norm_linear(const float *h, int64_t rows, int64_t d, const float *norm_w, float eps, const f32_weight *w, int64_t n,
                     float *out, int threads) {
     float *x = malloc(sizeof(float) * (size_t)(rows * d));
     if (!x) return -1;
     norm_rows_f32(h, rows, d, norm_w, eps, x, d);
-    f32_linear(x, rows, d, d, w, n, NULL, out, threads);
+    int status = f32_linear(x, rows, d, d, w, n, NULL, out, threads);
     free(x);
-    return 0;
+    return status;
 }

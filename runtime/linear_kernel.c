@@ -259,28 +259,238 @@ static void f32_block(int rows, const float *xr, int64_t xs, const float *wb, in
 #endif
 }
 
+/* ---- float32 over weights stored in fewer bits, exactly ------------------------------------ */
+
+/* A float32 weight whose every value is exactly a bf16, or q * d + m on a grid of 2^bits integers
+ * q per 32 values of k (d, m float32 per output and group; d * q exact, so the value is one
+ * rounding of q * d + m, fused or not) is stored that way (runtime/native_linear.py finds the
+ * encoding and checks every value; docs/design.md "Weights in fewer bits, exactly"). The kernel
+ * rebuilds each weight vector from it and runs the float32 kernel's multiply-adds on it: the
+ * same float32 weights, the same chain of fused multiply-adds in k order, the same bits as
+ * `f32_rows` on the float32 copy. A one-token forward is bound by reading the weights, and
+ * SmolLM2's linears (a Q4_1 GGUF) are read in 0.75 bytes a value instead of 4.
+ * Layouts per block of 64 outputs (block b at b * k * bytes-per-k): bf16 [k][64]; grid8 int8
+ * [k][64]; grid4 [k][32] bytes, two vectors' q per F32_LANES bytes (vector pair p: byte p L + j =
+ * q[2 p L + j] | q[2 p L + L + j] << 4, L = F32_LANES: `f32_lanes()`); scales [k / 32][2][64]
+ * float (d, then m) per block. */
+enum { W_F32 = 0, W_BF16 = 1, W_GRID8 = 2, W_GRID4 = 3 };
+
+typedef struct {
+    int64_t format;      /* W_* */
+    const void *data;    /* the packed values */
+    const float *scales; /* grid formats: [n_pad / 64][k / 32][2][64] */
+} f32_weight;
+
+int f32_lanes(void) { return F32_LANES; }
+
+typedef uint32_t vnu __attribute__((vector_size(4 * F32_LANES)));
+typedef int32_t vni __attribute__((vector_size(4 * F32_LANES)));
+
+/* F32_LANES stored values at p widened to 32-bit lanes (one vpmovzx / vpmovsx where the CPU has
+ * it: GCC builds the generic conversion from scalar inserts) */
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+static inline vnu widen_u8(const void *p) {
+#if F32_LANES == 16
+    return (vnu)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+#elif defined(__AVX2__)
+    return (vnu)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+#else
+    uint8_t b[F32_LANES] __attribute__((vector_size(F32_LANES)));
+    memcpy(&b, p, sizeof b);
+    return __builtin_convertvector(b, vnu);
+#endif
+}
+static inline vni widen_i8(const void *p) {
+#if F32_LANES == 16
+    return (vni)_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p));
+#elif defined(__AVX2__)
+    return (vni)_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
+#else
+    int8_t b[F32_LANES] __attribute__((vector_size(F32_LANES)));
+    memcpy(&b, p, sizeof b);
+    return __builtin_convertvector(b, vni);
+#endif
+}
+static inline vnu widen_u16(const void *p) {
+#if F32_LANES == 16
+    return (vnu)_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+#elif defined(__AVX2__)
+    return (vnu)_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+#else
+    uint16_t h[F32_LANES] __attribute__((vector_size(2 * F32_LANES)));
+    memcpy(&h, p, sizeof h);
+    return __builtin_convertvector(h, vnu);
+#endif
+}
+
+/* the two weight vectors at outputs col .. col + 2 F32_LANES - 1 of the block, k index i */
+static inline __attribute__((always_inline)) void weight_pair(const int fmt, const void *data, const float *scales,
+                                                              int64_t i, int col, vnf *w0, vnf *w1) {
+    if (fmt == W_BF16) {
+        const uint16_t *p = (const uint16_t *)data + i * 64 + col;
+        *w0 = (vnf)(widen_u16(p) << 16);
+        *w1 = (vnf)(widen_u16(p + F32_LANES) << 16);
+        return;
+    }
+    vnf q0, q1;
+    if (fmt == W_GRID8) {
+        const int8_t *p = (const int8_t *)data + i * 64 + col;
+        q0 = __builtin_convertvector(widen_i8(p), vnf);
+        q1 = __builtin_convertvector(widen_i8(p + F32_LANES), vnf);
+    } else {
+        vnu u = widen_u8((const uint8_t *)data + i * 32 + col / 2);
+        q0 = __builtin_convertvector((vni)(u & 15), vnf);
+        q1 = __builtin_convertvector((vni)(u >> 4), vnf);
+    }
+    const float *s = scales + (i / 32) * 128 + col;
+    *w0 = q0 * load_vnf(s) + load_vnf(s + 64);
+    *w1 = q1 * load_vnf(s + F32_LANES) + load_vnf(s + 64 + F32_LANES);
+}
+
+/* `f32_rows` over a stored weight: R rows x V (even) vectors from column col, acc [R][64] */
+static inline __attribute__((always_inline)) void stored_rows(const int fmt, const int R, const int V, const float *x,
+                                                              int64_t xs, const void *data, const float *scales,
+                                                              int64_t k, int col, float *acc) {
+    vnf a[6][64 / F32_LANES];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < V; t++) a[r][t] = (vnf){0};
+    for (int64_t i = 0; i < k; i++)
+        for (int t = 0; t < V; t += 2) { /* each pair used as soon as it is rebuilt: fewer live registers */
+            vnf w0, w1;
+            weight_pair(fmt, data, scales, i, col + t * F32_LANES, &w0, &w1);
+            for (int r = 0; r < R; r++) {
+                float s = x[r * xs + i];
+                a[r][t] += s * w0;
+                a[r][t + 1] += s * w1;
+            }
+        }
+    for (int r = 0; r < R; r++) memcpy(acc + r * 64 + col, a[r], V * sizeof(vnf));
+}
+
+/* rows (1..6) x the block's 64 outputs, in the passes `f32_block` makes */
+static inline __attribute__((always_inline)) void stored_block(const int fmt, int rows, const float *xr, int64_t xs,
+                                                               const void *data, const float *scales, int64_t k,
+                                                               float *acc) {
+#if F32_LANES == 16
+    switch (rows) {
+    case 1: stored_rows(fmt, 1, 4, xr, xs, data, scales, k, 0, acc); break;
+    case 2: stored_rows(fmt, 2, 4, xr, xs, data, scales, k, 0, acc); break;
+    case 3: stored_rows(fmt, 3, 4, xr, xs, data, scales, k, 0, acc); break;
+    case 4: stored_rows(fmt, 4, 4, xr, xs, data, scales, k, 0, acc); break;
+    case 5: stored_rows(fmt, 5, 4, xr, xs, data, scales, k, 0, acc); break;
+    default: stored_rows(fmt, 6, 4, xr, xs, data, scales, k, 0, acc);
+    }
+#else
+    if (rows == 1) {
+        stored_rows(fmt, 1, 8, xr, xs, data, scales, k, 0, acc);
+        return;
+    }
+    if (rows == 2) {
+        for (int col = 0; col < 64; col += 32) stored_rows(fmt, 2, 4, xr, xs, data, scales, k, col, acc);
+        return;
+    }
+    if (rows == 3) { /* 12 accumulators */
+        for (int col = 0; col < 64; col += 32) stored_rows(fmt, 3, 4, xr, xs, data, scales, k, col, acc);
+        return;
+    }
+    for (int col = 0; col < 64; col += 16) {
+        switch (rows) {
+        case 4: stored_rows(fmt, 4, 2, xr, xs, data, scales, k, col, acc); break;
+        case 5: stored_rows(fmt, 5, 2, xr, xs, data, scales, k, col, acc); break;
+        default: stored_rows(fmt, 6, 2, xr, xs, data, scales, k, col, acc);
+        }
+    }
+#endif
+}
+
+/* the block's float32 weights [k][64] rebuilt into out: for more rows than one group of 6,
+ * whose passes then multiply from cache as the float32 kernel's do */
+static inline __attribute__((always_inline)) void unpack_block(const int fmt, const void *data, const float *scales,
+                                                               int64_t k, float *out) {
+    for (int64_t i = 0; i < k; i++)
+        for (int col = 0; col < 64; col += 2 * F32_LANES) {
+            vnf w0, w1;
+            weight_pair(fmt, data, scales, i, col, &w0, &w1);
+            memcpy(out + i * 64 + col, &w0, sizeof w0);
+            memcpy(out + i * 64 + col + F32_LANES, &w1, sizeof w1);
+        }
+}
+
+static __attribute__((noinline)) void unpack_any(int64_t fmt, const void *data, const float *scales, int64_t k,
+                                                 float *out) {
+    if (fmt == W_BF16)
+        unpack_block(W_BF16, data, scales, k, out);
+    else if (fmt == W_GRID8)
+        unpack_block(W_GRID8, data, scales, k, out);
+    else
+        unpack_block(W_GRID4, data, scales, k, out);
+}
+
+static __attribute__((noinline)) void bf16_block(int rows, const float *xr, int64_t xs, const void *d, const float *s, int64_t k, float *acc) {
+    stored_block(W_BF16, rows, xr, xs, d, s, k, acc);
+}
+static __attribute__((noinline)) void grid8_block(int rows, const float *xr, int64_t xs, const void *d, const float *s, int64_t k, float *acc) {
+    stored_block(W_GRID8, rows, xr, xs, d, s, k, acc);
+}
+static __attribute__((noinline)) void grid4_block(int rows, const float *xr, int64_t xs, const void *d, const float *s, int64_t k, float *acc) {
+    stored_block(W_GRID4, rows, xr, xs, d, s, k, acc);
+}
+
+/* bytes of one packed block's values (64 outputs x k) */
+static int64_t block_bytes(int64_t format, int64_t k) {
+    return format == W_F32 ? k * 256 : format == W_BF16 ? k * 128 : format == W_GRID8 ? k * 64 : k * 32;
+}
+
 /* out [m, n] float32 = x [m, k] (row stride x_stride) @ w.T + bias (float32 [n] or NULL), w
- * packed as above. Rows go 6 at a time over each block of 64 outputs (`f32_block`); blocks
- * run on `threads` OpenMP threads. Returns 0. */
-int f32_linear(const float *x, int64_t m, int64_t k, int64_t x_stride, const float *packed, int64_t n,
+ * packed as above (any format; grid formats need k % 32 == 0). Rows go 6 at a time over each
+ * block of 64 outputs (`f32_block`); blocks run on `threads` OpenMP threads. Returns 0, -1 when
+ * memory runs out, -3 for a format this build does not know. */
+int f32_linear(const float *x, int64_t m, int64_t k, int64_t x_stride, const f32_weight *w, int64_t n,
                const float *bias, float *out, int threads) {
     int64_t blocks = (n + 63) / 64;
+    if (w->format < W_F32 || w->format > W_GRID4) return -3;
     if (threads < 1) threads = 1;
     if (threads > blocks) threads = (int)blocks;
-#pragma omp parallel for num_threads(threads) schedule(static)
+    const int64_t format = w->format, bytes = block_bytes(format, k);
+    /* more than one group of rows: each block's weights rebuilt once, into float32 */
+    const int unpack = format != W_F32 && m > 4;
+    int failed = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(| : failed)
     for (int64_t b = 0; b < blocks; b++) {
-        const float *wb = packed + b * k * 64;
+        const float *wb = (const float *)((const char *)w->data + b * bytes);
+        const float *sb = w->scales ? w->scales + b * (k / 32) * 128 : NULL;
         int64_t c0 = b * 64, cols = n - c0 < 64 ? n - c0 : 64;
         float acc[6 * 64];
+        float *rebuilt = NULL;
+        if (unpack) {
+            rebuilt = malloc(sizeof(float) * (size_t)(k * 64));
+            if (!rebuilt) {
+                failed = 1;
+                continue;
+            }
+            unpack_any(format, wb, sb, k, rebuilt);
+        }
         for (int64_t r0 = 0; r0 < m; r0 += 6) {
             int rows = m - r0 < 6 ? (int)(m - r0) : 6, first = r0 == 0;
             const float *xr = x + r0 * x_stride;
-            f32_block(rows, xr, x_stride, wb, k, first, b + 1 < blocks ? wb + k * 64 : NULL, acc);
+            if (rebuilt)
+                f32_block(rows, xr, x_stride, rebuilt, k, 0, NULL, acc);
+            else if (format == W_F32)
+                f32_block(rows, xr, x_stride, wb, k, first, b + 1 < blocks ? wb + k * 64 : NULL, acc);
+            else if (format == W_BF16)
+                bf16_block(rows, xr, x_stride, wb, sb, k, acc);
+            else if (format == W_GRID8)
+                grid8_block(rows, xr, x_stride, wb, sb, k, acc);
+            else
+                grid4_block(rows, xr, x_stride, wb, sb, k, acc);
             for (int r = 0; r < rows; r++) {
                 float *o = out + (r0 + r) * n + c0;
                 for (int64_t j = 0; j < cols; j++) o[j] = bias ? acc[r * 64 + j] + bias[c0 + j] : acc[r * 64 + j];
             }
         }
+        free(rebuilt);
     }
-    return 0;
+    return failed ? -1 : 0;
 }

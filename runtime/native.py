@@ -87,7 +87,7 @@ def kernels_key() -> str:
     """What decides how fast the compiled kernels run here: their sources (runtime/*.c, *.h), the
     compiler flags and the switches that turn kernels off. Cost profiles measured with other
     kernels are stale (compose/costs.py keys them by this)."""
-    switches = [f"{k}={os.environ[k]}" for k in sorted(os.environ) if k.startswith("SPECMUX_NATIVE") or k == "SPECMUX_PREPACK"]
+    switches = [f"{k}={os.environ[k]}" for k in sorted(os.environ) if k.startswith("SPECMUX_NATIVE") or k in ("SPECMUX_PREPACK", "SPECMUX_WEIGHT_FORMATS")]
     return hashlib.sha256("\0".join([_sources_digest(), *switches]).encode()).hexdigest()[:16]
 
 

@@ -151,13 +151,13 @@ class FusedLayer:
         norms = [n.weight.detach().contiguous() for n in (input_norm, post_norm)]
         biases = [_bias32(p.bias) for p in (qkv, o, down)]
         self.keep = (norms, biases, qkv.weight, o.weight, gate_up.weight, down.weight)  # alive while pointed to
-        self.args_pre = (_ptr(norms[0]), float(input_norm.eps), qkv.weight.data.data_ptr(), _ptr(biases[0]),
+        self.args_pre = (_ptr(norms[0]), float(input_norm.eps), qkv.weight.pointer, _ptr(biases[0]),
                          heads, kv_heads, head_dim)
-        self.args_post = (o.weight.data.data_ptr(), _ptr(biases[1]), _ptr(norms[1]), float(post_norm.eps),
-                          gate_up.weight.data.data_ptr(), self.inter, down.weight.data.data_ptr(), _ptr(biases[2]))
+        self.args_post = (o.weight.pointer, _ptr(biases[1]), _ptr(norms[1]), float(post_norm.eps),
+                          gate_up.weight.pointer, self.inter, down.weight.pointer, _ptr(biases[2]))
         self.weights = ctypes.byref(LayerWeights(
-            _ptr(norms[0]), qkv.weight.data.data_ptr(), o.weight.data.data_ptr(), _ptr(norms[1]),
-            gate_up.weight.data.data_ptr(), down.weight.data.data_ptr(), *(_ptr(b) for b in biases),
+            _ptr(norms[0]), qkv.weight.pointer, o.weight.pointer, _ptr(norms[1]),
+            gate_up.weight.pointer, down.weight.pointer, *(_ptr(b) for b in biases),
             float(input_norm.eps), float(post_norm.eps), float(scale), self.d, self.inter, heads, kv_heads, head_dim))
 
     @staticmethod

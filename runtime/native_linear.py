@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .native import _cpu_flags, load_library
+from . import weight_formats
 
 SOURCE = Path(__file__).with_name("linear_kernel.c")
 SWITCH = "SPECMUX_NATIVE_LINEAR"  # "0": every linear on oneDNN's kernels
@@ -82,6 +83,11 @@ class NativeWeight:
         self.shape = torch.Size((n, k))
         self.dtype = self.dtype_needed
 
+    @property
+    def pointer(self) -> int:
+        """What the C calls take for this weight."""
+        return self.data.data_ptr()
+
 
 class AmxWeight(NativeWeight):
     """A bf16 weight packed for amx_linear: [out/64][in/32][4][16][16][2]."""
@@ -95,14 +101,62 @@ class AmxWeight(NativeWeight):
 
 
 class F32Weight(NativeWeight):
-    """A float32 weight packed for f32_linear: [out/64][in][64]."""
+    """A float32 weight packed for f32_linear: [out/64][in][64] float32, or stored exactly in fewer
+    bits where its values allow (runtime/weight_formats.py: `format` bf16, grid8, grid4; the
+    kernel rebuilds the float32 values). `pointer`: the f32_weight descriptor the C calls take."""
 
-    __slots__ = ()
+    __slots__ = ("format", "scales", "descriptor")
     kind, dtype_needed = "float32", torch.float32
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__(weight)  # checks the weight; pads it to whole blocks
+        n_pad = self.data.shape[0] * BLOCK_N
+        k = self.shape[1]
+        enc = weight_formats.encode(weight.detach())
+        self.format = enc.format
+        self.scales = None
+        if enc.format != "float32":
+            self.data = _stored_layout(enc, n_pad, k)
+            if enc.d is not None:  # [n_pad/64][k/32][2][64]: d, then m
+                dm = torch.zeros(n_pad, k // weight_formats.GROUP, 2)
+                dm[: self.shape[0], :, 0], dm[: self.shape[0], :, 1] = enc.d, enc.m
+                self.scales = dm.view(n_pad // BLOCK_N, BLOCK_N, -1, 2).permute(0, 2, 3, 1).contiguous()
+        self.descriptor = F32WeightDescriptor(weight_formats.FORMATS[self.format], self.data.data_ptr(),
+                                              None if self.scales is None else self.scales.data_ptr())
+
+    @property
+    def pointer(self) -> int:
+        return ctypes.addressof(self.descriptor)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the kernel reads per call."""
+        return self.data.numel() * self.data.element_size() + (0 if self.scales is None else 4 * self.scales.numel())
 
     @staticmethod
     def _layout(w: torch.Tensor) -> torch.Tensor:  # w[64 b + j, i] -> [b][i][j]
         return w.view(w.shape[0] // 64, 64, w.shape[1]).transpose(1, 2)
+
+
+class F32WeightDescriptor(ctypes.Structure):
+    """linear_kernel.c's f32_weight."""
+
+    _fields_ = [("format", ctypes.c_int64), ("data", ctypes.c_void_p), ("scales", ctypes.c_void_p)]
+
+
+def _stored_layout(enc: weight_formats.Encoded, n_pad: int, k: int) -> torch.Tensor:
+    """The values of an exactly re-encoded weight in the kernel's block order (linear_kernel.c)."""
+    values = enc.values.new_zeros(n_pad, k)
+    values[: enc.values.shape[0]] = enc.values
+    blocked = values.view(n_pad // BLOCK_N, BLOCK_N, k).transpose(1, 2)  # [b][i][j]
+    if enc.format == "bf16":
+        return blocked.contiguous().view(torch.int16)
+    if enc.format == "grid8":
+        return blocked.contiguous()
+    # grid4: vector pairs of L = f32_lanes() outputs, the first's q in the low nibbles
+    lanes = linear_kernel().f32_lanes()
+    pairs = blocked.reshape(*blocked.shape[:2], BLOCK_N // (2 * lanes), 2, lanes)
+    return (pairs[..., 0, :] | (pairs[..., 1, :] << 4)).reshape(*blocked.shape[:2], BLOCK_N // 2).contiguous()
 
 
 def pack(weight: torch.Tensor) -> AmxWeight | F32Weight:
@@ -126,7 +180,7 @@ def linear(rows: torch.Tensor, packed: AmxWeight | F32Weight, bias: torch.Tensor
         return out
     bias32 = None if bias is None else bias.detach().to(torch.float32).contiguous()
     fn = lib.amx_linear if amx else lib.f32_linear
-    status = fn(rows.data_ptr(), m, k, rows.stride(0), packed.data.data_ptr(), n,
+    status = fn(rows.data_ptr(), m, k, rows.stride(0), packed.pointer, n,
                 None if bias32 is None else bias32.data_ptr(), out.data_ptr(), torch.get_num_threads())
     if status == -1:
         raise MemoryError(f"the AMX linear could not allocate its {m}-row input buffer")
