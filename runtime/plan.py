@@ -21,6 +21,7 @@ without its forward (or a global hook), or a packed weight or bias changed in pl
 counter). Rebuilding reuses the packed weights whose tensors did not change."""
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Callable
 
 import torch
@@ -29,6 +30,8 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 
 from . import native_layer, prepacked
+
+_VERSION = attrgetter("_version")
 
 RMS_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 SILU = ("SiLU", "SiLUActivation")
@@ -122,11 +125,15 @@ class Plan:
         self._ids = [id(o) for o in self._objects]
         self._versions = [t._version for t in self._versioned]
         self._layer_count = len(self._layer_list)
+        self._dicts, self._names = [d for d, _ in self._slots], [k for _, k in self._slots]
 
     def current(self) -> bool:
-        """Whether the model still is what the plan was built from (module doc)."""
-        return ([id(d.get(k)) for d, k in self._slots] == self._ids and len(self._layer_list) == self._layer_count
-                and [t._version for t in self._versioned] == self._versions and not any(self._hooks)
+        """Whether the model still is what the plan was built from (module doc). Checked before
+        every forward over ~900 slots of the default target: in C-level maps (~0.2 ms, where
+        the list comprehensions cost ~1 ms, a tenth of a one-token forward on 4-bit weights)."""
+        return (list(map(id, map(dict.get, self._dicts, self._names))) == self._ids
+                and len(self._layer_list) == self._layer_count
+                and list(map(_VERSION, self._versioned)) == self._versions and not any(self._hooks)
                 and not (torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks))
 
     def run(self, ids: torch.Tensor, positions: torch.Tensor, n: int, attend: Callable, wanted=frozenset(),

@@ -24,6 +24,7 @@ GROUP = 32  # values of k per (d, m): a GGUF block
 SWITCH = "SPECMUX_WEIGHT_FORMATS"  # "0": every float32 weight stored as float32
 FORMATS = {"float32": 0, "bf16": 1, "grid8": 2, "grid4": 3}  # linear_kernel.c's W_*
 NEIGHBOURS = 2  # fp16 steps either side of the first guess of d
+SAMPLE_ROWS = 4  # rows tried before a whole weight is searched for a grid
 
 
 @dataclass
@@ -49,8 +50,10 @@ def encode(weight: torch.Tensor) -> Encoded:
     if enabled():
         if w.shape[1] % GROUP == 0 and w.numel():
             for bits in (4, 8):
-                grid = _grid(w, bits)
-                if grid is not None:
+                # a few rows first: a weight off the grid (most float32 and bf16 weights) is told
+                # in microseconds, not in a search over all its groups
+                grid = _grid(w[:SAMPLE_ROWS], bits) is not None and _grid(w, bits)
+                if grid:
                     return grid
         as_bf16 = w.to(torch.bfloat16)
         if torch.equal(as_bf16.to(torch.float32).view(torch.int32), w.view(torch.int32)):

@@ -102,6 +102,18 @@ BUGS = [
         "        score[j] = m <= MASKED_F32 ? -INFINITY : lanes_sum(acc[j]) * (valid == 8 ? scale : scale * 1.0000001f) + m;",
         ("tests/test_invariant_f32.py::test_attention_row_equals_its_visible_keys_packed_alone",
          "tests/test_invariant_f32.py::test_tree_forward_logits_equal_plain_decoding")),
+    # a 4-bit weight's two vectors read from each other's nibbles: every weight a value of its
+    # own group's grid, but the wrong one
+    Bug("grid4-nibbles-swapped", "runtime/linear_kernel.c",
+        "q0 = __builtin_convertvector((vni)(u & 15), vnf);\n        q1 = __builtin_convertvector((vni)(u >> 4), vnf);",
+        "q0 = __builtin_convertvector((vni)(u >> 4), vnf);\n        q1 = __builtin_convertvector((vni)(u & 15), vnf);",
+        ("tests/test_weight_formats.py::test_the_kernel_on_the_stored_form_gives_the_float32_kernels_bits",
+         "tests/test_weight_formats.py::test_a_gguf_like_model_computes_the_same_logits_from_its_stored_weights")),
+    # a grid taken without rebuilding every value: a weight one ulp off its grid is rounded onto it
+    Bug("weight-grid-unchecked", "runtime/weight_formats.py",
+        "good = (rebuilt.view(torch.int32) == g.view(torch.int32)).all(-1)",
+        "good = (rebuilt - g).abs().le(1e-6 * g.abs().amax()).all(-1)",
+        ("tests/test_weight_formats.py::test_one_value_off_the_grid_keeps_the_weight_float32",)),
     # rows that share a block of the bf16 attention kernel take the first one's max: still close
     # to float64 attention, but a row's bits then depend on the rows beside it
     Bug("bf16-block-shares-max", "runtime/attention_kernel.c",
