@@ -15,7 +15,7 @@
 - Choice: the (depth, top-k, budget) of the grid with the most expected tokens per second, or no
   drafting at all (root only) when plain decoding is faster; then every `explore_every`-th step
   still drafts the best tree so the acceptance estimate keeps learning (the gap doubles, up to
-  MAX_EXPLORE_GAP, while drafting keeps measuring well below plain decoding). Whether drafting beats
+  MAX_EXPLORE_GAP, while drafting keeps measuring below plain decoding). Whether drafting beats
   plain decoding is judged on measured tokens and times: the model's predicted rate for drafted
   steps is scaled by the tokens the last drafted steps delivered against what today's model
   predicts for them (`reality`); times come from the profile scaled by the load every step
@@ -54,7 +54,11 @@ PRIOR_DECAY = 0.9
 PRIOR_FLOOR = 0.5
 DECAY = 0.99  # per verified step: the estimate follows a new prompt's domain within about a hundred steps
 REALITY_STEPS = 32  # drafted steps whose measured throughput checks the model's
-MAX_EXPLORE_GAP = 64  # plain steps between two drafted ones, at most, while drafting keeps losing
+# plain steps between two drafted ones, at most, while drafting keeps losing. An explore step
+# costs more than its tree: the drafters first catch up on every token committed since they last
+# drafted (the prompt too, at a turn's first), 30-120 ms on the AVX2 machine where plain decoding
+# is 10 ms a token. At 64 that was one a turn, 3-10% of it (docs/design.md "tree=auto")
+MAX_EXPLORE_GAP = 256
 
 
 class PositionalAcceptance:
@@ -248,7 +252,9 @@ class AutoTree:
         self._since_explore += 1
         if self._since_explore >= self._explore_gap:  # keep measuring the drafters while plain decoding wins
             self._since_explore = 0
-            gap_loses = self._best_tree.tokens_per_s * self.reality < 0.8 * self._choice.tokens_per_s
+            # any predicted loss backs off: at 0.8 x plain decoding and above the gap stayed at
+            # explore_every, and strategies whose trees lost by a few percent drafted every 8th step
+            gap_loses = self._best_tree.tokens_per_s * self.reality < self._choice.tokens_per_s
             self._explore_gap = min(MAX_EXPLORE_GAP, 2 * self._explore_gap) if gap_loses else self.explore_every
             return self._best_tree.spec
         return None

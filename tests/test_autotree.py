@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from compose import Composer
-from compose.autotree import PRIOR, AutoTree, PositionalAcceptance
+from compose.autotree import MAX_EXPLORE_GAP, PRIOR, AutoTree, PositionalAcceptance
 from compose.tree_policy import StepTimes
 from compose.costs import CostProfile, cached_json
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
@@ -85,6 +85,18 @@ def test_choice_follows_costs_and_acceptance():
     choices = [auto.choose() for _ in range(30)]
     # plain decoding, exploring after 4 plain steps, then 8, then 16 (drafting keeps losing)
     assert [i for i, c in enumerate(choices) if c is not None] == [3, 11, 27]
+
+
+def test_a_tree_that_loses_by_a_little_backs_off_too():
+    """The best tree predicted at ~0.9x plain decoding: explores still come ever rarer (each one
+    pays the drafters' catch-up on every token since the last), up to MAX_EXPLORE_GAP."""
+    profile = flat_profile({1: 10.0, 2: 16.0, 64: 300.0}, level_ms=0.2, root_ms=0.2)
+    auto = AutoTree(profile, acceptance=PositionalAcceptance(prior=(0.5,) + (0.01,) * 7, weight=1e9), explore_every=4)
+    plain, best = auto._decide()
+    assert plain.spec is None and 0.85 < best.tokens_per_s / plain.tokens_per_s < 1.0
+    drafted = [i for i in range(1300) if auto.choose() is not None]
+    gaps = [b - a for a, b in zip(drafted, drafted[1:])]
+    assert drafted[0] == 3 and gaps[:6] == [8, 16, 32, 64, 128, 256] and set(gaps[6:]) == {MAX_EXPLORE_GAP}
 
 
 def test_cached_json_measures_once_and_writes_atomically(tmp_path):
