@@ -59,6 +59,7 @@ REALITY_STEPS = 32  # drafted steps whose measured throughput checks the model's
 # drafted (the prompt too, at a turn's first), 30-120 ms on the AVX2 machine where plain decoding
 # is 10 ms a token. At 64 that was one a turn, 3-10% of it (docs/design.md "tree=auto")
 MAX_EXPLORE_GAP = 256
+PLAIN_REFRESH = 64  # steps between two choices while decoding plainly with nothing drafted since
 
 
 class PositionalAcceptance:
@@ -236,6 +237,7 @@ class AutoTree:
         # the last drafted steps: (spec, tokens delivered)
         self._drafted: deque[tuple[TreeSpec, float]] = deque(maxlen=REALITY_STEPS)
         self._steps = 0
+        self._stale = True  # a drafted step was observed since the last choice
         self._choice: TreeChoice | None = None
         self._best_tree: TreeChoice | None = None
         self._explore_gap = explore_every  # doubles (to MAX_EXPLORE_GAP) while exploring keeps losing
@@ -243,8 +245,14 @@ class AutoTree:
 
     # --- choosing ---------------------------------------------------------------------------------
     def choose(self) -> TreeSpec | None:
-        if self._choice is None or self._steps % self.refresh_every == 0:
+        # while decoding plainly only the cost scales move (a drafted step moves the acceptance:
+        # `_stale`), so the choice (2-3 ms on the AVX2 machine, 2% of its plain steps at every
+        # eighth) is remade every PLAIN_REFRESH steps there
+        due = self._steps % self.refresh_every == 0 and (
+            self._stale or self._choice is None or self._choice.spec is not None or self._steps % PLAIN_REFRESH == 0)
+        if self._choice is None or due:
             self._choice, self._best_tree = self._decide()
+            self._stale = False
         self._steps += 1
         if self._choice.spec is not None:
             self._explore_gap = self.explore_every
@@ -335,6 +343,7 @@ class AutoTree:
         predicted = self.draft_ms(spec.depth, spec.top_k)
         self.draft_scale = _robust_ema(self.draft_scale, 1e3 * times.draft / max(predicted, 1e-6))
         self.acceptance.observe(tree, path)
+        self._stale = True
         if self.width > 1:
             self._shares.append(min(1.0, max(0.05, (nodes - 1) / (self.width * spec.budget))))
         self._drafted.append((spec, float(path.numel())))

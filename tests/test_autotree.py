@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from compose import Composer
-from compose.autotree import MAX_EXPLORE_GAP, PRIOR, AutoTree, PositionalAcceptance
+from compose.autotree import MAX_EXPLORE_GAP, PLAIN_REFRESH, PRIOR, AutoTree, PositionalAcceptance
 from compose.tree_policy import StepTimes
 from compose.costs import CostProfile, cached_json
 from drafters.lm import CausalLMDrafter, EarlyExitDrafter
@@ -97,6 +97,24 @@ def test_a_tree_that_loses_by_a_little_backs_off_too():
     drafted = [i for i in range(1300) if auto.choose() is not None]
     gaps = [b - a for a, b in zip(drafted, drafted[1:])]
     assert drafted[0] == 3 and gaps[:6] == [8, 16, 32, 64, 128, 256] and set(gaps[6:]) == {MAX_EXPLORE_GAP}
+
+
+def test_plain_decoding_remakes_its_choice_rarely_until_a_drafted_step_is_seen(monkeypatch):
+    """Decoding plainly, the choice is remade every PLAIN_REFRESH steps (only the cost scales
+    move); after a drafted step's verification, at the next refresh."""
+    profile = flat_profile({1: 10.0, 2: 30.0, 64: 200.0}, level_ms=20.0, root_ms=20.0)
+    auto = AutoTree(profile, acceptance=PositionalAcceptance(prior=(0.2,) + (0.01,) * 7, weight=100.0))
+    calls = []
+    decide = auto._decide
+    monkeypatch.setattr(auto, "_decide", lambda: calls.append(auto._steps) or decide())
+    for _ in range(PLAIN_REFRESH + 2 * auto.refresh_every):
+        auto.choose()
+    assert calls == [0, PLAIN_REFRESH]
+    spec = TreeSpec(depth=1, top_k=1, budget=1)
+    auto.observe(spec, DraftTree.from_lists([1, 2], [-1, 0]), torch.tensor([0]), StepTimes(0.02, 0.03, 0.0))
+    for _ in range(auto.refresh_every):
+        auto.choose()
+    assert calls == [0, PLAIN_REFRESH, PLAIN_REFRESH + 2 * auto.refresh_every]
 
 
 def test_cached_json_measures_once_and_writes_atomically(tmp_path):

@@ -207,6 +207,33 @@ def test_verify_rejects_bad_inputs():
         verify(tree, torch.randn(3, 5), SamplingSpec(1.0))
 
 
+@FAST
+@given(vocab=st.integers(1, 60), root=st.integers(0, 59), ties=st.booleans(), seed=st.integers(0, 2**16))
+def test_a_root_alone_verifies_as_the_tree_path_does(vocab, root, ties, seed):
+    """A plain greedy step takes verify's shortcut: the same path, tokens and bonus (first
+    maximum on ties) as the tree machinery gives."""
+    tree = DraftTree.from_lists([root % vocab], [-1])
+    logits = torch.randn(1, vocab, generator=torch.Generator().manual_seed(seed))
+    if ties:
+        logits = logits.round()  # several maxima
+    fast = verify(tree, logits, SamplingSpec())
+    slow = verify_batch(TreeBatch.from_trees([tree]), logits, SamplingSpec())[0]
+    assert torch.equal(fast.path, slow.path) and torch.equal(fast.tokens, slow.tokens) and fast.bonus == slow.bonus
+
+
+def test_a_root_alone_is_checked_too():
+    tree = DraftTree.from_lists([3], [-1])
+    with pytest.raises(ValueError, match="target_logits must have shape"):
+        verify(tree, torch.randn(2, 5), SamplingSpec())
+    with pytest.raises(ValueError, match="outside the target vocabulary"):
+        verify(tree, torch.randn(1, 3), SamplingSpec())
+    for bad in (float("nan"), float("-inf")):
+        logits = torch.zeros(1, 5)
+        logits[0, 1 if bad != bad else slice(None)] = bad
+        with pytest.raises(trees.NonFiniteLogitsError, match="target's verify forward"):
+            verify(tree, logits, SamplingSpec())
+
+
 def test_sampling_spec_rejects_bad_values():
     with pytest.raises(ValueError, match="temperature"):
         SamplingSpec(temperature=-1)
