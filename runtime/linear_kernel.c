@@ -285,6 +285,9 @@ int f32_lanes(void) { return F32_LANES; }
 
 typedef uint32_t vnu __attribute__((vector_size(4 * F32_LANES)));
 typedef int32_t vni __attribute__((vector_size(4 * F32_LANES)));
+typedef uint8_t vnu8 __attribute__((vector_size(F32_LANES)));
+typedef int8_t vni8 __attribute__((vector_size(F32_LANES)));
+typedef uint16_t vnu16 __attribute__((vector_size(2 * F32_LANES)));
 
 /* F32_LANES stored values at p widened to 32-bit lanes (one vpmovzx / vpmovsx where the CPU has
  * it: GCC builds the generic conversion from scalar inserts) */
@@ -297,7 +300,7 @@ static inline vnu widen_u8(const void *p) {
 #elif defined(__AVX2__)
     return (vnu)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
 #else
-    uint8_t b[F32_LANES] __attribute__((vector_size(F32_LANES)));
+    vnu8 b;
     memcpy(&b, p, sizeof b);
     return __builtin_convertvector(b, vnu);
 #endif
@@ -308,7 +311,7 @@ static inline vni widen_i8(const void *p) {
 #elif defined(__AVX2__)
     return (vni)_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
 #else
-    int8_t b[F32_LANES] __attribute__((vector_size(F32_LANES)));
+    vni8 b;
     memcpy(&b, p, sizeof b);
     return __builtin_convertvector(b, vni);
 #endif
@@ -319,7 +322,7 @@ static inline vnu widen_u16(const void *p) {
 #elif defined(__AVX2__)
     return (vnu)_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
 #else
-    uint16_t h[F32_LANES] __attribute__((vector_size(2 * F32_LANES)));
+    vnu16 h;
     memcpy(&h, p, sizeof h);
     return __builtin_convertvector(h, vnu);
 #endif
