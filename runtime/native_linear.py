@@ -183,7 +183,10 @@ def linear(rows: torch.Tensor, packed: AmxWeight | F32Weight, bias: torch.Tensor
     status = fn(rows.data_ptr(), m, k, rows.stride(0), packed.pointer, n,
                 None if bias32 is None else bias32.data_ptr(), out.data_ptr(), torch.get_num_threads())
     if status == -1:
-        raise MemoryError(f"the AMX linear could not allocate its {m}-row input buffer")
+        raise MemoryError(f"the native linear could not allocate its buffers ({m} rows: the AMX input tiles, "
+                          "or a stored weight's blocks rebuilt in float32)")
+    if status == -3:
+        raise RuntimeError(f"the native linear does not know weight format {packed.format!r} (a stale kernel build?)")
     if status != 0:
         raise RuntimeError(f"the native linear failed (status {status})")
     return out
