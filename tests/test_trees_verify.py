@@ -207,18 +207,25 @@ def test_verify_rejects_bad_inputs():
         verify(tree, torch.randn(3, 5), SamplingSpec(1.0))
 
 
+ROOT_SPECS = [SamplingSpec(), SamplingSpec(1.0), SamplingSpec(0.7, top_k=5), SamplingSpec(1.3, top_p=0.8)]
+
+
 @FAST
-@given(vocab=st.integers(1, 60), root=st.integers(0, 59), ties=st.booleans(), seed=st.integers(0, 2**16))
-def test_a_root_alone_verifies_as_the_tree_path_does(vocab, root, ties, seed):
-    """A plain greedy step takes verify's shortcut: the same path, tokens and bonus (first
-    maximum on ties) as the tree machinery gives."""
+@given(vocab=st.integers(1, 60), root=st.integers(0, 59), ties=st.booleans(), spec=st.sampled_from(ROOT_SPECS),
+       seed=st.integers(0, 2**16))
+def test_a_root_alone_verifies_as_the_tree_path_does(vocab, root, ties, spec, seed):
+    """A plain step takes verify's shortcut: the same path, tokens and bonus (greedy: the first
+    maximum on ties; sampled: the same draw) as the tree machinery gives, and the generator left
+    in the same state."""
     tree = DraftTree.from_lists([root % vocab], [-1])
     logits = torch.randn(1, vocab, generator=torch.Generator().manual_seed(seed))
     if ties:
         logits = logits.round()  # several maxima
-    fast = verify(tree, logits, SamplingSpec())
-    slow = verify_batch(TreeBatch.from_trees([tree]), logits, SamplingSpec())[0]
+    g_fast, g_slow = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    fast = verify(tree, logits, spec, g_fast)
+    slow = verify_batch(TreeBatch.from_trees([tree]), logits, spec, g_slow)[0]
     assert torch.equal(fast.path, slow.path) and torch.equal(fast.tokens, slow.tokens) and fast.bonus == slow.bonus
+    assert torch.equal(torch.rand(3, generator=g_fast), torch.rand(3, generator=g_slow))
 
 
 def test_a_root_alone_is_checked_too():
@@ -230,8 +237,9 @@ def test_a_root_alone_is_checked_too():
     for bad in (float("nan"), float("-inf")):
         logits = torch.zeros(1, 5)
         logits[0, 1 if bad != bad else slice(None)] = bad
-        with pytest.raises(trees.NonFiniteLogitsError, match="target's verify forward"):
-            verify(tree, logits, SamplingSpec())
+        for spec in ROOT_SPECS:
+            with pytest.raises(trees.NonFiniteLogitsError, match="target's verify forward"):
+                verify(tree, logits, spec, torch.Generator().manual_seed(0))
 
 
 def test_sampling_spec_rejects_bad_values():
