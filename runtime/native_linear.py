@@ -76,12 +76,15 @@ class NativeWeight:
             raise ValueError(f"the {self.kind} linear packs a 2-d {str(self.dtype_needed)[6:].replace('bfloat16', 'bf16')} "
                              f"weight, got {weight.dtype} {tuple(weight.shape)}")
         n, k = weight.shape
-        n_pad, k_pad = -(-n // BLOCK_N) * BLOCK_N, -(-k // self.in_multiple) * self.in_multiple
-        padded = weight.detach().new_zeros(n_pad, k_pad)
-        padded[:n, :k] = weight.detach()
-        self.data = self._layout(padded).contiguous()
         self.shape = torch.Size((n, k))
         self.dtype = self.dtype_needed
+        self.data = self._packed(weight.detach(), -(-n // BLOCK_N) * BLOCK_N, -(-k // self.in_multiple) * self.in_multiple)
+
+    def _packed(self, weight: torch.Tensor, n_pad: int, k_pad: int) -> torch.Tensor:
+        """The weight zero padded to [n_pad, k_pad] and laid out by `_layout`."""
+        padded = weight.new_zeros(n_pad, k_pad)
+        padded[: weight.shape[0], : weight.shape[1]] = weight
+        return self._layout(padded).contiguous()
 
     @property
     def pointer(self) -> int:
@@ -109,20 +112,21 @@ class F32Weight(NativeWeight):
     kind, dtype_needed = "float32", torch.float32
 
     def __init__(self, weight: torch.Tensor):
-        super().__init__(weight)  # checks the weight; pads it to whole blocks
-        n_pad = self.data.shape[0] * BLOCK_N
-        k = self.shape[1]
-        enc = weight_formats.encode(weight.detach())
-        self.format = enc.format
-        self.scales = None
-        if enc.format != "float32":
-            self.data = _stored_layout(enc, n_pad, k)
-            if enc.d is not None:  # [n_pad/64][k/32][2][64]: d, then m
-                dm = torch.zeros(n_pad, k // weight_formats.GROUP, 2)
-                dm[: self.shape[0], :, 0], dm[: self.shape[0], :, 1] = enc.d, enc.m
-                self.scales = dm.view(n_pad // BLOCK_N, BLOCK_N, -1, 2).permute(0, 2, 3, 1).contiguous()
+        super().__init__(weight)  # checks the weight, packs it (`_packed`)
         self.descriptor = F32WeightDescriptor(weight_formats.FORMATS[self.format], self.data.data_ptr(),
                                               None if self.scales is None else self.scales.data_ptr())
+
+    def _packed(self, weight: torch.Tensor, n_pad: int, k_pad: int) -> torch.Tensor:
+        """The float32 layout, or the stored form (no float32 copy made for it)."""
+        enc = weight_formats.encode(weight)
+        self.format, self.scales = enc.format, None
+        if enc.format == "float32":
+            return super()._packed(weight, n_pad, k_pad)
+        if enc.d is not None:  # [n_pad/64][k/32][2][64]: d, then m
+            dm = torch.zeros(n_pad, k_pad // weight_formats.GROUP, 2)
+            dm[: weight.shape[0], :, 0], dm[: weight.shape[0], :, 1] = enc.d, enc.m
+            self.scales = dm.view(n_pad // BLOCK_N, BLOCK_N, -1, 2).permute(0, 2, 3, 1).contiguous()
+        return _stored_layout(enc, n_pad, k_pad)
 
     @property
     def pointer(self) -> int:
