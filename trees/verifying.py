@@ -116,13 +116,9 @@ def _verify_root(tree: DraftTree, target_logits: torch.Tensor, sampling: Samplin
     weights, ~1.3 ms of a sampled one). The same checks, and the same result and generator use
     as verify_batch's for this one case: the same `sample` call on the same law
     (tests/test_trees_verify.py)."""
-    if target_logits.dim() != 2 or target_logits.shape[0] != 1:
-        raise ValueError(f"target_logits must have shape [1, V] (one row per tree node), got {tuple(target_logits.shape)}")
-    root = int(tree.tokens[0])
+    check_logits_and_tokens(tree.tokens, target_logits)
     if int(tree.parents[0]) != -1 or int(tree.depths[0]) != 0:
         raise ValueError("malformed draft tree: node 0 must be the only root, at depth 0")
-    if not 0 <= root < target_logits.shape[1]:
-        raise ValueError(f"tree has token ids outside the target vocabulary [0, {target_logits.shape[1]})")
     if sampling.greedy:
         draw = target_logits[0].argmax()
         require_finite_rows(target_logits[0, draw].view(1), TARGET_FORWARD)
@@ -156,17 +152,23 @@ def check_inputs(batch: TreeBatch, target_logits: torch.Tensor) -> None:
     """Shapes, the node table's structure and the proposal rows' pointers, in O(T + K); the
     O(K x V) proposal value checks only in debug mode (trees.debug_checks). A malformed input
     would make verification silently lossy rather than crash."""
-    t = batch.tokens.numel()
+    vocab = check_logits_and_tokens(batch.tokens, target_logits)
+    check_structure(batch)
+    if batch.proposals is not None and len(batch.proposals):
+        check_proposal_rows(batch.parents, batch.tokens, batch.proposals, vocab, values=debug_checks())
+
+
+def check_logits_and_tokens(tokens: torch.Tensor, target_logits: torch.Tensor) -> int:
+    """One logits row per node and every token inside the vocabulary; returns the vocabulary size."""
+    t = tokens.numel()
     if target_logits.dim() != 2 or target_logits.shape[0] != t:
         raise ValueError(
             f"target_logits must have shape [{t}, V] (one row per tree node), got {tuple(target_logits.shape)}"
         )
     vocab = target_logits.shape[1]
-    if t and (int(batch.tokens.min()) < 0 or int(batch.tokens.max()) >= vocab):
+    if t and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
         raise ValueError(f"tree has token ids outside the target vocabulary [0, {vocab})")
-    check_structure(batch)
-    if batch.proposals is not None and len(batch.proposals):
-        check_proposal_rows(batch.parents, batch.tokens, batch.proposals, vocab, values=debug_checks())
+    return vocab
 
 
 def check_structure(batch: TreeBatch) -> None:
