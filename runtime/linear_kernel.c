@@ -352,14 +352,16 @@ static inline __attribute__((always_inline)) void weight_pair(const int fmt, con
     *w1 = q1 * load_vnf(s + F32_LANES) + load_vnf(s + 64 + F32_LANES);
 }
 
-/* `f32_rows` over a stored weight: R rows x V (even) vectors from column col, acc [R][64] */
+/* `f32_rows` over a stored weight: R rows x V (even) vectors from column col over k values i0 .. i1 - 1,
+ * acc [R][64] (zeros when i0 is 0, else the chains so far: a float32 saved and reloaded is the
+ * same float32, so chunking k changes no bit) */
 static inline __attribute__((always_inline)) void stored_rows(const int fmt, const int R, const int V, const float *x,
                                                               int64_t xs, const void *data, const float *scales,
-                                                              int64_t k, int col, float *acc) {
+                                                              int64_t i0, int64_t i1, int col, float *acc) {
     vnf a[6][64 / F32_LANES];
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < V; t++) a[r][t] = (vnf){0};
-    for (int64_t i = 0; i < k; i++)
+        for (int t = 0; t < V; t++) a[r][t] = i0 ? load_vnf(acc + r * 64 + col + t * F32_LANES) : (vnf){0};
+    for (int64_t i = i0; i < i1; i++)
         for (int t = 0; t < V; t += 2) { /* each pair used as soon as it is rebuilt: fewer live registers */
             vnf w0, w1;
             weight_pair(fmt, data, scales, i, col + t * F32_LANES, &w0, &w1);
@@ -372,37 +374,50 @@ static inline __attribute__((always_inline)) void stored_rows(const int fmt, con
     for (int r = 0; r < R; r++) memcpy(acc + r * 64 + col, a[r], V * sizeof(vnf));
 }
 
-/* rows (1..6) x the block's 64 outputs, in the passes `f32_block` makes */
+/* k values a chunk of the four-pass sweeps below: one scale group. Four passes over all of k (the
+ * float32 kernel's order) each read a quarter of every line of the block, so the first waited
+ * on memory for the whole block while doing a quarter of its multiplies; four passes over a
+ * chunk use its lines while they are in L1, and the block streams from memory once, in order
+ * (4 rows 0.81-0.92x the time on SmolLM2's linears; chunking the one- and two-pass sweeps,
+ * which read their lines whole or in halves, measured 1.0-1.1x, so they run over all of k). */
+#define STORED_CHUNK 32
+#define STORED_FUSED_ROWS 24 /* up to this many rows rebuild the weights in every group of 6 */
+
+/* rows (1..6) x the block's 64 outputs: passes of as many outputs as the accumulators allow */
 static inline __attribute__((always_inline)) void stored_block(const int fmt, int rows, const float *xr, int64_t xs,
                                                                const void *data, const float *scales, int64_t k,
                                                                float *acc) {
 #if F32_LANES == 16
     switch (rows) {
-    case 1: stored_rows(fmt, 1, 4, xr, xs, data, scales, k, 0, acc); break;
-    case 2: stored_rows(fmt, 2, 4, xr, xs, data, scales, k, 0, acc); break;
-    case 3: stored_rows(fmt, 3, 4, xr, xs, data, scales, k, 0, acc); break;
-    case 4: stored_rows(fmt, 4, 4, xr, xs, data, scales, k, 0, acc); break;
-    case 5: stored_rows(fmt, 5, 4, xr, xs, data, scales, k, 0, acc); break;
-    default: stored_rows(fmt, 6, 4, xr, xs, data, scales, k, 0, acc);
+    case 1: stored_rows(fmt, 1, 4, xr, xs, data, scales, 0, k, 0, acc); break;
+    case 2: stored_rows(fmt, 2, 4, xr, xs, data, scales, 0, k, 0, acc); break;
+    case 3: stored_rows(fmt, 3, 4, xr, xs, data, scales, 0, k, 0, acc); break;
+    case 4: stored_rows(fmt, 4, 4, xr, xs, data, scales, 0, k, 0, acc); break;
+    case 5: stored_rows(fmt, 5, 4, xr, xs, data, scales, 0, k, 0, acc); break;
+    default: stored_rows(fmt, 6, 4, xr, xs, data, scales, 0, k, 0, acc);
     }
 #else
     if (rows == 1) {
-        stored_rows(fmt, 1, 8, xr, xs, data, scales, k, 0, acc);
+        stored_rows(fmt, 1, 8, xr, xs, data, scales, 0, k, 0, acc);
         return;
     }
-    if (rows == 2) {
-        for (int col = 0; col < 64; col += 32) stored_rows(fmt, 2, 4, xr, xs, data, scales, k, col, acc);
+    if (rows <= 3) { /* 8 or 12 accumulators */
+        for (int col = 0; col < 64; col += 32) {
+            if (rows == 2)
+                stored_rows(fmt, 2, 4, xr, xs, data, scales, 0, k, col, acc);
+            else
+                stored_rows(fmt, 3, 4, xr, xs, data, scales, 0, k, col, acc);
+        }
         return;
     }
-    if (rows == 3) { /* 12 accumulators */
-        for (int col = 0; col < 64; col += 32) stored_rows(fmt, 3, 4, xr, xs, data, scales, k, col, acc);
-        return;
-    }
-    for (int col = 0; col < 64; col += 16) {
-        switch (rows) {
-        case 4: stored_rows(fmt, 4, 2, xr, xs, data, scales, k, col, acc); break;
-        case 5: stored_rows(fmt, 5, 2, xr, xs, data, scales, k, col, acc); break;
-        default: stored_rows(fmt, 6, 2, xr, xs, data, scales, k, col, acc);
+    for (int64_t i0 = 0; i0 < k; i0 += STORED_CHUNK) {
+        const int64_t i1 = k - i0 < STORED_CHUNK ? k : i0 + STORED_CHUNK;
+        for (int col = 0; col < 64; col += 16) {
+            switch (rows) {
+            case 4: stored_rows(fmt, 4, 2, xr, xs, data, scales, i0, i1, col, acc); break;
+            case 5: stored_rows(fmt, 5, 2, xr, xs, data, scales, i0, i1, col, acc); break;
+            default: stored_rows(fmt, 6, 2, xr, xs, data, scales, i0, i1, col, acc);
+            }
         }
     }
 #endif
@@ -457,8 +472,10 @@ int f32_linear(const float *x, int64_t m, int64_t k, int64_t x_stride, const f32
     if (threads < 1) threads = 1;
     if (threads > blocks) threads = (int)blocks;
     const int64_t format = w->format, bytes = block_bytes(format, k);
-    /* more than one group of rows: each block's weights rebuilt once, into float32 */
-    const int unpack = format != W_F32 && m > 4;
+    /* many rows (prefills): each block's weights rebuilt once, into float32, which the float32
+     * kernel multiplies from cache; fewer rebuild them in each group of 6 rows as they go (8-16
+     * rows 0.8-0.9x the time of rebuilding once, 32 even, 64 1.15x: SmolLM2's linears) */
+    const int unpack = format != W_F32 && m > STORED_FUSED_ROWS;
     int failed = 0;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(| : failed)
     for (int64_t b = 0; b < blocks; b++) {

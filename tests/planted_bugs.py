@@ -109,6 +109,12 @@ BUGS = [
         "q0 = __builtin_convertvector((vni)(u >> 4), vnf);\n        q1 = __builtin_convertvector((vni)(u & 15), vnf);",
         ("tests/test_weight_formats.py::test_the_kernel_on_the_stored_form_gives_the_float32_kernels_bits",
          "tests/test_weight_formats.py::test_a_gguf_like_model_computes_the_same_logits_from_its_stored_weights")),
+    # 4-6 rows over a stored weight restart their chains at every chunk of 32 k instead of
+    # carrying them on: only the last chunk's products are left
+    Bug("stored-chunk-restarts", "runtime/linear_kernel.c",
+        "a[r][t] = i0 ? load_vnf(acc + r * 64 + col + t * F32_LANES) : (vnf){0};",
+        "a[r][t] = (vnf){0};",
+        ("tests/test_weight_formats.py::test_the_kernel_on_the_stored_form_gives_the_float32_kernels_bits",)),
     # a grid taken without rebuilding every value: a weight one ulp off its grid is rounded onto it
     Bug("weight-grid-unchecked", "runtime/weight_formats.py",
         "good = (rebuilt.view(torch.int32) == g.view(torch.int32)).all(-1)",
