@@ -157,10 +157,7 @@ def compiled_forward(members: list[CompiledMember], model: FeatureDrafterModel, 
         h = torch.stack([prepacked.apply(f.to(dtype).contiguous(), *member.fc) for f, member in zip(feats, members)])
     else:
         h = feats.to(dtype).contiguous().clone()
-    cos, sin = model.rotary(positions, dtype)
-    half = cos.shape[-1] // 2
-    ssin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
-    cos = cos.contiguous()
+    cos, ssin = _rotations(model, positions, dtype)
     if mask.stride(-1) != 1:
         mask = mask.contiguous()
     keys, values, length = cache.keys[0], cache.values[0], cache.length
@@ -179,6 +176,25 @@ def compiled_forward(members: list[CompiledMember], model: FeatureDrafterModel, 
                            member.norm[1], head.pointer, head.shape[0], out.data_ptr(), threads))
         outs.append(out)
     return h, outs
+
+
+_ROTATIONS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _rotations(model: FeatureDrafterModel, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin (rotate_half's minus on the first half) at positions [m, T]: rows of a
+    table the model's rotary made over positions 0 .. n - 1 (grown by doubling; its values are
+    elementwise in the position), where a call per level cost ~1.5% of a drafted step."""
+    rotary = model.rotary
+    need = int(positions.max()) + 1
+    hit = _ROTATIONS.get(rotary)
+    key = (dtype, rotary.inv_freq.data_ptr(), rotary.scaling)
+    if hit is None or hit[0] != key or hit[1].shape[0] < need:
+        n = max(256, 1 << (need - 1).bit_length())
+        cos, sin = rotary(torch.arange(n, device=positions.device), dtype)
+        half = cos.shape[-1] // 2
+        hit = _ROTATIONS[rotary] = (key, cos.contiguous(), torch.cat([-sin[..., :half], sin[..., half:]], dim=-1))
+    return hit[1][positions], hit[2][positions]
 
 
 def _check(status: int) -> None:

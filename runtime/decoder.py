@@ -23,6 +23,7 @@ from trees import attention_mask, within_window
 from . import native_layer
 from .invariant import invariant_attention
 from .kv import KVCache
+from .native_layer import DirectCache
 from .plan import Plan
 from .prepacked import padded_rows
 
@@ -105,7 +106,7 @@ class Decoder:
         ids, pos = self.padded_inputs([input_ids], [positions])
         wanted = {self.num_layers if i == -1 else i for i in hidden_layers}
         h, captured = plan.run(ids, pos, n, lambda i, q, k, v: self.attend(i, q, k, v, segment), wanted,
-                               self._direct(cache, segment[0][3]) if plan.fused else None)
+                               self._direct(cache, segment[0][3], ids.shape[0]) if plan.fused else None)
         cache.advance(n)
         hidden = {i: captured[self.num_layers if i == -1 else i] for i in hidden_layers}
         return DecoderOutput(logits=plan.logits(h if logits_rows is None else h[logits_rows]), hidden_states=hidden)
@@ -142,17 +143,17 @@ class Decoder:
         layer_masks = self._window_masks(attn_mask, causal, positions.view(-1), key_positions)
         return attn_mask, causal, layer_masks, invariant
 
-    def _direct(self, cache: KVCache, inputs):
-        """For Plan.run: layer i -> (its cache keys, values [kv, capacity, hd], the cache length,
-        the 2-d mask or None) where its rows attend this one cache with the exact kernel and no
-        window of its own, else None (runtime/native_layer.py's whole-layer call)."""
+    def _direct(self, cache: KVCache, inputs, rows: int) -> DirectCache | None:
+        """For Plan.run: this cache as the compiled whole-layer calls take it (runtime/native_layer.py),
+        where the rows attend this one cache with the exact kernel (the layers with a window of
+        their own skipped), else None."""
         mask, causal, windows, invariant = inputs
         if not invariant or causal or cache.keys.shape[1] != 1:
             return None
         if mask is not None:
             mask = mask[0, 0] if mask[0, 0].stride(1) == 1 else mask[0, 0].contiguous()
-        keys, values, length = cache.keys, cache.values, cache.length
-        return lambda i: None if windows.get(self.windows[i]) is not None else (keys[i, 0], values[i, 0], length, mask)
+        skip = frozenset(i for i in range(self.num_layers) if windows.get(self.windows[i]) is not None)
+        return DirectCache(cache.keys, cache.values, cache.length, mask, rows, self.n_heads, skip)
 
     def attend(self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments) -> torch.Tensor:
         """Layer i's grouped-query attention, q [P, heads, hd], k, v [P, kv_heads, hd], for each

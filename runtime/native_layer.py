@@ -196,20 +196,41 @@ class FusedLayer:
         _check(status)
 
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, ssin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                length: int, mask: torch.Tensor | None) -> None:
-        """The whole layer over h [P, d] (in place) after `length` entries of this layer's cache
-        keys / values [kv, capacity, hd] (the rows' entries written at length..), mask [P, length
-        + P] additive in the model's dtype (unit column stride) or None (every slot visible)."""
-        rows = h.shape[0]
-        threads = torch.get_num_threads()
-        status = self._forward(
-            h.data_ptr(), None, rows, self.weights, cos.data_ptr(), ssin.data_ptr(), keys.data_ptr(), values.data_ptr(),
-            keys.stride(0), keys.stride(1), length, None if mask is None else mask.data_ptr(),
-            0 if mask is None else mask.stride(0), threads, threads if rows * self.heads * (length + rows) >= PARALLEL_WORK else 1)
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, ssin: torch.Tensor, cache: "DirectCache", layer: int) -> None:
+        """The whole layer over h [P, d] (in place; contiguous, as cos / ssin [P, hd]) after
+        `cache.length` entries of layer `layer`'s keys / values in `cache` (the rows' entries
+        written after them), under its mask."""
+        status = self._forward(h.data_ptr(), None, h.shape[0], self.weights, cos.data_ptr(), ssin.data_ptr(),
+                               cache.keys + layer * cache.layer_bytes, cache.values + layer * cache.layer_bytes,
+                               *cache.shared)
         if status == -2:
             raise ValueError("a row of the attention sees no key (its mask hides every key)")
         _check(status)
+
+
+class DirectCache:
+    """What every compiled whole-layer call of one forward shares, read once per forward (30
+    calls a token: reading tensor views, strides and the thread count per call cost ~3% of a
+    one-token forward on 4-bit weights): a cache [layers, 1, kv, capacity, hd] (one sequence),
+    its length, the additive mask [P, length + P] (unit column stride) or None, the rows P.
+    `skip`: the layers that attend otherwise (a sliding window of their own)."""
+
+    __slots__ = ("keys", "values", "layer_bytes", "shared", "skip", "_tensors")
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int, mask: torch.Tensor | None, rows: int,
+                 heads: int, skip: frozenset = frozenset()):
+        if keys.shape[1] != 1 or keys.stride() != values.stride() or keys.stride(-1) != 1:
+            raise ValueError("DirectCache takes one sequence's keys and values laid out alike")
+        if mask is not None and (mask.stride(1) != 1 or tuple(mask.shape) != (rows, length + rows)):
+            raise ValueError(f"the mask must be [{rows}, {length + rows}] with unit column stride")
+        self._tensors = (keys, values, mask)  # alive while pointed to
+        self.keys, self.values = keys.data_ptr(), values.data_ptr()
+        self.layer_bytes = keys.stride(0) * keys.element_size()
+        threads = torch.get_num_threads()
+        self.shared = (keys.stride(2), keys.stride(3), length, None if mask is None else mask.data_ptr(),
+                       0 if mask is None else mask.stride(0), threads,
+                       threads if rows * heads * (length + rows) >= PARALLEL_WORK else 1)
+        self.skip = skip
 
 
 def _check(status: int) -> None:

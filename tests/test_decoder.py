@@ -181,3 +181,34 @@ def test_a_decoder_with_a_plan_can_be_deep_copied():
         twin = copy.deepcopy(decoder)
         assert twin.model is not decoder.model
         assert torch.equal(twin.forward(ids, pos, twin.new_cache(), None).logits, want)
+
+
+@pytest.mark.parametrize("rope", [None, {"rope_type": "linear", "factor": 2.0},
+                                  {"rope_type": "dynamic", "factor": 2.0}])
+@pytest.mark.parametrize("head_dim", [16, 24, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_rotary_table_gives_the_modules_bits_at_any_positions(rope, head_dim, dtype):
+    """runtime.plan.RotaryTable: a forward's gathered rows are the bits the rotary module gives
+    when called at those positions (any count, order, growth past the table); dynamic rope types
+    (rescaled with the length) are not tabled."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from runtime.plan import RotaryTable, rotation_tables
+
+    config = LlamaConfig(hidden_size=4 * head_dim, num_attention_heads=4, head_dim=head_dim, rope_theta=100000.0,
+                         max_position_embeddings=512, rope_scaling=rope)
+    rotary = LlamaRotaryEmbedding(config)
+    if rope is not None and rope["rope_type"] == "dynamic":
+        assert not RotaryTable.fits(rotary)
+        return
+    assert RotaryTable.fits(rotary)
+    table = RotaryTable(rotary, dtype)
+    g = torch.Generator().manual_seed(head_dim)
+    for rows, top in [(1, 5), (7, 300), (3, 40), (1, 1000), (33, 2000), (2, 1)]:
+        positions = torch.randint(0, top, (rows,), generator=g)
+        h = torch.zeros(1, rows, 4 * head_dim, dtype=dtype)
+        got = table(h, positions)
+        want = rotation_tables(*rotary(h, positions.view(1, rows)))
+        assert all(a.dtype == dtype and torch.equal(a, b) for a, b in zip(got, want))
+    assert table.key != "off" and table.cos.shape[0] == 2048  # grown by doubling, never abandoned

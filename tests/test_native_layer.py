@@ -128,15 +128,18 @@ def check_one_call_layer(decoder: Decoder, monkeypatch) -> None:
     prompt, tree = torch.randint(0, 96, (50,), generator=g), torch.randint(0, 96, (9,), generator=g)
     allowed = (torch.rand(9, 9, generator=g) < 0.5).tril(-1) | torch.eye(9, dtype=torch.bool)  # a random tree's rows
     mask = attention_mask(allowed, 50, decoder.dtype)
-    runs = []
+    runs, direct_calls = [], []
+    direct = Decoder._direct
+    monkeypatch.setattr(Decoder, "_direct", lambda *a: direct_calls.append(direct(*a)) or direct_calls[-1])
     for whole in (True, False):
         if not whole:
-            monkeypatch.setattr(Decoder, "_direct", lambda self, cache, inputs: lambda i: None)
+            monkeypatch.setattr(Decoder, "_direct", lambda self, cache, inputs, rows: None)
         with torch.inference_mode():
             cache = decoder.new_cache(64)
             first = decoder.forward(prompt, torch.arange(50), cache, None, hidden_layers=[1, -1])
             second = decoder.forward(tree, torch.arange(50, 59), cache, mask, hidden_layers=[1, -1])
         runs.append((first, second, cache))
+    assert direct_calls[-1] is not None and not direct_calls[-1].skip  # the tree's rows ran the whole-layer calls
     for a, b in zip(runs[0][:2], runs[1][:2]):
         assert torch.equal(a.logits, b.logits)
         assert all(torch.equal(a.hidden_states[i], b.hidden_states[i]) for i in (1, -1))
