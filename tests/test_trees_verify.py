@@ -228,6 +228,54 @@ def test_a_root_alone_verifies_as_the_tree_path_does(vocab, root, ties, spec, se
     assert torch.equal(torch.rand(3, generator=g_fast), torch.rand(3, generator=g_slow))
 
 
+@FAST
+@given(st.data())
+def test_a_greedy_tree_walk_verifies_as_the_batch_machinery_does(data):
+    """verify's greedy walk over one tree (Python lists) gives verify_batch's path, tokens and
+    bonus, duplicate siblings and tied maxima included; past GREEDY_WALK_NODES verify runs the
+    batch machinery."""
+    from trees import verifying
+
+    vocab = data.draw(st.integers(2, 6))
+    tree = data.draw(random_trees(vocab, distinct_siblings=data.draw(st.booleans())))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    logits = torch.randn(len(tree), vocab, generator=g)
+    if data.draw(st.booleans()):
+        logits = logits.round()  # several maxima
+    for node in range(len(tree)):
+        children = tree.children(node)
+        if children and data.draw(st.booleans()):
+            logits[node, tree.tokens[data.draw(st.sampled_from(children))]] += 10.0
+    slow = verify_batch(TreeBatch.from_trees([tree]), logits, SamplingSpec())[0]
+    for walk_limit in (verifying.GREEDY_WALK_NODES, 0):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(verifying, "GREEDY_WALK_NODES", walk_limit)
+            fast = verify(tree, logits, SamplingSpec())
+        assert torch.equal(fast.path, slow.path) and torch.equal(fast.tokens, slow.tokens) and fast.bonus == slow.bonus
+
+
+def test_the_greedy_walk_refuses_what_the_batch_machinery_refuses():
+    for tokens, parents, depths, match in [
+        ([0, 1, 2], [-1, 0, 2], None, "every parent must precede its child"),
+        ([0, 1, 2], [-1, 0, -1], None, "node 0 must be the only root"),
+        ([0, 1, 2], [-1, 0, 1], [0, 1, 1], "depths do not equal"),
+    ]:
+        tree = DraftTree.from_lists(tokens, parents)
+        if depths is not None:
+            tree.depths = torch.tensor(depths)
+        for walk in (True, False):
+            with pytest.raises(ValueError, match=match):
+                if walk:
+                    verify(tree, torch.randn(3, 5), SamplingSpec())
+                else:
+                    verify_batch(TreeBatch.from_trees([tree]), torch.randn(3, 5), SamplingSpec())
+    tree = DraftTree.from_lists([0, 1, 2], [-1, 0, 1])
+    logits = torch.randn(3, 5)
+    logits[1, 2] = float("nan")
+    with pytest.raises(trees.NonFiniteLogitsError, match="target's verify forward"):
+        verify(tree, logits, SamplingSpec())
+
+
 def test_a_root_alone_is_checked_too():
     tree = DraftTree.from_lists([3], [-1])
     with pytest.raises(ValueError, match="target_logits must have shape"):

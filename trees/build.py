@@ -201,6 +201,8 @@ class DynamicBuild:
 
     def tree(self) -> DraftTree:
         tree = self.grow.snapshot()
+        if len(tree) - 1 <= self.spec.budget:  # every node kept (a chain, a small tree): select would copy it
+            return tree
         return tree.select(top_scoring_closed(tree, self.spec.budget))
 
 
