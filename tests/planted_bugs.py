@@ -158,6 +158,12 @@ BUGS = [
     Bug("greedy-walk-last-sibling", "trees/verifying.py",
         "    for i in range(n - 1, 0, -1):  # downwards", "    for i in range(1, n):  # downwards",
         ("tests/test_trees_verify.py::test_a_greedy_tree_walk_verifies_as_the_batch_machinery_does",)),
+    # a drafter's compiled weights are never remade: an edited or replaced weight drafts with
+    # the old values (online-learning drafters change theirs as they go)
+    Bug("compiled-drafter-never-stale", "drafters/compiled.py",
+        "        return (list(map(id, map(dict.get, self.dicts, self.names))) == self.ids",
+        "        return True or (list(map(id, map(dict.get, self.dicts, self.names))) == self.ids",
+        ("tests/test_drafters_compiled.py::test_the_compiled_weights_follow_the_model",)),
     Bug("mask-off-by-one", "trees/pack.py",
         "for d in range(1, int(depths.max()) + 1 if n else 0):",
         "for d in range(1, int(depths.max()) if n else 0):",

@@ -44,6 +44,25 @@ def drafter(target, style="eagle3", head="truncated", seed=10, name="d", dtype=B
     return FeatureDrafter(model.cast(dtype), name=name)
 
 
+def test_the_compiled_weights_follow_the_model(target, dtype):
+    """A member is made once and reused while the model is unchanged, remade after an in-place
+    weight edit or a replaced module, and dropped (module forward) once a hook is on a module."""
+    model = drafter(target, dtype=dtype).model
+    with torch.inference_mode():
+        first = compiled_members([model])[0]
+        assert compiled_members([model])[0] is first
+    with torch.no_grad():
+        model.layers[0].mlp.down_proj.weight.mul_(2)
+    with torch.inference_mode():
+        second = compiled_members([model])[0]
+        assert second is not first and compiled_members([model])[0] is second
+        model.fc = torch.nn.Linear(model.fc.in_features, model.fc.out_features, bias=False).to(dtype)
+        third = compiled_members([model])[0]
+        assert third is not second and compiled_members([model])[0] is third
+        model.layers[0].self_attn.o_proj.register_forward_pre_hook(lambda *a: None)
+        assert compiled_members([model]) is None
+
+
 def test_compiled_where_it_fits(target, monkeypatch, dtype):
     with torch.inference_mode():
         assert compiled_members([drafter(target, dtype=dtype).model]) is not None
