@@ -72,9 +72,30 @@ def decode(enc: Encoded) -> torch.Tensor:
     return (q * enc.d[..., None] + enc.m[..., None]).view(n, k)
 
 
+CHUNK_VALUES = 1 << 16  # values a pass of the search takes at a time (256 KB of float32: in L2)
+
+
 def _grid(w: torch.Tensor, bits: int) -> Encoded | None:
     """q * d + m per group of GROUP values with q in [0, 15] (bits 4, m the group's least value) or
-    [-128, 127] (bits 8, m = 0), rebuilding every value's bits; None where some group has none."""
+    [-128, 127] (bits 8, m = 0), rebuilding every value's bits; None where some group has none.
+    Searched a few rows at a time: a pass over the whole weight allocated a weight-sized
+    temporary an operation (the default target's head: 113 MB each) and streamed it from memory;
+    its 211 weights took 4.6 s, now 2.9-4.1 (the AMD, two threads)."""
+    n, k = w.shape
+    step = max(1, CHUNK_VALUES // k)
+    parts = []
+    for r in range(0, n, step):
+        part = _grid_rows(w[r : r + step], bits)
+        if part is None:
+            return None
+        parts.append(part)
+    q, d, m = (torch.cat([p[i] for p in parts]) for i in range(3))
+    values = q.to(torch.uint8) if bits == 4 else q.to(torch.int8)
+    return Encoded(f"grid{bits}", values, d, m.contiguous())
+
+
+def _grid_rows(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """`_grid` over some rows: (q [rows, k] float32, d, m [rows, k / GROUP]), or None."""
     n, k = w.shape
     groups = w.view(n, k // GROUP, GROUP)
     if bits == 4:  # the least value has q = 0, the largest q = 15
@@ -105,6 +126,4 @@ def _grid(w: torch.Tensor, bits: int) -> Encoded | None:
         todo[hit] = False
     if bool(todo.any()):
         return None
-    q = q.view(n, k)
-    values = q.to(torch.uint8) if bits == 4 else q.to(torch.int8)
-    return Encoded(f"grid{bits}", values, d, m.contiguous())
+    return q.view(n, k), d, m

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from runtime import native_linear, prepacked
+from runtime import native_layer, native_linear, prepacked
 from serve.scheduler import Scheduler
 from serve.slot import new_slot
 from serve.warmup import WarmUp
@@ -20,8 +20,13 @@ from test_serve_batch import TARGET, Collector, composer
 
 
 def _native_caches_clear():
+    """Forget the loaded linear kernels and the compiled layers built on them: a compiled layer
+    looked up while the linears are switched off is remembered as absent (a later test in the
+    process then found no float32 layer: 2026-12-06, CI seed 2194276558)."""
     native_linear.linear_kernel.cache_clear()
     native_linear.amx_ready.cache_clear()
+    native_layer.layer_kernel.cache_clear()
+    native_layer.f32_layer_kernel.cache_clear()
 
 
 @pytest.fixture
