@@ -2,7 +2,7 @@ import sys, time, os
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[3]))
 import torch
 from compose import Composer
-from trees import ancestor_matrix, attention_mask
+from trees import attention_mask
 torch.set_num_threads(2)
 dec = Composer("smollm2-135m-instruct", drafters={}, dtype="float32", threads=2).target.decoder
 g = torch.Generator().manual_seed(0); ctx = 150

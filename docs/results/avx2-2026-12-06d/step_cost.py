@@ -1,5 +1,5 @@
 """Where a drafted step's time goes on this machine: single:math on 4 GSM8K questions, fixed chains."""
-import sys, time, os, statistics
+import sys, os
 sys.path.insert(0, os.environ.get("ROOT", str(__import__("pathlib").Path(__file__).resolve().parents[3])))
 import torch
 from compose import Composer, default_drafters
