@@ -116,9 +116,14 @@ BUGS = [
         "a[r][t] = (vnf){0};",
         ("tests/test_weight_formats.py::test_the_kernel_on_the_stored_form_gives_the_float32_kernels_bits",)),
     # a grid taken without rebuilding every value: a weight one ulp off its grid is rounded onto it
+    # (the torch reference; the compiled search below)
     Bug("weight-grid-unchecked", "runtime/weight_formats.py",
         "good = (rebuilt.view(torch.int32) == g.view(torch.int32)).all(-1)",
         "good = (rebuilt - g).abs().le(1e-6 * g.abs().amax()).all(-1)",
+        ("tests/test_weight_formats.py::test_the_compiled_search_finds_the_references_grid_to_the_bit",)),
+    Bug("grid-search-unchecked", "runtime/grid_search.c",
+        "ok = bits_of(qq * cand + m) == bits_of(g[i]);",
+        "ok = fabsf(qq * cand + m - g[i]) <= 1e-6f * fabsf(g[i]);",
         ("tests/test_weight_formats.py::test_one_value_off_the_grid_keeps_the_weight_float32",)),
     # rows that share a block of the bf16 attention kernel take the first one's max: still close
     # to float64 attention, but a row's bits then depend on the rows beside it

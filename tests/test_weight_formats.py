@@ -58,6 +58,46 @@ def formats_off(monkeypatch):
     monkeypatch.setenv(weight_formats.SWITCH, "0")
 
 
+def _same_grid(a: weight_formats.Encoded | None, b: weight_formats.Encoded | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return (a.format == b.format and a.values.dtype == b.values.dtype and torch.equal(a.values, b.values)
+            and torch.equal(_bits(a.d), _bits(b.d)) and torch.equal(_bits(a.m), _bits(b.m)))
+
+
+@SETTINGS
+@given(kind=st.sampled_from(list(MAKERS)), n=st.integers(1, 40), groups=st.integers(1, 6), seed=st.integers(0, 2**16),
+       scale=st.sampled_from([1.0, 1e-6, 1e-30, 3e4, 1e7]), edits=st.lists(st.tuples(
+           st.integers(0, 10**6), st.sampled_from(["zero", "negative zero", "constant", "ulp", "nan", "inf", "huge"])),
+           max_size=3))
+def test_the_compiled_search_finds_the_references_grid_to_the_bit(kind, n, groups, seed, scale, edits):
+    """runtime/grid_search.c against the torch reference: the same verdict and the same q, d, m,
+    on grid weights (fp16 d subnormal at small scales, past fp16's largest value at large ones), weights off
+    every grid, and groups edited to zeros, -0.0, one value, one ulp off, NaN, inf or a span over
+    float32's range."""
+    if weight_formats.search_library() is None:
+        pytest.skip("runtime/grid_search.c is not built here (no C compiler)")
+    w = _weight(kind, n, 32 * groups, seed) * scale
+    w = MAKERS[kind](w) if kind != "float32" else w  # scaled back onto a grid
+    for at, edit in edits:
+        r, c = divmod(at % w.numel(), w.shape[1])
+        group = w[r, c - c % 32 : c - c % 32 + 32]
+        if edit == "zero":
+            group.zero_()
+        elif edit == "negative zero":
+            group.fill_(-0.0)
+        elif edit == "constant":
+            group.fill_(float(group[0]))
+        elif edit == "ulp":
+            w[r, c] = torch.nextafter(w[r, c], torch.tensor(float("inf")))
+        elif edit == "huge":
+            group[0], group[1] = -3e38, 3e38
+        else:
+            w[r, c] = float(edit)
+    for bits in (4, 8):
+        assert _same_grid(weight_formats._grid(w, bits), weight_formats._grid_reference(w, bits)), (kind, bits)
+
+
 @pytest.mark.parametrize("kind", list(MAKERS))
 @SETTINGS
 @given(n=st.integers(1, 150), groups=st.integers(1, 12), seed=st.integers(0, 2**16))
