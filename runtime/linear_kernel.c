@@ -26,6 +26,7 @@
  * float32 packed: [n_pad / 64][k][64] float = w[64 b + j, i] at [b][i][j], zero past n; x read
  * in place (row stride x_stride).
  */
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -383,26 +384,42 @@ static inline __attribute__((always_inline)) void stored_rows(const int fmt, con
 #define STORED_CHUNK 32
 #define STORED_FUSED_ROWS 24 /* up to this many rows rebuild the weights in every group of 6 */
 
-/* rows (1..6) x the block's 64 outputs: passes of as many outputs as the accumulators allow */
+/* rows (1..6) x the block's outputs lo .. hi - 1 (0, 64: all; 0, 32 or 32, 64: a half, for the
+ * thread split in f32_linear): passes of as many outputs as the accumulators allow. Each output's
+ * chain is the same whatever range it is computed in. */
 static inline __attribute__((always_inline)) void stored_block(const int fmt, int rows, const float *xr, int64_t xs,
                                                                const void *data, const float *scales, int64_t k,
-                                                               float *acc) {
+                                                               int lo, int hi, float *acc) {
 #if F32_LANES == 16
+    if (hi - lo == 64) {
+        switch (rows) {
+        case 1: stored_rows(fmt, 1, 4, xr, xs, data, scales, 0, k, 0, acc); break;
+        case 2: stored_rows(fmt, 2, 4, xr, xs, data, scales, 0, k, 0, acc); break;
+        case 3: stored_rows(fmt, 3, 4, xr, xs, data, scales, 0, k, 0, acc); break;
+        case 4: stored_rows(fmt, 4, 4, xr, xs, data, scales, 0, k, 0, acc); break;
+        case 5: stored_rows(fmt, 5, 4, xr, xs, data, scales, 0, k, 0, acc); break;
+        default: stored_rows(fmt, 6, 4, xr, xs, data, scales, 0, k, 0, acc);
+        }
+        return;
+    }
     switch (rows) {
-    case 1: stored_rows(fmt, 1, 4, xr, xs, data, scales, 0, k, 0, acc); break;
-    case 2: stored_rows(fmt, 2, 4, xr, xs, data, scales, 0, k, 0, acc); break;
-    case 3: stored_rows(fmt, 3, 4, xr, xs, data, scales, 0, k, 0, acc); break;
-    case 4: stored_rows(fmt, 4, 4, xr, xs, data, scales, 0, k, 0, acc); break;
-    case 5: stored_rows(fmt, 5, 4, xr, xs, data, scales, 0, k, 0, acc); break;
-    default: stored_rows(fmt, 6, 4, xr, xs, data, scales, 0, k, 0, acc);
+    case 1: stored_rows(fmt, 1, 2, xr, xs, data, scales, 0, k, lo, acc); break;
+    case 2: stored_rows(fmt, 2, 2, xr, xs, data, scales, 0, k, lo, acc); break;
+    case 3: stored_rows(fmt, 3, 2, xr, xs, data, scales, 0, k, lo, acc); break;
+    case 4: stored_rows(fmt, 4, 2, xr, xs, data, scales, 0, k, lo, acc); break;
+    case 5: stored_rows(fmt, 5, 2, xr, xs, data, scales, 0, k, lo, acc); break;
+    default: stored_rows(fmt, 6, 2, xr, xs, data, scales, 0, k, lo, acc);
     }
 #else
     if (rows == 1) {
-        stored_rows(fmt, 1, 8, xr, xs, data, scales, 0, k, 0, acc);
+        if (hi - lo == 64)
+            stored_rows(fmt, 1, 8, xr, xs, data, scales, 0, k, 0, acc);
+        else
+            stored_rows(fmt, 1, 4, xr, xs, data, scales, 0, k, lo, acc);
         return;
     }
     if (rows <= 3) { /* 8 or 12 accumulators */
-        for (int col = 0; col < 64; col += 32) {
+        for (int col = lo; col < hi; col += 32) {
             if (rows == 2)
                 stored_rows(fmt, 2, 4, xr, xs, data, scales, 0, k, col, acc);
             else
@@ -412,7 +429,7 @@ static inline __attribute__((always_inline)) void stored_block(const int fmt, in
     }
     for (int64_t i0 = 0; i0 < k; i0 += STORED_CHUNK) {
         const int64_t i1 = k - i0 < STORED_CHUNK ? k : i0 + STORED_CHUNK;
-        for (int col = 0; col < 64; col += 16) {
+        for (int col = lo; col < hi; col += 16) {
             switch (rows) {
             case 4: stored_rows(fmt, 4, 2, xr, xs, data, scales, i0, i1, col, acc); break;
             case 5: stored_rows(fmt, 5, 2, xr, xs, data, scales, i0, i1, col, acc); break;
@@ -446,14 +463,14 @@ static __attribute__((noinline)) void unpack_any(int64_t fmt, const void *data, 
         unpack_block(W_GRID4, data, scales, k, out);
 }
 
-static __attribute__((noinline)) void bf16_block(int rows, const float *xr, int64_t xs, const void *d, const float *s, int64_t k, float *acc) {
-    stored_block(W_BF16, rows, xr, xs, d, s, k, acc);
+static __attribute__((noinline)) void bf16_block(int rows, const float *xr, int64_t xs, const void *d, const float *s, int64_t k, int lo, int hi, float *acc) {
+    stored_block(W_BF16, rows, xr, xs, d, s, k, lo, hi, acc);
 }
-static __attribute__((noinline)) void grid8_block(int rows, const float *xr, int64_t xs, const void *d, const float *s, int64_t k, float *acc) {
-    stored_block(W_GRID8, rows, xr, xs, d, s, k, acc);
+static __attribute__((noinline)) void grid8_block(int rows, const float *xr, int64_t xs, const void *d, const float *s, int64_t k, int lo, int hi, float *acc) {
+    stored_block(W_GRID8, rows, xr, xs, d, s, k, lo, hi, acc);
 }
-static __attribute__((noinline)) void grid4_block(int rows, const float *xr, int64_t xs, const void *d, const float *s, int64_t k, float *acc) {
-    stored_block(W_GRID4, rows, xr, xs, d, s, k, acc);
+static __attribute__((noinline)) void grid4_block(int rows, const float *xr, int64_t xs, const void *d, const float *s, int64_t k, int lo, int hi, float *acc) {
+    stored_block(W_GRID4, rows, xr, xs, d, s, k, lo, hi, acc);
 }
 
 /* bytes of one packed block's values (64 outputs x k) */
@@ -461,10 +478,43 @@ static int64_t block_bytes(int64_t format, int64_t k) {
     return format == W_F32 ? k * 256 : format == W_BF16 ? k * 128 : format == W_GRID8 ? k * 64 : k * 32;
 }
 
+/* One block of 64 outputs (b), its outputs lo .. hi - 1, for all m rows: out and bias as in
+ * f32_linear. `rebuilt`: the block's weights unpacked to float32 (many rows), else NULL. */
+static void f32_linear_block(const float *x, int64_t m, int64_t k, int64_t x_stride, const f32_weight *w, int64_t n,
+                             int64_t blocks, int64_t b, int lo, int hi, const float *bias, float *out,
+                             const float *rebuilt) {
+    const int64_t format = w->format;
+    const float *wb = (const float *)((const char *)w->data + b * block_bytes(format, k));
+    const float *sb = w->scales ? w->scales + b * (k / 32) * 128 : NULL;
+    int64_t c0 = b * 64, cols = n - c0 < 64 ? n - c0 : 64, end = cols < hi ? cols : hi;
+    float acc[6 * 64];
+    for (int64_t r0 = 0; r0 < m; r0 += 6) {
+        int rows = m - r0 < 6 ? (int)(m - r0) : 6, first = r0 == 0;
+        const float *xr = x + r0 * x_stride;
+        if (rebuilt)
+            f32_block(rows, xr, x_stride, rebuilt, k, 0, NULL, acc);
+        else if (format == W_F32)
+            f32_block(rows, xr, x_stride, wb, k, first, b + 1 < blocks ? wb + k * 64 : NULL, acc);
+        else if (format == W_BF16)
+            bf16_block(rows, xr, x_stride, wb, sb, k, lo, hi, acc);
+        else if (format == W_GRID8)
+            grid8_block(rows, xr, x_stride, wb, sb, k, lo, hi, acc);
+        else
+            grid4_block(rows, xr, x_stride, wb, sb, k, lo, hi, acc);
+        for (int r = 0; r < rows; r++) {
+            float *o = out + (r0 + r) * n + c0;
+            for (int64_t j = lo; j < end; j++) o[j] = bias ? acc[r * 64 + j] + bias[c0 + j] : acc[r * 64 + j];
+        }
+    }
+}
+
 /* out [m, n] float32 = x [m, k] (row stride x_stride) @ w.T + bias (float32 [n] or NULL), w
  * packed as above (any format; grid formats need k % 32 == 0). Rows go 6 at a time over each
- * block of 64 outputs (`f32_block`); blocks run on `threads` OpenMP threads. Returns 0, -1 when
- * memory runs out, -3 for a format this build does not know. */
+ * block of 64 outputs (`f32_block`); blocks run on `threads` OpenMP threads. A stored weight whose
+ * blocks do not divide evenly among the threads (SmolLM2's 576 outputs: 9 blocks, 5 and 4 on two
+ * threads) is split in half blocks of 32 outputs instead, each thread a run of whole blocks and at
+ * most a half at either end (every output's chain unchanged). Returns 0, -1 when memory runs out,
+ * -3 for a format this build does not know. */
 int f32_linear(const float *x, int64_t m, int64_t k, int64_t x_stride, const f32_weight *w, int64_t n,
                const float *bias, float *out, int threads) {
     int64_t blocks = (n + 63) / 64;
@@ -476,13 +526,23 @@ int f32_linear(const float *x, int64_t m, int64_t k, int64_t x_stride, const f32
      * kernel multiplies from cache; fewer rebuild them in each group of 6 rows as they go (8-16
      * rows 0.8-0.9x the time of rebuilding once, 32 even, 64 1.15x: SmolLM2's linears) */
     const int unpack = format != W_F32 && m > STORED_FUSED_ROWS;
+    if (format != W_F32 && !unpack && blocks % threads != 0) {
+        const int64_t halves = 2 * blocks;
+#pragma omp parallel num_threads(threads)
+        {
+            const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+            for (int64_t h = halves * t / T, h1 = halves * (t + 1) / T; h < h1;) {
+                const int whole = h % 2 == 0 && h + 1 < h1;
+                f32_linear_block(x, m, k, x_stride, w, n, blocks, h / 2, whole ? 0 : (int)(h % 2) * 32,
+                                 whole ? 64 : (int)(h % 2) * 32 + 32, bias, out, NULL);
+                h += whole ? 2 : 1;
+            }
+        }
+        return 0;
+    }
     int failed = 0;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(| : failed)
     for (int64_t b = 0; b < blocks; b++) {
-        const float *wb = (const float *)((const char *)w->data + b * bytes);
-        const float *sb = w->scales ? w->scales + b * (k / 32) * 128 : NULL;
-        int64_t c0 = b * 64, cols = n - c0 < 64 ? n - c0 : 64;
-        float acc[6 * 64];
         float *rebuilt = NULL;
         if (unpack) {
             rebuilt = malloc(sizeof(float) * (size_t)(k * 64));
@@ -490,26 +550,10 @@ int f32_linear(const float *x, int64_t m, int64_t k, int64_t x_stride, const f32
                 failed = 1;
                 continue;
             }
-            unpack_any(format, wb, sb, k, rebuilt);
+            unpack_any(format, (const char *)w->data + b * bytes, w->scales ? w->scales + b * (k / 32) * 128 : NULL,
+                       k, rebuilt);
         }
-        for (int64_t r0 = 0; r0 < m; r0 += 6) {
-            int rows = m - r0 < 6 ? (int)(m - r0) : 6, first = r0 == 0;
-            const float *xr = x + r0 * x_stride;
-            if (rebuilt)
-                f32_block(rows, xr, x_stride, rebuilt, k, 0, NULL, acc);
-            else if (format == W_F32)
-                f32_block(rows, xr, x_stride, wb, k, first, b + 1 < blocks ? wb + k * 64 : NULL, acc);
-            else if (format == W_BF16)
-                bf16_block(rows, xr, x_stride, wb, sb, k, acc);
-            else if (format == W_GRID8)
-                grid8_block(rows, xr, x_stride, wb, sb, k, acc);
-            else
-                grid4_block(rows, xr, x_stride, wb, sb, k, acc);
-            for (int r = 0; r < rows; r++) {
-                float *o = out + (r0 + r) * n + c0;
-                for (int64_t j = 0; j < cols; j++) o[j] = bias ? acc[r * 64 + j] + bias[c0 + j] : acc[r * 64 + j];
-            }
-        }
+        f32_linear_block(x, m, k, x_stride, w, n, blocks, b, 0, 64, bias, out, rebuilt);
         free(rebuilt);
     }
     return failed ? -1 : 0;

@@ -115,6 +115,11 @@ BUGS = [
         "a[r][t] = i0 ? load_vnf(acc + r * 64 + col + t * F32_LANES) : (vnf){0};",
         "a[r][t] = (vnf){0};",
         ("tests/test_weight_formats.py::test_the_kernel_on_the_stored_form_gives_the_float32_kernels_bits",)),
+    # a thread whose share of a split weight starts on a block's second half skips the next half
+    Bug("split-block-skips-half", "runtime/linear_kernel.c",
+        "h += whole ? 2 : 1;",
+        "h += 2;",
+        ("tests/test_weight_formats.py::test_the_kernel_on_the_stored_form_gives_the_float32_kernels_bits",)),
     # a grid taken without rebuilding every value: a weight one ulp off its grid is rounded onto it
     # (the torch reference; the compiled search below)
     Bug("weight-grid-unchecked", "runtime/weight_formats.py",

@@ -128,12 +128,14 @@ def test_grids_need_whole_groups_and_finite_values():
 
 @pytest.mark.parametrize("kind", list(MAKERS))
 @SETTINGS
-@given(n=st.integers(1, 140), groups=st.integers(1, 10), short=st.integers(0, 31),
-       m=st.one_of(st.integers(1, 8), st.integers(9, 40)), bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_the_kernel_on_the_stored_form_gives_the_float32_kernels_bits(kind, n, groups, short, m, bias, seed):
+@given(n=st.one_of(st.integers(1, 140), st.integers(520, 600)), groups=st.integers(1, 10), short=st.integers(0, 31),
+       m=st.one_of(st.integers(1, 8), st.integers(9, 40)), bias=st.booleans(), seed=st.integers(0, 2**16),
+       threads=st.sampled_from([1, 2, 3]))
+def test_the_kernel_on_the_stored_form_gives_the_float32_kernels_bits(kind, n, groups, short, m, bias, seed, threads):
     """Every row count (up to 24 rows rebuild the weights in the multiply loop, 4-6 rows a group
-    in chunks of 32 k; more rebuild each block once) and each row alone: the float32 kernel's bits
-    on the float32 copy. bf16 weights need no groups: their k need not be a multiple of 32."""
+    in chunks of 32 k; more rebuild each block once), each row alone, and 1-3 threads (blocks that
+    do not divide among them are split in halves): the float32 kernel's bits on the float32 copy
+    on one thread. bf16 weights need no groups: their k need not be a multiple of 32."""
     k = 32 * groups - (short if kind in ("bf16", "float32") and 32 * groups > short else 0)
     w = _weight(kind, n, k, seed)
     g = torch.Generator().manual_seed(seed + 1)
@@ -145,10 +147,17 @@ def test_the_kernel_on_the_stored_form_gives_the_float32_kernels_bits(kind, n, g
         off.setenv(weight_formats.SWITCH, "0")
         plain = native_linear.pack(w)
     assert plain.format == "float32"
-    out = native_linear.linear(x, stored, b)
-    assert torch.equal(_bits(out), _bits(native_linear.linear(x, plain, b)))
-    for r in (0, m - 1):
-        assert torch.equal(_bits(native_linear.linear(x[r : r + 1], stored, b)), _bits(out[r : r + 1]))
+    expected = native_linear.linear(x, plain, b)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = native_linear.linear(x, stored, b)
+        rows = [native_linear.linear(x[r : r + 1], stored, b) for r in (0, m - 1)]
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(_bits(out), _bits(expected))
+    for r, row in zip((0, m - 1), rows):
+        assert torch.equal(_bits(row), _bits(out[r : r + 1]))
 
 
 def test_stored_forms_are_smaller():
