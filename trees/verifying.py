@@ -104,10 +104,10 @@ def verify(
     """target_logits [N, V]: the target's raw logits at every node (row i = next-token logits
     after the path to node i). Greedy, match rule (no proposal table) or recursive rejection
     sampling (proposal table present) per docs/design.md "Verification rules"."""
-    if len(tree) == 1 and (tree.proposals is None or len(tree.proposals) == 0):
-        return _verify_root(tree, target_logits, sampling, generator)
     if sampling.greedy and len(tree) <= GREEDY_WALK_NODES:
         return _verify_greedy_walk(tree, target_logits)
+    if len(tree) == 1 and (tree.proposals is None or len(tree.proposals) == 0):
+        return _verify_sampled_root(tree, target_logits, sampling, generator)
     return verify_batch(TreeBatch.from_trees([tree]), target_logits, sampling, generator)[0]
 
 
@@ -147,22 +147,18 @@ def _verify_greedy_walk(tree: DraftTree, target_logits: torch.Tensor) -> VerifyR
     return VerifyResult(path=torch.tensor(path), tokens=tree.tokens[path].long().cpu(), bonus=draws[path[-1]])
 
 
-def _verify_root(tree: DraftTree, target_logits: torch.Tensor, sampling: SamplingSpec,
-                 generator: torch.Generator | None) -> VerifyResult:
-    """A plain step (the root alone): its row's argmax, or one draw from its processed row,
-    without the tree machinery (~0.8 ms of a 10 ms greedy step of plain decoding on 4-bit
-    weights, ~1.3 ms of a sampled one). The same checks, and the same result and generator use
-    as verify_batch's for this one case: the same `sample` call on the same law
+def _verify_sampled_root(tree: DraftTree, target_logits: torch.Tensor, sampling: SamplingSpec,
+                         generator: torch.Generator | None) -> VerifyResult:
+    """A sampled plain step (the root alone): one draw from its processed row, without the tree
+    machinery (~1.3 ms of a sampled step of plain decoding on 4-bit weights; a greedy one is
+    `_verify_greedy_walk`'s). The same checks, and the same result and generator use as
+    verify_batch's for this one case: the same `sample` call on the same law
     (tests/test_trees_verify.py)."""
     check_logits_and_tokens(tree.tokens, target_logits)
     if int(tree.parents[0]) != -1 or int(tree.depths[0]) != 0:
         raise ValueError("malformed draft tree: node 0 must be the only root, at depth 0")
-    if sampling.greedy:
-        draw = target_logits[0].argmax()
-        require_finite_rows(target_logits[0, draw].view(1), TARGET_FORWARD)
-    else:
-        require_finite_logits(target_logits, TARGET_FORWARD)
-        draw = sample(process_logits(target_logits, sampling), generator)[0]
+    require_finite_logits(target_logits, TARGET_FORWARD)
+    draw = sample(process_logits(target_logits, sampling), generator)[0]
     return VerifyResult(path=torch.zeros(1, dtype=torch.long), tokens=tree.tokens[:1].long().cpu().clone(), bonus=int(draw))
 
 
