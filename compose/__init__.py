@@ -1,15 +1,23 @@
 """specmux's public face: `generate(prompt, strategy=...)` and the reusable `Composer`."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .composer import Composer
-from .defaults import default_drafters
-from .options import GenerateOptions, TreeOptions
-from .registry import STRATEGIES
-from .types import GenerationResult, GenerationStats, StepRecord
+from runtime.lazy import lazy_exports
 
-_composers: dict[tuple, Composer] = {}
+if TYPE_CHECKING:
+    from .composer import Composer
+    from .types import GenerationResult
+
+# public name -> its module, imported on first use (PEP 562): `import compose` and the CLI's
+# `--help` and flag checks do not wait ~4 s for transformers (compose.composer imports it)
+_LAZY = {
+    "Composer": ".composer", "default_drafters": ".defaults", "GenerateOptions": ".options", "TreeOptions": ".options",
+    "STRATEGIES": ".registry", "GenerationResult": ".types", "GenerationStats": ".types", "StepRecord": ".types",
+}
+
+_composers: dict[tuple, "Composer"] = {}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 def generate(
@@ -22,6 +30,9 @@ def generate(
     later calls with the same target and drafters."""
     if not isinstance(target, str):
         raise ValueError("compose.generate takes a target name or folder; use Composer(model, ...) for loaded models")
+    from .composer import Composer
+    from .defaults import default_drafters
+
     drafters = dict(drafters) if drafters is not None else default_drafters(target)
     key = (target, tuple(sorted(drafters.items(), key=lambda kv: (kv[0], str(kv[1])))))
     if key not in _composers:

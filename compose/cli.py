@@ -31,23 +31,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stats", action="store_true", help="print generation statistics as JSON")
     args = p.parse_args(argv)
 
-    from . import Composer
+    from pydantic import ValidationError
+
+    from .options import GenerateOptions, validation_message
+
+    shape = {k: v for k, v in dict(depth=args.depth, budget=args.budget, top_k=args.tree_top_k).items() if v is not None}
+    options = dict(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        seed=args.seed, chat=args.chat, tree=dict(shape, merge_budget=args.merge_budget, auto=not shape),
+    )
+    try:
+        GenerateOptions(**options)  # before the model loads: a bad flag is told in a moment
+    except ValidationError as e:
+        print(f"specmux generate: error: {validation_message(e)[0]}", file=sys.stderr)
+        return 2
+    from .composer import Composer  # transformers: after the flags are checked
     from .defaults import default_drafters
 
     drafters = dict(d.split("=", 1) for d in args.drafter) if args.drafter else None
     try:
         composer = Composer(args.target, drafters=drafters if drafters is not None else default_drafters(args.target))
-        shape = {k: v for k, v in dict(depth=args.depth, budget=args.budget, top_k=args.tree_top_k).items()
-                 if v is not None}
-        options = dict(
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-            seed=args.seed, chat=args.chat, tree=dict(shape, merge_budget=args.merge_budget, auto=not shape),
-        )
         if args.use_drafter:
             options["drafter"] = args.use_drafter
         for piece in composer.stream(args.prompt, strategy=args.strategy, **options):
             print(piece, end="", flush=True)
         print()
+    except ValidationError as e:  # (a ValueError too)
+        print(f"specmux generate: error: {validation_message(e)[0]}", file=sys.stderr)
+        return 2
     except ValueError as e:
         print(f"specmux generate: error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trees import SamplingSpec, TreeSpec
 
@@ -48,3 +48,15 @@ class GenerateOptions(BaseModel):
 
     def sampling(self) -> SamplingSpec:
         return SamplingSpec(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+
+def validation_message(error: ValidationError) -> tuple[str, str | None]:
+    """A pydantic ValidationError as one readable line ("tree.budget: Input should be greater
+    than or equal to 1 (got 0)") and the first offending field (the server's `param`)."""
+    parts, param = [], None
+    for e in error.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        param = param or loc or None
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], (dict, list)) else ""
+        parts.append(f"{loc}: {e['msg']}{got}" if loc else e["msg"])
+    return "; ".join(parts), param

@@ -4,11 +4,21 @@
 interleaved item by item over MT-Bench, GSM8K, HumanEval and a held-out math set, and writes
 results.jsonl (one record per item and strategy, resumable), summary.json, report.md and plots.
 From Python: `run_eval(EvalConfig(...))`."""
-from .config import EvalConfig, default_drafters
-from .datasets import BENCHMARKS, HELDOUT_MATH_SEED, TRAINING_MATH_SEEDS, BenchmarkItem, MissingBenchmarkPackage, load_benchmark
+from runtime.lazy import lazy_exports
+
+# public name -> its module, imported on first use (PEP 562): the `specmux` command lives in
+# eval.commands, and `specmux --help` should not wait for torch
+_LAZY = {
+    "EvalConfig": ".config", "default_drafters": ".config", "BENCHMARKS": ".datasets", "HELDOUT_MATH_SEED": ".datasets",
+    "TRAINING_MATH_SEEDS": ".datasets", "BenchmarkItem": ".datasets", "MissingBenchmarkPackage": ".datasets",
+    "load_benchmark": ".datasets",
+}
 
 
-def run_eval(config: EvalConfig, **kwargs):
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
+
+
+def run_eval(config, **kwargs):
     from .runner import run_eval as _run_eval
 
     return _run_eval(config, **kwargs)

@@ -11,6 +11,8 @@ import sys
 
 from pydantic import ValidationError
 
+from compose.options import validation_message
+
 from .config import EvalConfig, load_config_file
 from .datasets import BENCHMARKS, MissingBenchmarkPackage
 
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
         outcome = run_eval(config, progress=not args.no_progress)
     except ValidationError as e:
-        print(f"specmux eval: error: invalid settings:\n{e}", file=sys.stderr)
+        print(f"specmux eval: error: invalid settings: {validation_message(e)[0]}", file=sys.stderr)
         return 2
     except (MissingBenchmarkPackage, ModelAssetError, ValueError) as e:
         print(f"specmux eval: error: {e}", file=sys.stderr)

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tqdm.auto import tqdm
 
 from compose import Composer
-from compose.options import TreeOptions
+from compose.options import TreeOptions, validation_message
 from runtime import atomic
 from runtime.assets import DEFAULT_TARGET
 from drafters.dvi import DVIConfig, DVIDrafter
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--resume needs --out (the run to continue)")
         summary = run_stream(config, progress=not args.no_progress, resume=args.resume)
     except ValidationError as e:
-        print(f"specmux eval stream: error: invalid settings:\n{e}", file=sys.stderr)
+        print(f"specmux eval stream: error: invalid settings: {validation_message(e)[0]}", file=sys.stderr)
         return 2
     except ValueError as e:
         print(f"specmux eval stream: error: {e}", file=sys.stderr)

@@ -16,8 +16,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # transformers (~4 s to import) loads with the first model or tokenizer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 
@@ -158,6 +162,8 @@ def resolve_model_dir(name_or_path: str | Path, verify: bool = False) -> Path:
 
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path))
 
 
@@ -168,6 +174,8 @@ def load_target(
     device: str | torch.device = "cpu",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM (target or drafter) for inference: eval mode, gradients off."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     folder = resolve_model_dir(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=dtype, attn_implementation=attn_implementation

@@ -25,10 +25,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compose.composer import Composer
+from compose.options import validation_message
 
 from .metrics import ServeMetrics
 from .scheduler import BatchTrees, Scheduler
-from .schemas import ChatRequest, CompletionRequest, error_body, validation_message
+from .schemas import ChatRequest, CompletionRequest, error_body
 from .slot import Event, RequestError, Slot, new_slot
 from .warmup import WarmUp
 

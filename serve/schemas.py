@@ -116,11 +116,3 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def validation_message(error) -> tuple[str, str | None]:
-    """A pydantic ValidationError as one readable line and the first offending field."""
-    parts, param = [], None
-    for e in error.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        param = param or loc or None
-        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
-    return "; ".join(parts), param

@@ -4,6 +4,9 @@ error exit, and the one-call Python API, on the tiny character-level target."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -96,6 +99,8 @@ def test_drafter_flag_names_the_drafters(target, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
+    (["--budget", "0"], "tree.budget: Input should be greater than or equal to 1 (got 0)"),
+    (["--temperature", "-1"], "temperature: Input should be greater than or equal to 0 (got -1.0)"),
     (["--strategy", "no-such-strategy"], "unknown strategy"),
     (["--drafter", "x=no-such-kind:3"], "drafter"),
     (["--strategy", "single", "--use", "nobody", *DRAFTERS], "unknown drafter 'nobody'"),
@@ -120,3 +125,20 @@ def test_compose_generate_reuses_its_composer_and_honours_the_options(target, mo
                                                temperature=1.0, seed=3).token_ids
     with pytest.raises(ValueError, match="target name or folder"):
         compose.generate("hello", target=plain)
+
+
+def test_help_and_flag_errors_answer_before_the_model_stack_loads():
+    """`specmux --help` and `specmux generate --help` import neither torch nor transformers, and
+    a bad generate flag is told (one line, exit 2) before transformers loads: the packages'
+    public names load on first use (runtime/lazy.py)."""
+    code = ("import sys\nfrom eval.commands import main\ntry:\n    rc = main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    rc = e.code\n"
+            "print('LOADED', rc, *sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    for argv, rc, loaded in ((["--help"], 0, []), (["generate", "--help"], 0, []),
+                             (["generate", "hi", "--budget", "0"], 2, ["torch"])):
+        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert done.stdout.splitlines()[-1].split() == ["LOADED", str(rc), *loaded], (argv, done.stdout[-500:], done.stderr[-2000:])
+        if rc:
+            assert done.stderr.splitlines()[-1] == ("specmux generate: error: tree.budget: Input should be greater "
+                                                    "than or equal to 1 (got 0)")
