@@ -29,6 +29,7 @@ from torch import nn
 
 from runtime import native_layer, native_linear, prepacked
 from runtime.native import PARALLEL_WORK
+from runtime.plan import SlotWatch
 from runtime.kv import KVCache
 
 from .heads import TargetHead, TruncatedHead
@@ -61,7 +62,7 @@ class CompiledMember:
             float(layer.post_attention_layernorm.eps), cfg.head_dim ** -0.5, cfg.hidden_size, cfg.intermediate_size,
             cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, ptr(norms[2])))
         self.state = state
-        self.seen = _Seen(model)
+        self.seen = SlotWatch.whole(model)
 
 
 def _native(weights: list[torch.Tensor], biases: list, dtype: torch.dtype) -> tuple:
@@ -96,7 +97,7 @@ def compiled_members(models) -> list[CompiledMember] | None:
         if state is None:
             return None
         if hit is not None and hit.state == state:
-            hit.seen = _Seen(model)  # something it does not read changed
+            hit.seen = SlotWatch.whole(model)  # something it does not read changed
         else:
             try:
                 hit = CompiledMember(model, state) if _fits(model) else None
@@ -107,30 +108,6 @@ def compiled_members(models) -> list[CompiledMember] | None:
             _MEMBERS[model] = hit
         members.append(hit)
     return members
-
-
-class _Seen:
-    """Every submodule, parameter and buffer slot of a model (by identity), the tensors' versions
-    and the hook dicts, checked in C-level maps (~20 us where `_state` costs ~0.15 ms a drafting
-    level): unchanged means `_state` is too; a change sends `compiled_members` to `_state`."""
-
-    __slots__ = ("dicts", "names", "ids", "tensors", "versions", "hooks")
-
-    def __init__(self, model: nn.Module):
-        slots = []
-        for module in model.modules():
-            slots += [(d, name) for d in (module._modules, module._parameters, module._buffers) for name in d]
-        self.dicts, self.names = [d for d, _ in slots], [name for _, name in slots]
-        objects = [d[name] for d, name in slots]
-        self.ids = list(map(id, objects))
-        self.tensors = [o for o in objects if isinstance(o, torch.Tensor)]
-        self.versions = list(map(prepacked._version, self.tensors))
-        self.hooks = [h for m in model.modules() for h in (m._forward_hooks, m._forward_pre_hooks)]
-
-    def unchanged(self) -> bool:
-        return (list(map(id, map(dict.get, self.dicts, self.names))) == self.ids
-                and list(map(prepacked._version, self.tensors)) == self.versions
-                and not any(self.hooks))
 
 
 def _state(model: FeatureDrafterModel) -> tuple | None:
